@@ -1,0 +1,107 @@
+"""The ``m3-recon`` command: ``demo``, ``sandbox`` and ``ui``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from datetime import date
+
+from m3_recon.settings import PROJECT_ROOT
+
+SANDBOX_PORTS = {"stripe": 12111}
+
+
+def ensure_dagster_home() -> str:
+    """A persistent instance inside the project (run history survives restarts) unless DAGSTER_HOME is set."""
+    home = os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
+    os.makedirs(home, exist_ok=True)
+    target = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(target):
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", target)
+    return home
+
+
+def _sandbox_args(parser: argparse.ArgumentParser) -> None:
+    from m3_recon.sandbox import DEFAULT_DAYS, DEFAULT_SEED, DEFAULT_START
+
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default %(default)s)")
+    parser.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START,
+                        help="first day of the sandbox period (default %(default)s)")
+    parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days in the period (default %(default)s)")
+
+
+def cmd_demo(args) -> int:
+    ensure_dagster_home()
+    from m3_recon.demo import run_demo
+
+    return run_demo(args.seed, args.start, args.days)
+
+
+def _start_sandbox(args):
+    from m3_recon.sandbox import Sandbox
+
+    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days).start(SANDBOX_PORTS)
+    for name in sandbox.servers:
+        print(f"{name:>10}: {sandbox.url(name)}")
+    return sandbox
+
+
+def cmd_sandbox(args) -> int:
+    sandbox = _start_sandbox(args)
+    print("Point m3-recon at it with:")
+    for key, value in sandbox.env().items():
+        print(f"  export {key}={value}")
+    print("Ctrl-C stops the sandbox.")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    sandbox.stop()
+    return 0
+
+
+def cmd_ui(args) -> int:
+    ensure_dagster_home()
+    env = dict(os.environ)
+    sandbox = None
+    if not args.no_sandbox:
+        sandbox = _start_sandbox(args)
+        env.update(sandbox.env())
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+               "-h", "127.0.0.1", "-p", str(args.port)]
+    try:
+        return subprocess.call(command, env=env, cwd=PROJECT_ROOT)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="m3-recon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the pipeline over the sandbox period and print a summary")
+    _sandbox_args(demo)
+    demo.set_defaults(func=cmd_demo)
+    sandbox = sub.add_parser("sandbox", help="serve the vendor sandboxes on 127.0.0.1 until stopped")
+    _sandbox_args(sandbox)
+    sandbox.set_defaults(func=cmd_sandbox)
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
+    _sandbox_args(ui)
+    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--no-sandbox", action="store_true", help="use the vendor URLs from the environment")
+    ui.set_defaults(func=cmd_ui)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stripe: balance transactions, payouts and payout itemisation into DuckDB staging."""

@@ -1,0 +1,62 @@
+"""The built-in sandbox: loopback servers that speak each vendor's wire format over seeded data.
+
+``Sandbox`` builds one deterministic ``World`` for a period and serves each vendor's ledger from it
+on 127.0.0.1. Tests, benchmarks and the demo use it in-process; ``m3-recon sandbox`` runs it in the
+foreground for the Dagster UI or manual exploration.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from m3_recon.sandbox.server import SandboxClock, VendorServer
+from m3_recon.sandbox.stripe_api import StripeApp
+from m3_recon.sandbox.stripe_ledger import DAY, build_stripe_ledger
+from m3_recon.sandbox.world import Period, build_world
+
+DEFAULT_SEED = 7
+DEFAULT_START = date(2026, 10, 1)
+DEFAULT_DAYS = 31
+SANDBOX_STRIPE_KEY = "sk_test_m3recon_sandbox_0000000000000001"
+SETTLE_DAYS = 10  # default clock: this long after the period, every status has settled
+
+
+class Sandbox:
+    """All vendor sandboxes for one seeded period. Use as a context manager or start()/stop()."""
+
+    def __init__(self, seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
+                 now: int | None = None):
+        self.period = Period(start, days)
+        self.world = build_world(seed, self.period)
+        self.stripe = build_stripe_ledger(self.world)
+        self.clock = SandboxClock(now if now is not None else self.period.end_epoch + SETTLE_DAYS * DAY)
+        self.apps = {"stripe": StripeApp(self.stripe, self.clock, SANDBOX_STRIPE_KEY)}
+        self.servers: dict[str, VendorServer] = {}
+
+    def start(self, ports: dict[str, int] | None = None) -> "Sandbox":
+        ports = ports or {}
+        for name, app in self.apps.items():
+            self.servers[name] = VendorServer(app, self.clock, ports.get(name, 0)).start()
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def url(self, vendor: str) -> str:
+        return self.servers[vendor].url
+
+    def faults(self, vendor: str):
+        return self.servers[vendor].faults
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point m3-recon's resources at this sandbox."""
+        return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
+                "M3_RECON_START_DATE": self.period.start.isoformat()}

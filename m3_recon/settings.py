@@ -1,0 +1,62 @@
+"""Deployment settings read from the environment when the code location loads.
+
+Only values that shape the *definitions* live here (partition start, time zone, file paths);
+vendor credentials are read by resources through Dagster ``EnvVar`` so they never reach config or
+logs. Every variable is documented in README.md and ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_START_DATE = "2026-10-01"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_DUCKDB_PATH = str(PROJECT_ROOT / "data" / "m3_recon.duckdb")
+DEFAULT_LOOKBACK_DAYS = 7
+
+
+class SettingsError(ValueError):
+    """A configuration value is present but unusable; the message names the variable to fix."""
+
+
+def start_date() -> str:
+    """First daily partition (``M3_RECON_START_DATE``, ISO date)."""
+    raw = os.environ.get("M3_RECON_START_DATE", DEFAULT_START_DATE)
+    try:
+        return date.fromisoformat(raw).isoformat()
+    except ValueError as exc:
+        raise SettingsError(f"M3_RECON_START_DATE must be an ISO date like 2026-10-01, got {raw!r}") from exc
+
+
+def reporting_timezone() -> str:
+    """Finance's reporting time zone (``M3_RECON_TIMEZONE``), used for schedules and close dates."""
+    raw = os.environ.get("M3_RECON_TIMEZONE", DEFAULT_TIMEZONE)
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise SettingsError(f"M3_RECON_TIMEZONE must be an IANA zone like America/Chicago, got {raw!r}") from exc
+    return raw
+
+
+def duckdb_path() -> str:
+    """The DuckDB warehouse file (``M3_RECON_DUCKDB_PATH``)."""
+    return os.environ.get("M3_RECON_DUCKDB_PATH", DEFAULT_DUCKDB_PATH)
+
+
+def int_setting(name: str, default: int, minimum: int = 0) -> int:
+    """An integer variable with a default; a bad value names the variable."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
