@@ -6,9 +6,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
-from m3_recon.defs.stripe.definitions import defs as stripe_defs
+from m3_recon.defs.stripe import definitions as stripe
 
 defs = dg.Definitions.merge(
-    stripe_defs,
+    stripe.defs,
     dg.Definitions(resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

@@ -128,7 +128,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
     objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, context.run_id),
+                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, context.run.run_id),
                               window_column="created_at_utc", start=window.start, end=window.end)
         by_category = conn.execute(
             "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
@@ -160,7 +160,7 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConf
     objects = stripe.payouts(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-                              docs=_docs(objects, context.run_id), window_column="created_at_utc",
+                              docs=_docs(objects, context.run.run_id), window_column="created_at_utc",
                               start=window.start, end=window.end)
         by_status = dict(conn.execute(
             "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
@@ -195,7 +195,7 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: StripeLoa
         objects.extend(lines)
         payout_ids.extend([payout_id] * len(lines))
         payout_created.extend([created] * len(lines))
-    docs = _docs(objects, context.run_id, payout_id=pa.array(payout_ids, pa.string()),
+    docs = _docs(objects, context.run.run_id, payout_id=pa.array(payout_ids, pa.string()),
                  payout_created_at_utc=pa.array(payout_created, pa.timestamp("us")))
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payout_lines", ddl=PAYOUT_LINES_DDL,
