@@ -6,9 +6,16 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
+from m3_recon.defs.core import definitions as core
 from m3_recon.defs.stripe import definitions as stripe
+
+payout_close = dg.define_asset_job(
+    "payout_close", selection=dg.AssetSelection.all(),
+    description="The close for a day (or, as a backfill, a period): every processor's staging, the canonical "
+                "model and everything downstream of it.")
 
 defs = dg.Definitions.merge(
     stripe.defs,
-    dg.Definitions(resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
+    core.defs,
+    dg.Definitions(jobs=[payout_close], resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

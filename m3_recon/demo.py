@@ -33,7 +33,7 @@ def run_demo(seed: int, start, days: int) -> int:
         period = sandbox.period
         print(f"Sandbox up: Stripe at {sandbox.url('stripe')}; period {period.start} .. {period.end} "
               f"(seed {seed})")
-        job = defs.resolve_job_def("stripe_ingest")
+        job = defs.resolve_job_def("payout_close")
         result = job.execute_in_process(
             instance=dg.DagsterInstance.get(),
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},

@@ -7,32 +7,68 @@ columns are projected from the vendor's raw JSON in SQL (set-based), with the JS
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 
 
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS core_quarantine (
+    processor VARCHAR NOT NULL, source_id VARCHAR, table_name VARCHAR NOT NULL, partition_date DATE NOT NULL,
+    reason VARCHAR NOT NULL, raw_payload JSON, quarantined_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
+)"""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """How a raw table turns away vendor objects it cannot store: ``reason_sql`` is a SQL expression
+    over the VARCHAR column ``raw`` giving a reason (or NULL to keep the row); rejected objects go to
+    ``core_quarantine`` under ``processor`` with ``source_id_sql`` and the window's first day."""
+
+    processor: str
+    reason_sql: str
+    source_id_sql: str = "json_extract_string(raw, '$.id')"
+
+
 def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, insert_select: str,
-                   docs: pa.Table, window_column: str, start: datetime, end: datetime) -> int:
+                   docs: pa.Table, window_column: str, start: datetime, end: datetime,
+                   rejection: Rejection | None = None, run_id: str | None = None) -> int:
     """Replace the rows of ``table`` whose ``window_column`` lies in [start, end) with ``insert_select``.
 
-    ``insert_select`` is a SELECT over the registered Arrow table ``docs``. Returns rows inserted.
+    ``insert_select`` is a SELECT over the view ``docs`` (the Arrow table registered as ``docs_all``,
+    less rejected objects). Rejected objects replace this table's quarantine rows for the same
+    window, so reloading a window never duplicates a quarantine entry. Returns rows inserted.
     """
+    bounds = [naive_utc(start), naive_utc(end)]
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(ddl)
-        conn.execute(f"DELETE FROM {table} WHERE {window_column} >= ? AND {window_column} < ?",
-                     [naive_utc(start), naive_utc(end)])
-        conn.register("docs", docs)
+        conn.register("docs_all", docs)
+        reason = rejection.reason_sql if rejection else "NULL"
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW docs AS SELECT * FROM docs_all WHERE ({reason}) IS NULL")
+        conn.execute(f"DELETE FROM {table} WHERE {window_column} >= ? AND {window_column} < ?", bounds)
         conn.execute(f"INSERT INTO {table} {insert_select}")
+        inserted = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+        if rejection is not None:
+            conn.execute(QUARANTINE_DDL)
+            conn.execute("DELETE FROM core_quarantine WHERE table_name = ? AND partition_date >= CAST(? AS DATE) "
+                         "AND partition_date < CAST(? AS DATE)", [table, *bounds])
+            conn.execute(
+                f"INSERT INTO core_quarantine SELECT ?, {rejection.source_id_sql}, ?, CAST(? AS DATE), {reason}, "
+                f"CASE WHEN json_valid(raw) THEN raw::JSON ELSE to_json(raw) END, ?, ? "
+                f"FROM docs_all WHERE ({reason}) IS NOT NULL",
+                [rejection.processor, table, bounds[0], naive_utc(datetime.now(timezone.utc)), run_id])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     finally:
-        conn.unregister("docs")
-    return docs.num_rows
+        conn.execute("DROP VIEW IF EXISTS docs")
+        conn.unregister("docs_all")
+    return inserted
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -40,3 +76,13 @@ def naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("refusing a naive datetime: pass an aware UTC datetime")
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+_NULLABLE_INTEGERS = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+                      pa.int64(): pd.Int64Dtype()}
+
+
+def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+    """A query result as pandas with nullable integers, so a NULL never turns money into floats."""
+    table = conn.execute(sql, params or []).to_arrow_table()
+    return table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)

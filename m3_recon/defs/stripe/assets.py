@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings
 from m3_recon.defs.stripe.resources import StripeResource, as_json_lines
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import naive_utc, replace_window
+from m3_recon.warehouse import Rejection, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -32,7 +32,23 @@ class StripeLoadConfig(dg.Config):
 
 
 def _epoch_ts(path: str) -> str:
-    return f"make_timestamp(CAST(raw->>'{path}' AS BIGINT) * 1000000)"
+    return f"make_timestamp(TRY_CAST(raw->>'{path}' AS BIGINT) * 1000000)"
+
+
+def _integer(path: str) -> str:
+    """A JSON integer as BIGINT; anything else (a string, a decimal) is NULL rather than silently rounded."""
+    return f"CASE WHEN json_type(raw, '{path}') IN ('BIGINT', 'UBIGINT') THEN CAST(raw->>'{path}' AS BIGINT) END"
+
+
+def rejection(object_name: str) -> Rejection:
+    """Objects without an id or a usable ``created`` cannot be placed in a day: quarantine them."""
+    return Rejection("stripe", f"""CASE
+        WHEN NOT json_valid(raw) THEN 'the {object_name} is not valid JSON'
+        WHEN json_extract_string(raw, '$.id') IS NULL THEN 'the {object_name} has no id'
+        WHEN TRY_CAST(json_extract_string(raw, '$.created') AS BIGINT) IS NULL
+            THEN 'the {object_name} has no usable created timestamp (got '
+                 || coalesce(json_extract_string(raw, '$.created'), 'nothing') || ')'
+        END""")
 
 
 BALANCE_TRANSACTIONS_DDL = """
@@ -49,8 +65,8 @@ CREATE TABLE IF NOT EXISTS raw_stripe_balance_transactions (
 
 BALANCE_TRANSACTIONS_SELECT = f"""
 SELECT raw->>'$.id', raw->>'$.type', raw->>'$.reporting_category',
-       CAST(raw->>'$.amount' AS BIGINT), CAST(raw->>'$.fee' AS BIGINT), CAST(raw->>'$.net' AS BIGINT),
-       raw->>'$.currency', CAST(raw->>'$.exchange_rate' AS DECIMAL(18, 8)),
+       {_integer('$.amount')}, {_integer('$.fee')}, {_integer('$.net')},
+       raw->>'$.currency', TRY_CAST(raw->>'$.exchange_rate' AS DECIMAL(18, 8)),
        raw->>'$.status', raw->>'$.balance_type', raw->>'$.description',
        {_epoch_ts('$.created')}, {_epoch_ts('$.available_on')},
        CASE WHEN json_type(raw, '$.source') = 'OBJECT' THEN raw->>'$.source.id' ELSE raw->>'$.source' END,
@@ -58,7 +74,7 @@ SELECT raw->>'$.id', raw->>'$.type', raw->>'$.reporting_category',
        CASE raw->>'$.source.object' WHEN 'charge' THEN raw->>'$.source.id'
             WHEN 'refund' THEN raw->>'$.source.charge' WHEN 'dispute' THEN raw->>'$.source.charge' END,
        raw->>'$.source.metadata.m3_invoice', raw->>'$.source.metadata.m3_customer',
-       CAST(raw->>'$.source.amount' AS BIGINT), raw->>'$.source.currency',
+       {_integer('$.source.amount')}, raw->>'$.source.currency',
        raw->>'$.source.payment_method_details.card.brand',
        raw->>'$.source.payment_method_details.card.last4',
        raw->'$.fee_details', raw, loaded_at_utc, dagster_run_id
@@ -75,7 +91,7 @@ CREATE TABLE IF NOT EXISTS raw_stripe_payouts (
 )"""
 
 PAYOUTS_SELECT = f"""
-SELECT raw->>'$.id', CAST(raw->>'$.amount' AS BIGINT), raw->>'$.currency', raw->>'$.status',
+SELECT raw->>'$.id', {_integer('$.amount')}, raw->>'$.currency', raw->>'$.status',
        CAST({_epoch_ts('$.arrival_date')} AS DATE), {_epoch_ts('$.created')},
        CAST(raw->>'$.automatic' AS BOOLEAN), raw->>'$.reconciliation_status', raw->>'$.method',
        raw->>'$.type', raw->>'$.balance_transaction', raw->>'$.failure_balance_transaction',
@@ -93,7 +109,7 @@ CREATE TABLE IF NOT EXISTS raw_stripe_payout_lines (
 
 PAYOUT_LINES_SELECT = f"""
 SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.reporting_category',
-       CAST(raw->>'$.amount' AS BIGINT), CAST(raw->>'$.fee' AS BIGINT), CAST(raw->>'$.net' AS BIGINT),
+       {_integer('$.amount')}, {_integer('$.fee')}, {_integer('$.net')},
        raw->>'$.currency', {_epoch_ts('$.created')}, raw->>'$.source', raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
@@ -129,7 +145,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
                               insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, context.run.run_id),
-                              window_column="created_at_utc", start=window.start, end=window.end)
+                              window_column="created_at_utc", start=window.start, end=window.end,
+                              rejection=rejection("balance transaction"), run_id=context.run.run_id)
         by_category = conn.execute(
             "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
             "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY 1 ORDER BY 1",
@@ -140,6 +157,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
             [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
     return dg.MaterializeResult(metadata={
         "rows": rows,
+        "quarantined": len(objects) - rows,
         "fetch_window": str(window),
         "pending": pending,
         "by_reporting_category": dg.MetadataValue.md(
@@ -161,12 +179,13 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConf
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
                               docs=_docs(objects, context.run.run_id), window_column="created_at_utc",
-                              start=window.start, end=window.end)
+                              start=window.start, end=window.end, rejection=rejection("payout"),
+                              run_id=context.run.run_id)
         by_status = dict(conn.execute(
             "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
             "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
     return dg.MaterializeResult(metadata={
-        "rows": rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
+        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
         "paid_out_minor": sum(int(o["amount"]) for o in objects if o["status"] != "failed"),
     })
 

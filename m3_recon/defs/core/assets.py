@@ -1,0 +1,182 @@
+"""``core_settlement_lines`` and ``core_payouts``: thin Dagster wrappers over the canonical mappings.
+
+Each run maps the processors' staging rows for its window to canonical candidates (SQL), splits
+them with the pandera schema into valid rows and quarantined rows (``split_valid``), and replaces
+the window of both tables in one transaction. A blocking check re-validates what was written.
+"""
+# No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pandera.pandas as pa
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import settings
+from m3_recon.canonical import stripe
+from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
+from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
+
+GROUP = "reconcile"
+OWNERS = ["team:finance-systems"]
+
+
+@dataclass(frozen=True)
+class ProcessorMapping:
+    """How one processor's staging tables become canonical candidates for a window [$start, $end)."""
+
+    processor: str
+    settlement_lines_sql: str
+    payouts_sql: str
+    settlement_line_deps: tuple[str, ...]
+    payout_deps: tuple[str, ...]
+
+
+MAPPINGS = (
+    ProcessorMapping("stripe", stripe.SETTLEMENT_LINES_SQL, stripe.PAYOUTS_SQL,
+                     ("raw_stripe_balance_transactions", "raw_stripe_payout_lines"),
+                     ("raw_stripe_payouts", "raw_stripe_payout_lines")),
+)
+
+
+class CanonicalConfig(dg.Config):
+    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+
+
+def _ddl(table: str, columns: dict[str, str]) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
+
+
+def _table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
+
+
+def load_candidates(conn: duckdb.DuckDBPyConnection, window: FetchWindow, sql_of, deps_of) -> pd.DataFrame:
+    """Every processor's candidate rows for the window (processors with no staging yet contribute none)."""
+    bounds = {"start": naive_utc(window.start), "end": naive_utc(window.end)}
+    frames = [query_frame(conn, sql_of(m), bounds) for m in MAPPINGS if all(_table_exists(conn, t) for t in deps_of(m))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def replace_canonical(conn: duckdb.DuckDBPyConnection, *, table: str, columns: dict[str, str], window: FetchWindow,
+                      valid: pd.DataFrame, rejected: pd.DataFrame, run_id: str) -> None:
+    """Replace the window of ``table`` with ``valid`` and of its quarantine entries with ``rejected``."""
+    first, last = window.start.date(), window.end.date()
+    select = ", ".join(f"CAST({c} AS {t.replace(' NOT NULL', '')})" for c, t in columns.items())
+    quarantined_at = naive_utc(datetime.now(timezone.utc))
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(_ddl(table, columns))
+        conn.execute(QUARANTINE_DDL)
+        conn.execute(f"DELETE FROM {table} WHERE settlement_date >= ? AND settlement_date < ?", [first, last])
+        conn.execute("DELETE FROM core_quarantine WHERE table_name = ? AND partition_date >= ? AND partition_date < ?",
+                     [table, first, last])
+        if len(valid):
+            conn.register("valid_rows", valid)
+            conn.execute(f"INSERT INTO {table} SELECT {select} FROM valid_rows")
+        if len(rejected):
+            conn.register("rejected_rows", rejected[["processor", "source_id", "partition_date", "reason", "raw_payload"]])
+            conn.execute("INSERT INTO core_quarantine SELECT processor, source_id, ?, coalesce(partition_date, ?), "
+                         "reason, raw_payload::JSON, ?, ? FROM rejected_rows", [table, first, quarantined_at, run_id])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        for name in ("valid_rows", "rejected_rows"):
+            conn.unregister(name)
+
+
+def conformity_check(conn: duckdb.DuckDBPyConnection, table: str, schema: pa.DataFrameSchema,
+                     window: FetchWindow) -> dg.AssetCheckResult:
+    """Re-validate what was written for the window with the pandera schema."""
+    written = query_frame(conn, f"SELECT * FROM {table} WHERE settlement_date >= ? AND settlement_date < ?",
+                          [window.start.date(), window.end.date()])
+    try:
+        schema.validate(written, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={
+            "failures": len(errors.failure_cases),
+            "first_failures": dg.MetadataValue.md(errors.failure_cases.head(10).to_markdown(index=False))})
+    return dg.AssetCheckResult(passed=True, metadata={"rows_checked": len(written)})
+
+
+def _materialize(context, config, duckdb_resource, *, table, columns, schema, sql_of, deps_of, summarize):
+    window = fetch_window(context.partition_time_window, config.lookback_days)
+    with duckdb_resource.get_connection() as conn:
+        candidates = load_candidates(conn, window, sql_of, deps_of)
+        if candidates.empty:
+            valid, rejected = candidates, candidates
+        else:
+            valid, rejected = split_valid(candidates, schema)
+        replace_canonical(conn, table=table, columns=columns, window=window, valid=valid, rejected=rejected,
+                          run_id=context.run.run_id)
+        check = conformity_check(conn, table, schema, window)
+        metadata = {"rows": len(valid), "quarantined": len(rejected), "fetch_window": str(window),
+                    **summarize(conn, window)}
+    if len(rejected):
+        reasons = rejected["reason"].value_counts().head(10)
+        metadata["quarantine_reasons"] = dg.MetadataValue.md(
+            "| reason | rows |\n|---|---:|\n" + "\n".join(f"| {r} | {n} |" for r, n in reasons.items()))
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _lines_summary(conn, window) -> dict:
+    by = conn.execute(
+        "SELECT processor, currency, count(*), sum(amount_minor), sum(fee_minor), sum(net_minor) "
+        "FROM core_settlement_lines WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
+        [window.start.date(), window.end.date()]).fetchall()
+    return {"totals_by_processor": dg.MetadataValue.md(
+        "| processor | currency | lines | amount | fee | net |\n|---|---|---:|---:|---:|---:|\n"
+        + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in by))}
+
+
+def _payouts_summary(conn, window) -> dict:
+    by = conn.execute(
+        "SELECT processor, status, count(*), sum(amount_minor) FROM core_payouts "
+        "WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
+        [window.start.date(), window.end.date()]).fetchall()
+    return {"payouts_by_status": dg.MetadataValue.md(
+        "| processor | status | payouts | amount |\n|---|---|---:|---:|\n"
+        + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in by))}
+
+
+def _deps(name: str) -> list[dg.AssetKey]:
+    keys = {dep for m in MAPPINGS for dep in getattr(m, name)}
+    return [dg.AssetKey(k) for k in sorted(keys)]
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"duckdb", "pandera"}, pool="duckdb_writer", deps=_deps("settlement_line_deps"),
+    check_specs=[dg.AssetCheckSpec("conforms_to_schema", asset="core_settlement_lines", blocking=True,
+                                   description="Every written row passes the pandera schema.")],
+    description="One row per money movement from any processor, in one canonical model (integer minor "
+                "units, UTC instants, the processor's settlement day); rows that fail validation are in "
+                "core_quarantine with a reason.",
+)
+def core_settlement_lines(context: dg.AssetExecutionContext, config: CanonicalConfig,
+                          duckdb: DuckDBResource) -> dg.MaterializeResult:
+    return _materialize(context, config, duckdb, table="core_settlement_lines", columns=SETTLEMENT_LINE_COLUMNS,
+                        schema=SETTLEMENT_LINE_SCHEMA, sql_of=lambda m: m.settlement_lines_sql,
+                        deps_of=lambda m: m.settlement_line_deps, summarize=_lines_summary)
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"duckdb", "pandera"}, pool="duckdb_writer", deps=_deps("payout_deps"),
+    check_specs=[dg.AssetCheckSpec("conforms_to_schema", asset="core_payouts", blocking=True,
+                                   description="Every written row passes the pandera schema.")],
+    description="One row per payout / deposit / batch: processor, id, currency, amount, arrival date, "
+                "status, and whether its lines are itemised.",
+)
+def core_payouts(context: dg.AssetExecutionContext, config: CanonicalConfig,
+                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+    return _materialize(context, config, duckdb, table="core_payouts", columns=PAYOUT_COLUMNS, schema=PAYOUT_SCHEMA,
+                        sql_of=lambda m: m.payouts_sql, deps_of=lambda m: m.payout_deps, summarize=_payouts_summary)

@@ -1,0 +1,123 @@
+"""Stripe → canonical mapping and quarantine, as pure functions over DuckDB tables (no Dagster)."""
+
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from m3_recon.canonical import stripe as stripe_mapping
+from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
+from m3_recon.defs.core.assets import MAPPINGS, load_candidates, replace_canonical
+from m3_recon.defs.stripe.assets import (BALANCE_TRANSACTIONS_DDL, BALANCE_TRANSACTIONS_SELECT, PAYOUT_LINES_DDL,
+                                         _docs, rejection)
+from m3_recon.partitions import FetchWindow
+from m3_recon.warehouse import replace_window
+
+DAY_START = datetime(2026, 10, 5, tzinfo=timezone.utc)
+WINDOW = FetchWindow(DAY_START, datetime(2026, 10, 6, tzinfo=timezone.utc))
+CREATED = int(DAY_START.timestamp()) + 3600
+
+
+def txn(n: int, category: str, amount: int = -500, fee: int = 0, type_: str = "adjustment", **extra) -> dict:
+    obj = {"id": f"txn_{n:04d}", "object": "balance_transaction", "amount": amount, "fee": fee, "net": amount - fee,
+           "currency": "usd", "created": CREATED + n, "available_on": CREATED + n, "status": "available",
+           "reporting_category": category, "type": type_, "source": None, "exchange_rate": None,
+           "fee_details": [], "description": f"test {category}", "balance_type": "payments"}
+    obj.update(extra)
+    return obj
+
+
+def load(objects: list[dict]):
+    conn = duckdb.connect()
+    conn.execute(PAYOUT_LINES_DDL)
+    stored = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+                            insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, "test-run"),
+                            window_column="created_at_utc", start=WINDOW.start, end=WINDOW.end,
+                            rejection=rejection("balance transaction"), run_id="test-run")
+    candidates = load_candidates(conn, WINDOW, lambda m: m.settlement_lines_sql, lambda m: m.settlement_line_deps)
+    valid, rejected = split_valid(candidates, SETTLEMENT_LINE_SCHEMA)
+    replace_canonical(conn, table="core_settlement_lines", columns=SETTLEMENT_LINE_COLUMNS, window=WINDOW,
+                      valid=valid, rejected=rejected, run_id="test-run")
+    return conn, stored, valid, rejected
+
+
+EXPECTED_LINE_TYPES = {category: "other" for category in stripe_mapping.KNOWN_CATEGORIES} | {
+    "charge": "charge", "charge_failure": "charge", "refund": "refund", "refund_failure": "refund",
+    "partial_capture_reversal": "refund", "dispute": "dispute", "dispute_reversal": "dispute_reversal",
+    "fee": "fee", "network_cost": "fee", "other_adjustment": "adjustment", "payout": "payout",
+    "payout_reversal": "payout_failure"}
+
+
+def test_every_known_reporting_category_has_a_line_type():
+    objects = [txn(i, category) for i, category in enumerate(sorted(EXPECTED_LINE_TYPES)) if category != "risk_reserved_funds"]
+    objects += [txn(90, "risk_reserved_funds", -3000, type_="reserve_hold"),
+                txn(91, "risk_reserved_funds", 3000, type_="reserve_release")]
+    conn, stored, valid, rejected = load(objects)
+    assert stored == len(objects) and rejected.empty
+    got = dict(conn.execute("SELECT description, line_type FROM core_settlement_lines").fetchall())
+    for category, line_type in EXPECTED_LINE_TYPES.items():
+        if category != "risk_reserved_funds":
+            assert got[f"test {category}"] == line_type, category
+    assert conn.execute("SELECT source_id, line_type FROM core_settlement_lines WHERE source_id IN "
+                        "('txn_0090', 'txn_0091') ORDER BY 1").fetchall() == [
+        ("txn_0090", "reserve_hold"), ("txn_0091", "reserve_release")]
+    assert set(stripe_mapping.KNOWN_CATEGORIES) == set(EXPECTED_LINE_TYPES)
+
+
+def test_unknown_category_is_quarantined_with_an_actionable_reason():
+    conn, _, valid, rejected = load([txn(1, "charge", 1000, 59, "charge"), txn(2, "crypto_bonus", 100, type_="bonus")])
+    assert list(valid["source_id"]) == ["txn_0001"]
+    reason, raw = conn.execute("SELECT reason, raw_payload->>'$.id' FROM core_quarantine").fetchone()
+    assert "unknown Stripe reporting_category 'crypto_bonus' (type 'bonus')" in reason and raw == "txn_0002"
+
+
+@pytest.mark.parametrize("broken,reason_part", [
+    ({"amount": None, "net": 0}, "amount_minor failed not_nullable"),
+    ({"amount": "12.50"}, "amount_minor failed not_nullable"),
+    ({"net": 1}, "net_minor must equal amount_minor - fee_minor"),
+    ({"currency": "us dollars"}, "currency must be an upper-case ISO 4217 code"),
+    ({"source": {"object": "charge", "id": "ch_1", "amount": 100, "currency": "usd", "metadata": {},
+                 "payment_method_details": {"card": {"brand": "visa", "last4": "42"}}}}, "card_last4 failed"),
+])
+def test_malformed_rows_are_quarantined_never_dropped(broken, reason_part):
+    good = txn(1, "charge", 1000, 59, "charge")
+    bad = txn(2, "charge", 2000, 88, "charge") | broken
+    conn, stored, valid, rejected = load([good, bad])
+    assert list(valid["source_id"]) == ["txn_0001"]
+    quarantined = conn.execute("SELECT source_id, table_name, partition_date, reason FROM core_quarantine").fetchall()
+    assert len(quarantined) == 1
+    source_id, table, partition_date, reason = quarantined[0]
+    assert (source_id, table, str(partition_date)) == ("txn_0002", "core_settlement_lines", "2026-10-05")
+    assert reason_part in reason
+
+
+def test_unparseable_created_is_quarantined_at_the_raw_layer():
+    conn, stored, valid, _ = load([txn(1, "charge", 1000, 59, "charge"), txn(2, "charge", created="yesterday")])
+    assert stored == 1 and list(valid["source_id"]) == ["txn_0001"]
+    row = conn.execute("SELECT source_id, table_name, reason FROM core_quarantine").fetchone()
+    assert row == ("txn_0002", "raw_stripe_balance_transactions",
+                   "the balance transaction has no usable created timestamp (got yesterday)")
+
+
+def test_refunds_inherit_the_charge_invoice_and_presentment_keeps_the_sign():
+    charge_source = {"object": "charge", "id": "ch_1", "amount": 9000, "currency": "eur",
+                     "metadata": {"m3_invoice": "26000001", "m3_customer": "C10001"},
+                     "payment_method_details": {"card": {"brand": "visa", "last4": "4242"}}}
+    refund_source = {"object": "refund", "id": "re_1", "charge": "ch_1", "amount": 4500, "currency": "eur"}
+    conn, _, valid, rejected = load([
+        txn(1, "charge", 9738, 312, "charge", source=charge_source, exchange_rate=1.082),
+        txn(2, "refund", -4860, 0, "refund", source=refund_source, exchange_rate=1.08)])
+    assert rejected.empty
+    rows = conn.execute("SELECT source_id, invoice_ref, customer_ref, original_source_id, presentment_currency, "
+                        "presentment_amount_minor, CAST(fx_rate AS VARCHAR), card_last4 FROM core_settlement_lines "
+                        "ORDER BY 1").fetchall()
+    assert rows == [("txn_0001", "26000001", "C10001", None, "EUR", 9000, "1.08200000", "4242"),
+                    ("txn_0002", "26000001", "C10001", "ch_1", "EUR", -4500, "1.08000000", "4242")]
+
+
+def test_a_transaction_delivered_twice_is_one_line():
+    conn, _, valid, rejected = load([txn(1, "fee", -300)])
+    conn.execute("INSERT INTO raw_stripe_balance_transactions SELECT * FROM raw_stripe_balance_transactions")
+    candidates = load_candidates(conn, WINDOW, lambda m: m.settlement_lines_sql, lambda m: m.settlement_line_deps)
+    assert len(candidates) == 1
+    assert [m.processor for m in MAPPINGS][0] == "stripe"
