@@ -1,4 +1,4 @@
-"""The ``m3-recon`` command: ``demo``, ``sandbox`` and ``ui``."""
+"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill`` and ``ui``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def cmd_demo(args) -> int:
     from m3_recon.demo import run_demo
 
     return run_demo(args.seed, args.start, args.days)
+
+
+def cmd_backfill(args) -> int:
+    ensure_dagster_home()
+    from m3_recon.runs import run_payout_close
+
+    result = run_payout_close(args.start, args.end)
+    print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+    return 0 if result.success else 1
 
 
 def _start_sandbox(args):
@@ -94,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     sandbox = sub.add_parser("sandbox", help="serve the vendor sandboxes on 127.0.0.1 until stopped")
     _sandbox_args(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
+    backfill = sub.add_parser("backfill", help="run the payout close for a period (vendors from the environment)")
+    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day (inclusive)")
+    backfill.set_defaults(func=cmd_backfill)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
     _sandbox_args(ui)
     ui.add_argument("--port", type=int, default=3000)

@@ -25,21 +25,13 @@ def run_demo(seed: int, start, days: int) -> int:
     with Sandbox(seed=seed, start=start, days=days) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
-        import dagster as dg
-
         from m3_recon import settings
-        from m3_recon.definitions import defs
+        from m3_recon.runs import run_payout_close
 
         period = sandbox.period
         print(f"Sandbox up: Stripe at {sandbox.url('stripe')}; period {period.start} .. {period.end} "
               f"(seed {seed})")
-        job = defs.resolve_job_def("payout_close")
-        result = job.execute_in_process(
-            instance=dg.DagsterInstance.get(),
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            tags={"dagster/asset_partition_range_start": period.start.isoformat(),
-                  "dagster/asset_partition_range_end": period.end.isoformat()},
-        )
+        result = run_payout_close(period.start, period.end)
         if not result.success:
             print("The run failed; see the errors above.")
             return 1
