@@ -112,7 +112,7 @@ def test_refunds_inherit_the_charge_invoice_and_presentment_keeps_the_sign():
                         "presentment_amount_minor, CAST(fx_rate AS VARCHAR), card_last4 FROM core_settlement_lines "
                         "ORDER BY 1").fetchall()
     assert rows == [("txn_0001", "26000001", "C10001", None, "EUR", 9000, "1.08200000", "4242"),
-                    ("txn_0002", "26000001", "C10001", "ch_1", "EUR", -4500, "1.08000000", "4242")]
+                    ("txn_0002", "26000001", "C10001", "txn_0001", "EUR", -4500, "1.08000000", "4242")]
 
 
 def test_a_transaction_delivered_twice_is_one_line():

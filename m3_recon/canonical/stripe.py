@@ -43,7 +43,8 @@ WITH txn AS (
     WHERE created_at_utc >= $start AND created_at_utc < $end
     QUALIFY row_number() OVER (PARTITION BY id ORDER BY loaded_at_utc DESC) = 1
 ), charge AS (
-    SELECT charge_id, m3_invoice, m3_customer, card_brand, card_last4 FROM raw_stripe_balance_transactions
+    SELECT charge_id, id AS charge_txn_id, m3_invoice, m3_customer, card_brand, card_last4
+    FROM raw_stripe_balance_transactions
     WHERE source_object = 'charge'
     QUALIFY row_number() OVER (PARTITION BY charge_id ORDER BY loaded_at_utc DESC) = 1
 ), paid_out AS (
@@ -67,7 +68,8 @@ SELECT
     txn.exchange_rate AS fx_rate,
     coalesce(txn.m3_customer, charge.m3_customer) AS customer_ref,
     coalesce(txn.m3_invoice, charge.m3_invoice) AS invoice_ref,
-    CASE WHEN txn.source_object IN ('refund', 'dispute') THEN txn.charge_id END AS original_source_id,
+    CASE WHEN txn.source_object IN ('refund', 'dispute') THEN coalesce(charge.charge_txn_id, txn.charge_id) END
+        AS original_source_id,
     coalesce(txn.card_brand, charge.card_brand) AS card_brand,
     coalesce(txn.card_last4, charge.card_last4) AS card_last4,
     txn.description AS description,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from m3_recon.sandbox.world import Allocation, Invoice, PaymentTruth, World, day_start_epoch, stable_id
+from m3_recon.sandbox.world import PaymentPlanner, World, day_start_epoch, stable_id
 
 DAY = 86_400
 PAYOUT_HOUR = 6
@@ -135,11 +135,7 @@ class _Builder:
         self.rng: random.Random = world.rng("stripe")
         self.ledger = StripeLedger(world=world)
         self.end = world.period.end_epoch
-        self.open_amounts: dict[str, int] = {}
-        self.customers = world.customers_of("stripe")
-        for cust in self.customers:
-            for inv in world.invoices_of(cust.number):
-                self.open_amounts[inv.number] = inv.amount_minor
+        self.planner = PaymentPlanner(world, "stripe", self.rng)
 
     # -- helpers ---------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -157,23 +153,15 @@ class _Builder:
     # -- charges and what follows them -------------------------------------------------------
     def charge(self, created: int) -> None:
         rng = self.rng
-        cust = rng.choice(self.customers)
+        cust = rng.choice(self.planner.customers)
         day = self.world.period.start + timedelta(days=(created - self.world.period.start_epoch) // DAY)
-        candidates = [inv for inv in self.world.invoices_of(cust.number)
-                      if inv.invoice_date <= day and self.open_amounts[inv.number] > 0]
-        kind, allocations, amount = self.choose_payment(candidates)
-        shape = "customer" if kind == "multi" else rng.choices(["both", "customer", "none"], [85, 8, 7])[0]
-        metadata: dict[str, str] = {}
-        if shape != "none":
-            metadata["m3_customer"] = cust.number
-        if shape == "both" and kind != "unapplied":
-            metadata["m3_invoice"] = allocations[0].invoice
+        plan = self.planner.plan(cust, day)
+        metadata = {key: value for key, value in (("m3_invoice", plan.invoice_ref), ("m3_customer", plan.customer_ref))
+                    if value is not None}
         currency = cust.currency.lower()
-        if kind == "unapplied":
-            metadata.pop("m3_invoice", None)
         charge_id = self.new_id("ch")
         txn_id = self.new_id("txn")
-        settled, rate = self.settle(amount, currency)
+        settled, rate = self.settle(plan.amount_minor, currency)
         fee = stripe_fee(settled)
         fee_details = [{"amount": fee, "application": None, "currency": "usd",
                         "description": "Stripe processing fees", "type": "stripe_fee"}]
@@ -182,40 +170,15 @@ class _Builder:
             net=settled - fee, currency="usd", created=created,
             available_on=(created // DAY + 2) * DAY, description=f"Payment from {cust.name}",
             source=charge_id, exchange_rate=rate, fee_details=fee_details))
-        invoices_text = ", ".join(a.invoice for a in allocations) or "account"
         self.ledger.charges[charge_id] = Charge(
-            id=charge_id, amount=amount, currency=currency, created=created, customer=cust.stripe_id,
-            balance_transaction=txn_id, metadata=metadata, description=f"Payment for {invoices_text}",
+            id=charge_id, amount=plan.amount_minor, currency=currency, created=created, customer=cust.stripe_id,
+            balance_transaction=txn_id, metadata=metadata, description=f"Payment by {cust.name}",
             brand=rng.choice(CARD_BRANDS), last4=f"{rng.randrange(10_000):04d}", billing_name=cust.name)
-        self.world.payments.append(PaymentTruth(
-            processor="stripe", payment_id=charge_id, customer=cust.number, kind=kind,
-            allocations=tuple(allocations)))
+        self.planner.record(txn_id, plan, cust.number)
         if rng.random() < 0.04:
             self.refund(charge_id, created)
         elif rng.random() < 0.02:
             self.dispute(charge_id, created)
-
-    def choose_payment(self, candidates: list[Invoice]) -> tuple[str, list[Allocation], int]:
-        rng = self.rng
-        if not candidates:
-            return "unapplied", [], rng.randint(2_000, 200_000)
-        inv = rng.choice(candidates)
-        open_amount = self.open_amounts[inv.number]
-        kind = rng.choices(["full", "partial", "over", "multi"], [80, 10, 3, 7])[0]
-        if kind == "multi" and len(candidates) >= 2:
-            group = rng.sample(candidates, k=min(len(candidates), rng.randint(2, 3)))
-            allocations = [Allocation(i.number, self.open_amounts[i.number]) for i in group]
-            for i in group:
-                self.open_amounts[i.number] = 0
-            return "multi", allocations, sum(a.amount_minor for a in allocations)
-        if kind == "partial" and open_amount > 200:
-            paid = open_amount * rng.randint(40, 90) // 100
-            self.open_amounts[inv.number] -= paid
-            return "partial", [Allocation(inv.number, paid)], paid
-        self.open_amounts[inv.number] = 0
-        if kind == "over":
-            return "over", [Allocation(inv.number, open_amount)], open_amount + rng.randint(1, 5_000)
-        return "full", [Allocation(inv.number, open_amount)], open_amount
 
     def refund(self, charge_id: str, charge_created: int) -> None:
         rng = self.rng

@@ -43,13 +43,19 @@ class Allocation:
 
 @dataclass(frozen=True)
 class PaymentTruth:
-    """What the generator meant a payment to settle; the matching engine is judged against this."""
+    """What the generator meant a payment to settle, and what the matcher should conclude from what
+    M3 and the processor show (``expected_status`` auto / suggested / unmatched, ``expected_reason``
+    an exception reason code or None); the matching engine is judged against this."""
 
     processor: str
     payment_id: str
     customer: str | None
-    kind: str  # full, partial, over, multi, unapplied
+    kind: str  # full, partial, over, multi, unapplied, ambiguous, already_paid, not_found, customer_mismatch
     allocations: tuple[Allocation, ...]
+    expected_status: str = "auto"
+    expected_reason: str | None = None
+    invoice_ref: str | None = None
+    customer_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,4 +155,143 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
             next_number += 1
     world.invoices.sort(key=lambda inv: (inv.invoice_date, inv.number))
     world.index()
+    # Recurring billing: every fifth customer has two invoices for the same amount (the case where
+    # customer + amount alone cannot tell which invoice a payment is for).
+    for cust in world.customers[::5]:
+        first, second = world.invoices_of(cust.number)[:2]
+        second.amount_minor = first.amount_minor
     return world
+
+
+@dataclass(frozen=True)
+class PaymentPlan:
+    kind: str
+    amount_minor: int  # in the invoice (customer) currency
+    invoice_ref: str | None
+    customer_ref: str | None
+    allocations: tuple[Allocation, ...]
+    expected_status: str
+    expected_reason: str | None
+
+
+EDGE_CASES = ("ambiguous", "already_paid", "not_found", "customer_mismatch")
+GROUP_CANDIDATES = 10  # must not exceed data/matching_rules.toml multi_invoice.max_candidates
+GROUP_WINDOW_DAYS = 120  # customer_amount.days_before_payment
+
+
+class PaymentPlanner:
+    """Decides what each generated payment of one processor pays, and what the matcher must conclude.
+
+    It keeps M3's view of each invoice — the outstanding amount less what the matcher is expected to
+    have applied — because that, not what the customer meant, is what a matcher can see. Payments the
+    matcher cannot apply leave M3's view unchanged, as they would in the ERP.
+    """
+
+    def __init__(self, world: World, processor: str, rng: random.Random):
+        self.world, self.processor, self.rng = world, processor, rng
+        self.customers = world.customers_of(processor)
+        self.m3_open = {inv.number: inv.amount_minor for c in self.customers for inv in world.invoices_of(c.number)}
+        self.reserved: set[str] = set()  # invoices an edge case depends on: left alone afterwards
+        self.edge_cases = list(EDGE_CASES)
+
+    def open_invoices(self, customer: str, day: date) -> list[Invoice]:
+        return [inv for inv in self.world.invoices_of(customer)
+                if inv.invoice_date <= day and self.m3_open[inv.number] > 0 and inv.number not in self.reserved
+                and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS]
+
+    def record(self, payment_id: str, plan: PaymentPlan, customer: str) -> None:
+        self.world.payments.append(PaymentTruth(
+            processor=self.processor, payment_id=payment_id, customer=customer, kind=plan.kind,
+            allocations=plan.allocations, expected_status=plan.expected_status,
+            expected_reason=plan.expected_reason, invoice_ref=plan.invoice_ref, customer_ref=plan.customer_ref))
+
+    def plan(self, customer: Customer, day: date) -> PaymentPlan:
+        """A payment by ``customer`` on ``day``; now and then one of the deliberate edge cases."""
+        if self.edge_cases and self.rng.random() < 0.05:
+            edge = self._edge_case(self.edge_cases[0], customer, day)
+            if edge is not None:
+                self.edge_cases.pop(0)
+                return edge
+        rng = self.rng
+        reference = rng.choices(["invoice", "customer", "none"], [85, 8, 7])[0]
+        candidates = self.open_invoices(customer.number, day)
+        kind = rng.choices(["full", "partial", "over", "multi"], [80, 10, 3, 7])[0]
+        if not candidates:
+            return self._unmatched("unapplied", rng.randint(2_000, 200_000), customer,
+                                   "invoice" if reference == "none" else "customer")
+        if kind == "multi":
+            oldest = sorted(candidates, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
+            amounts = [self.m3_open[i.number] for i in oldest]
+            oldest = [i for i in oldest if amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
+            if len(oldest) >= 2:
+                group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
+                allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
+                for inv in group:
+                    self.m3_open[inv.number] = 0
+                return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
+                                   allocations, "auto", None)
+            kind = "full"
+        inv = rng.choice(candidates)
+        open_amount = self.m3_open[inv.number]
+        if kind == "partial" and open_amount > 200:
+            amount = open_amount * rng.randint(40, 90) // 100
+        elif kind == "over":
+            amount = open_amount + rng.randint(1, 5_000)
+        else:
+            kind, amount = "full", open_amount
+        if reference == "none":
+            return self._unmatched(kind, amount, customer, "none")
+        if reference == "customer":
+            same_amount = [i for i in candidates if self.m3_open[i.number] == amount]
+            if kind != "full":
+                if same_amount:  # would look like a full payment of another invoice: keep it unambiguous
+                    amount += 1
+                return self._unmatched(kind, amount, customer, "customer")
+            if len(same_amount) > 1:
+                return PaymentPlan(kind, amount, None, customer.number,
+                                   (Allocation(inv.number, amount),), "suggested", "ambiguous_amount")
+            self.m3_open[inv.number] = 0
+            return PaymentPlan(kind, amount, None, customer.number, (Allocation(inv.number, amount),), "auto", None)
+        applied = min(amount, open_amount)
+        self.m3_open[inv.number] -= applied
+        return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
+                           "overpayment" if amount > open_amount else None)
+
+    def _unmatched(self, kind: str, amount: int, customer: Customer, reference: str) -> PaymentPlan:
+        if reference == "none":
+            return PaymentPlan(kind, amount, None, None, (), "unmatched", "no_reference")
+        return PaymentPlan(kind, amount, None, customer.number, (), "unmatched", "no_matching_invoice")
+
+    def _edge_case(self, edge: str, customer: Customer, day: date) -> PaymentPlan | None:
+        rng = self.rng
+        candidates = self.open_invoices(customer.number, day)
+        if edge == "ambiguous":
+            by_amount: dict[int, list[Invoice]] = {}
+            for inv in candidates:
+                by_amount.setdefault(self.m3_open[inv.number], []).append(inv)
+            twins = next((group for group in by_amount.values() if len(group) == 2), None)
+            if twins is None:
+                return None
+            self.reserved.update(i.number for i in twins)
+            amount = self.m3_open[twins[0].number]
+            return PaymentPlan(edge, amount, None, customer.number, (Allocation(twins[0].number, amount),),
+                               "suggested", "ambiguous_amount")
+        if edge == "already_paid":
+            paid = [inv for inv in self.world.invoices_of(customer.number)
+                    if self.m3_open[inv.number] == 0 and inv.invoice_date <= day]
+            if not paid:
+                return None
+            return PaymentPlan(edge, rng.randint(2_000, 90_000), rng.choice(paid).number, customer.number, (),
+                               "unmatched", "invoice_already_paid")
+        if edge == "not_found":
+            return PaymentPlan(edge, rng.randint(2_000, 90_000), f"INV-{rng.randint(90_000_000, 99_999_999)}",
+                               customer.number, (), "unmatched", "invoice_not_found")
+        others = [inv for c in self.customers if c.number != customer.number and c.currency == customer.currency
+                  for inv in self.open_invoices(c.number, day)]
+        if not others:
+            return None
+        inv = rng.choice(others)
+        self.reserved.add(inv.number)
+        amount = self.m3_open[inv.number]
+        return PaymentPlan(edge, amount, inv.number, customer.number, (Allocation(inv.number, amount),),
+                           "suggested", "customer_mismatch")

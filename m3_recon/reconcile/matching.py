@@ -1,0 +1,344 @@
+"""Matching card payments to open M3 invoices: ordered rules, set-based in DuckDB SQL.
+
+``match_payments`` takes three relations in a DuckDB connection — the window's canonical settlement
+lines, the open invoices, and allocations already made by earlier windows and not yet posted — and
+creates two temp tables, ``match_allocations`` and ``match_exceptions``. Rules (``data/matching_rules.toml``):
+
+1. exact invoice reference (customer must agree when both are known); payments for one invoice are
+   applied oldest first, so instalments leave the residual open and an excess is an overpayment;
+2. customer + exactly the outstanding amount within a date window: one candidate is applied,
+   several are suggested, and a second payment for an invoice already claimed is an exception;
+3. one payment for several invoices of one customer summing exactly to it (bounded subset search);
+4. foreign-currency invoices are compared in the invoice currency through the presentment amount;
+   the allocation keeps both the invoice-currency and the settlement-currency amount (for FX);
+5. refunds and disputes are linked to the allocation of the charge they reverse.
+
+Nothing is applied twice: invoices' remaining amounts count earlier unposted allocations, and a
+payment whose auto allocation would push an invoice past its outstanding amount is demoted to a
+suggestion. Everything not applied becomes an exception with a reason code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from m3_recon.settings import PROJECT_ROOT
+
+DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "matching_rules.toml"
+
+ALLOCATION_COLUMNS = {
+    "processor": "VARCHAR NOT NULL", "source_id": "VARCHAR NOT NULL", "line_type": "VARCHAR NOT NULL",
+    "settlement_date": "DATE NOT NULL", "customer": "VARCHAR", "invoice_number": "VARCHAR",
+    "invoice_year": "INTEGER", "invoice_currency": "VARCHAR", "payment_currency": "VARCHAR NOT NULL",
+    "payment_amount_minor": "BIGINT NOT NULL", "payment_invoice_amount_minor": "BIGINT",
+    "allocated_minor": "BIGINT NOT NULL", "allocated_settlement_minor": "BIGINT NOT NULL",
+    "rule": "VARCHAR NOT NULL", "confidence": "DECIMAL(4, 3) NOT NULL", "status": "VARCHAR NOT NULL",
+    "linked_source_id": "VARCHAR",
+}
+EXCEPTION_COLUMNS = {
+    "exception_id": "VARCHAR NOT NULL", "reason_code": "VARCHAR NOT NULL", "processor": "VARCHAR NOT NULL",
+    "source_id": "VARCHAR NOT NULL", "settlement_date": "DATE NOT NULL", "currency": "VARCHAR",
+    "amount_minor": "BIGINT", "unapplied_minor": "BIGINT", "candidates": "JSON", "detail": "VARCHAR NOT NULL",
+}
+REASON_CODES = {
+    "overpayment": "the payment is larger than the invoice's outstanding amount; the excess is unapplied",
+    "invoice_already_paid": "the referenced invoice has nothing left outstanding",
+    "customer_mismatch": "the referenced invoice belongs to another customer than the payment names",
+    "ambiguous_reference": "the reference matches several open invoices",
+    "currency_mismatch": "the invoice is in a currency the payment was neither presented nor settled in",
+    "ambiguous_amount": "several open invoices of the customer have exactly this amount outstanding",
+    "invoice_claimed": "another payment was already applied to the only invoice with this amount",
+    "ambiguous_invoice_group": "several groups of the customer's invoices add up to the payment",
+    "competing_payments": "several payments would be applied to the same invoices",
+    "invoice_not_found": "the reference names no open invoice",
+    "no_reference": "the payment names neither an invoice nor a customer",
+    "no_matching_invoice": "no open invoice or group of invoices of the customer matches the amount",
+    "reversal_of_unapplied_payment": "a refund or dispute of a charge that was never applied to an invoice",
+    "payout_mismatch": "the payout's amount differs from the sum of its lines",
+}
+
+
+@dataclass(frozen=True)
+class MatchingRules:
+    strip_prefixes: tuple[str, ...] = ("INV", "INVOICE")
+    days_before_payment: int = 120
+    days_after_payment: int = 3
+    max_candidates: int = 10
+    max_invoices: int = 3
+    confidence_reference: float = 1.0
+    confidence_customer_amount: float = 0.9
+    confidence_multi_invoice: float = 0.8
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_RULES_FILE) -> "MatchingRules":
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+        rules = cls(
+            strip_prefixes=tuple(raw["reference"]["strip_prefixes"]),
+            days_before_payment=int(raw["customer_amount"]["days_before_payment"]),
+            days_after_payment=int(raw["customer_amount"]["days_after_payment"]),
+            max_candidates=int(raw["multi_invoice"]["max_candidates"]),
+            max_invoices=int(raw["multi_invoice"]["max_invoices"]),
+            confidence_reference=float(raw["confidence"]["exact_reference"]),
+            confidence_customer_amount=float(raw["confidence"]["customer_amount"]),
+            confidence_multi_invoice=float(raw["confidence"]["multi_invoice"]),
+        )
+        if not 2 <= rules.max_invoices <= 5 or not 2 <= rules.max_candidates <= 25:
+            raise ValueError(f"{path}: multi_invoice.max_invoices must be 2..5 and max_candidates 2..25 "
+                             "(the subset search grows combinatorially)")
+        return rules
+
+
+def normalised(expr: str, rules: MatchingRules) -> str:
+    """SQL for a reference compared loosely: upper case, no punctuation, no INV prefix, no leading zeros."""
+    prefixes = "|".join(sorted(rules.strip_prefixes, key=len, reverse=True))
+    cleaned = f"regexp_replace(upper({expr}), '[^A-Z0-9]', '', 'g')"
+    return f"nullif(ltrim(regexp_replace({cleaned}, '^({prefixes})', ''), '0'), '')"
+
+
+# The payment's amount in the invoice's currency: its presentment amount if the customer paid in the
+# invoice currency, its settlement amount if it settled in it; otherwise not comparable.
+def in_invoice_currency(p: str, i: str) -> str:
+    return (f"CASE WHEN {i}.currency = {p}.presentment_currency THEN {p}.presentment_amount_minor "
+            f"WHEN {i}.currency = {p}.currency THEN {p}.amount_minor END")
+
+
+def _settlement_share(amount: str, part: str, whole: str) -> str:
+    """``amount × part / whole`` rounded half up, in integers (HUGEINT: no overflow, no floats)."""
+    return (f"CAST((CAST({amount} AS HUGEINT) * {part} * 2 + {whole}) // (2 * CAST({whole} AS HUGEINT)) AS BIGINT)")
+
+
+def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lines: str, invoices: str,
+                   earlier: str) -> None:
+    """Create temp tables ``match_allocations`` and ``match_exceptions`` (see the module docstring).
+
+    ``lines``: canonical settlement lines (core_settlement_lines columns). ``invoices``: open invoices with
+    invoice_number, invoice_year, customer, currency, outstanding_minor, invoice_date. ``earlier``:
+    allocations (core_payment_allocations columns) from before this window that still bind invoices.
+    """
+    for statement in _statements(rules, lines, invoices, earlier):
+        conn.execute(statement)
+
+
+def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> list[str]:
+    conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
+                                      rules.confidence_multi_invoice)
+    window = (f"i.invoice_date BETWEEN p.settlement_date - INTERVAL {rules.days_before_payment} DAY "
+              f"AND p.settlement_date + INTERVAL {rules.days_after_payment} DAY")
+    return [
+        # -- inputs ---------------------------------------------------------------------------------
+        f"""CREATE OR REPLACE TEMP TABLE m_pay AS
+            SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+                   {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
+                   presentment_currency, presentment_amount_minor
+            FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
+        f"""CREATE OR REPLACE TEMP TABLE m_inv AS
+            SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
+                   {normalised('i.invoice_number', rules)} AS ref_norm,
+                   i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
+            FROM {invoices} i
+            LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
+                       WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
+                   USING (invoice_number, invoice_year)""",
+        # -- rule 1: exact reference ------------------------------------------------------------------
+        f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
+            WITH hits AS (
+                SELECT p.*, i.invoice_number, i.invoice_year, i.customer AS invoice_customer,
+                       i.currency AS invoice_currency, i.remaining, {in_invoice_currency('p', 'i')} AS pay_inv,
+                       count(*) OVER (PARTITION BY p.processor, p.source_id) AS n_hits
+                FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
+            ), classified AS (
+                SELECT *, CASE WHEN n_hits > 1 THEN 'ambiguous_reference'
+                               WHEN pay_inv IS NULL THEN 'currency_mismatch'
+                               WHEN customer_ref IS NOT NULL AND customer_ref <> invoice_customer THEN 'customer_mismatch'
+                          END AS problem
+                FROM hits
+            ), applied AS (
+                SELECT *, coalesce(sum(pay_inv) OVER (
+                              PARTITION BY invoice_number, invoice_year ORDER BY occurred_at_utc, processor, source_id
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+                FROM classified WHERE problem IS NULL
+            )
+            SELECT *, greatest(least(pay_inv, remaining - before), 0) AS allocated FROM applied
+            UNION ALL BY NAME
+            SELECT *, NULL AS before, 0 AS allocated FROM classified WHERE problem IS NOT NULL""",
+        """CREATE OR REPLACE TEMP TABLE m_inv1 AS
+           SELECT i.*, i.remaining - coalesce(r.used, 0) AS rem
+           FROM m_inv i LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated) AS used FROM m_r1
+                                   WHERE problem IS NULL GROUP BY ALL) r USING (invoice_number, invoice_year)""",
+        # -- rule 2: customer + exact outstanding amount ----------------------------------------------
+        f"""CREATE OR REPLACE TEMP TABLE m_r2 AS
+            WITH open_pay AS (
+                SELECT * FROM m_pay p WHERE customer_ref IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM m_r1 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
+            ), cand AS (
+                SELECT p.*, i.invoice_number, i.invoice_year, i.customer AS invoice_customer,
+                       i.currency AS invoice_currency, i.rem AS remaining, {in_invoice_currency('p', 'i')} AS pay_inv
+                FROM open_pay p JOIN m_inv1 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
+                WHERE {in_invoice_currency('p', 'i')} = i.rem
+            ), counted AS (
+                SELECT *, count(*) OVER (PARTITION BY processor, source_id) AS n_cand FROM cand
+            )
+            SELECT *, CASE WHEN n_cand > 1 THEN 'ambiguous_amount'
+                           WHEN row_number() OVER (PARTITION BY invoice_number, invoice_year, n_cand = 1
+                                                   ORDER BY occurred_at_utc, processor, source_id) > 1
+                           THEN 'invoice_claimed' END AS problem,
+                   pay_inv AS allocated
+            FROM counted""",
+        """CREATE OR REPLACE TEMP TABLE m_inv2 AS
+           SELECT i.* EXCLUDE (rem), i.rem - coalesce(r.used, 0) AS rem
+           FROM m_inv1 i LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated) AS used FROM m_r2
+                                    WHERE problem IS NULL GROUP BY ALL) r USING (invoice_number, invoice_year)""",
+        # -- rule 3: one payment, several invoices (bounded subset search) ----------------------------
+        f"""CREATE OR REPLACE TEMP TABLE m_r3_cand AS
+            WITH open_pay AS (
+                SELECT * FROM m_pay p WHERE customer_ref IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM m_r1 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
+                  AND NOT EXISTS (SELECT 1 FROM m_r2 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
+            ), cand AS (
+                SELECT p.processor, p.source_id, i.invoice_number, i.invoice_year, i.currency AS invoice_currency,
+                       i.rem, {in_invoice_currency('p', 'i')} AS pay_inv,
+                       row_number() OVER (PARTITION BY p.processor, p.source_id
+                                          ORDER BY i.invoice_date, i.invoice_number) AS rk
+                FROM open_pay p JOIN m_inv2 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
+                WHERE {in_invoice_currency('p', 'i')} > i.rem
+            )
+            SELECT * FROM cand WHERE rk <= {rules.max_candidates}""",
+        _subset_sql(rules.max_invoices),
+        """CREATE OR REPLACE TEMP TABLE m_r3 AS
+           WITH groups AS (
+               SELECT *, count(*) OVER (PARTITION BY processor, source_id) AS n_groups FROM m_r3_groups
+           ), members AS (
+               SELECT g.processor, g.source_id, g.group_no, g.n_groups, unnest(g.members) AS rk FROM groups g
+           )
+           SELECT c.processor, c.source_id, c.invoice_number, c.invoice_year, c.invoice_currency, c.pay_inv,
+                  c.rem AS allocated, m.n_groups,
+                  CASE WHEN m.n_groups > 1 THEN 'ambiguous_invoice_group' END AS problem
+           FROM members m JOIN m_r3_cand c USING (processor, source_id, rk)
+           QUALIFY m.n_groups = 1 OR row_number() OVER (PARTITION BY c.processor, c.source_id, c.invoice_number,
+                                                         c.invoice_year ORDER BY m.group_no) = 1""",
+        # Two payments' unique groups sharing an invoice: neither is applied automatically.
+        """UPDATE m_r3 SET problem = 'competing_payments'
+           WHERE problem IS NULL AND (invoice_number, invoice_year) IN (
+               SELECT (invoice_number, invoice_year) FROM m_r3 WHERE problem IS NULL
+               GROUP BY ALL HAVING count(DISTINCT (processor, source_id)) > 1)""",
+        """UPDATE m_r3 SET problem = 'competing_payments'
+           WHERE problem IS NULL AND (processor, source_id) IN (
+               SELECT (processor, source_id) FROM m_r3 WHERE problem = 'competing_payments')""",
+        # -- allocations ------------------------------------------------------------------------------
+        f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
+            WITH pay AS (SELECT * FROM m_pay),
+            r1 AS (
+                SELECT r.processor, r.source_id, r.invoice_number, r.invoice_year, r.invoice_customer AS customer,
+                       r.invoice_currency, r.pay_inv, r.allocated, 'exact_reference' AS rule,
+                       CASE WHEN r.problem IS NULL THEN {conf_ref} ELSE {conf_ref} / r.n_hits / 2 END AS confidence,
+                       CASE WHEN r.problem IS NULL AND r.allocated > 0 THEN 'auto'
+                            WHEN r.problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
+                            ELSE 'unmatched' END AS status
+                FROM m_r1 r
+            ), r2 AS (
+                SELECT processor, source_id, invoice_number, invoice_year, invoice_customer, invoice_currency, pay_inv,
+                       allocated, 'customer_amount', {conf_amt} / n_cand,
+                       CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
+                            ELSE 'unmatched' END
+                FROM m_r2
+            ), r3 AS (
+                SELECT r.processor, r.source_id, r.invoice_number, r.invoice_year, p.customer_ref, r.invoice_currency,
+                       r.pay_inv, r.allocated, 'multi_invoice', {conf_multi} / r.n_groups,
+                       CASE WHEN r.problem IS NULL THEN 'auto' ELSE 'suggested' END
+                FROM m_r3 r JOIN pay p USING (processor, source_id)
+            ), matched AS (SELECT * FROM r1 UNION ALL SELECT * FROM r2 UNION ALL SELECT * FROM r3)
+            SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
+                   coalesce(m.customer, p.customer_ref) AS customer, m.invoice_number,
+                   CAST(m.invoice_year AS INTEGER) AS invoice_year, m.invoice_currency,
+                   p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
+                   m.pay_inv AS payment_invoice_amount_minor,
+                   CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
+                   CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
+                        ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
+                       AS allocated_settlement_minor,
+                   coalesce(m.rule, 'none') AS rule,
+                   CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
+                   coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id
+            FROM pay p LEFT JOIN matched m USING (processor, source_id)""",
+        # -- rule 5: refunds and disputes follow the charge they reverse ------------------------------
+        f"""INSERT INTO match_allocations
+            WITH reversal AS (
+                SELECT * FROM {lines}
+                WHERE line_type IN ('refund', 'dispute', 'dispute_reversal') AND original_source_id IS NOT NULL
+            ), charge_allocation AS (
+                SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
+                FROM match_allocations WHERE status = 'auto'
+                UNION ALL
+                SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
+                FROM {earlier} WHERE status = 'auto' AND line_type = 'charge'
+            )
+            SELECT r.processor, r.source_id, r.line_type, r.settlement_date, coalesce(a.customer, r.customer_ref),
+                   a.invoice_number, CAST(a.invoice_year AS INTEGER), a.invoice_currency, r.currency, r.amount_minor,
+                   NULL, 0, 0, 'reversal_link', CAST(CASE WHEN a.source_id IS NULL THEN 0 ELSE 1 END AS DECIMAL(4, 3)),
+                   CASE WHEN a.source_id IS NULL THEN 'unmatched' ELSE 'auto' END, r.original_source_id
+            FROM reversal r
+            LEFT JOIN charge_allocation a ON a.processor = r.processor AND a.source_id = r.original_source_id""",
+        # -- exceptions -------------------------------------------------------------------------------
+        f"""CREATE OR REPLACE TEMP TABLE match_exceptions AS
+            WITH problem AS (
+                SELECT processor, source_id, problem AS reason_code, 0 AS unapplied_minor,
+                       list(DISTINCT invoice_number ORDER BY invoice_number) AS candidates
+                FROM m_r1 WHERE problem IS NOT NULL GROUP BY ALL
+                UNION ALL
+                SELECT processor, source_id, 'invoice_already_paid', pay_inv, [invoice_number]
+                FROM m_r1 WHERE problem IS NULL AND allocated = 0
+                UNION ALL
+                SELECT processor, source_id, 'overpayment', pay_inv - allocated, [invoice_number]
+                FROM m_r1 WHERE problem IS NULL AND allocated > 0 AND allocated < pay_inv
+                UNION ALL
+                SELECT processor, source_id, problem, 0, list(DISTINCT invoice_number ORDER BY invoice_number)
+                FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
+                UNION ALL
+                SELECT processor, source_id, any_value(problem), 0, list(DISTINCT invoice_number ORDER BY invoice_number)
+                FROM m_r3 WHERE problem IS NOT NULL GROUP BY ALL
+                UNION ALL
+                SELECT a.processor, a.source_id,
+                       CASE WHEN a.line_type <> 'charge' THEN 'reversal_of_unapplied_payment'
+                            WHEN p.ref_norm IS NOT NULL THEN 'invoice_not_found'
+                            WHEN p.customer_ref IS NULL THEN 'no_reference'
+                            ELSE 'no_matching_invoice' END,
+                       CASE WHEN a.line_type = 'charge' THEN a.payment_amount_minor ELSE 0 END, []
+                FROM match_allocations a LEFT JOIN m_pay p USING (processor, source_id)
+                WHERE a.status = 'unmatched' AND a.rule IN ('none', 'reversal_link')
+            )
+            SELECT 'EX-' || upper(substr(md5(problem.reason_code || '|' || problem.processor || '|' || problem.source_id), 1, 12))
+                       AS exception_id,
+                   problem.reason_code, problem.processor, problem.source_id, l.settlement_date, l.currency,
+                   l.amount_minor, problem.unapplied_minor, to_json(problem.candidates) AS candidates,
+                   CASE problem.reason_code {_reason_texts()}
+                   END AS detail
+            FROM problem JOIN {lines} l USING (processor, source_id)""",
+    ]
+
+
+def _reason_texts() -> str:
+    return " ".join(f"WHEN '{code}' THEN '{text.replace(chr(39), chr(39) * 2)}'" for code, text in REASON_CODES.items())
+
+
+def _subset_sql(max_invoices: int) -> str:
+    """Groups of 2..max_invoices candidate invoices (ascending rank) whose remaining amounts sum to the payment."""
+    selects = []
+    for size in range(2, max_invoices + 1):
+        aliases = [f"c{k}" for k in range(size)]
+        joins = " ".join(
+            f"JOIN m_r3_cand {a} ON {a}.processor = c0.processor AND {a}.source_id = c0.source_id "
+            f"AND {a}.rk > {aliases[k - 1]}.rk AND {a}.invoice_currency = c0.invoice_currency"
+            for k, a in enumerate(aliases) if k > 0)
+        total = " + ".join(f"{a}.rem" for a in aliases)
+        prunes = " AND ".join(f"{' + '.join(f'{a}.rem' for a in aliases[:k])} < c0.pay_inv" for k in range(2, size))
+        where = f"{total} = c0.pay_inv" + (f" AND {prunes}" if prunes else "")
+        members = ", ".join(f"{a}.rk" for a in aliases)
+        selects.append(f"SELECT c0.processor, c0.source_id, [{members}] AS members FROM m_r3_cand c0 {joins} WHERE {where}")
+    union = " UNION ALL ".join(selects)
+    return (f"CREATE OR REPLACE TEMP TABLE m_r3_groups AS SELECT *, row_number() OVER "
+            f"(PARTITION BY processor, source_id ORDER BY len(members), members) AS group_no FROM ({union})")
