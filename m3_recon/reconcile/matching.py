@@ -165,7 +165,8 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -
             )
             SELECT *, greatest(least(pay_inv, remaining - before), 0) AS allocated FROM applied
             UNION ALL BY NAME
-            SELECT *, NULL AS before, 0 AS allocated FROM classified WHERE problem IS NOT NULL""",
+            SELECT *, NULL AS before, greatest(least(pay_inv, remaining), 0) AS allocated FROM classified
+            WHERE problem IS NOT NULL""",
         """CREATE OR REPLACE TEMP TABLE m_inv1 AS
            SELECT i.*, i.remaining - coalesce(r.used, 0) AS rem
            FROM m_inv i LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated) AS used FROM m_r1

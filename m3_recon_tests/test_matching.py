@@ -1,0 +1,241 @@
+"""Matching rules and payout tie-out, one case at a time with exact amounts (pure SQL, no Dagster)."""
+
+from datetime import date, datetime, timedelta
+
+import duckdb
+import pandas as pd
+import pytest
+
+from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS
+from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments
+from m3_recon.reconcile.tieout import payout_exceptions, register_exceptions, tie_out_payouts
+
+DAY = date(2026, 10, 10)
+RULES = MatchingRules.load()
+
+
+def line(source_id, amount, *, invoice=None, customer=None, line_type="charge", day=DAY, currency="USD",
+         presentment=None, fee=0, original=None, payout=None, processor="stripe", seconds=0):
+    p_currency, p_amount = presentment or (currency, amount)
+    return {"processor": processor, "source_id": source_id, "line_type": line_type,
+            "occurred_at_utc": datetime.combine(day, datetime.min.time()) + timedelta(seconds=seconds),
+            "settlement_date": day, "payout_id": payout, "currency": currency, "amount_minor": amount,
+            "fee_minor": fee, "net_minor": amount - fee, "presentment_currency": p_currency,
+            "presentment_amount_minor": p_amount, "fx_rate": None, "customer_ref": customer, "invoice_ref": invoice,
+            "original_source_id": original, "card_brand": None, "card_last4": None, "description": None}
+
+
+def invoice(number, customer, outstanding, *, currency="USD", day=DAY - timedelta(days=20)):
+    return {"invoice_number": number, "invoice_year": 2026, "customer": customer, "currency": currency,
+            "outstanding_minor": outstanding, "invoice_date": day}
+
+
+def lines_table(conn, lines):
+    conn.execute(f"CREATE TABLE lines ({', '.join(f'{c} {t}' for c, t in SETTLEMENT_LINE_COLUMNS.items())})")
+    conn.register("lines_df", pd.DataFrame(lines, columns=list(SETTLEMENT_LINE_COLUMNS)))
+    conn.execute("INSERT INTO lines SELECT * FROM lines_df")
+
+
+def run(lines, invoices, earlier=()):
+    conn = duckdb.connect()
+    lines_table(conn, lines)
+    conn.register("inv_df", pd.DataFrame(invoices, columns=list(invoice("x", "c", 0))))
+    conn.execute("CREATE TABLE invoices AS SELECT * FROM inv_df")
+    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
+    conn.execute(f"CREATE TABLE earlier ({columns})")
+    for row in earlier:
+        conn.execute(f"INSERT INTO earlier ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    match_payments(conn, RULES, lines="lines", invoices="invoices", earlier="earlier")
+    return conn
+
+
+def allocations(conn):
+    return conn.execute("SELECT source_id, invoice_number, allocated_minor, rule, status FROM match_allocations "
+                        "ORDER BY source_id, invoice_number NULLS FIRST").fetchall()
+
+
+def exceptions(conn):
+    return conn.execute("SELECT source_id, reason_code, unapplied_minor, candidates::VARCHAR FROM match_exceptions "
+                        "ORDER BY source_id, reason_code").fetchall()
+
+
+def test_exact_reference_full_payment():
+    conn = run([line("p1", 125_00, invoice="INV-0026000001", customer="C1")], [invoice("26000001", "C1", 125_00)])
+    assert allocations(conn) == [("p1", "26000001", 125_00, "exact_reference", "auto")]
+    assert exceptions(conn) == []
+
+
+def test_partial_payment_leaves_the_residual_and_instalments_fill_it():
+    conn = run([line("p1", 40_00, invoice="26000001", seconds=1), line("p2", 60_00, invoice="26000001", seconds=2),
+                line("p3", 10_00, invoice="26000001", seconds=3)], [invoice("26000001", "C1", 90_00)])
+    assert allocations(conn) == [("p1", "26000001", 40_00, "exact_reference", "auto"),
+                                 ("p2", "26000001", 50_00, "exact_reference", "auto"),
+                                 ("p3", "26000001", 0, "exact_reference", "unmatched")]
+    assert exceptions(conn) == [("p2", "overpayment", 10_00, '["26000001"]'),
+                                ("p3", "invoice_already_paid", 10_00, '["26000001"]')]
+
+
+def test_earlier_unposted_allocations_bind_the_invoice():
+    earlier = [{"processor": "stripe", "source_id": "p0", "line_type": "charge", "invoice_number": "26000001",
+                "invoice_year": 2026, "allocated_minor": 70_00, "status": "auto"}]
+    conn = run([line("p1", 30_00, invoice="26000001"), line("p2", 5_00, invoice="26000001", seconds=5)],
+               [invoice("26000001", "C1", 100_00)], earlier)
+    assert allocations(conn) == [("p1", "26000001", 30_00, "exact_reference", "auto"),
+                                 ("p2", "26000001", 0, "exact_reference", "unmatched")]
+
+
+def test_reference_for_another_customers_invoice_is_only_suggested():
+    conn = run([line("p1", 80_00, invoice="26000001", customer="C2")], [invoice("26000001", "C1", 80_00)])
+    assert allocations(conn) == [("p1", "26000001", 80_00, "exact_reference", "suggested")]
+    assert exceptions(conn)[0][1] == "customer_mismatch"
+
+
+def test_customer_and_exact_amount_one_candidate_is_applied():
+    conn = run([line("p1", 77_01, customer="C1")], [invoice("26000001", "C1", 77_01), invoice("26000002", "C1", 99_00)])
+    assert allocations(conn) == [("p1", "26000001", 77_01, "customer_amount", "auto")]
+
+
+def test_customer_and_amount_several_candidates_are_suggested_never_applied():
+    conn = run([line("p1", 50_00, customer="C1")], [invoice("26000001", "C1", 50_00), invoice("26000002", "C1", 50_00)])
+    assert allocations(conn) == [("p1", "26000001", 50_00, "customer_amount", "suggested"),
+                                 ("p1", "26000002", 50_00, "customer_amount", "suggested")]
+    assert exceptions(conn) == [("p1", "ambiguous_amount", 0, '["26000001","26000002"]')]
+
+
+def test_invoice_outside_the_date_window_is_not_a_candidate():
+    old = invoice("26000001", "C1", 50_00, day=DAY - timedelta(days=RULES.days_before_payment + 1))
+    conn = run([line("p1", 50_00, customer="C1")], [old])
+    assert allocations(conn) == [("p1", None, 0, "none", "unmatched")]
+    assert exceptions(conn) == [("p1", "no_matching_invoice", 50_00, "[]")]
+
+
+def test_second_payment_for_an_already_claimed_invoice_is_an_exception():
+    conn = run([line("p1", 20_00, customer="C1", seconds=1), line("p2", 20_00, customer="C1", seconds=2)],
+               [invoice("26000001", "C1", 20_00)])
+    assert [a[4] for a in allocations(conn)] == ["auto", "unmatched"]
+    assert exceptions(conn) == [("p2", "invoice_claimed", 0, '["26000001"]')]
+
+
+def test_one_payment_for_several_invoices():
+    invoices = [invoice("26000001", "C1", 10_00), invoice("26000002", "C1", 25_50),
+                invoice("26000003", "C1", 33_33), invoice("26000004", "C1", 1_00)]
+    conn = run([line("p1", 68_83, customer="C1")], invoices)
+    assert allocations(conn) == [("p1", "26000001", 10_00, "multi_invoice", "auto"),
+                                 ("p1", "26000002", 25_50, "multi_invoice", "auto"),
+                                 ("p1", "26000003", 33_33, "multi_invoice", "auto")]
+
+
+def test_several_invoice_groups_are_suggested():
+    invoices = [invoice("26000001", "C1", 10_00), invoice("26000002", "C1", 20_00),
+                invoice("26000003", "C1", 15_00), invoice("26000004", "C1", 15_00)]
+    conn = run([line("p1", 30_00, customer="C1")], invoices)
+    assert {a[4] for a in allocations(conn)} == {"suggested"}
+    assert exceptions(conn)[0][1] == "ambiguous_invoice_group"
+
+
+def test_foreign_currency_invoice_is_compared_in_its_currency_and_keeps_the_settlement_value():
+    conn = run([line("p1", 108_24, invoice="26000001", presentment=("EUR", 100_00))],
+               [invoice("26000001", "C1", 100_00, currency="EUR")])
+    row = conn.execute("SELECT invoice_currency, payment_currency, allocated_minor, allocated_settlement_minor "
+                       "FROM match_allocations").fetchone()
+    assert row == ("EUR", "USD", 100_00, 108_24)
+
+
+def test_settlement_share_of_a_partly_applied_foreign_payment_rounds_half_up():
+    conn = run([line("p1", 108_25, invoice="26000001", presentment=("EUR", 100_00))],
+               [invoice("26000001", "C1", 33_33, currency="EUR")])
+    # 108.25 × 33.33 / 100.00 = 36.0797… → 36.08
+    assert conn.execute("SELECT allocated_minor, allocated_settlement_minor FROM match_allocations").fetchone() == (
+        33_33, 36_08)
+
+
+def test_invoice_in_a_third_currency_is_a_currency_mismatch():
+    conn = run([line("p1", 100_00, invoice="26000001")], [invoice("26000001", "C1", 100_00, currency="GBP")])
+    assert allocations(conn) == [("p1", "26000001", 0, "exact_reference", "unmatched")]
+    assert exceptions(conn)[0][1] == "currency_mismatch"
+
+
+def test_refunds_and_disputes_follow_the_charge_allocation():
+    conn = run([line("p1", 60_00, invoice="26000001"),
+                line("r1", -60_00, line_type="refund", original="p1"),
+                line("d1", -15_00, line_type="dispute", original="p9")], [invoice("26000001", "C1", 60_00)])
+    links = conn.execute("SELECT source_id, invoice_number, status, linked_source_id FROM match_allocations "
+                         "WHERE rule = 'reversal_link' ORDER BY 1").fetchall()
+    assert links == [("d1", None, "unmatched", "p9"), ("r1", "26000001", "auto", "p1")]
+    assert exceptions(conn) == [("d1", "reversal_of_unapplied_payment", 0, "[]")]
+
+
+def test_payments_with_nothing_to_go_on_are_excepted_with_their_reason():
+    conn = run([line("p1", 5_00), line("p2", 6_00, invoice="INV-404", customer="C1")], [invoice("26000001", "C1", 9_00)])
+    assert exceptions(conn) == [("p1", "no_reference", 5_00, "[]"), ("p2", "invoice_not_found", 6_00, "[]")]
+
+
+def test_allocations_never_exceed_the_payment_or_the_invoice():
+    invoices = [invoice(f"2600000{i}", "C1", 10_00 * i) for i in range(1, 6)]
+    lines = [line(f"p{i}", 10_00 * i + (1 if i % 2 else 0), invoice=f"2600000{i}", seconds=i) for i in range(1, 6)]
+    lines += [line("q1", 30_00, customer="C1", seconds=10), line("q2", 30_00, invoice="26000003", seconds=11)]
+    conn = run(lines, invoices)
+    over = conn.execute("""SELECT a.invoice_number FROM match_allocations a JOIN invoices i USING (invoice_number)
+                           WHERE a.status = 'auto' GROUP BY a.invoice_number, i.outstanding_minor
+                           HAVING sum(a.allocated_minor) > i.outstanding_minor""").fetchall()
+    assert over == []
+    unbalanced = conn.execute("""
+        SELECT a.source_id FROM match_allocations a LEFT JOIN
+             (SELECT source_id, sum(unapplied_minor) AS unapplied FROM match_exceptions GROUP BY 1) e USING (source_id)
+        WHERE a.status = 'auto' AND a.line_type = 'charge'
+        GROUP BY a.source_id, a.payment_invoice_amount_minor, e.unapplied
+        HAVING sum(a.allocated_minor) + coalesce(e.unapplied, 0) <> a.payment_invoice_amount_minor""").fetchall()
+    assert unbalanced == []
+
+
+def tieout(payouts, lines):
+    conn = duckdb.connect()
+    conn.register("payouts_df", pd.DataFrame(payouts))
+    conn.execute("CREATE TABLE payouts AS SELECT * FROM payouts_df")
+    lines_table(conn, lines)
+    tie_out_payouts(conn, payouts="payouts", lines="lines")
+    payout_exceptions(conn)
+    return conn
+
+
+def payout(payout_id, amount, status="paid", itemised=True, line_count=2):
+    return {"processor": "stripe", "payout_id": payout_id, "currency": "USD", "amount_minor": amount,
+            "settlement_date": DAY, "arrival_date": DAY + timedelta(days=1), "status": status,
+            "itemised": itemised, "line_count": line_count}
+
+
+def test_payout_tie_out_statuses_and_named_residue():
+    lines = [line("c1", 100_00, fee=3_20, payout="po1"), line("f1", -5_00, line_type="fee", payout="po1"),
+             line("o1", -91_80, line_type="payout", payout="po1"),
+             line("c2", 50_00, fee=1_75, payout="po2"), line("c3", 10_00, payout="po3")]
+    conn = tieout([payout("po1", 91_80), payout("po2", 50_00, line_count=2), payout("po3", 10_00, status="failed"),
+                   payout("po4", 12_00, itemised=False)], lines)
+    rows = conn.execute("SELECT payout_id, status, difference_minor FROM payout_tieout ORDER BY 1").fetchall()
+    assert rows == [("po1", "tied", 0), ("po2", "mismatch", 1_75), ("po3", "failed", 0), ("po4", "pending", 12_00)]
+    residue = conn.execute("SELECT source_id, unapplied_minor, detail FROM payout_exceptions").fetchall()
+    assert residue == [("po2", 1_75, "payout 5000 USD vs lines net 4825: residue 175 USD; "
+                                     "1 itemised line(s) missing from core_settlement_lines")]
+
+
+def test_exception_register_keeps_first_seen_and_clears_what_went_away():
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE found AS SELECT 'EX-1' AS exception_id, 'no_reference' AS reason_code, 'stripe' AS processor,"
+                 " 'p1' AS source_id, DATE '2026-10-10' AS settlement_date, 'USD' AS currency, 5 AS amount_minor,"
+                 " 5 AS unapplied_minor, '[]'::JSON AS candidates, 'x' AS detail")
+    first, second = datetime(2026, 10, 11, 2), datetime(2026, 10, 12, 2)
+    scope = {"first_day": date(2026, 10, 1), "end_day": date(2026, 11, 1), "reason_codes": ("no_reference",)}
+    assert register_exceptions(conn, found="found", now=first, **scope) == {"new": 1, "cleared": 0}
+    assert register_exceptions(conn, found="found", now=second, **scope) == {"new": 0, "cleared": 0}
+    assert conn.execute("SELECT status, first_seen_at_utc, last_seen_at_utc FROM out_recon_exceptions").fetchall() == [
+        ("open", first, second)]
+    conn.execute("DELETE FROM found")
+    assert register_exceptions(conn, found="found", now=second, **scope) == {"new": 0, "cleared": 1}
+    assert conn.execute("SELECT status FROM out_recon_exceptions").fetchall() == [("cleared",)]
+
+
+def test_rules_file_is_validated(tmp_path):
+    bad = tmp_path / "rules.toml"
+    bad.write_text((RULES_TEXT := open("data/matching_rules.toml").read()).replace("max_invoices = 3", "max_invoices = 9"))
+    with pytest.raises(ValueError, match="max_invoices"):
+        MatchingRules.load(bad)
+    assert "max_candidates" in RULES_TEXT
