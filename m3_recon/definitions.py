@@ -7,6 +7,8 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
 from m3_recon.defs.core import definitions as core
+from m3_recon.defs.heartland import definitions as heartland
+from m3_recon.defs.paytrace import definitions as paytrace
 from m3_recon.defs.stripe import definitions as stripe
 
 payout_close = dg.define_asset_job(
@@ -16,6 +18,8 @@ payout_close = dg.define_asset_job(
 
 defs = dg.Definitions.merge(
     stripe.defs,
+    paytrace.defs,
+    heartland.defs,
     core.defs,
     dg.Definitions(jobs=[payout_close], resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

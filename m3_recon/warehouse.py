@@ -7,6 +7,7 @@ columns are projected from the vendor's raw JSON in SQL (set-based), with the JS
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -69,6 +70,18 @@ def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, ins
         conn.execute("DROP VIEW IF EXISTS docs")
         conn.unregister("docs_all")
     return inserted
+
+
+def documents_table(objects: list[dict], run_id: str, **extra_columns: pa.Array) -> pa.Table:
+    """Vendor objects as an Arrow table for ``replace_window``: ``raw`` JSON text, load time, run id, extras."""
+    loaded_at = naive_utc(datetime.now(timezone.utc))
+    n = len(objects)
+    return pa.table({
+        "raw": pa.array([json.dumps(obj, separators=(",", ":")) for obj in objects], pa.string()),
+        "loaded_at_utc": pa.array([loaded_at] * n, pa.timestamp("us")),
+        "dagster_run_id": pa.array([run_id] * n, pa.string()),
+        **extra_columns,
+    })
 
 
 def naive_utc(moment: datetime) -> datetime:

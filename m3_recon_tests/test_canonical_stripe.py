@@ -9,9 +9,9 @@ from m3_recon.canonical import stripe as stripe_mapping
 from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.defs.core.assets import MAPPINGS, load_candidates, replace_canonical
 from m3_recon.defs.stripe.assets import (BALANCE_TRANSACTIONS_DDL, BALANCE_TRANSACTIONS_SELECT, PAYOUT_LINES_DDL,
-                                         _docs, rejection)
+                                         rejection)
 from m3_recon.partitions import FetchWindow
-from m3_recon.warehouse import replace_window
+from m3_recon.warehouse import documents_table, replace_window
 
 DAY_START = datetime(2026, 10, 5, tzinfo=timezone.utc)
 WINDOW = FetchWindow(DAY_START, datetime(2026, 10, 6, tzinfo=timezone.utc))
@@ -31,7 +31,7 @@ def load(objects: list[dict]):
     conn = duckdb.connect()
     conn.execute(PAYOUT_LINES_DDL)
     stored = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                            insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, "test-run"),
+                            insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, "test-run"),
                             window_column="created_at_utc", start=WINDOW.start, end=WINDOW.end,
                             rejection=rejection("balance transaction"), run_id="test-run")
     candidates = load_candidates(conn, WINDOW, lambda m: m.settlement_lines_sql, lambda m: m.settlement_line_deps)

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from datetime import date
 
+from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
+from m3_recon.sandbox.heartland_api import sandbox_env as heartland_env
+from m3_recon.sandbox.heartland_ledger import build_heartland_ledger
+from m3_recon.sandbox.paytrace_api import SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME, PayTraceApp
+from m3_recon.sandbox.paytrace_api import sandbox_env as paytrace_env
+from m3_recon.sandbox.paytrace_ledger import build_paytrace_ledger
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.stripe_api import StripeApp
 from m3_recon.sandbox.stripe_ledger import DAY, build_stripe_ledger
@@ -29,8 +35,14 @@ class Sandbox:
         self.period = Period(start, days)
         self.world = build_world(seed, self.period)
         self.stripe = build_stripe_ledger(self.world)
+        self.paytrace = build_paytrace_ledger(self.world)
+        self.heartland = build_heartland_ledger(self.world)
         self.clock = SandboxClock(now if now is not None else self.period.end_epoch + SETTLE_DAYS * DAY)
-        self.apps = {"stripe": StripeApp(self.stripe, self.clock, SANDBOX_STRIPE_KEY)}
+        self.apps = {
+            "stripe": StripeApp(self.stripe, self.clock, SANDBOX_STRIPE_KEY),
+            "paytrace": PayTraceApp(self.paytrace, self.clock, SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD),
+            "heartland": HeartlandApp(self.heartland, self.clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY),
+        }
         self.servers: dict[str, VendorServer] = {}
 
     def start(self, ports: dict[str, int] | None = None) -> "Sandbox":
@@ -59,4 +71,5 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         """Environment variables that point m3-recon's resources at this sandbox."""
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
+                **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
                 "M3_RECON_START_DATE": self.period.start.isoformat()}

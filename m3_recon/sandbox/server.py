@@ -133,6 +133,7 @@ class VendorApp:
 def _make_handler(app: VendorApp, faults: FaultPlan, clock: SandboxClock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes: don't wait for ACKs
         server_version = f"m3-recon-sandbox/{app.name}"
 
         def log_message(self, format, *args):  # noqa: A002 - keep the sandbox quiet

@@ -8,16 +8,15 @@ itself is kept in ``raw`` so an auditor can see exactly what Stripe said.
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
-from m3_recon.defs.stripe.resources import StripeResource, as_json_lines
+from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import Rejection, naive_utc, replace_window
+from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -26,19 +25,15 @@ OWNERS = ["team:finance-systems"]
 DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 PAYOUT_LINE_WORKERS = 4
 
-
 class StripeLoadConfig(dg.Config):
     lookback_days: int = DEFAULT_LOOKBACK_DAYS
-
 
 def _epoch_ts(path: str) -> str:
     return f"make_timestamp(TRY_CAST(raw->>'{path}' AS BIGINT) * 1000000)"
 
-
 def _integer(path: str) -> str:
     """A JSON integer as BIGINT; anything else (a string, a decimal) is NULL rather than silently rounded."""
     return f"CASE WHEN json_type(raw, '{path}') IN ('BIGINT', 'UBIGINT') THEN CAST(raw->>'{path}' AS BIGINT) END"
-
 
 def rejection(object_name: str) -> Rejection:
     """Objects without an id or a usable ``created`` cannot be placed in a day: quarantine them."""
@@ -49,7 +44,6 @@ def rejection(object_name: str) -> Rejection:
             THEN 'the {object_name} has no usable created timestamp (got '
                  || coalesce(json_extract_string(raw, '$.created'), 'nothing') || ')'
         END""")
-
 
 BALANCE_TRANSACTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_balance_transactions (
@@ -113,24 +107,11 @@ SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.
        raw->>'$.currency', {_epoch_ts('$.created')}, raw->>'$.source', raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
-
-def _docs(objects: list[dict], run_id: str, **extra_columns: list) -> pa.Table:
-    loaded_at = naive_utc(datetime.now(timezone.utc))
-    n = len(objects)
-    return pa.table({
-        "raw": pa.array(as_json_lines(objects), pa.string()),
-        "loaded_at_utc": pa.array([loaded_at] * n, pa.timestamp("us")),
-        "dagster_run_id": pa.array([run_id] * n, pa.string()),
-        **extra_columns,
-    })
-
-
 def _window(context: dg.AssetExecutionContext, config: StripeLoadConfig) -> FetchWindow:
     window = fetch_window(context.partition_time_window, config.lookback_days)
     context.log.info(f"Stripe fetch window {window} for partitions {context.partition_key_range.start}"
                      f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
     return window
-
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
@@ -144,7 +125,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
     objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=_docs(objects, context.run.run_id),
+                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
                               window_column="created_at_utc", start=window.start, end=window.end,
                               rejection=rejection("balance transaction"), run_id=context.run.run_id)
         by_category = conn.execute(
@@ -165,7 +146,6 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
             + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_category)),
     })
 
-
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"stripe", "duckdb"}, pool="duckdb_writer",
@@ -178,7 +158,7 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConf
     objects = stripe.payouts(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-                              docs=_docs(objects, context.run.run_id), window_column="created_at_utc",
+                              docs=documents_table(objects, context.run.run_id), window_column="created_at_utc",
                               start=window.start, end=window.end, rejection=rejection("payout"),
                               run_id=context.run.run_id)
         by_status = dict(conn.execute(
@@ -188,7 +168,6 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConf
         "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
         "paid_out_minor": sum(int(o["amount"]) for o in objects if o["status"] != "failed"),
     })
-
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
@@ -214,7 +193,7 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: StripeLoa
         objects.extend(lines)
         payout_ids.extend([payout_id] * len(lines))
         payout_created.extend([created] * len(lines))
-    docs = _docs(objects, context.run.run_id, payout_id=pa.array(payout_ids, pa.string()),
+    docs = documents_table(objects, context.run.run_id, payout_id=pa.array(payout_ids, pa.string()),
                  payout_created_at_utc=pa.array(payout_created, pa.timestamp("us")))
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payout_lines", ddl=PAYOUT_LINES_DDL,

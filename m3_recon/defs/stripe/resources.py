@@ -8,7 +8,6 @@ Returns plain JSON objects exactly as Stripe sent them.
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 import dagster as dg
@@ -132,7 +131,3 @@ class StripeResource(dg.ConfigurableResource):
     def payout_lines(self, payout_id: str) -> list[dict]:
         """The balance transactions an automatic payout settled, including its own ``type=payout`` line."""
         return list(self.list_all("balance_transactions", {"payout": payout_id}))
-
-
-def as_json_lines(objects: list[dict]) -> list[str]:
-    return [json.dumps(obj, separators=(",", ":")) for obj in objects]

@@ -1,0 +1,268 @@
+"""Heartland (GP API) staging assets: settlement transactions, deposits and settlement disputes.
+
+All three are partitioned by **deposit date**: the bank business date GP stamps on a deposit
+(``YYYY-MM-DD``, no time and no zone; it is the merchant's funding day, not a UTC instant). Partition
+key ``2026-10-05`` holds deposit ``2026-10-05``, the sales and refunds it funded and the chargebacks
+and reversals it carried, so one partition balances on its own. Instants (``time_created``, batch
+close) are stored as UTC; ``created_at_merchant_local`` keeps GP's merchant-local wall time.
+
+Each run reads the deposit dates of its partitions plus a look-back (a held deposit turning
+RELEASED, a dispute closing) and replaces exactly those dates in DuckDB in one transaction. Money is
+BIGINT minor units parsed from GP's strings in SQL; GP's JSON is kept in ``raw``.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
+import warnings
+from datetime import date, timedelta
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import settings
+from m3_recon.defs.heartland.resources import HeartlandResource
+from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.warehouse import documents_table, naive_utc, replace_window
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
+
+GROUP = "heartland"
+OWNERS = ["team:finance-systems"]
+DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+TRANSACTIONS_TABLE = "raw_heartland_settlement_transactions"
+DEPOSITS_TABLE = "raw_heartland_deposits"
+DISPUTES_TABLE = "raw_heartland_disputes"
+
+
+class HeartlandLoadConfig(dg.Config):
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
+
+
+def _minor(path: str) -> str:
+    """A GP minor-unit string as BIGINT; GP sends "" for an empty group, which is zero."""
+    return f"COALESCE(CAST(NULLIF(raw->>'{path}', '') AS BIGINT), 0)"
+
+
+def _instant(path: str, fmt: str) -> str:
+    return f"strptime(NULLIF(raw->>'{path}', ''), '{fmt}')"
+
+
+def _utc(path: str) -> str:
+    return _instant(path, "%Y-%m-%dT%H:%M:%S.%gZ")
+
+
+def _settlement_time(path: str) -> str:
+    """Settlement dispute times come as ``YYYY-MM-DDTHH:MM:SS`` in UTC, without zone or milliseconds."""
+    return _instant(path, "%Y-%m-%dT%H:%M:%S")
+
+
+def _day(path: str) -> str:
+    return f"CAST(NULLIF(raw->>'{path}', '') AS DATE)"
+
+
+TRANSACTIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TRANSACTIONS_TABLE} (
+    id VARCHAR NOT NULL, type VARCHAR, status VARCHAR, channel VARCHAR,
+    amount BIGINT NOT NULL, signed_amount BIGINT NOT NULL, currency VARCHAR,
+    reference VARCHAR, description VARCHAR, parent_transaction_id VARCHAR,
+    created_at_utc TIMESTAMP NOT NULL, created_at_merchant_local TIMESTAMP,
+    batch_id VARCHAR, batch_closed_at_utc TIMESTAMP,
+    deposit_id VARCHAR, deposit_status VARCHAR, deposit_date DATE NOT NULL, deposit_amount BIGINT,
+    merchant_id VARCHAR, merchant_hierarchy VARCHAR, card_brand VARCHAR, masked_card_number VARCHAR,
+    arn VARCHAR, auth_code VARCHAR, brand_reference VARCHAR, cardholder_name VARCHAR, entry_mode VARCHAR,
+    raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
+)"""
+
+TRANSACTIONS_SELECT = f"""
+SELECT raw->>'$.id', raw->>'$.type', raw->>'$.status', raw->>'$.channel',
+       {_minor('$.amount')},
+       CASE raw->>'$.type' WHEN 'REFUND' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
+       raw->>'$.currency', NULLIF(raw->>'$.reference', ''), raw->>'$.description',
+       NULLIF(raw->>'$.parent_resource_id', ''),
+       {_utc('$.time_created')}, {_instant('$.time_created_reference', '%Y-%m-%dT%H:%M:%S.%g')},
+       NULLIF(raw->>'$.batch_id', ''), {_utc('$.batch_time_created')},
+       raw->>'$.deposit_id', raw->>'$.deposit_status', {_day('$.deposit_time_created')},
+       {_minor('$.deposit_amount')},
+       raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.payment_method.card.brand',
+       raw->>'$.payment_method.card.masked_number_first6last4', raw->>'$.payment_method.card.arn',
+       raw->>'$.payment_method.card.authcode', raw->>'$.payment_method.card.brand_reference',
+       raw->>'$.payment_method.name', raw->>'$.payment_method.entry_mode',
+       raw, loaded_at_utc, dagster_run_id
+FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+
+DEPOSITS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
+    id VARCHAR NOT NULL, deposit_date DATE NOT NULL, status VARCHAR, funding_type VARCHAR,
+    amount BIGINT NOT NULL, net_amount BIGINT NOT NULL, currency VARCHAR, aggregation_model VARCHAR,
+    bank_account_last4 VARCHAR, bank_code VARCHAR,
+    merchant_id VARCHAR, merchant_hierarchy VARCHAR, merchant_name VARCHAR, merchant_dba VARCHAR,
+    sales_count INTEGER, sales_amount BIGINT NOT NULL, refunds_count INTEGER, refunds_amount BIGINT NOT NULL,
+    discounts_count INTEGER, discounts_amount BIGINT NOT NULL, tax_count INTEGER, tax_amount BIGINT NOT NULL,
+    fees_amount BIGINT NOT NULL, chargebacks_count INTEGER, chargebacks_amount BIGINT NOT NULL,
+    reversals_count INTEGER, reversals_amount BIGINT NOT NULL,
+    raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
+)"""
+
+DEPOSITS_SELECT = f"""
+SELECT raw->>'$.id', {_day('$.time_created')}, raw->>'$.status', raw->>'$.funding_type',
+       {_minor('$.amount')},
+       CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
+       raw->>'$.currency', raw->>'$.aggregation_model',
+       right(raw->>'$.bank_transfer.masked_account_number_last4', 4), raw->>'$.bank_transfer.bank.code',
+       raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.system.name', raw->>'$.system.dba',
+       CAST(raw->>'$.sales.count' AS INTEGER), {_minor('$.sales.amount')},
+       CAST(raw->>'$.refunds.count' AS INTEGER), {_minor('$.refunds.amount')},
+       CAST(raw->>'$.discounts.count' AS INTEGER), {_minor('$.discounts.amount')},
+       CAST(raw->>'$.tax.count' AS INTEGER), {_minor('$.tax.amount')},
+       {_minor('$.fees.amount')},
+       CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), {_minor('$.disputes.chargebacks.amount')},
+       CAST(raw->>'$.disputes.reversals.count' AS INTEGER), {_minor('$.disputes.reversals.amount')},
+       raw, loaded_at_utc, dagster_run_id
+FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+
+DISPUTES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {DISPUTES_TABLE} (
+    id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR, result VARCHAR, funding_type VARCHAR,
+    amount BIGINT NOT NULL, signed_amount BIGINT NOT NULL, currency VARCHAR,
+    stage_created_at_utc TIMESTAMP, deposit_id VARCHAR, deposit_date DATE NOT NULL,
+    reason_code VARCHAR, reason_description VARCHAR, respond_by_utc TIMESTAMP,
+    last_adjustment_amount BIGINT, last_adjustment_funding VARCHAR, last_adjustment_at_utc TIMESTAMP,
+    merchant_id VARCHAR, transaction_type VARCHAR, transaction_amount BIGINT, transaction_reference VARCHAR,
+    transaction_created_at_utc TIMESTAMP, card_brand VARCHAR, masked_card_number VARCHAR, arn VARCHAR,
+    raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
+)"""
+
+DISPUTES_SELECT = f"""
+SELECT raw->>'$.id', raw->>'$.stage', raw->>'$.status', raw->>'$.result', raw->>'$.funding_type',
+       {_minor('$.amount')},
+       CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
+       raw->>'$.currency', {_settlement_time('$.stage_time_created')},
+       raw->>'$.deposit_id', {_day('$.deposit_time_created')},
+       raw->>'$.reason_code', raw->>'$.reason_description', {_settlement_time('$.time_to_respond_by')},
+       {_minor('$.last_adjustment_amount')}, NULLIF(raw->>'$.last_adjustment_funding', ''),
+       {_settlement_time('$.last_adjustment_time_created')},
+       raw->>'$.system.mid', raw->>'$.transaction.type', {_minor('$.transaction.amount')},
+       NULLIF(raw->>'$.transaction.reference', ''), {_settlement_time('$.transaction.time_created')},
+       raw->>'$.transaction.payment_method.card.brand',
+       raw->>'$.transaction.payment_method.card.masked_number_first6last4',
+       raw->>'$.transaction.payment_method.card.arn',
+       raw, loaded_at_utc, dagster_run_id
+FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+
+# A deposit is explained when its net equals the lines that carry its id, less the fees on the deposit.
+UNEXPLAINED_DEPOSITS = f"""
+WITH lines AS (
+    SELECT deposit_id, sum(signed_amount) AS amount FROM {TRANSACTIONS_TABLE}
+    WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1
+), adjustments AS (
+    SELECT deposit_id, sum(signed_amount) AS amount FROM {DISPUTES_TABLE}
+    WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1
+)
+SELECT d.id FROM {DEPOSITS_TABLE} d
+LEFT JOIN lines l ON l.deposit_id = d.id LEFT JOIN adjustments a ON a.deposit_id = d.id
+WHERE d.deposit_date >= ? AND d.deposit_date < ?
+  AND d.net_amount <> COALESCE(l.amount, 0) + COALESCE(a.amount, 0) + d.discounts_amount + d.fees_amount
+                      + d.tax_amount
+ORDER BY d.deposit_date"""
+
+# GP's own components of a deposit must add up to its net.
+UNBALANCED_DEPOSITS = f"""
+SELECT count(*) FROM {DEPOSITS_TABLE}
+WHERE deposit_date >= ? AND deposit_date < ?
+  AND net_amount <> sales_amount + refunds_amount + discounts_amount + tax_amount + fees_amount
+                    + chargebacks_amount + reversals_amount"""
+
+
+def _window(context: dg.AssetExecutionContext, config: HeartlandLoadConfig) -> tuple[FetchWindow, date, date]:
+    """The run's window and its inclusive first and last deposit dates (GP's date filters are inclusive)."""
+    window = fetch_window(context.partition_time_window, config.lookback_days)
+    first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
+    context.log.info(f"GP API deposit dates {first_day}..{last_day} for partitions "
+                     f"{context.partition_key_range.start}..{context.partition_key_range.end} "
+                     f"(look-back {config.lookback_days} days)")
+    return window, first_day, last_day
+
+
+def _replace(duckdb: DuckDBResource, context: dg.AssetExecutionContext, window: FetchWindow, objects: list[dict],
+             table: str, ddl: str, insert_select: str, summary_sql: str) -> tuple[int, list[tuple]]:
+    """Replace the window's deposit dates of ``table``; return rows written and ``summary_sql``'s rows."""
+    with duckdb.get_connection() as conn:
+        rows = replace_window(conn, table=table, ddl=ddl, insert_select=insert_select,
+                              docs=documents_table(objects, context.run.run_id), window_column="deposit_date",
+                              start=window.start, end=window.end)
+        summary = conn.execute(summary_sql, [naive_utc(window.start), naive_utc(window.end)]).fetchall()
+    return rows, summary
+
+
+def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
+    columns = header.count("|") - 1
+    return dg.MetadataValue.md(header + "\n|" + "---|" * columns + "\n"
+                               + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in rows))
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"gpapi", "duckdb"}, pool="duckdb_writer",
+    description="GP API settlement transactions (sales and refunds, with batch, card and the M3 invoice the "
+                "clerk keyed in `reference`) by the date of the deposit that funded them.",
+)
+def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+                                          heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window, first_day, last_day = _window(context, config)
+    objects = heartland.settlement_transactions(first_day, last_day)
+    rows, by_type = _replace(duckdb, context, window, objects, TRANSACTIONS_TABLE, TRANSACTIONS_DDL,
+                             TRANSACTIONS_SELECT,
+                             f"SELECT type, count(*), sum(signed_amount) FROM {TRANSACTIONS_TABLE} "
+                             "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1 ORDER BY 1")
+    return dg.MaterializeResult(metadata={
+        "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
+        "without_reference": sum(1 for o in objects if not o.get("reference")),
+        "by_type": _table("| type | rows | signed amount (minor units) |", by_type),
+    })
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"gpapi", "duckdb"}, pool="duckdb_writer",
+    description="GP API settlement disputes by deposit date: one row per money movement (the CHARGEBACK "
+                "debit, and the REVERSAL credit of a dispute won), keyed by (id, stage).",
+)
+def raw_heartland_disputes(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window, first_day, last_day = _window(context, config)
+    objects = heartland.disputes(first_day, last_day)
+    rows, by_stage = _replace(duckdb, context, window, objects, DISPUTES_TABLE, DISPUTES_DDL, DISPUTES_SELECT,
+                              f"SELECT stage, result, count(*), sum(signed_amount) FROM {DISPUTES_TABLE} "
+                              "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1, 2 ORDER BY 1, 2")
+    return dg.MaterializeResult(metadata={
+        "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
+        "by_stage": _table("| stage | result | rows | signed amount (minor units) |", by_stage),
+    })
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"gpapi", "duckdb"}, pool="duckdb_writer",
+    deps=[raw_heartland_settlement_transactions, raw_heartland_disputes],
+    description="GP API daily net deposits with their sales, refunds, discount, fee, chargeback and reversal "
+                "totals, checked against the transactions and disputes loaded for the same dates.",
+)
+def raw_heartland_deposits(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window, first_day, last_day = _window(context, config)
+    objects = heartland.deposits(first_day, last_day)
+    bounds = [naive_utc(window.start), naive_utc(window.end)]
+    rows, by_status = _replace(duckdb, context, window, objects, DEPOSITS_TABLE, DEPOSITS_DDL, DEPOSITS_SELECT,
+                               f"SELECT status, count(*), sum(net_amount) FROM {DEPOSITS_TABLE} "
+                               "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1 ORDER BY 1")
+    with duckdb.get_connection() as conn:
+        unbalanced = conn.execute(UNBALANCED_DEPOSITS, bounds).fetchone()[0]
+        unexplained = [r[0] for r in conn.execute(UNEXPLAINED_DEPOSITS, bounds * 3).fetchall()]
+    if unexplained:
+        context.log.warning(f"{len(unexplained)} GP deposits differ from their loaded transactions and "
+                            f"disputes: {', '.join(unexplained[:10])}")
+    return dg.MaterializeResult(metadata={
+        "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
+        "by_status": _table("| status | deposits | net (minor units) |", by_status),
+        "deposits_not_summing": unbalanced,
+        "deposits_unexplained_by_lines": len(unexplained),
+    })

@@ -1,0 +1,1 @@
+"""PayTrace: settlement batches and the transactions they settled, into DuckDB staging."""

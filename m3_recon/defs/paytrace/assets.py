@@ -1,0 +1,209 @@
+"""PayTrace staging assets: settlement batches and the transactions each batch settled.
+
+A daily partition key is a PayTrace *business date*: the Pacific day whose 8:00 p.m. auto-settlement
+closed the batch (a sale at 8:30 p.m. belongs to the next day's batch and partition). Each run reads
+the batch dates of its partitions plus a look-back, then replaces that window of batch dates in DuckDB
+in one transaction, keeping PayTrace's JSON in ``raw``. Typed columns are computed in Python rather than
+projected in SQL: PayTrace's amounts are decimal dollars, which DuckDB's JSON functions would read as
+doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import decimal_json, settings
+from m3_recon.defs.paytrace.resources import VENDOR, PayTraceResource, cents, local_timestamp
+from m3_recon.errors import VendorRequestError
+from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.warehouse import naive_utc, replace_window
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
+
+GROUP = "paytrace"
+OWNERS = ["team:finance-systems"]
+DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+BATCH_WORKERS = 4
+
+# (column, DuckDB type, Arrow type) in table order; every table ends with the raw JSON and load facts.
+LOAD_COLUMNS = [("raw", "JSON NOT NULL", pa.string()), ("loaded_at_utc", "TIMESTAMP NOT NULL", pa.timestamp("us")),
+                ("dagster_run_id", "VARCHAR", pa.string())]
+BATCH_COLUMNS = [
+    ("batch_number", "BIGINT NOT NULL", pa.int64()), ("batch_date", "DATE NOT NULL", pa.date32()),
+    ("settled_at_utc", "TIMESTAMP", pa.timestamp("us")), ("transaction_count", "INTEGER", pa.int32()),
+    ("sales_count", "INTEGER", pa.int32()), ("sales_amount_cents", "BIGINT", pa.int64()),
+    ("refund_count", "INTEGER", pa.int32()), ("refund_amount_cents", "BIGINT", pa.int64()),
+    ("net_amount_cents", "BIGINT", pa.int64()), ("currency", "VARCHAR NOT NULL", pa.string()),
+    ("time_zone", "VARCHAR NOT NULL", pa.string()), *LOAD_COLUMNS,
+]
+TRANSACTION_COLUMNS = [
+    ("transaction_id", "BIGINT NOT NULL", pa.int64()), ("batch_number", "BIGINT NOT NULL", pa.int64()),
+    ("batch_date", "DATE NOT NULL", pa.date32()), ("transaction_type", "VARCHAR NOT NULL", pa.string()),
+    ("amount_cents", "BIGINT NOT NULL", pa.int64()), ("signed_amount_cents", "BIGINT NOT NULL", pa.int64()),
+    ("tax_amount_cents", "BIGINT", pa.int64()), ("currency", "VARCHAR NOT NULL", pa.string()),
+    ("invoice_id", "VARCHAR", pa.string()), ("customer_id", "VARCHAR", pa.string()),
+    ("customer_reference_id", "VARCHAR", pa.string()), ("description", "VARCHAR", pa.string()),
+    ("card_last4", "VARCHAR", pa.string()), ("created_at_utc", "TIMESTAMP NOT NULL", pa.timestamp("us")),
+    ("created_date_local", "DATE NOT NULL", pa.date32()), ("settled_at_utc", "TIMESTAMP", pa.timestamp("us")),
+    ("approval_code", "VARCHAR", pa.string()), ("status_code", "VARCHAR", pa.string()),
+    ("created_through", "VARCHAR", pa.string()), ("time_zone", "VARCHAR NOT NULL", pa.string()), *LOAD_COLUMNS,
+]
+# PayTrace's v1 API carries no currency; a PayTrace merchant account settles in US dollars.
+CURRENCY = "USD"
+
+
+def _ddl(table: str, columns: list) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")"
+
+
+INSERT_SELECT = "SELECT * REPLACE (CAST(raw AS JSON) AS raw) FROM docs"
+
+
+def _docs(columns: list, rows: list[dict]) -> pa.Table:
+    return pa.table({name: pa.array([row[name] for row in rows], arrow) for name, _, arrow in columns})
+
+
+class PayTraceLoadConfig(dg.Config):
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
+
+
+def _window(context: dg.AssetExecutionContext, config: PayTraceLoadConfig) -> FetchWindow:
+    """The batch dates to replace, as UTC midnights: partitions plus look-back, never before the first one."""
+    window = fetch_window(context.partition_time_window, config.lookback_days)
+    context.log.info(f"PayTrace batch dates {window.start.date()}..{_last_date(window)} for partitions "
+                     f"{context.partition_key_range.start}..{context.partition_key_range.end} "
+                     f"(look-back {config.lookback_days} days)")
+    return window
+
+
+def _last_date(window: FetchWindow) -> date:
+    return (window.end - timedelta(days=1)).date()
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return naive_utc(moment) if moment is not None else None
+
+
+def _typed(kind: str, identifier, build):
+    """Run a row builder; a value PayTrace sent that cannot be read fails loudly, naming the object."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VendorRequestError(VENDOR, f"{kind} {identifier} has a value m3-recon cannot read ({exc}); "
+                                 "the raw response is not stored until this is resolved") from None
+
+
+def batch_row(day: date, batch: dict, zone: ZoneInfo, run_id: str, loaded_at: datetime) -> dict:
+    return {
+        "batch_number": int(batch["number"]), "batch_date": day,
+        "settled_at_utc": _utc(local_timestamp(batch.get("settled", ""), zone)),
+        "transaction_count": batch.get("transaction_count"), "sales_count": batch.get("sales_count"),
+        "sales_amount_cents": cents(batch.get("sales_amount")), "refund_count": batch.get("refund_count"),
+        "refund_amount_cents": cents(batch.get("refund_amount")), "net_amount_cents": cents(batch.get("net_amount")),
+        "currency": CURRENCY, "time_zone": zone.key,
+        "raw": decimal_json.dumps(batch), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+    }
+
+
+def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneInfo, run_id: str,
+                    loaded_at: datetime) -> dict:
+    amount = cents(txn["amount"])
+    if amount is None:
+        raise ValueError("amount is empty")
+    created = local_timestamp(txn["created"]["at"], zone)
+    if created is None:
+        raise ValueError("created.at is empty")
+    last4 = str((txn.get("credit_card") or {}).get("masked_number") or "")[-4:]
+    return {
+        "transaction_id": int(txn["transaction_id"]), "batch_number": batch_number, "batch_date": batch_date,
+        "transaction_type": txn["transaction_type"], "amount_cents": amount,
+        "signed_amount_cents": -amount if txn["transaction_type"] == "REFUND" else amount,
+        "tax_amount_cents": cents(txn.get("tax_amount")), "currency": CURRENCY,
+        "invoice_id": txn.get("invoice_id") or None, "customer_id": txn.get("customer_id") or None,
+        "customer_reference_id": txn.get("customer_reference_id") or None,
+        "description": txn.get("description") or None, "card_last4": last4 if last4.isdigit() else None,
+        "created_at_utc": naive_utc(created), "created_date_local": created.date(),
+        "settled_at_utc": _utc(local_timestamp(txn.get("settled", ""), zone)),
+        "approval_code": txn.get("approval_code") or None, "status_code": txn.get("status_code") or None,
+        "created_through": txn["created"].get("through") or None, "time_zone": zone.key,
+        "raw": decimal_json.dumps(txn), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+    }
+
+
+def _loaded_at() -> datetime:
+    return naive_utc(datetime.now(timezone.utc))
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"paytrace", "duckdb"}, pool="duckdb_writer",
+    description="PayTrace settlement batches by business date (the Pacific day whose 8 p.m. auto-settlement "
+                "closed them) with sales, refund and net totals in cents; the closest PayTrace figure to a deposit.",
+)
+def raw_paytrace_batches(context: dg.AssetExecutionContext, config: PayTraceLoadConfig,
+                         paytrace: PayTraceResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = _window(context, config)
+    zone, loaded_at, run_id = paytrace.zone(), _loaded_at(), context.run.run_id
+    first, last = window.start.date(), _last_date(window)
+    rows = [_typed("batch", batch.get("number"), lambda: batch_row(day, batch, zone, run_id, loaded_at))
+            for day, batch in paytrace.batches(first, last)]
+    with duckdb.get_connection() as conn:
+        inserted = replace_window(conn, table="raw_paytrace_batches", ddl=_ddl("raw_paytrace_batches", BATCH_COLUMNS),
+                                  insert_select=INSERT_SELECT, docs=_docs(BATCH_COLUMNS, rows),
+                                  window_column="batch_date", start=window.start, end=window.end)
+    dates_with_batch = {row["batch_date"] for row in rows}
+    all_dates = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    return dg.MaterializeResult(metadata={
+        "rows": inserted,
+        "batch_dates": f"{first}..{last} ({zone.key})",
+        "net_amount_cents": sum(row["net_amount_cents"] or 0 for row in rows),
+        "dates_without_batch": dg.MetadataValue.json([d.isoformat() for d in all_dates if d not in dates_with_batch]),
+    })
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
+    owners=OWNERS, kinds={"paytrace", "duckdb"}, pool="duckdb_writer", deps=[raw_paytrace_batches],
+    description="The transactions each PayTrace batch settled (sales and refunds), by the batch's business "
+                "date, with M3 invoice / customer references, amounts in cents and UTC timestamps.",
+)
+def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: PayTraceLoadConfig,
+                              paytrace: PayTraceResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = _window(context, config)
+    zone, loaded_at, run_id = paytrace.zone(), _loaded_at(), context.run.run_id
+    bounds = [window.start.date(), window.end.date()]
+    with duckdb.get_connection() as conn:
+        batches = conn.execute("SELECT batch_number, batch_date FROM raw_paytrace_batches "
+                               "WHERE batch_date >= ? AND batch_date < ? ORDER BY batch_number", bounds).fetchall()
+    with ThreadPoolExecutor(max_workers=BATCH_WORKERS) as pool:
+        itemised = list(pool.map(lambda batch: paytrace.batch_transactions(batch[0]), batches))
+    rows = [_typed("transaction", txn.get("transaction_id"),
+                   lambda: transaction_row(number, day, txn, zone, run_id, loaded_at))
+            for (number, day), txns in zip(batches, itemised) for txn in txns]
+    awaiting = paytrace.transactions(_last_date(window), _last_date(window), transaction_type="PENDING")
+    with duckdb.get_connection() as conn:
+        inserted = replace_window(conn, table="raw_paytrace_transactions",
+                                  ddl=_ddl("raw_paytrace_transactions", TRANSACTION_COLUMNS),
+                                  insert_select=INSERT_SELECT, docs=_docs(TRANSACTION_COLUMNS, rows),
+                                  window_column="batch_date", start=window.start, end=window.end)
+        out_of_balance = conn.execute(
+            "SELECT b.batch_number FROM raw_paytrace_batches b LEFT JOIN ("
+            "  SELECT batch_number, count(*) AS n, sum(signed_amount_cents) AS net FROM raw_paytrace_transactions"
+            "  WHERE batch_date >= ? AND batch_date < ? GROUP BY batch_number) t USING (batch_number) "
+            "WHERE b.batch_date >= ? AND b.batch_date < ? "
+            "AND (coalesce(t.n, 0) <> b.transaction_count OR coalesce(t.net, 0) <> b.net_amount_cents) "
+            "ORDER BY 1", bounds + bounds).fetchall()
+    return dg.MaterializeResult(metadata={
+        "rows": inserted,
+        "batches_itemised": len(batches),
+        "batches_out_of_balance": dg.MetadataValue.json([number for (number,) in out_of_balance]),
+        "sales_cents": sum(row["amount_cents"] for row in rows if row["transaction_type"] == "SALE"),
+        "refunds_cents": sum(row["amount_cents"] for row in rows if row["transaction_type"] == "REFUND"),
+        "unsettled_created_on_last_date": dg.MetadataValue.int(len(awaiting)),
+    })
