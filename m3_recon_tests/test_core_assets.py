@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.core.assets import core_payouts, core_settlement_lines
 from m3_recon_tests.test_stripe_assets import STRIPE_ASSETS
+from m3_recon_tests.truth import truth_misses
 from m3_recon_tests.conftest import stripe_resource_for
 
 
@@ -50,3 +51,7 @@ def test_core_settlement_lines_sum_to_the_generators_totals(sandbox, tmp_path):
         assert settled == sum(1 for t in sandbox.stripe.balance_transactions.values() if t.payout)
     checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert checks and all(e.event_specific_data.passed for e in checks)
+    # The matching engine, fed the canonical lines, lands every generated Stripe payment as the generator says.
+    with duckdb.connect(db) as conn:
+        judged, misses = truth_misses(conn, sandbox.world, "stripe", "core_settlement_lines")
+    assert judged == len(sandbox.stripe.charges) and misses == []

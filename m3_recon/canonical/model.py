@@ -4,6 +4,7 @@ the split of candidate rows into valid rows and rows for ``core_quarantine``."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pandas as pd
 import pandera.pandas as pa
@@ -31,6 +32,23 @@ PAYOUT_COLUMNS = {
     "arrival_date": "DATE", "status": "VARCHAR NOT NULL", "itemised": "BOOLEAN NOT NULL",
     "line_count": "BIGINT NOT NULL",
 }
+
+
+@dataclass(frozen=True)
+class ProcessorMapping:
+    """How one processor's staging tables become canonical candidates for a window [$start, $end).
+
+    Both SQL statements take named parameters ``$start`` / ``$end`` (naive UTC timestamps at midnight;
+    compare them with the processor's settlement date) and return the schema's columns plus
+    ``reject_reason`` (NULL, or why the row cannot be canonical), ``partition_date`` and ``raw_payload``.
+    The dependency tuples name the staging tables (= asset keys) the SQL reads.
+    """
+
+    processor: str
+    settlement_lines_sql: str
+    payouts_sql: str
+    settlement_line_deps: tuple[str, ...]
+    payout_deps: tuple[str, ...]
 
 
 def _money(nullable: bool = False) -> pa.Column:

@@ -8,6 +8,8 @@ customer references of the charge they reverse, and keep its id in ``original_so
 
 from __future__ import annotations
 
+from m3_recon.canonical.model import ProcessorMapping
+
 # Stripe's 37 reporting categories (Report Run filter enum, stripe-python 16.1.0).
 KNOWN_CATEGORIES = (
     "advance", "advance_funding", "anticipation_repayment", "charge", "charge_failure", "climate_order_purchase",
@@ -102,3 +104,7 @@ SELECT 'stripe' AS processor, payout.id AS payout_id, upper(payout.currency) AS 
        CAST(payout.raw AS VARCHAR) AS raw_payload
 FROM payout LEFT JOIN itemised ON itemised.payout_id = payout.id
 """
+
+MAPPING = ProcessorMapping("stripe", SETTLEMENT_LINES_SQL, PAYOUTS_SQL,
+                           ("raw_stripe_balance_transactions", "raw_stripe_payout_lines"),
+                           ("raw_stripe_payouts", "raw_stripe_payout_lines"))

@@ -6,7 +6,6 @@ the window of both tables in one transaction. A blocking check re-validates what
 """
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -16,7 +15,7 @@ import pandera.pandas as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
-from m3_recon.canonical import stripe
+from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame
@@ -27,22 +26,8 @@ GROUP = "reconcile"
 OWNERS = ["team:finance-systems"]
 
 
-@dataclass(frozen=True)
-class ProcessorMapping:
-    """How one processor's staging tables become canonical candidates for a window [$start, $end)."""
-
-    processor: str
-    settlement_lines_sql: str
-    payouts_sql: str
-    settlement_line_deps: tuple[str, ...]
-    payout_deps: tuple[str, ...]
-
-
-MAPPINGS = (
-    ProcessorMapping("stripe", stripe.SETTLEMENT_LINES_SQL, stripe.PAYOUTS_SQL,
-                     ("raw_stripe_balance_transactions", "raw_stripe_payout_lines"),
-                     ("raw_stripe_payouts", "raw_stripe_payout_lines")),
-)
+# One mapping per processor (m3_recon/canonical/<processor>.py); a placeholder is None until written.
+MAPPINGS = tuple(m for m in (stripe.MAPPING, paytrace.MAPPING, heartland.MAPPING) if m is not None)
 
 
 class CanonicalConfig(dg.Config):

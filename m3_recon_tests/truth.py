@@ -1,0 +1,46 @@
+"""Judging the matching engine against the sandbox generator's truth (shared by processor tests)."""
+
+from collections import defaultdict
+
+import duckdb
+import pandas as pd
+
+from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments
+from m3_recon.sandbox.world import World
+
+
+def invoices_frame(world: World) -> pd.DataFrame:
+    """Every invoice as M3 shows it before any cash application: outstanding = original amount."""
+    return pd.DataFrame([{"invoice_number": i.number, "invoice_year": i.year, "customer": i.customer,
+                          "currency": i.currency, "outstanding_minor": i.amount_minor, "invoice_date": i.invoice_date}
+                         for i in world.invoices])
+
+
+def truth_misses(conn: duckdb.DuckDBPyConnection, world: World, processor: str, lines: str) -> tuple[int, list]:
+    """Run the matcher over ``lines`` and return (payments judged, the ones that did not land as expected)."""
+    conn.register("truth_invoices", invoices_frame(world))
+    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE truth_earlier ({columns})")
+    match_payments(conn, MatchingRules.load(), lines=lines, invoices="truth_invoices", earlier="truth_earlier")
+    allocations, exceptions = defaultdict(list), defaultdict(set)
+    for source_id, invoice, amount, status in conn.execute(
+            "SELECT source_id, invoice_number, allocated_minor, status FROM match_allocations "
+            "WHERE line_type = 'charge' AND processor = ?", [processor]).fetchall():
+        allocations[source_id].append((invoice, amount, status))
+    for source_id, code in conn.execute("SELECT source_id, reason_code FROM match_exceptions WHERE processor = ?",
+                                        [processor]).fetchall():
+        exceptions[source_id].add(code)
+    judged, misses = 0, []
+    for truth in (t for t in world.payments if t.processor == processor):
+        judged += 1
+        rows = allocations[truth.payment_id]
+        statuses = {status for _, _, status in rows}
+        applied = {(invoice, amount) for invoice, amount, status in rows if status == "auto"}
+        expected = {(a.invoice, a.amount_minor) for a in truth.allocations}
+        reasons = exceptions[truth.payment_id]
+        ok = (statuses == {truth.expected_status}
+              and (truth.expected_status != "auto" or applied == expected)
+              and (truth.expected_reason in reasons if truth.expected_reason else not reasons))
+        if not ok:
+            misses.append((truth, rows, sorted(reasons)))
+    return judged, misses
