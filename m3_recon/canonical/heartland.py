@@ -1,0 +1,3 @@
+"""Placeholder: replaced by the heartland mapping (in progress)."""
+
+MAPPING = None

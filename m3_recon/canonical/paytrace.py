@@ -1,0 +1,3 @@
+"""Placeholder: replaced by the paytrace mapping (in progress)."""
+
+MAPPING = None
