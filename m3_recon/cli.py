@@ -13,7 +13,7 @@ from datetime import date
 
 from m3_recon.settings import PROJECT_ROOT
 
-SANDBOX_PORTS = {"stripe": 12111, "paytrace": 12112, "heartland": 12113}
+SANDBOX_PORTS = {"stripe": 12111, "paytrace": 12112, "heartland": 12113, "m3": 12114}
 
 
 def ensure_dagster_home() -> str:

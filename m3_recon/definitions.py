@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings
 from m3_recon.defs.core import definitions as core
 from m3_recon.defs.heartland import definitions as heartland
+from m3_recon.defs.m3 import definitions as m3
 from m3_recon.defs.paytrace import definitions as paytrace
 from m3_recon.defs.stripe import definitions as stripe
 
@@ -20,6 +21,7 @@ defs = dg.Definitions.merge(
     stripe.defs,
     paytrace.defs,
     heartland.defs,
+    m3.defs,
     core.defs,
     dg.Definitions(jobs=[payout_close], resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

@@ -125,147 +125,142 @@ def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lin
 
 
 def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> list[str]:
+    # Internally a payment is its pid and an invoice its iid: joins run on integers, not on text keys.
+    # "Oldest first" is (occurred_at_utc, processor, source_id) for payments, (invoice_date, iid) for invoices.
     conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
                                       rules.confidence_multi_invoice)
     window = (f"i.invoice_date BETWEEN p.settlement_date - INTERVAL {rules.days_before_payment} DAY "
               f"AND p.settlement_date + INTERVAL {rules.days_after_payment} DAY")
+    pay_inv = in_invoice_currency("p", "i")
     return [
         # -- inputs ---------------------------------------------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+            SELECT row_number() OVER () AS pid, processor, source_id, line_type, settlement_date, occurred_at_utc,
+                   customer_ref,
                    {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
                    presentment_currency, presentment_amount_minor
             FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
         f"""CREATE OR REPLACE TEMP TABLE m_inv AS
-            SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
+            SELECT row_number() OVER () AS iid,
+                   i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
                    {normalised('i.invoice_number', rules)} AS ref_norm,
                    i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
             FROM {invoices} i
             LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
                        WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
                    USING (invoice_number, invoice_year)""",
-        # -- rule 1: exact reference ------------------------------------------------------------------
+        # -- rule 1: exact reference; several payments of one invoice are applied oldest first ----------
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
-            WITH hits AS (
-                SELECT p.*, i.invoice_number, i.invoice_year, i.customer AS invoice_customer,
-                       i.currency AS invoice_currency, i.remaining, {in_invoice_currency('p', 'i')} AS pay_inv,
-                       count(*) OVER (PARTITION BY p.processor, p.source_id) AS n_hits
+            WITH duplicate_ref AS (
+                SELECT ref_norm FROM m_inv WHERE ref_norm IS NOT NULL GROUP BY ref_norm HAVING count(*) > 1
+            ), hits AS (
+                SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv,
+                       CASE WHEN p.ref_norm IN (SELECT ref_norm FROM duplicate_ref) THEN 'ambiguous_reference'
+                            WHEN {pay_inv} IS NULL THEN 'currency_mismatch'
+                            WHEN p.customer_ref IS NOT NULL AND p.customer_ref <> i.customer THEN 'customer_mismatch'
+                       END AS problem
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
-            ), classified AS (
-                SELECT *, CASE WHEN n_hits > 1 THEN 'ambiguous_reference'
-                               WHEN pay_inv IS NULL THEN 'currency_mismatch'
-                               WHEN customer_ref IS NOT NULL AND customer_ref <> invoice_customer THEN 'customer_mismatch'
-                          END AS problem
-                FROM hits
-            ), applied AS (
-                SELECT *, coalesce(sum(pay_inv) OVER (
-                              PARTITION BY invoice_number, invoice_year ORDER BY occurred_at_utc, processor, source_id
-                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
-                FROM classified WHERE problem IS NULL
+            ), shared AS (
+                SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
             )
-            SELECT *, greatest(least(pay_inv, remaining - before), 0) AS allocated FROM applied
-            UNION ALL BY NAME
-            SELECT *, NULL AS before, greatest(least(pay_inv, remaining), 0) AS allocated FROM classified
-            WHERE problem IS NOT NULL""",
+            SELECT pid, iid, pay_inv, problem, greatest(least(pay_inv, remaining), 0) AS allocated
+            FROM hits WHERE problem IS NOT NULL OR iid NOT IN (SELECT iid FROM shared)
+            UNION ALL
+            SELECT h.pid, h.iid, h.pay_inv, h.problem,
+                   greatest(least(h.pay_inv, h.remaining - coalesce(sum(h.pay_inv) OVER (
+                       PARTITION BY h.iid ORDER BY p.occurred_at_utc, p.processor, p.source_id
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0)
+            FROM hits h JOIN m_pay p USING (pid) WHERE h.problem IS NULL AND h.iid IN (SELECT iid FROM shared)""",
         """CREATE OR REPLACE TEMP TABLE m_inv1 AS
-           SELECT i.*, i.remaining - coalesce(r.used, 0) AS rem
-           FROM m_inv i LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated) AS used FROM m_r1
-                                   WHERE problem IS NULL GROUP BY ALL) r USING (invoice_number, invoice_year)""",
+           SELECT i.iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
+           FROM m_inv i LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r1 WHERE problem IS NULL GROUP BY iid) r
+                USING (iid)""",
         # -- rule 2: customer + exact outstanding amount ----------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE m_r2 AS
             WITH open_pay AS (
-                SELECT * FROM m_pay p WHERE customer_ref IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM m_r1 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
+                SELECT * FROM m_pay WHERE customer_ref IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)
             ), cand AS (
-                SELECT p.*, i.invoice_number, i.invoice_year, i.customer AS invoice_customer,
-                       i.currency AS invoice_currency, i.rem AS remaining, {in_invoice_currency('p', 'i')} AS pay_inv
+                SELECT p.pid, i.iid, {pay_inv} AS pay_inv
                 FROM open_pay p JOIN m_inv1 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
-                WHERE {in_invoice_currency('p', 'i')} = i.rem
+                WHERE {pay_inv} = i.rem
             ), counted AS (
-                SELECT *, count(*) OVER (PARTITION BY processor, source_id) AS n_cand FROM cand
+                SELECT c.*, n.n_cand, p.occurred_at_utc, p.processor, p.source_id
+                FROM cand c JOIN (SELECT pid, count(*) AS n_cand FROM cand GROUP BY pid) n USING (pid)
+                JOIN m_pay p USING (pid)
             )
-            SELECT *, CASE WHEN n_cand > 1 THEN 'ambiguous_amount'
-                           WHEN row_number() OVER (PARTITION BY invoice_number, invoice_year, n_cand = 1
-                                                   ORDER BY occurred_at_utc, processor, source_id) > 1
-                           THEN 'invoice_claimed' END AS problem,
-                   pay_inv AS allocated
+            SELECT pid, iid, pay_inv, n_cand, pay_inv AS allocated,
+                   CASE WHEN n_cand > 1 THEN 'ambiguous_amount'
+                        WHEN row_number() OVER (PARTITION BY iid, n_cand = 1
+                                                ORDER BY occurred_at_utc, processor, source_id) > 1
+                        THEN 'invoice_claimed'
+                   END AS problem
             FROM counted""",
         """CREATE OR REPLACE TEMP TABLE m_inv2 AS
            SELECT i.* EXCLUDE (rem), i.rem - coalesce(r.used, 0) AS rem
-           FROM m_inv1 i LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated) AS used FROM m_r2
-                                    WHERE problem IS NULL GROUP BY ALL) r USING (invoice_number, invoice_year)""",
+           FROM m_inv1 i LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r2 WHERE problem IS NULL GROUP BY iid) r
+                USING (iid)""",
         # -- rule 3: one payment, several invoices (bounded subset search) ----------------------------
         f"""CREATE OR REPLACE TEMP TABLE m_r3_cand AS
             WITH open_pay AS (
-                SELECT * FROM m_pay p WHERE customer_ref IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM m_r1 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
-                  AND NOT EXISTS (SELECT 1 FROM m_r2 r WHERE r.processor = p.processor AND r.source_id = p.source_id)
+                SELECT * FROM m_pay WHERE customer_ref IS NOT NULL
+                  AND pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
             ), cand AS (
-                SELECT p.processor, p.source_id, i.invoice_number, i.invoice_year, i.currency AS invoice_currency,
-                       i.rem, {in_invoice_currency('p', 'i')} AS pay_inv,
-                       row_number() OVER (PARTITION BY p.processor, p.source_id
-                                          ORDER BY i.invoice_date, i.invoice_number) AS rk
+                SELECT p.pid, i.iid, i.currency AS invoice_currency, i.rem, {pay_inv} AS pay_inv,
+                       row_number() OVER (PARTITION BY p.pid ORDER BY i.invoice_date, i.iid) AS rk
                 FROM open_pay p JOIN m_inv2 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
-                WHERE {in_invoice_currency('p', 'i')} > i.rem
+                WHERE {pay_inv} > i.rem
             )
             SELECT * FROM cand WHERE rk <= {rules.max_candidates}""",
         _subset_sql(rules.max_invoices),
         """CREATE OR REPLACE TEMP TABLE m_r3 AS
            WITH groups AS (
-               SELECT *, count(*) OVER (PARTITION BY processor, source_id) AS n_groups FROM m_r3_groups
+               SELECT *, count(*) OVER (PARTITION BY pid) AS n_groups FROM m_r3_groups
            ), members AS (
-               SELECT g.processor, g.source_id, g.group_no, g.n_groups, unnest(g.members) AS rk FROM groups g
+               SELECT pid, group_no, n_groups, unnest(members) AS rk FROM groups
            )
-           SELECT c.processor, c.source_id, c.invoice_number, c.invoice_year, c.invoice_currency, c.pay_inv,
-                  c.rem AS allocated, m.n_groups,
+           SELECT c.pid, c.iid, c.pay_inv, c.rem AS allocated, m.n_groups,
                   CASE WHEN m.n_groups > 1 THEN 'ambiguous_invoice_group' END AS problem
-           FROM members m JOIN m_r3_cand c USING (processor, source_id, rk)
-           QUALIFY m.n_groups = 1 OR row_number() OVER (PARTITION BY c.processor, c.source_id, c.invoice_number,
-                                                         c.invoice_year ORDER BY m.group_no) = 1""",
+           FROM members m JOIN m_r3_cand c USING (pid, rk)
+           QUALIFY m.n_groups = 1 OR row_number() OVER (PARTITION BY c.pid, c.iid ORDER BY m.group_no) = 1""",
         # Two payments' unique groups sharing an invoice: neither is applied automatically.
         """UPDATE m_r3 SET problem = 'competing_payments'
-           WHERE problem IS NULL AND (invoice_number, invoice_year) IN (
-               SELECT (invoice_number, invoice_year) FROM m_r3 WHERE problem IS NULL
-               GROUP BY ALL HAVING count(DISTINCT (processor, source_id)) > 1)""",
+           WHERE problem IS NULL AND iid IN (
+               SELECT iid FROM m_r3 WHERE problem IS NULL GROUP BY iid HAVING count(DISTINCT pid) > 1)""",
         """UPDATE m_r3 SET problem = 'competing_payments'
-           WHERE problem IS NULL AND (processor, source_id) IN (
-               SELECT (processor, source_id) FROM m_r3 WHERE problem = 'competing_payments')""",
+           WHERE problem IS NULL AND pid IN (SELECT pid FROM m_r3 WHERE problem = 'competing_payments')""",
         # -- allocations ------------------------------------------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
-            WITH pay AS (SELECT * FROM m_pay),
-            r1 AS (
-                SELECT r.processor, r.source_id, r.invoice_number, r.invoice_year, r.invoice_customer AS customer,
-                       r.invoice_currency, r.pay_inv, r.allocated, 'exact_reference' AS rule,
-                       CASE WHEN r.problem IS NULL THEN {conf_ref} ELSE {conf_ref} / r.n_hits / 2 END AS confidence,
-                       CASE WHEN r.problem IS NULL AND r.allocated > 0 THEN 'auto'
-                            WHEN r.problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
+            WITH matched AS (
+                SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
+                       CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+                       CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
+                            WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
                             ELSE 'unmatched' END AS status
-                FROM m_r1 r
-            ), r2 AS (
-                SELECT processor, source_id, invoice_number, invoice_year, invoice_customer, invoice_currency, pay_inv,
-                       allocated, 'customer_amount', {conf_amt} / n_cand,
+                FROM m_r1
+                UNION ALL
+                SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
                        CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
                             ELSE 'unmatched' END
                 FROM m_r2
-            ), r3 AS (
-                SELECT r.processor, r.source_id, r.invoice_number, r.invoice_year, p.customer_ref, r.invoice_currency,
-                       r.pay_inv, r.allocated, 'multi_invoice', {conf_multi} / r.n_groups,
-                       CASE WHEN r.problem IS NULL THEN 'auto' ELSE 'suggested' END
-                FROM m_r3 r JOIN pay p USING (processor, source_id)
-            ), matched AS (SELECT * FROM r1 UNION ALL SELECT * FROM r2 UNION ALL SELECT * FROM r3)
+                UNION ALL
+                SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+                       CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
+                FROM m_r3
+            )
             SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
-                   coalesce(m.customer, p.customer_ref) AS customer, m.invoice_number,
-                   CAST(m.invoice_year AS INTEGER) AS invoice_year, m.invoice_currency,
+                   coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
+                   CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
                    p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
                    m.pay_inv AS payment_invoice_amount_minor,
                    CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
                    CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
+                        WHEN m.allocated = m.pay_inv THEN p.amount_minor
                         ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
                        AS allocated_settlement_minor,
                    coalesce(m.rule, 'none') AS rule,
                    CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
                    coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id
-            FROM pay p LEFT JOIN matched m USING (processor, source_id)""",
+            FROM m_pay p LEFT JOIN matched m USING (pid) LEFT JOIN m_inv i USING (iid)""",
         # -- rule 5: refunds and disputes follow the charge they reverse ------------------------------
         f"""INSERT INTO match_allocations
             WITH reversal AS (
@@ -287,38 +282,42 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -
         # -- exceptions -------------------------------------------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE match_exceptions AS
             WITH problem AS (
-                SELECT processor, source_id, problem AS reason_code, 0 AS unapplied_minor,
-                       list(DISTINCT invoice_number ORDER BY invoice_number) AS candidates
+                SELECT pid, problem AS reason_code, 0 AS unapplied_minor, list(DISTINCT iid) AS candidates
                 FROM m_r1 WHERE problem IS NOT NULL GROUP BY ALL
                 UNION ALL
-                SELECT processor, source_id, 'invoice_already_paid', pay_inv, [invoice_number]
-                FROM m_r1 WHERE problem IS NULL AND allocated = 0
+                SELECT pid, 'invoice_already_paid', pay_inv, [iid] FROM m_r1 WHERE problem IS NULL AND allocated = 0
                 UNION ALL
-                SELECT processor, source_id, 'overpayment', pay_inv - allocated, [invoice_number]
+                SELECT pid, 'overpayment', pay_inv - allocated, [iid]
                 FROM m_r1 WHERE problem IS NULL AND allocated > 0 AND allocated < pay_inv
                 UNION ALL
-                SELECT processor, source_id, problem, 0, list(DISTINCT invoice_number ORDER BY invoice_number)
-                FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
+                SELECT pid, problem, 0, list(DISTINCT iid) FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
                 UNION ALL
-                SELECT processor, source_id, any_value(problem), 0, list(DISTINCT invoice_number ORDER BY invoice_number)
-                FROM m_r3 WHERE problem IS NOT NULL GROUP BY ALL
+                SELECT pid, any_value(problem), 0, list(DISTINCT iid) FROM m_r3 WHERE problem IS NOT NULL GROUP BY pid
                 UNION ALL
-                SELECT a.processor, a.source_id,
-                       CASE WHEN a.line_type <> 'charge' THEN 'reversal_of_unapplied_payment'
-                            WHEN p.ref_norm IS NOT NULL THEN 'invoice_not_found'
-                            WHEN p.customer_ref IS NULL THEN 'no_reference'
-                            ELSE 'no_matching_invoice' END,
-                       CASE WHEN a.line_type = 'charge' THEN a.payment_amount_minor ELSE 0 END, []
-                FROM match_allocations a LEFT JOIN m_pay p USING (processor, source_id)
-                WHERE a.status = 'unmatched' AND a.rule IN ('none', 'reversal_link')
+                SELECT pid, CASE WHEN ref_norm IS NOT NULL THEN 'invoice_not_found'
+                                 WHEN customer_ref IS NULL THEN 'no_reference' ELSE 'no_matching_invoice' END,
+                       amount_minor, []
+                FROM m_pay WHERE pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
+                             AND pid NOT IN (SELECT pid FROM m_r3)
+            ), candidate_numbers AS (
+                SELECT c.pid, c.reason_code, list(i.invoice_number ORDER BY i.invoice_number) AS numbers
+                FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c JOIN m_inv i USING (iid)
+                GROUP BY ALL
+            ), named AS (
+                SELECT p.processor, p.source_id, p.settlement_date, p.currency, p.amount_minor, problem.reason_code,
+                       problem.unapplied_minor, c.numbers AS candidates
+                FROM problem JOIN m_pay p USING (pid) LEFT JOIN candidate_numbers c USING (pid, reason_code)
+                UNION ALL
+                SELECT a.processor, a.source_id, a.settlement_date, a.payment_currency, a.payment_amount_minor,
+                       'reversal_of_unapplied_payment', 0, []
+                FROM match_allocations a WHERE a.rule = 'reversal_link' AND a.status = 'unmatched'
             )
-            SELECT 'EX-' || upper(substr(md5(problem.reason_code || '|' || problem.processor || '|' || problem.source_id), 1, 12))
+            SELECT 'EX-' || upper(substr(md5(reason_code || '|' || processor || '|' || source_id), 1, 12))
                        AS exception_id,
-                   problem.reason_code, problem.processor, problem.source_id, l.settlement_date, l.currency,
-                   l.amount_minor, problem.unapplied_minor, to_json(problem.candidates) AS candidates,
-                   CASE problem.reason_code {_reason_texts()}
-                   END AS detail
-            FROM problem JOIN {lines} l USING (processor, source_id)""",
+                   reason_code, processor, source_id, settlement_date, currency, amount_minor, unapplied_minor,
+                   to_json(coalesce(candidates, [])) AS candidates,
+                   CASE reason_code {_reason_texts()} END AS detail
+            FROM named""",
     ]
 
 
@@ -332,14 +331,14 @@ def _subset_sql(max_invoices: int) -> str:
     for size in range(2, max_invoices + 1):
         aliases = [f"c{k}" for k in range(size)]
         joins = " ".join(
-            f"JOIN m_r3_cand {a} ON {a}.processor = c0.processor AND {a}.source_id = c0.source_id "
+            f"JOIN m_r3_cand {a} ON {a}.pid = c0.pid "
             f"AND {a}.rk > {aliases[k - 1]}.rk AND {a}.invoice_currency = c0.invoice_currency"
             for k, a in enumerate(aliases) if k > 0)
         total = " + ".join(f"{a}.rem" for a in aliases)
         prunes = " AND ".join(f"{' + '.join(f'{a}.rem' for a in aliases[:k])} < c0.pay_inv" for k in range(2, size))
         where = f"{total} = c0.pay_inv" + (f" AND {prunes}" if prunes else "")
         members = ", ".join(f"{a}.rk" for a in aliases)
-        selects.append(f"SELECT c0.processor, c0.source_id, [{members}] AS members FROM m_r3_cand c0 {joins} WHERE {where}")
+        selects.append(f"SELECT c0.pid, [{members}] AS members FROM m_r3_cand c0 {joins} WHERE {where}")
     union = " UNION ALL ".join(selects)
     return (f"CREATE OR REPLACE TEMP TABLE m_r3_groups AS SELECT *, row_number() OVER "
-            f"(PARTITION BY processor, source_id ORDER BY len(members), members) AS group_no FROM ({union})")
+            f"(PARTITION BY pid ORDER BY len(members), members) AS group_no FROM ({union})")

@@ -7,11 +7,18 @@ foreground for the Dagster UI or manual exploration.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from datetime import date
+from pathlib import Path
 
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
 from m3_recon.sandbox.heartland_api import sandbox_env as heartland_env
 from m3_recon.sandbox.heartland_ledger import build_heartland_ledger
+from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
+                                     SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
+from m3_recon.sandbox.m3_api import sandbox_env as m3_env
+from m3_recon.sandbox.m3_ledger import M3Ledger
 from m3_recon.sandbox.paytrace_api import SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME, PayTraceApp
 from m3_recon.sandbox.paytrace_api import sandbox_env as paytrace_env
 from m3_recon.sandbox.paytrace_ledger import build_paytrace_ledger
@@ -31,30 +38,46 @@ class Sandbox:
     """All vendor sandboxes for one seeded period. Use as a context manager or start()/stop()."""
 
     def __init__(self, seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
-                 now: int | None = None):
+                 now: int | None = None, m3_ledger_path: str | Path | None = None):
+        """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart."""
         self.period = Period(start, days)
         self.world = build_world(seed, self.period)
         self.stripe = build_stripe_ledger(self.world)
         self.paytrace = build_paytrace_ledger(self.world)
         self.heartland = build_heartland_ledger(self.world)
+        self.m3 = M3Ledger(self.world, m3_ledger_path)
         self.clock = SandboxClock(now if now is not None else self.period.end_epoch + SETTLE_DAYS * DAY)
         self.apps = {
             "stripe": StripeApp(self.stripe, self.clock, SANDBOX_STRIPE_KEY),
             "paytrace": PayTraceApp(self.paytrace, self.clock, SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD),
             "heartland": HeartlandApp(self.heartland, self.clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY),
+            "m3": M3App(self.m3, self.clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
+                        SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT),
         }
+        self._ionapi_dir: Path | None = None
         self.servers: dict[str, VendorServer] = {}
 
     def start(self, ports: dict[str, int] | None = None) -> "Sandbox":
         ports = ports or {}
         for name, app in self.apps.items():
             self.servers[name] = VendorServer(app, self.clock, ports.get(name, 0)).start()
+        self._ionapi_dir = Path(tempfile.mkdtemp(prefix="m3-recon-sandbox-"))
+        write_ionapi_file(self.ionapi_path, self.url("m3"))
         return self
+
+    @property
+    def ionapi_path(self) -> Path:
+        """The sandbox's Infor .ionapi file (service-account keys for its ION token endpoint)."""
+        assert self._ionapi_dir is not None, "start the sandbox first"
+        return self._ionapi_dir / "sandbox.ionapi"
 
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
+        if self._ionapi_dir is not None:
+            shutil.rmtree(self._ionapi_dir, ignore_errors=True)
+            self._ionapi_dir = None
 
     def __enter__(self) -> "Sandbox":
         return self.start()
@@ -72,4 +95,5 @@ class Sandbox:
         """Environment variables that point m3-recon's resources at this sandbox."""
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
                 **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
+                **m3_env(self.url("m3"), self.ionapi_path),
                 "M3_RECON_START_DATE": self.period.start.isoformat()}

@@ -1,0 +1,367 @@
+"""A plain Infor M3 MI REST client (no Dagster): sign-in, v2 calls, bulk calls, restart-key paging.
+
+Authentication is either the ION API gateway, configured by an Infor ``.ionapi`` file (password grant
+with the service-account keys ``saak``/``sask``, refresh grant, a fresh token on HTTP 401; API base
+``{iu}/{ti}/M3``), or HTTP Basic against an on-premise M3 (``M3_BASE_URL``). Every call carries the
+company and division (``cono``/``divi`` control parameters and ``CONO``/``DIVI`` input fields), goes
+through ``VendorSession`` (request budget, bounded retries on 429/5xx/timeouts) and has its NOK
+answers parsed in both v2 forms: HTTP 200 with the error in ``results[i]`` and HTTP 400 with it at
+the top level (``terminationReason`` when a bulk call could not run). ``XRE0103`` "Record does not
+exist" on a list transaction means an empty list. Values arrive as strings; amounts become integer
+minor units through ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import requests
+
+from m3_recon.errors import VendorAuthError, VendorRequestError
+from m3_recon.vendor_http import VendorSession
+
+VENDOR = "M3"
+IONAPI_VARIABLE = "M3_IONAPI_FILE"
+BASIC_HINT = "M3_USERNAME / M3_PASSWORD"
+IONAPI_KEYS = ("ti", "ci", "cs", "iu", "pu", "ot", "saak", "sask")
+RECORD_DOES_NOT_EXIST = "XRE0103"
+TOKEN_EXPIRY_MARGIN_SECONDS = 60
+DEFAULT_TOKEN_SECONDS = 7_200
+EXECUTE_PATH = "/m3api-rest/v2/execute"
+# ISO 4217 currencies whose minor unit is not the cent; every other currency has two decimals.
+CURRENCY_EXPONENTS = {"BHD": 3, "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3, "JPY": 0,
+                      "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3, "UGX": 0,
+                      "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0}
+
+
+class M3Error(VendorRequestError):
+    """An MI transaction answered NOK (or a bulk call was terminated)."""
+
+    def __init__(self, program: str, transaction: str, code: str, field: str, message: str, *,
+                 status: int | None = None):
+        where = f" in field {field}" if field else ""
+        super().__init__(VENDOR, f"{program}/{transaction} answered {code or 'NOK'}{where}: {message}",
+                         status=status)
+        self.program, self.transaction, self.code, self.field, self.message = (
+            program, transaction, code, field, message)
+
+
+def minor_units(value: str, currency: str) -> int:
+    """An M3 amount string (``"1234.5"``, ``"-100"``, ``""``) as integer minor units of ``currency``."""
+    try:
+        amount = Decimal(value.strip() or "0")
+    except InvalidOperation:
+        raise VendorRequestError(VENDOR, f"M3 sent {value!r} where an amount was expected") from None
+    scaled = amount.scaleb(CURRENCY_EXPONENTS.get(currency.strip().upper(), 2))
+    if scaled != scaled.to_integral_value():
+        raise VendorRequestError(VENDOR, f"M3 amount {value} has more decimals than {currency} allows")
+    return int(scaled)
+
+
+def m3_date(value: str) -> date | None:
+    """An MI date (``yyyyMMdd``); blank or ``0`` is no date."""
+    value = value.strip()
+    if value in ("", "0"):
+        return None
+    return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+
+
+def _is_list(transaction: str) -> bool:
+    return transaction.startswith(("Lst", "Sel"))
+
+
+def _trimmed(record: Mapping[str, object]) -> dict[str, str]:
+    return {name: str(value).rstrip() for name, value in record.items()}
+
+
+def _send(session: VendorSession, method: str, path: str, **kwargs) -> requests.Response:
+    """``session.request``, but a 400 answer is returned rather than raised: M3 v2 and the token
+    endpoint both explain a rejection in the body of an HTTP 400."""
+    rejected: list[requests.Response] = []
+
+    def keep_rejection(response: requests.Response, *args, **kw) -> None:
+        if response.status_code == 400:
+            rejected.append(response)
+
+    try:
+        return session.request(method, path, hooks={"response": keep_rejection}, **kwargs)
+    except VendorRequestError as exc:
+        if exc.status == 400 and rejected:
+            return rejected[-1]
+        raise
+
+
+def _body(response: requests.Response, what: str) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise VendorRequestError(VENDOR, f"{what} answered with something that is not a JSON object "
+                                 f"(HTTP {response.status_code})", status=response.status_code)
+    return body
+
+
+# -- authentication ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IonApiConfig:
+    """The parts of an Infor ``.ionapi`` file a backend service needs; secrets never print."""
+
+    source: str  # the file, for messages
+    tenant: str
+    api_url: str  # iu
+    token_base: str  # pu
+    token_path: str  # ot
+    client_id: str = field(repr=False)
+    client_secret: str = field(repr=False)
+    access_key: str = field(repr=False)  # saak
+    secret_key: str = field(repr=False)  # sask
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IonApiConfig":
+        path = Path(path).expanduser()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise VendorAuthError(VENDOR, f"{IONAPI_VARIABLE} points to {path}, which does not exist; download the "
+                                  "backend-service .ionapi file from ION API > Authorized Apps") from None
+        except (OSError, ValueError) as exc:
+            raise VendorAuthError(VENDOR, f"{IONAPI_VARIABLE} points to {path}, which is not a readable .ionapi "
+                                  f"JSON file ({type(exc).__name__})") from None
+        missing = [key for key in IONAPI_KEYS if not isinstance(raw, dict) or not str(raw.get(key) or "").strip()]
+        if missing:
+            raise VendorAuthError(VENDOR, f"the .ionapi file {path} ({IONAPI_VARIABLE}) lacks {', '.join(missing)}; "
+                                  "use the file of a 'Backend Service' authorized app, which carries saak/sask")
+        return cls(source=str(path), tenant=raw["ti"], api_url=raw["iu"].rstrip("/"), token_base=raw["pu"],
+                   token_path=raw["ot"], client_id=raw["ci"], client_secret=raw["cs"],
+                   access_key=raw["saak"], secret_key=raw["sask"])
+
+    @property
+    def base_url(self) -> str:
+        """Where M3 is behind the gateway: ``{iu}/{ti}/M3``."""
+        return f"{self.api_url}/{self.tenant}/M3"
+
+
+class IonApiAuth:
+    """Bearer tokens from the ION API token endpoint: password grant, refresh grant, renewal on 401."""
+
+    def __init__(self, config: IonApiConfig, token_session: VendorSession,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.token_session = token_session
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._access_token: str | None = None
+        self._refresh_token: str | None = None
+        self._expires_at = 0.0
+
+    def headers(self, session: VendorSession) -> dict[str, str]:
+        with self._lock:
+            if self._access_token is None or self._monotonic() >= self._expires_at:
+                self._renew()
+            return {"Authorization": f"Bearer {self._access_token}"}
+
+    def refresh(self, session: VendorSession) -> None:
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        if self._refresh_token is not None:
+            grant = self._grant({"grant_type": "refresh_token", "refresh_token": self._refresh_token},
+                                raise_on_refusal=False)
+            if grant is not None:
+                return
+        self._grant({"grant_type": "password", "username": self.config.access_key,
+                     "password": self.config.secret_key}, raise_on_refusal=True)
+
+    def _grant(self, form: dict[str, str], raise_on_refusal: bool) -> dict | None:
+        form = {**form, "client_id": self.config.client_id, "client_secret": self.config.client_secret}
+        response = _send(self.token_session, "POST", "/" + self.config.token_path.lstrip("/"),
+                         authenticated=False, data=form, headers={"Accept": "application/json"})
+        body = _body(response, "the ION API token endpoint")
+        if response.status_code == 400:
+            if not raise_on_refusal:
+                self._refresh_token = None
+                return None
+            reason = f"{body.get('error', 'refused')}: {body.get('error_description', '')}".rstrip(": ")
+            raise VendorAuthError(
+                VENDOR, f"the ION API sign-in refused the service account ({reason}); check saak/sask (and "
+                f"ci/cs) in the .ionapi file named by {IONAPI_VARIABLE} ({self.config.source})", status=400)
+        if not body.get("access_token"):
+            raise VendorAuthError(VENDOR, "the ION API token endpoint answered without an access_token; "
+                                  f"check pu/ot in {IONAPI_VARIABLE} ({self.config.source})")
+        self._access_token = body["access_token"]
+        self._refresh_token = body.get("refresh_token") or self._refresh_token
+        lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_SECONDS)
+        self._expires_at = self._monotonic() + max(lifetime - TOKEN_EXPIRY_MARGIN_SECONDS, 0.0)
+        return body
+
+
+class BasicAuth:
+    """HTTP Basic for an on-premise M3 (user names like ``DOMAIN\\USER`` pass through unchanged)."""
+
+    def __init__(self, username: str, password: str):
+        token = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+        self._header = {"Authorization": f"Basic {token}"}
+
+    def headers(self, session: VendorSession) -> dict[str, str]:
+        return dict(self._header)
+
+    def refresh(self, session: VendorSession) -> None:
+        return None  # nothing to renew: a second 401 becomes a VendorAuthError naming M3_USERNAME / M3_PASSWORD
+
+
+# -- the client ---------------------------------------------------------------------------------------
+@dataclass
+class M3Client:
+    """MI calls for one company (``cono``) and division (``divi``)."""
+
+    session: VendorSession
+    cono: int
+    divi: str
+    page_size: int = 500  # maxrecs per list page
+    max_pages: int = 200  # a list longer than page_size * max_pages is an error, never an endless loop
+    bulk_size: int = 150  # transactions per bulk POST
+
+    @classmethod
+    def from_ionapi(cls, path: str | Path, cono: int, divi: str, *, page_size: int = 500, max_pages: int = 200,
+                    bulk_size: int = 150, **session_options) -> "M3Client":
+        """Through the ION API gateway, as the backend service of an ``.ionapi`` file."""
+        config = IonApiConfig.load(path)
+        hint = f"saak/sask and ci/cs in the .ionapi file named by {IONAPI_VARIABLE}"
+        token_session = VendorSession(VENDOR, config.token_base, hint, f"pu in {IONAPI_VARIABLE}",
+                                      **session_options)
+        session = VendorSession(VENDOR, config.base_url, hint, f"iu/ti in {IONAPI_VARIABLE}",
+                                authenticator=IonApiAuth(config, token_session), **session_options)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size)
+
+    @classmethod
+    def on_premise(cls, base_url: str, username: str, password: str, cono: int, divi: str, *,
+                   page_size: int = 500, max_pages: int = 200, bulk_size: int = 150,
+                   **session_options) -> "M3Client":
+        """Directly to an on-premise M3 (``https://host:port``) with HTTP Basic."""
+        if not base_url:
+            raise VendorAuthError(VENDOR, f"set {IONAPI_VARIABLE} (ION API) or M3_BASE_URL with {BASIC_HINT} "
+                                  "(on-premise) to say how to reach M3")
+        if not username or not password:
+            raise VendorAuthError(VENDOR, f"M3_BASE_URL is set but {BASIC_HINT} is not; set both")
+        session = VendorSession(VENDOR, base_url, BASIC_HINT, "M3_BASE_URL",
+                                authenticator=BasicAuth(username, password), **session_options)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size)
+
+    # -- calls -----------------------------------------------------------------------------------------
+    def _control(self, maxrecs: int | None) -> list[tuple[str, str]]:
+        params = [("cono", str(self.cono)), ("divi", self.divi)]
+        if maxrecs is not None:
+            params.append(("maxrecs", str(maxrecs)))
+        return params
+
+    def _record(self, fields: Mapping[str, object]) -> dict[str, str]:
+        return {"CONO": str(self.cono), "DIVI": self.divi, **{k: str(v) for k, v in fields.items()}}
+
+    def execute(self, program: str, transaction: str, *, maxrecs: int | None = None, **fields) -> list[dict]:
+        """One transaction by v2 GET; returns its records with trailing blanks trimmed."""
+        path = f"{EXECUTE_PATH}/{program}/{transaction}"
+        params = self._control(maxrecs) + list(self._record(fields).items())
+        response = _send(self.session, "GET", path, params=params, headers={"Accept": "application/json"})
+        body = _body(response, f"GET {path}")
+        if response.status_code == 400:
+            return self._outcome(program, transaction, body, status=400)
+        results = body.get("results") or []
+        if len(results) != 1:
+            raise VendorRequestError(VENDOR, f"GET {path} answered {len(results)} results for one transaction")
+        return self._outcome(program, transaction, results[0], status=response.status_code)
+
+    def execute_bulk(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
+                     maxrecs: int | None = 0) -> list[list[dict]]:
+        """Many transactions of one program, ``bulk_size`` per POST; records per call, in order."""
+        out: list[list[dict]] = []
+        for start in range(0, len(calls), self.bulk_size):
+            chunk = calls[start:start + self.bulk_size]
+            transactions = [{"transaction": name, "record": self._record(fields)} for name, fields in chunk]
+            payload = {"program": program, "cono": self.cono, "divi": self.divi, "excludeEmptyValues": False,
+                       "rightTrim": True, "transactions": transactions}
+            if maxrecs is not None:
+                payload["maxReturnedRecords"] = maxrecs
+            response = _send(self.session, "POST", EXECUTE_PATH, params=self._control(maxrecs), json=payload,
+                             headers={"Accept": "application/json"})
+            body = _body(response, f"POST {EXECUTE_PATH} ({program})")
+            if response.status_code == 400 or str(body.get("wasTerminated")).lower() == "true":
+                raise self._error(program, "(bulk)", body, response.status_code)
+            results = body.get("results") or []
+            if len(results) != len(chunk):
+                raise VendorRequestError(VENDOR, f"POST {EXECUTE_PATH} ({program}) answered {len(results)} "
+                                         f"results for {len(chunk)} transactions")
+            out.extend(self._outcome(program, transaction, result, status=response.status_code)
+                       for (transaction, _), result in zip(chunk, results))
+        return out
+
+    @staticmethod
+    def _outcome(program: str, transaction: str, result: dict, status: int) -> list[dict]:
+        """Records of one result (or a top-level HTTP 400 answer): ``[]`` for XRE0103 on a list."""
+        if status != 400 and not result.get("errorMessage") and not result.get("errorCode"):
+            return [_trimmed(record) for record in result.get("records") or []]
+        error = M3Client._error(program, transaction, result, status)
+        if error.code == RECORD_DOES_NOT_EXIST and _is_list(transaction):
+            return []
+        raise error
+
+    @staticmethod
+    def _error(program: str, transaction: str, result: dict, status: int) -> M3Error:
+        """Either v2 error form; ``terminationReason`` / ``terminationErrorType`` when a call was terminated."""
+        kind = result.get("errorType") or result.get("terminationErrorType") or "NOK"
+        message = result.get("errorMessage") or result.get("terminationReason") or kind
+        return M3Error(program, transaction, str(result.get("errorCode") or "").strip(),
+                       str(result.get("errorField") or "").strip(), str(message).strip(), status=status)
+
+    def list_all(self, program: str, transaction: str, *, restart: Mapping[str, str], key: Sequence[str],
+                 **fields) -> list[dict]:
+        """Every row of a list transaction, paged M3's way with restart keys.
+
+        Each page asks for ``page_size`` rows starting at the key of the previous page's last row
+        (``restart`` maps input field -> output field), so a page begins with rows already seen; those
+        are dropped by ``key`` (the fields that identify a row). A short page is the last one.
+        """
+        rows: list[dict] = []
+        seen: set[tuple] = set()
+        inputs = dict(fields)
+        for _ in range(self.max_pages):
+            page = self.execute(program, transaction, maxrecs=self.page_size, **inputs)
+            fresh = [row for row in page if tuple(row.get(k) for k in key) not in seen]
+            seen.update(tuple(row.get(k) for k in key) for row in fresh)
+            rows.extend(fresh)
+            if len(page) < self.page_size:
+                return rows
+            if not fresh:
+                raise VendorRequestError(VENDOR, f"{program}/{transaction} returned a full page of rows already "
+                                         f"seen; its restart keys {sorted(restart)} do not advance with "
+                                         f"maxrecs={self.page_size}: raise M3_PAGE_SIZE")
+            inputs.update({name: page[-1][column] for name, column in restart.items()})
+        raise VendorRequestError(VENDOR, f"{program}/{transaction} has more than {self.max_pages} pages of "
+                                 f"{self.page_size} rows; raise M3_PAGE_SIZE or M3_MAX_PAGES")
+
+    # -- what the pipeline reads -----------------------------------------------------------------------
+    def open_invoices(self) -> list[dict]:
+        """Open customer invoices of the division with their totals (``ARS200MI/GetInvTotInfo``).
+
+        ``LstInvByDivi`` with ``AAC0=1`` lists the ledger lines of open invoices (restart keys PYNO and
+        IVDT); the invoice lines (TRCD 10) name each invoice once, and a bulk of ``GetInvTotInfo``
+        gives its outstanding amount ``OCUA``. Invoices paid in between (``OCUA`` 0) are left out.
+        """
+        lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                              key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV=self.divi, TDIV=self.divi, AAC0="1")
+        invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
+                                      for ln in lines if ln.get("TRCD") == "10"))
+        totals = self.execute_bulk("ARS200MI", [
+            ("GetInvTotInfo", {"PYNO": payer, "CINO": invoice, "INYR": year, "CUNO": customer})
+            for payer, invoice, year, customer in invoices])
+        return [records[0] for records in totals
+                if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0]

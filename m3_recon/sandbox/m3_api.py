@@ -1,0 +1,588 @@
+"""Infor M3's MI REST API and the ION API gateway's OAuth2 sign-in, over the sandbox's M3 ledger.
+
+Serves what m3-recon reads from M3, in the wire format of /work/shared/reference/m3-mi-api.md:
+
+* ``POST /{TENANT}/as/token.oauth2``: the password grant with the service-account keys (saak/sask)
+  and the refresh grant; the client may authenticate in the form or with HTTP Basic. Access tokens
+  live 7,200 s and refresh tokens 8 h of sandbox-clock time.
+* ``/{TENANT}/M3/m3api-rest/...`` with a bearer token (ION API) and ``/m3api-rest/...`` with HTTP
+  Basic (on-premise): v2 ``GET v2/execute/{PROGRAM}/{TRANSACTION}``, v2 bulk ``POST v2/execute``
+  and v1 ``GET execute/{PROGRAM}/{TRANSACTION}`` (with ``metadata=true`` field metadata).
+* ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo``.
+
+M3 conventions kept: output values are strings (alphanumeric ones right-padded to the field length
+unless ``righttrim=true``, dates ``yyyyMMdd`` with ``0`` for none), control parameters are lower
+case (query or matrix ``;maxrecs=``), input fields upper case; a list transaction starts at its key
+fields (restart keys) and returns at most ``maxrecs`` rows (0 = all, capped at 10,000), and a list
+with no rows answers ``XRE0103``. A failed transaction is an HTTP 200 per-result error in a bulk
+call and an HTTP 400 top-level error on a single GET; a bulk call that cannot run at all (unknown
+program, unreadable body) is terminated with HTTP 400 ``terminationReason``.
+
+This sandbox runs as a service user with no default company or division, so a call without
+``CONO`` is "not authorized for company 0" and one without a division fails with ``WDI0102``.
+Message IDs not listed in the reference follow M3's pattern (``W`` + field group + ``02`` "must be
+entered" / ``03`` "does not exist"); calls to unknown programs or transactions carry no code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass, replace
+from datetime import date
+from decimal import Decimal
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from m3_recon.sandbox.m3_ledger import (CONO, DIVI, LOCAL_CURRENCY, MINOR_UNIT_EXPONENT, PAYMENT_TERMS,
+                                        RECO_PAID, TRCD_INVOICE, InvoiceTotals, LedgerLine, M3Ledger)
+from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
+
+SANDBOX_M3_TENANT = "M3RECON_TST"
+SANDBOX_M3_CLIENT_ID = "M3RECON_TST~q7Vn2xKcR8sLw4TzYp0aHd6JfUe3Mb9G"
+SANDBOX_M3_CLIENT_SECRET = "Zr5tXw1vQn8kLp3sYc6mBd0fHj4gTa7eWu2iKo9xNl"
+SANDBOX_M3_USERNAME = "M3RECON_TST#Fq2Lw8Zr4Kc1Vb7Nm5Xs9Ht3Jd6Gp0Ay"  # saak, also the on-premise user
+SANDBOX_M3_PASSWORD = "Wn6Rt1Yq8Ue3Io5Pa0Sd7Fg2Hj9Kl4Zx"  # sask, also the on-premise password
+
+ACCESS_TOKEN_SECONDS = 7_200
+REFRESH_TOKEN_SECONDS = 8 * 3_600
+DEFAULT_MAXRECS = 100
+MAX_RECORDS = 10_000
+NOK = "ServerReturnedNOK"
+V1_MESSAGE_WIDTH = 130
+
+
+@dataclass(frozen=True)
+class MIField:
+    type: str  # A alphanumeric, N numeric, D date
+    length: int
+    description: str
+    decimals: int = 0
+
+
+FIELDS: dict[str, MIField] = {
+    "CONO": MIField("N", 3, "Company"), "DIVI": MIField("A", 3, "Division"),
+    "FDIV": MIField("A", 3, "From division"), "TDIV": MIField("A", 3, "To division"),
+    "YEA4": MIField("N", 4, "Year"), "JRNO": MIField("N", 7, "Journal number"),
+    "JSNO": MIField("N", 7, "Journal number sequence"), "VSER": MIField("A", 3, "Voucher number series"),
+    "VONO": MIField("N", 8, "Voucher number"), "TRCD": MIField("N", 2, "Transaction code"),
+    "PYNO": MIField("A", 10, "Payer"), "CUNO": MIField("A", 10, "Customer number"),
+    "CINO": MIField("A", 15, "Invoice number"), "INYR": MIField("N", 4, "Invoice year"),
+    "AAC0": MIField("N", 1, "Only open invoices"), "RECO": MIField("N", 1, "Reconciliation code"),
+    "REDE": MIField("D", 10, "Reconciliation date"), "IVDT": MIField("D", 10, "Invoice date"),
+    "DUDT": MIField("D", 10, "Due date"), "ACDT": MIField("D", 10, "Accounting date"),
+    "DTP5": MIField("D", 10, "Payment date"), "RGDT": MIField("D", 10, "Entry date"),
+    "RGTM": MIField("N", 6, "Entry time"), "TDSC": MIField("A", 10, "Transaction description"),
+    "TEPY": MIField("A", 3, "Payment terms"), "CUCD": MIField("A", 3, "Currency"),
+    "LOCD": MIField("A", 3, "Local currency"), "ARAT": MIField("N", 13, "Exchange rate", 6),
+    "CUAM": MIField("N", 17, "Foreign currency amount", 2), "ACAM": MIField("N", 17, "Recorded amount", 2),
+    "PCUA": MIField("N", 17, "Paid amount - foreign currency", 2),
+    "PAMT": MIField("N", 17, "Paid amount - local currency", 2),
+    "OCUA": MIField("N", 17, "Outstanding amount - foreign currency", 2),
+    "OAMT": MIField("N", 17, "Outstanding amount - local currency", 2),
+}
+
+# M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
+MUST_BE_ENTERED = {"CUNO": "WCU0202", "PYNO": "WPY0202", "CINO": "WCI0202", "INYR": "WIN0202",
+                   "YEA4": "WYE0202", "JRNO": "WJR0202", "JSNO": "WJS0202"}
+
+KEY_OUT = ("YEA4", "JRNO", "JSNO")
+INVOICE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "TRCD", "PYNO", "CUNO", "CINO", "INYR", "VSER", "VONO",
+               "TDSC", "CUCD", "ARAT", "CUAM", "IVDT", "DUDT", "ACDT", "TEPY", "RECO", "REDE", "DTP5")
+
+
+@dataclass(frozen=True)
+class MITransaction:
+    inputs: tuple[str, ...]
+    mandatory: tuple[str, ...]
+    outputs: tuple[str, ...]
+    is_list: bool
+
+
+ARS200MI = {
+    "LstInvoices": MITransaction(
+        ("CONO", "DIVI", "CUNO", "AAC0", "IVDT"), ("CUNO",),
+        ("YEA4", "JRNO", "JSNO", "CINO", "TRCD", "INYR", "RECO", "REDE", "PYNO", "IVDT", "DUDT", "TDSC"), True),
+    "LstInvByDivi": MITransaction(
+        ("CONO", "FDIV", "TDIV", "PYNO", "CUNO", "AAC0", "IVDT"), (),
+        ("DIVI", "PYNO", "CUNO", "CINO", "INYR", "TRCD", "YEA4", "JRNO", "JSNO", "VSER", "VONO", "CUAM", "RECO",
+         "REDE", "IVDT", "DUDT", "TDSC"), True),
+    "GetInvoice": MITransaction(("CONO", "DIVI", "YEA4", "JRNO", "JSNO"), ("YEA4", "JRNO", "JSNO"),
+                                INVOICE_OUT, False),
+    "GetInvTotInfo": MITransaction(
+        ("CONO", "DIVI", "PYNO", "CINO", "INYR", "CUNO"), ("PYNO", "CINO", "INYR", "CUNO"),
+        INVOICE_OUT + ("ACAM", "PCUA", "PAMT", "OCUA", "OAMT", "LOCD", "RGDT", "RGTM"), False),
+}
+PROGRAMS = {"ARS200MI": ARS200MI}
+
+
+class MIError(Exception):
+    """An MI transaction answered NOK."""
+
+    def __init__(self, message: str, code: str = "", field: str = "", cfg: str = ""):
+        super().__init__(message)
+        self.message, self.code, self.field, self.cfg = message, code, field, cfg
+
+    def v2(self, transaction: str) -> dict:
+        error = {"transaction": transaction, "errorMessage": self.message, "errorType": NOK}
+        if self.code:
+            error.update(errorCode=self.code, errorCfg=self.cfg)
+        if self.field:
+            error["errorField"] = self.field
+        return error
+
+    def v1(self) -> dict:
+        error = {"@type": NOK, "Message": self.message.ljust(V1_MESSAGE_WIDTH)}
+        if self.code:
+            error.update({"@code": self.code, "@cfg": self.cfg})
+        if self.field:
+            error["@field"] = self.field.ljust(10)
+        return error
+
+
+class RequestRejected(Exception):
+    """The call as a whole cannot run (bad control parameter, unreadable bulk body, unknown program)."""
+
+
+def record_not_found() -> MIError:
+    return MIError("Record does not exist", "XRE0103")
+
+
+@dataclass(frozen=True)
+class Control:
+    """Control parameters of one call (query, matrix or bulk body)."""
+
+    cono: str = ""
+    divi: str | None = None
+    maxrecs: int = DEFAULT_MAXRECS
+    returncols: tuple[str, ...] = ()
+    excludempty: bool = False
+    righttrim: bool = False
+    metadata: bool = False
+    extendedresult: bool = False
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise RequestRejected(f"Invalid value '{value}' for parameter {name}, expected true or false")
+    return value.lower() == "true"
+
+
+def parse_control(params: dict[str, str]) -> Control:
+    values: dict = {}
+    for name, value in params.items():
+        if name == "maxrecs":
+            try:
+                values["maxrecs"] = int(value)
+            except ValueError:
+                raise RequestRejected(f"Invalid value '{value}' for parameter maxrecs") from None
+            if values["maxrecs"] < 0:
+                raise RequestRejected(f"Invalid value '{value}' for parameter maxrecs")
+        elif name == "returncols":
+            values["returncols"] = tuple(c.strip().upper() for c in value.split(",") if c.strip())
+        elif name in ("excludempty", "righttrim", "metadata", "extendedresult"):
+            values[name] = _flag(value, name)
+        elif name == "cono":
+            values["cono"] = value.strip()
+        elif name == "divi":
+            values["divi"] = value.strip()
+    return Control(**values)
+
+
+def format_value(name: str, value, righttrim: bool) -> str:
+    """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
+    field = FIELDS[name]
+    if field.type == "D":
+        return value.strftime("%Y%m%d") if value else "0"
+    if field.type == "N":
+        if isinstance(value, Decimal) and value != value.to_integral_value():
+            return format(value.normalize(), "f")
+        return str(int(value))
+    text = "" if value is None else str(value)
+    return text if righttrim else text.ljust(field.length)
+
+
+def amount(minor: int) -> Decimal:
+    """Minor units as the decimal M3 stores (sent as ``1234.5``, ``100``: no trailing zeros)."""
+    return Decimal(minor).scaleb(-MINOR_UNIT_EXPONENT)
+
+
+class M3App(VendorApp):
+    name = "m3"
+
+    def __init__(self, ledger: M3Ledger, clock: SandboxClock, client_id: str, client_secret: str,
+                 username: str, password: str, tenant: str):
+        self.ledger, self.clock = ledger, clock
+        self.client_id, self.client_secret = client_id, client_secret
+        self.username, self.password, self.tenant = username, password, tenant
+        self._lock = threading.Lock()
+        self._access_tokens: dict[str, int] = {}  # token -> expiry (sandbox clock)
+        self._refresh_tokens: dict[str, int] = {}
+        self._handlers = {"LstInvoices": self._list_invoices, "LstInvByDivi": self._list_invoices_by_division,
+                          "GetInvoice": self._get_invoice, "GetInvTotInfo": self._get_invoice_totals}
+
+    # -- framework ---------------------------------------------------------------------------------
+    def fault_response(self, status: int, headers: dict[str, str]) -> Response:
+        return Response.json(status, {"status": status, "error": HTTPStatus(status).phrase}, headers)
+
+    def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == f"/{self.tenant}/as/token.oauth2":
+            return self._token(request)
+        ion_prefix = f"/{self.tenant}/M3/m3api-rest/"
+        if path.startswith(ion_prefix):
+            denied = self._check_bearer(request)
+            rest = path[len(ion_prefix):]
+        elif path.startswith("/m3api-rest/"):
+            denied = self._check_basic(request)
+            rest = path[len("/m3api-rest/"):]
+        else:
+            return Response.json(404, {"status": 404, "error": "Not Found", "path": path})
+        if denied is not None:
+            return denied
+        return self._route(request, rest)
+
+    # -- ION API sign-in ----------------------------------------------------------------------------
+    def _token(self, request: Request) -> Response:
+        if request.method != "POST":
+            return Response.json(405, {"error": "invalid_request", "error_description": "POST required"})
+        form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+        client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
+        basic = _basic_credentials(request)
+        if basic is not None:
+            client_id, client_secret = basic
+        if not _same((client_id, client_secret), (self.client_id, self.client_secret)):
+            return Response.json(401, {"error": "invalid_client",
+                                       "error_description": "Invalid client or client credentials."})
+        now = self.clock.now()
+        grant = form.get("grant_type", "")
+        if grant == "password":
+            if not _same((form.get("username", ""), form.get("password", "")), (self.username, self.password)):
+                return Response.json(400, {"error": "invalid_grant",
+                                           "error_description": "Invalid resource owner credentials."})
+        elif grant == "refresh_token":
+            with self._lock:
+                expiry = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
+            if expiry is None or expiry <= now:
+                return Response.json(400, {"error": "invalid_grant",
+                                           "error_description": "Refresh token is invalid or expired."})
+        else:
+            return Response.json(400, {"error": "unsupported_grant_type",
+                                       "error_description": f"Grant type '{grant}' is not supported."})
+        access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with self._lock:
+            for tokens in (self._access_tokens, self._refresh_tokens):  # forget expired ones
+                for token in [t for t, expiry in tokens.items() if expiry <= now]:
+                    del tokens[token]
+            self._access_tokens[access] = now + ACCESS_TOKEN_SECONDS
+            self._refresh_tokens[refresh] = now + REFRESH_TOKEN_SECONDS
+        return Response.json(200, {"access_token": access, "token_type": "Bearer",
+                                   "expires_in": ACCESS_TOKEN_SECONDS, "refresh_token": refresh},
+                             {"Cache-Control": "no-store"})
+
+    def _check_bearer(self, request: Request) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self._lock:
+            expiry = self._access_tokens.get(token) if scheme.lower() == "bearer" else None
+        if expiry is not None and expiry > self.clock.now():
+            return None
+        description = "The access token is missing, invalid or expired"
+        return Response.json(401, {"error": "invalid_token", "error_description": description},
+                             {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
+
+    def _check_basic(self, request: Request) -> Response | None:
+        credentials = _basic_credentials(request)
+        if credentials is not None and _same(credentials, (self.username, self.password)):
+            return None
+        return Response(401, b"Unauthorized: user name or password is incorrect",
+                        {"Content-Type": "text/plain", "WWW-Authenticate": 'Basic realm="M3"'})
+
+    # -- routing --------------------------------------------------------------------------------------
+    def _route(self, request: Request, rest: str) -> Response:
+        query = [(k, v) for k, v in request.query if k != "_rid"]
+        control_params = {k: v for k, v in query if k.islower()}
+        record = {k: v for k, v in query if not k.islower()}
+        segments = rest.split("/")
+        if segments[0] == "v2" and segments[1:2] == ["execute"]:
+            if len(segments) == 2:
+                if request.method != "POST":
+                    return Response.json(405, {"status": 405, "error": "Method Not Allowed"})
+                return self._bulk(request, control_params)
+            if len(segments) == 4 and request.method == "GET":
+                program, transaction, matrix = _split_matrix(segments[2], segments[3])
+                return self._single_v2(program, transaction, record, {**control_params, **matrix})
+        if segments[0] == "execute" and len(segments) == 3 and request.method == "GET":
+            program, transaction, matrix = _split_matrix(segments[1], segments[2])
+            return self._single_v1(program, transaction, record, {**control_params, **matrix})
+        return Response.json(404, {"status": 404, "error": "Not Found", "path": request.path})
+
+    def _single_v2(self, program: str, transaction: str, record: dict, params: dict) -> Response:
+        try:
+            control = parse_control(params)
+            records = self.execute(program, transaction, record, control)
+        except RequestRejected as exc:
+            return Response.json(400, MIError(str(exc)).v2(transaction))
+        except MIError as error:
+            return Response.json(400, error.v2(transaction))
+        return Response.json(200, {"results": [{"transaction": transaction, "records": records}],
+                                   "wasTerminated": "false", "nrOfSuccessfullTransactions": 1,
+                                   "nrOfFailedTransactions": 0})
+
+    def _single_v1(self, program: str, transaction: str, record: dict, params: dict) -> Response:
+        try:
+            control = parse_control(params)
+            records = self.execute(program, transaction, record, control)
+        except RequestRejected as exc:
+            return Response.json(400, MIError(str(exc)).v1())
+        except MIError as error:
+            return Response.json(200, error.v1())
+        payload: dict = {"Program": program, "Transaction": transaction}
+        if control.metadata:
+            names = self._output_names(PROGRAMS[program][transaction], control)
+            payload["Metadata"] = {"Field": [
+                {"@name": n, "@type": FIELDS[n].type, "@length": FIELDS[n].length,
+                 "@description": FIELDS[n].description} for n in names]}
+        payload["MIRecord"] = [{"RowIndex": i, "NameValue": [{"Name": k, "Value": v} for k, v in row.items()]}
+                               for i, row in enumerate(records)]
+        return Response.json(200, payload)
+
+    def _bulk(self, request: Request, params: dict) -> Response:
+        try:
+            body = request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
+                raise RequestRejected("The request body must be a JSON object with a 'transactions' list")
+            program = str(body.get("program", "")).upper()
+            if program not in PROGRAMS:
+                raise RequestRejected(f"Program {program or '(blank)'} does not exist")
+            body_params = {"cono": body.get("cono"), "divi": body.get("divi"),
+                           "maxrecs": body.get("maxReturnedRecords"), "excludempty": body.get("excludeEmptyValues"),
+                           "righttrim": body.get("rightTrim")}
+            merged = {**params, **{k: str(v).lower() if isinstance(v, bool) else str(v)
+                                   for k, v in body_params.items() if v is not None}}
+            base = parse_control(merged)
+        except (RequestRejected, ValueError) as exc:
+            reason = str(exc) if isinstance(exc, RequestRejected) else "The request body is not valid JSON"
+            return Response.json(400, {"results": [], "wasTerminated": "true", "terminationReason": reason,
+                                       "terminationErrorType": NOK, "nrOfSuccessfullTransactions": 0,
+                                       "nrOfFailedTransactions": 0})
+        results, ok, failed = [], 0, 0
+        for item in body["transactions"]:
+            item = item if isinstance(item, dict) else {}
+            transaction = str(item.get("transaction", ""))
+            fields = item.get("record") if isinstance(item.get("record"), dict) else {}
+            record = {str(k).upper(): str(v) for k, v in fields.items()}
+            columns = item.get("selectedColumns") or ()
+            control = replace(base, returncols=tuple(str(c).upper() for c in columns) or base.returncols)
+            try:
+                result = {"transaction": transaction, "records": self.execute(program, transaction, record, control)}
+                ok += 1
+            except MIError as error:
+                result = error.v2(transaction)
+                failed += 1
+            if control.extendedresult:
+                result["parameters"] = record
+            results.append(result)
+        return Response.json(200, {"results": results, "wasTerminated": "false",
+                                   "nrOfSuccessfullTransactions": ok, "nrOfFailedTransactions": failed})
+
+    # -- the MI layer ---------------------------------------------------------------------------------
+    def execute(self, program: str, transaction: str, record: dict[str, str], control: Control) -> list[dict]:
+        """Run one transaction; returns rendered records or raises ``MIError`` / ``RequestRejected``."""
+        if program not in PROGRAMS:
+            raise RequestRejected(f"Program {program} does not exist")
+        spec = PROGRAMS[program].get(transaction)
+        if spec is None:
+            raise MIError(f"Transaction {transaction} does not exist in {program}")
+        values = self._inputs(spec, record)
+        self._company(values, control)
+        rows = self._handlers[transaction](values)
+        if spec.is_list:
+            limit = MAX_RECORDS if control.maxrecs == 0 else min(control.maxrecs, MAX_RECORDS)
+            rows = rows[:limit]
+            if not rows:
+                raise record_not_found()
+        names = self._output_names(spec, control)
+        rendered = []
+        for row in rows:
+            out = {n: format_value(n, row.get(n), control.righttrim) for n in names}
+            if control.excludempty:
+                out = {k: v for k, v in out.items() if v.strip()}
+            rendered.append(out)
+        return rendered
+
+    @staticmethod
+    def _output_names(spec: MITransaction, control: Control) -> list[str]:
+        if not control.returncols:
+            return list(spec.outputs)
+        return [n for n in control.returncols if n in spec.outputs]
+
+    @staticmethod
+    def _inputs(spec: MITransaction, record: dict[str, str]) -> dict:
+        """Typed input values of the transaction's own fields (others are ignored, as M3 does)."""
+        values: dict = {}
+        for name in spec.inputs:
+            raw = record.get(name, "").strip()
+            field = FIELDS[name]
+            if not raw:
+                if name in spec.mandatory:
+                    raise MIError(f"{field.description} must be entered", MUST_BE_ENTERED[name], name)
+                continue
+            if field.type == "N":
+                if not raw.lstrip("-").isdigit() or len(raw.lstrip("-")) > field.length:
+                    raise MIError(f"Numeric error in field {name}", "XNU0000", name)
+                values[name] = int(raw)
+            elif field.type == "D":
+                values[name] = _m3_date(raw, name)
+            else:
+                if len(raw) > field.length:
+                    raise MIError(f"Input field {name} is longer than {field.length} characters", field=name)
+                values[name] = raw
+        return values
+
+    def _company(self, values: dict, control: Control) -> None:
+        """Check CONO and resolve the division(s) the call works on."""
+        if "CONO" not in values:
+            raw = control.cono or "0"
+            if not raw.isdigit():
+                raise MIError("Numeric error in field CONO", "XNU0000", "CONO")
+            values["CONO"] = int(raw)
+        if values["CONO"] != self.ledger.cono:
+            raise MIError(f"Not authorized for company {values['CONO']}", "XAU0008", "CONO")
+        values.setdefault("DIVI", control.divi or "")  # LstInvByDivi has no DIVI input: the call's division
+        if not values["DIVI"] and "FDIV" not in values and "TDIV" not in values:
+            raise MIError("Division must be entered", "WDI0102", "DIVI")
+        for name in ("DIVI", "FDIV"):
+            if values.get(name) and values[name] != self.ledger.divi:
+                raise MIError(f"Division {values[name]} does not exist", "WDI0103", name)
+
+    def _customer(self, number: str) -> None:
+        if number not in self.ledger.customers:
+            raise MIError(f"Customer number {number} does not exist", "WCU0203", "CUNO")
+
+    # -- ARS200MI -------------------------------------------------------------------------------------
+    def _lines(self, values: dict) -> tuple[list[LedgerLine], dict]:
+        now = self.clock.now()
+        totals = self.ledger.totals(now)
+        lines = self.ledger.lines(now)
+        if values.get("AAC0") == 1:
+            lines = [ln for ln in lines if totals[ln.invoice_key].reco != RECO_PAID]
+        return lines, totals
+
+    def _list_invoices(self, values: dict) -> list[dict]:
+        self._customer(values["CUNO"])
+        lines, totals = self._lines(values)
+        start = values.get("IVDT", date.min)
+        rows = [ln for ln in lines if ln.customer == values["CUNO"] and ln.divi == values["DIVI"]
+                and ln.invoice_date >= start]
+        rows.sort(key=lambda ln: (ln.invoice_date, ln.invoice, ln.invoice_year, ln.year, ln.journal, ln.journal_seq))
+        return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
+
+    def _list_invoices_by_division(self, values: dict) -> list[dict]:
+        if "CUNO" in values:
+            self._customer(values["CUNO"])
+        lines, totals = self._lines(values)
+        if "FDIV" in values or "TDIV" in values:
+            low, high = values.get("FDIV", ""), values.get("TDIV", "\uffff")
+        else:
+            low = high = values["DIVI"]
+        start = (low, values.get("PYNO", ""), values.get("IVDT", date.min))
+        rows = [ln for ln in lines if low <= ln.divi <= high and (ln.divi, ln.payer, ln.invoice_date) >= start
+                and values.get("CUNO", ln.customer) == ln.customer]
+        rows.sort(key=lambda ln: (ln.divi, ln.payer, ln.invoice_date, ln.invoice, ln.invoice_year, ln.year,
+                                  ln.journal, ln.journal_seq))
+        return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
+
+    def _get_invoice(self, values: dict) -> list[dict]:
+        lines, totals = self._lines(values)
+        key = (values["YEA4"], values["JRNO"], values["JSNO"])
+        for ln in lines:
+            if (ln.year, ln.journal, ln.journal_seq) == key:
+                return [self._line_row(ln, totals[ln.invoice_key])]
+        raise record_not_found()
+
+    def _get_invoice_totals(self, values: dict) -> list[dict]:
+        self._customer(values["CUNO"])
+        totals = self.ledger.totals(self.clock.now()).get((values["PYNO"], values["CINO"], values["INYR"]))
+        if totals is None or totals.line.customer != values["CUNO"] or totals.line.divi != values["DIVI"]:
+            raise record_not_found()
+        line = totals.line
+        row = self._line_row(line, totals)
+        row.update(ACAM=amount(line.local_minor), PCUA=amount(totals.paid_minor),
+                   PAMT=amount(totals.paid_local_minor), OCUA=amount(totals.outstanding_minor),
+                   OAMT=amount(totals.outstanding_local_minor), LOCD=LOCAL_CURRENCY, RGDT=line.invoice_date,
+                   RGTM=0)
+        return [row]
+
+    @staticmethod
+    def _line_row(line: LedgerLine, totals: InvoiceTotals) -> dict:
+        return {
+            "CONO": line.cono, "DIVI": line.divi, "YEA4": line.year, "JRNO": line.journal, "JSNO": line.journal_seq,
+            "TRCD": line.trcd, "PYNO": line.payer, "CUNO": line.customer, "CINO": line.invoice,
+            "INYR": line.invoice_year, "VSER": line.voucher_series, "VONO": line.voucher,
+            "TDSC": "Invoice" if line.trcd == TRCD_INVOICE else "Payment", "CUCD": line.currency,
+            "ARAT": line.rate, "CUAM": amount(line.amount_minor), "IVDT": line.invoice_date,
+            "DUDT": line.due_date, "ACDT": line.accounting_date, "TEPY": PAYMENT_TERMS, "RECO": totals.reco,
+            "REDE": totals.reconciled_on, "DTP5": totals.last_payment_date,
+        }
+
+
+def _split_matrix(program: str, transaction_segment: str) -> tuple[str, str, dict[str, str]]:
+    """``LstInvoices;maxrecs=20;returncols=CINO`` -> transaction and its matrix control parameters."""
+    transaction, *pairs = transaction_segment.split(";")
+    matrix = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        matrix[name.lower()] = value
+    return program.upper(), transaction, matrix
+
+
+def _same(given: tuple[str, str], expected: tuple[str, str]) -> bool:
+    """Constant-time comparison of a credential pair."""
+    return all([hmac.compare_digest(a.encode(), b.encode()) for a, b in zip(given, expected)])
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+def _m3_date(raw: str, name: str) -> date:
+    try:
+        if len(raw) != 8:
+            raise ValueError
+        return date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+    except ValueError:
+        raise MIError(f"Incorrect date {raw} in field {name}", "XDT0001", name) from None
+
+
+def write_ionapi_file(path: str | Path, url: str, tenant: str = SANDBOX_M3_TENANT) -> Path:
+    """Write the sandbox service account as an Infor ``.ionapi`` file (mode 0600) for ``url``."""
+    url = url.rstrip("/")
+    config = {
+        "ti": tenant, "cn": "m3-recon sandbox", "dt": "12", "ci": SANDBOX_M3_CLIENT_ID,
+        "cs": SANDBOX_M3_CLIENT_SECRET, "iu": url, "pu": f"{url}/{tenant}/as/", "oa": "authorization.oauth2",
+        "ot": "token.oauth2", "or": "revoke_token.oauth2", "sc": [], "ev": "U147858101", "v": "1.0",
+        "saak": SANDBOX_M3_USERNAME, "sask": SANDBOX_M3_PASSWORD,
+    }
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2)
+    return path
+
+
+def sandbox_env(url: str, ionapi_path: str | Path) -> dict[str, str]:
+    """Environment variables that point the M3 resource at this sandbox through the ION API."""
+    return {"M3_IONAPI_FILE": str(ionapi_path), "M3_CONO": str(CONO), "M3_DIVI": DIVI}

@@ -1,0 +1,336 @@
+"""Infor M3: the MI client against the sandbox over real HTTP, and the open-invoice assets in DuckDB."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import dagster as dg
+import duckdb
+import pytest
+import requests
+
+from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
+from m3_recon.defs.m3.client import M3Client, M3Error, minor_units
+from m3_recon.defs.m3.definitions import m3_resource_from_env
+from m3_recon.defs.m3.resources import M3Resource
+from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
+from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
+                                     SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, sandbox_env, write_ionapi_file)
+from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger
+from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
+from m3_recon.sandbox.world import Period, build_world
+
+SEED = 11
+PERIOD = Period(date(2026, 10, 1), 10)
+DAY = 86_400
+FAST = {"sleep": lambda seconds: None, "requests_per_second": 1_000}  # no waiting between retries or calls
+NOW = PERIOD.end_epoch + DAY
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(SEED, PERIOD)
+
+
+@pytest.fixture(scope="module")
+def applied(world):
+    """Cash the test applies in M3 before reading: invoice number -> minor units (full, partial, EUR)."""
+    eur = next(inv for inv in world.invoices if inv.currency == "EUR")
+    usd = [inv for inv in world.invoices if inv.currency == "USD"]
+    return {usd[0].number: usd[0].amount_minor, usd[1].number: usd[1].amount_minor // 3,
+            eur.number: eur.amount_minor}
+
+
+@pytest.fixture(scope="module")
+def ledger(world, applied):
+    ledger = M3Ledger(world)
+    by_number = {inv.number: inv for inv in world.invoices}
+    for number, amount in applied.items():
+        ledger.apply_cash(number, by_number[number].year, amount, PERIOD.start_epoch + 3_600)
+    return ledger
+
+
+@pytest.fixture(scope="module")
+def m3_server(ledger):
+    clock = SandboxClock(NOW)
+    app = M3App(ledger, clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
+                SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
+    server = VendorServer(app, clock).start()
+    yield server, clock
+    server.stop()
+
+
+@pytest.fixture
+def m3(m3_server):
+    """The shared sandbox, with its clock and fault plan put back after each test."""
+    yield m3_server
+    server, clock = m3_server
+    server.faults.clear()
+    clock.set(NOW)
+
+
+@pytest.fixture
+def ionapi(m3, tmp_path):
+    return write_ionapi_file(tmp_path / "sandbox.ionapi", m3[0].url)
+
+
+def ion_client(ionapi, **options) -> M3Client:
+    return M3Client.from_ionapi(ionapi, 100, "AAA", **{**FAST, **options})
+
+
+def basic_client(m3, password: str = SANDBOX_M3_PASSWORD, **options) -> M3Client:
+    return M3Client.on_premise(m3[0].url, SANDBOX_M3_USERNAME, password, 100, "AAA", **{**FAST, **options})
+
+
+def expected_open(world, applied, day: date) -> dict[str, int]:
+    """The generator's answer: invoices dated up to ``day`` with what is still owed on them."""
+    open_amounts = {inv.number: inv.amount_minor - applied.get(inv.number, 0)
+                    for inv in world.invoices if inv.invoice_date <= day}
+    return {number: amount for number, amount in open_amounts.items() if amount > 0}
+
+
+def totals_call(inv) -> tuple[str, dict]:
+    return "GetInvTotInfo", {"PYNO": inv.customer, "CINO": inv.number, "INYR": inv.year, "CUNO": inv.customer}
+
+
+# -- reading through both authentication routes ------------------------------------------------------
+def test_ion_api_client_reads_every_open_invoice_with_exact_outstanding_amounts(world, applied, ionapi):
+    records = ion_client(ionapi).open_invoices()
+    found = {r["CINO"]: minor_units(r["OCUA"], r["CUCD"]) for r in records}
+    assert found == expected_open(world, applied, PERIOD.end)
+    assert len(records) == len(found) == len(world.invoices) - 2  # two invoices were paid in full
+    partial = next(r for r in records if r["CINO"] == list(applied)[1])
+    assert minor_units(partial["PCUA"], partial["CUCD"]) == applied[partial["CINO"]]
+    assert partial["RECO"] == "0" and partial["CUNO"] == partial["PYNO"]
+    assert all(r["CONO"] == "100" and r["DIVI"] == "AAA" for r in records)
+
+
+def test_basic_auth_client_reads_paid_invoice_with_reco_9(world, applied, m3):
+    paid = next(inv for inv in world.invoices if inv.number == list(applied)[0])
+    client = basic_client(m3)
+    [record] = client.execute("ARS200MI", "GetInvTotInfo", **totals_call(paid)[1])
+    assert (record["RECO"], record["OCUA"], record["DTP5"], record["REDE"]) == ("9", "0", "20261001", "20261001")
+    assert minor_units(record["CUAM"], record["CUCD"]) == paid.amount_minor
+    invoice_lines = client.execute("ARS200MI", "LstInvoices", maxrecs=0, CUNO=paid.customer)
+    assert {line["CINO"] for line in invoice_lines if line["TRCD"] == "10"} == {
+        inv.number for inv in world.invoices_of(paid.customer)}
+    payment = next(line for line in invoice_lines if line["TRCD"] == "20")
+    [voucher_line] = client.execute("ARS200MI", "GetInvoice", YEA4=payment["YEA4"], JRNO=payment["JRNO"],
+                                    JSNO=payment["JSNO"])
+    assert minor_units(voucher_line["CUAM"], voucher_line["CUCD"]) == -paid.amount_minor
+
+
+def test_foreign_invoice_keeps_booking_rate_and_closes_local_amount_exactly(world, applied, ionapi):
+    eur = next(inv for inv in world.invoices if inv.currency == "EUR" and inv.number not in applied)
+    [record] = ion_client(ionapi).execute("ARS200MI", "GetInvTotInfo", **totals_call(eur)[1])
+    assert record["CUCD"] == "EUR" and record["LOCD"] == "USD"
+    assert minor_units(record["OCUA"], "EUR") == eur.amount_minor
+    rate = Decimal(record["ARAT"])
+    assert Decimal("1.03") <= rate <= Decimal("1.13")
+    assert minor_units(record["OAMT"], "USD") == int((eur.amount_minor * rate).quantize(Decimal(1), ROUND_HALF_EVEN))
+    paid_eur = next(inv for inv in world.invoices if inv.number in applied and inv.currency == "EUR")
+    [closed] = ion_client(ionapi).execute("ARS200MI", "GetInvTotInfo", **totals_call(paid_eur)[1])
+    assert (closed["OCUA"], closed["OAMT"], closed["RECO"]) == ("0", "0", "9")
+
+
+# -- bulk calls and paging ------------------------------------------------------------------------------
+def test_bulk_calls_are_chunked_and_answered_in_order(world, ionapi, m3):
+    invoices = world.invoices[:20]
+    client = ion_client(ionapi, bulk_size=7)
+    served_before = m3[0].faults.served
+    results = client.execute_bulk("ARS200MI", [totals_call(inv) for inv in invoices])
+    assert [r[0]["CINO"] for r in results] == [inv.number for inv in invoices]
+    assert [minor_units(r[0]["CUAM"], r[0]["CUCD"]) for r in results] == [inv.amount_minor for inv in invoices]
+    assert m3[0].faults.served - served_before == 1 + 3  # one sign-in, then 20 calls in 3 POSTs
+
+
+def test_restart_key_paging_reads_every_line_once_across_pages(world, applied, ionapi, m3):
+    client = ion_client(ionapi, page_size=40)
+    served_before = m3[0].faults.served
+    lines = client.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                            key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV="AAA", TDIV="AAA")
+    keys = [(line["YEA4"], line["JRNO"], line["JSNO"]) for line in lines]
+    assert len(keys) == len(set(keys)) == len(world.invoices) + len(applied)
+    assert {line["CINO"] for line in lines if line["TRCD"] == "10"} == {inv.number for inv in world.invoices}
+    assert m3[0].faults.served - served_before > len(lines) // 40  # every page was a request of its own
+
+
+def test_paging_that_cannot_advance_stops_with_an_actionable_error(ionapi):
+    client = ion_client(ionapi, page_size=1)
+    with pytest.raises(VendorRequestError, match="M3_PAGE_SIZE"):
+        client.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                        key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV="AAA", TDIV="AAA")
+
+
+# -- the two v2 error forms -----------------------------------------------------------------------------
+def test_single_call_error_is_read_from_the_http_400_top_level(world, ionapi):
+    inv = world.invoices[0]
+    client = ion_client(ionapi)
+    with pytest.raises(M3Error) as missing:
+        client.execute("ARS200MI", "GetInvTotInfo", **{**totals_call(inv)[1], "CINO": "99999999"})
+    assert (missing.value.code, missing.value.status, missing.value.transaction) == ("XRE0103", 400, "GetInvTotInfo")
+    with pytest.raises(M3Error) as unknown_customer:
+        client.execute("ARS200MI", "LstInvoices", CUNO="C99999")
+    assert (unknown_customer.value.code, unknown_customer.value.field) == ("WCU0203", "CUNO")
+    with pytest.raises(M3Error, match="Not authorized for company 200") as company:
+        M3Client.from_ionapi(ionapi, 200, "AAA").execute("ARS200MI", "LstInvoices", CUNO=inv.customer)
+    assert company.value.field == "CONO"
+
+
+def test_record_does_not_exist_on_a_list_is_an_empty_list(world, ionapi):
+    client = ion_client(ionapi)
+    assert client.execute("ARS200MI", "LstInvoices", CUNO=world.invoices[0].customer, IVDT="20991231") == []
+
+
+def test_bulk_errors_are_read_per_result_from_an_http_200(world, ionapi):
+    client = ion_client(ionapi)
+    good, bad = totals_call(world.invoices[0]), ("GetInvTotInfo", {"PYNO": world.invoices[0].customer})
+    with pytest.raises(M3Error) as per_result:
+        client.execute_bulk("ARS200MI", [good, bad])
+    assert (per_result.value.code, per_result.value.field, per_result.value.status) == ("WCI0202", "CINO", 200)
+    with pytest.raises(M3Error, match="Transaction LstEverything does not exist"):
+        client.execute_bulk("ARS200MI", [("LstEverything", {})])
+    empty = client.execute_bulk("ARS200MI", [("LstInvoices", {"CUNO": world.invoices[0].customer,
+                                                              "IVDT": "20991231"}), good])
+    assert empty[0] == [] and empty[1][0]["CINO"] == world.invoices[0].number
+
+
+def test_terminated_bulk_call_is_read_from_the_http_400_termination_fields(ionapi):
+    with pytest.raises(M3Error, match="Program XYZ999MI does not exist") as terminated:
+        ion_client(ionapi).execute_bulk("XYZ999MI", [("LstFoo", {})])
+    assert terminated.value.status == 400
+
+
+def test_wire_format_matches_the_reference(world, m3):
+    base, auth = m3[0].url + "/m3api-rest", (SANDBOX_M3_USERNAME, SANDBOX_M3_PASSWORD)
+    inv = world.invoices[0]
+    v2 = requests.get(f"{base}/v2/execute/ARS200MI/LstInvoices;maxrecs=2;returncols=CINO,IVDT,RECO",
+                      params={"cono": "100", "divi": "AAA", "CUNO": inv.customer}, auth=auth, timeout=5).json()
+    assert v2["nrOfSuccessfullTransactions"] == 1 and v2["wasTerminated"] == "false"
+    records = v2["results"][0]["records"]
+    assert len(records) == 2 and list(records[0]) == ["CINO", "IVDT", "RECO"]
+    assert all(isinstance(v, str) for r in records for v in r.values())
+    assert records[0]["CINO"].endswith(" ") and len(records[0]["CINO"]) == 15  # padded alphanumeric
+    v1 = requests.get(f"{base}/execute/ARS200MI/GetInvTotInfo", auth=auth, timeout=5, params={
+        "cono": "100", "divi": "AAA", "metadata": "true", "returncols": "OCUA,IVDT", **totals_call(inv)[1]}).json()
+    assert v1["Metadata"]["Field"] == [
+        {"@name": "OCUA", "@type": "N", "@length": 17, "@description": "Outstanding amount - foreign currency"},
+        {"@name": "IVDT", "@type": "D", "@length": 10, "@description": "Invoice date"}]
+    assert v1["MIRecord"][0]["NameValue"][1] == {"Name": "IVDT", "Value": inv.invoice_date.strftime("%Y%m%d")}
+    v1_error = requests.get(f"{base}/execute/ARS200MI/LstInvoices", auth=auth, timeout=5,
+                            params={"cono": "100", "divi": "AAA"})
+    assert v1_error.status_code == 200 and v1_error.json()["@code"] == "WCU0202"
+
+
+# -- authentication: expiry, refusal ----------------------------------------------------------------------
+def test_expired_token_is_renewed_by_refresh_then_by_password_grant(world, ionapi, m3):
+    _, clock = m3
+    client = ion_client(ionapi)
+    customer = world.invoices[0].customer
+    first = client.execute("ARS200MI", "LstInvoices", CUNO=customer, maxrecs=0)
+    auth = client.session.authenticator
+    token, refresh = auth._access_token, auth._refresh_token
+    clock.set(clock.now() + 7_201)  # the sandbox's access tokens last 7,200 s
+    assert client.execute("ARS200MI", "LstInvoices", CUNO=customer, maxrecs=0) == first
+    assert auth._access_token != token and auth._refresh_token != refresh
+    reuse = requests.post(f"{m3[0].url}/{SANDBOX_M3_TENANT}/as/token.oauth2", timeout=5, data={
+        "grant_type": "refresh_token", "refresh_token": refresh, "client_id": SANDBOX_M3_CLIENT_ID,
+        "client_secret": SANDBOX_M3_CLIENT_SECRET})
+    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"  # spent by the refresh grant
+    clock.set(clock.now() + 9 * 3_600)  # refresh token gone too: sign in again with saak/sask
+    assert client.execute("ARS200MI", "LstInvoices", CUNO=customer, maxrecs=0) == first
+
+
+def test_bad_service_account_names_the_variable_and_hides_the_secret(ionapi):
+    config = json.loads(ionapi.read_text())
+    ionapi.write_text(json.dumps({**config, "sask": "not-the-secret-key"}))
+    with pytest.raises(VendorAuthError, match="M3_IONAPI_FILE") as refused:
+        ion_client(ionapi).execute("ARS200MI", "LstInvoices", CUNO="C10001")
+    assert "invalid_grant" in str(refused.value) and "not-the-secret-key" not in str(refused.value)
+    ionapi.write_text(json.dumps({**config, "cs": "wrong-client-secret"}))
+    with pytest.raises(VendorAuthError, match="M3_IONAPI_FILE") as bad_client:
+        ion_client(ionapi).execute("ARS200MI", "LstInvoices", CUNO="C10001")
+    assert "wrong-client-secret" not in str(bad_client.value)
+    ionapi.write_text(json.dumps({k: v for k, v in config.items() if k != "saak"}))
+    with pytest.raises(VendorAuthError, match="lacks saak"):
+        ion_client(ionapi)
+    with pytest.raises(VendorAuthError, match="M3_IONAPI_FILE points to .* does not exist"):
+        ion_client(ionapi.with_name("missing.ionapi"))
+
+
+def test_bad_basic_credentials_name_the_variables(m3):
+    with pytest.raises(VendorAuthError, match="M3_USERNAME / M3_PASSWORD") as refused:
+        basic_client(m3, password="Pa55-not-it").execute("ARS200MI", "LstInvoices", CUNO="C10001")
+    assert refused.value.status == 401 and "Pa55-not-it" not in str(refused.value)
+    with pytest.raises(VendorAuthError, match="M3_CONO"):
+        M3Resource(ionapi_file="x.ionapi", divi="AAA").client()
+    with pytest.raises(VendorAuthError, match="M3_IONAPI_FILE .* or M3_BASE_URL"):
+        M3Resource(cono=100, divi="AAA").client()
+
+
+# -- surviving a flaky gateway --------------------------------------------------------------------------
+def test_rate_limits_server_errors_and_timeouts_are_retried(world, ionapi, m3):
+    server, _ = m3
+    api = f"/{SANDBOX_M3_TENANT}/M3/"
+    server.faults.configure(faults=[Fault(status=429, headers={"Retry-After": "0"}, count=2, path_prefix=api),
+                                    Fault(status=503, count=1, path_prefix=api),
+                                    Fault(stall_seconds=1.0, count=1, path_prefix=api)])
+    client = ion_client(ionapi, timeout_seconds=0.5, max_attempts=6)
+    records = client.execute("ARS200MI", "LstInvoices", CUNO=world.invoices[0].customer, maxrecs=0)
+    assert {r["CINO"] for r in records if r["TRCD"] == "10"} == {
+        inv.number for inv in world.invoices_of(world.invoices[0].customer)}
+    assert server.faults.pending == 0
+    server.faults.configure(faults=[Fault(status=502, count=3, path_prefix=api)])
+    with pytest.raises(VendorUnavailableError, match="kept failing after 3 attempts"):
+        ion_client(ionapi, max_attempts=3).execute("ARS200MI", "LstInvoices", CUNO="C10001")
+
+
+# -- the ledger's persistence ----------------------------------------------------------------------------
+def test_ledger_persists_postings_across_restarts(world, tmp_path):
+    path = tmp_path / "m3.sqlite"
+    inv = world.invoices[5]
+    M3Ledger(world, path).apply_cash(inv.number, inv.year, 1_000, PERIOD.start_epoch)
+    reopened = M3Ledger(world, path)
+    totals = reopened.totals(PERIOD.end_epoch)[(inv.customer, inv.number, inv.year)]
+    assert (totals.paid_minor, totals.outstanding_minor) == (1_000, inv.amount_minor - 1_000)
+    with pytest.raises(LedgerError, match="cannot apply"):
+        reopened.apply_cash(inv.number, inv.year, inv.amount_minor, PERIOD.start_epoch)
+    with pytest.raises(LedgerError, match="delete the file"):
+        M3Ledger(build_world(SEED + 1, PERIOD), path)
+
+
+# -- the assets -------------------------------------------------------------------------------------------
+def test_materialised_snapshot_is_exactly_the_open_invoices_and_reruns_are_idempotent(world, applied, ionapi, m3,
+                                                                                     duckdb_resource, monkeypatch):
+    for key, value in {**sandbox_env(m3[0].url, ionapi), "M3_MAX_REQUESTS_PER_SECOND": "1000"}.items():
+        monkeypatch.setenv(key, value)
+    database = duckdb_resource.database
+    resources = {"m3": m3_resource_from_env(), "duckdb": duckdb_resource}
+    last, earlier = PERIOD.end, PERIOD.end - timedelta(days=4)
+
+    def materialise(day: date) -> None:
+        result = dg.materialize([raw_m3_open_invoices, core_open_invoices], partition_key=day.isoformat(),
+                                resources=resources)
+        assert result.success
+
+    materialise(last)
+    materialise(earlier)
+    materialise(last)  # the re-run replaces the day's snapshot
+    with duckdb.connect(database, read_only=True) as conn:
+        core = {row[0]: row[1:] for row in conn.execute(
+            "SELECT invoice_number, outstanding_minor, original_minor, currency, customer, invoice_date, "
+            "reference_normalised, snapshot_date FROM core_open_invoices").fetchall()}
+        per_day = dict(conn.execute("SELECT snapshot_date, count(*) FROM raw_m3_open_invoices GROUP BY 1").fetchall())
+        duplicates = conn.execute("SELECT count(*) FROM (SELECT snapshot_date, invoice_number FROM "
+                                  "raw_m3_open_invoices GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+    by_number = {inv.number: inv for inv in world.invoices}
+    assert {number: row[0] for number, row in core.items()} == expected_open(world, applied, last)
+    for number, (_, original, currency, customer, invoice_date, reference, snapshot) in core.items():
+        inv = by_number[number]
+        assert (original, currency, customer, invoice_date, reference, snapshot) == (
+            inv.amount_minor, inv.currency, inv.customer, inv.invoice_date, number.lstrip("0"), last)
+    assert per_day == {last: len(expected_open(world, applied, last)),
+                       earlier: len(expected_open(world, applied, earlier))}
+    assert duplicates == 0
