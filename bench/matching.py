@@ -69,7 +69,7 @@ def generate(conn: duckdb.DuckDBPyConnection, n: int) -> None:
 
 
 def run_duckdb(n: int, threads: int) -> dict:
-    conn = duckdb.connect(config={"threads": threads})
+    conn = duckdb.connect(config={"threads": threads, "enable_progress_bar": False})
     generate(conn, n)
     started = time.perf_counter()
     match_payments(conn, MatchingRules.load(), lines="lines", invoices="invoices", earlier="earlier")
@@ -89,7 +89,7 @@ def _auto(frame: pd.DataFrame) -> list:
 
 
 def run_pandas(n: int) -> dict:
-    conn = duckdb.connect()
+    conn = duckdb.connect(config={"enable_progress_bar": False})
     generate(conn, n)
     lines, invoices = conn.execute("SELECT * FROM lines").df(), conn.execute("SELECT * FROM invoices").df()
     conn.close()

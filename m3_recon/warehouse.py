@@ -99,3 +99,19 @@ def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | dict |
     """A query result as pandas with nullable integers, so a NULL never turns money into floats."""
     table = conn.execute(sql, params or []).to_arrow_table()
     return table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+
+
+def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes: list[tuple[str, dict[str, str], str]],
+                 date_column: str = "settlement_date") -> None:
+    """In one transaction, for each (table, columns, select_sql): create the table if needed, delete its rows
+    with ``date_column`` in [first_day, end_day), and insert ``select_sql`` (which must yield those columns)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for table, columns, select_sql in writes:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+            conn.execute(f"DELETE FROM {table} WHERE {date_column} >= ? AND {date_column} < ?", [first_day, end_day])
+            conn.execute(f"INSERT INTO {table} BY NAME {select_sql}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -39,3 +39,36 @@ def stripe_resource(sandbox):
 @pytest.fixture
 def duckdb_resource(tmp_path):
     return DuckDBResource(database=str(tmp_path / "warehouse.duckdb"))
+
+
+@pytest.fixture
+def sandbox_environment(sandbox, monkeypatch):
+    """The sandbox's variables in the environment, as `m3-recon demo` sets them."""
+    for key, value in sandbox.env().items():
+        monkeypatch.setenv(key, value)
+    return sandbox
+
+
+def close_definitions(database: str):
+    """The whole code location's assets and the payout_close job, every vendor resource built from the
+    environment (as in production) and the warehouse at ``database``."""
+    import dagster as dg
+
+    from m3_recon.definitions import defs, payout_close
+    from m3_recon.defs.heartland.definitions import heartland_resource_from_env
+    from m3_recon.defs.m3.definitions import m3_resource_from_env
+    from m3_recon.defs.paytrace.definitions import paytrace_resource_from_env
+    from m3_recon.defs.stripe.definitions import stripe_resource_from_env
+
+    return dg.Definitions(assets=list(defs.assets), jobs=[payout_close], resources={
+        "stripe": stripe_resource_from_env(), "paytrace": paytrace_resource_from_env(),
+        "heartland": heartland_resource_from_env(), "m3": m3_resource_from_env(),
+        "duckdb": DuckDBResource(database=database)})
+
+
+def run_close(definitions, first_day: str, last_day: str, instance=None):
+    import dagster as dg
+
+    return definitions.resolve_job_def("payout_close").execute_in_process(
+        tags={"dagster/asset_partition_range_start": first_day, "dagster/asset_partition_range_end": last_day},
+        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False)

@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.core.assets import core_payouts, core_settlement_lines
 from m3_recon_tests.test_stripe_assets import STRIPE_ASSETS
-from m3_recon_tests.truth import truth_misses
+from m3_recon.sandbox.truth import truth_misses
 from m3_recon_tests.conftest import stripe_resource_for
 
 

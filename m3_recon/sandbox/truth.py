@@ -1,4 +1,4 @@
-"""Judging the matching engine against the sandbox generator's truth (shared by processor tests)."""
+"""Judging the matching engine against the sandbox generator's truth (used by the demo and the tests)."""
 
 from collections import defaultdict
 
@@ -22,16 +22,28 @@ def truth_misses(conn: duckdb.DuckDBPyConnection, world: World, processor: str, 
     columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
     conn.execute(f"CREATE OR REPLACE TEMP TABLE truth_earlier ({columns})")
     match_payments(conn, MatchingRules.load(), lines=lines, invoices="truth_invoices", earlier="truth_earlier")
+    return judge(conn, world, processor, "match_allocations", "match_exceptions", lines)
+
+
+def judge(conn: duckdb.DuckDBPyConnection, world: World, processor: str, allocations_table: str,
+          exceptions_table: str, lines: str = "core_settlement_lines") -> tuple[int, list]:
+    """Compare stored allocations and exceptions with what the generator says each payment in ``lines`` should get.
+
+    Only payments whose line was loaded are judged (a sale deposited after the period belongs to the next
+    close); that the loaded lines are exactly the generator's movements is checked separately.
+    """
+    loaded = {r[0] for r in conn.execute(f"SELECT source_id FROM {lines} WHERE processor = ? AND line_type = 'charge'",
+                                         [processor]).fetchall()}
     allocations, exceptions = defaultdict(list), defaultdict(set)
     for source_id, invoice, amount, status in conn.execute(
-            "SELECT source_id, invoice_number, allocated_minor, status FROM match_allocations "
+            f"SELECT source_id, invoice_number, allocated_minor, status FROM {allocations_table} "
             "WHERE line_type = 'charge' AND processor = ?", [processor]).fetchall():
         allocations[source_id].append((invoice, amount, status))
-    for source_id, code in conn.execute("SELECT source_id, reason_code FROM match_exceptions WHERE processor = ?",
+    for source_id, code in conn.execute(f"SELECT source_id, reason_code FROM {exceptions_table} WHERE processor = ?",
                                         [processor]).fetchall():
         exceptions[source_id].add(code)
     judged, misses = 0, []
-    for truth in (t for t in world.payments if t.processor == processor):
+    for truth in (t for t in world.payments if t.processor == processor and t.payment_id in loaded):
         judged += 1
         rows = allocations[truth.payment_id]
         statuses = {status for _, _, status in rows}

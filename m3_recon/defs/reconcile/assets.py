@@ -1,0 +1,186 @@
+"""``core_payment_allocations``, ``core_payout_reconciliation`` and ``out_recon_exceptions``.
+
+Thin wrappers: each asset points the plain functions in ``m3_recon.reconcile`` at the window's rows,
+replaces the window in DuckDB, and reports what a controller looks at (auto-match share, unmatched
+amount, payouts tied / mismatched, open exceptions). Blocking checks protect the ledger: allocations
+sum to their payment, no invoice is allocated beyond its outstanding amount, and every mismatched
+payout has an open exception.
+"""
+# No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
+import warnings
+from datetime import datetime, timezone
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import settings
+from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
+from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, payout_exceptions, register_exceptions, tie_out_payouts
+from m3_recon.warehouse import naive_utc, replace_days
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
+
+GROUP = "reconcile"
+OWNERS = ["team:finance-systems"]
+MATCH_EXCEPTIONS_COLUMNS = EXCEPTION_COLUMNS
+
+
+class ReconcileConfig(dg.Config):
+    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+
+
+def _days(window: FetchWindow) -> tuple[str, str]:
+    return window.start.date().isoformat(), window.end.date().isoformat()
+
+
+def _window(context, config) -> FetchWindow:
+    return fetch_window(context.partition_time_window, config.lookback_days)
+
+
+def _table(columns: dict[str, str]) -> str:
+    return ", ".join(f"{c} {t}" for c, t in columns.items())
+
+
+def allocation_checks(conn) -> list[dg.AssetCheckResult]:
+    unbalanced = conn.execute("""
+        SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
+               coalesce(any_value(e.unapplied), 0) AS unapplied
+        FROM core_payment_allocations a
+        LEFT JOIN (SELECT processor, source_id, sum(unapplied_minor) AS unapplied FROM core_match_exceptions
+                   WHERE reason_code = 'overpayment' GROUP BY ALL) e USING (processor, source_id)
+        WHERE a.status = 'auto' AND a.line_type = 'charge'
+        GROUP BY a.processor, a.source_id, a.payment_invoice_amount_minor
+        HAVING sum(a.allocated_minor) + coalesce(any_value(e.unapplied), 0) <> a.payment_invoice_amount_minor
+        LIMIT 20""").fetchall()
+    over = conn.execute("""
+        SELECT a.invoice_number, a.invoice_year, sum(a.allocated_minor) AS allocated, any_value(i.outstanding_minor)
+        FROM core_payment_allocations a
+        LEFT JOIN core_open_invoices i USING (invoice_number, invoice_year)
+        WHERE a.status = 'auto' AND a.invoice_number IS NOT NULL
+        GROUP BY a.invoice_number, a.invoice_year
+        HAVING sum(a.allocated_minor) > coalesce(any_value(i.outstanding_minor), 0)
+        LIMIT 20""").fetchall()
+    return [
+        dg.AssetCheckResult(check_name="allocations_sum_to_payment", passed=not unbalanced,
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"payments_out_of_balance": len(unbalanced),
+                                      "examples": dg.MetadataValue.json([list(map(str, r)) for r in unbalanced[:5]])}),
+        dg.AssetCheckResult(check_name="no_invoice_over_allocated", passed=not over, severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"invoices_over_allocated": len(over),
+                                      "examples": dg.MetadataValue.json([list(map(str, r)) for r in over[:5]])}),
+    ]
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
+    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_settlement_lines", "core_open_invoices"],
+    check_specs=[
+        dg.AssetCheckSpec("allocations_sum_to_payment", asset="core_payment_allocations", blocking=True,
+                          description="Every applied payment's allocations plus its unapplied excess equal the payment."),
+        dg.AssetCheckSpec("no_invoice_over_allocated", asset="core_payment_allocations", blocking=True,
+                          description="No invoice receives more than M3 shows outstanding."),
+    ],
+    description="Payment line → invoice allocations: allocated amount (invoice and settlement currency), rule, "
+                "confidence and status auto / suggested / unmatched. Only `auto` rows are ever posted.",
+)
+def core_payment_allocations(context: dg.AssetExecutionContext, config: ReconcileConfig,
+                             duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = _window(context, config)
+    first, end = _days(window)
+    rules = MatchingRules.load()
+    with duckdb.get_connection() as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS core_payment_allocations ({_table(ALLOCATION_COLUMNS)})")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines "
+                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW earlier_allocations AS SELECT * FROM core_payment_allocations "
+                     f"WHERE settlement_date < DATE '{first}'")
+        match_payments(conn, rules, lines="window_lines", invoices="core_open_invoices", earlier="earlier_allocations")
+        replace_days(conn, first_day=first, end_day=end, writes=[
+            ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
+            ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
+        ])
+        payments, auto, suggested, unmatched, unmatched_amount = conn.execute("""
+            SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
+                   count(DISTINCT source_id) FILTER (status = 'suggested'),
+                   count(DISTINCT source_id) FILTER (status = 'unmatched'),
+                   coalesce(sum(payment_amount_minor) FILTER (status = 'unmatched'), 0)
+            FROM match_allocations WHERE line_type = 'charge'""").fetchone()
+        by_reason = conn.execute("SELECT reason_code, count(*) FROM match_exceptions GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        checks = allocation_checks(conn)
+    return dg.MaterializeResult(metadata={
+        "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
+        "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
+        "unmatched_amount_minor": int(unmatched_amount),
+        "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
+            f"| {code} | {n} |" for code, n in by_reason)),
+    }, check_results=checks)
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
+    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_payouts", "core_settlement_lines"],
+    description="Per payout / deposit / batch: the sum of its lines against the amount paid out, the difference, "
+                "and a status tied / mismatch / pending / failed, with any residue named.",
+)
+def core_payout_reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig,
+                               duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = _window(context, config)
+    first, end = _days(window)
+    with duckdb.get_connection() as conn:
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_payouts AS SELECT * FROM core_payouts "
+                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
+        tie_out_payouts(conn, payouts="window_payouts", lines="core_settlement_lines")
+        replace_days(conn, first_day=first, end_day=end, writes=[
+            ("core_payout_reconciliation", RECONCILIATION_COLUMNS, "SELECT * FROM payout_tieout")])
+        by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
+        residue = conn.execute("SELECT coalesce(sum(abs(difference_minor)), 0) FROM payout_tieout "
+                               "WHERE status = 'mismatch'").fetchone()[0]
+    return dg.MaterializeResult(metadata={
+        "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
+        "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
+        "failed": by_status.get("failed", 0), "mismatch_residue_minor": int(residue)})
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
+    kinds={"duckdb"}, pool="duckdb_writer", deps=[core_payment_allocations, core_payout_reconciliation],
+    check_specs=[dg.AssetCheckSpec("every_payout_tied_or_excepted", asset="out_recon_exceptions", blocking=True,
+                                   description="Every mismatched payout has an open exception.")],
+    description="The exception register: one row per thing a person must decide (stable id, reason code, amounts, "
+                "candidates, first seen, status). Exceptions that stop occurring are marked cleared, never deleted.",
+)
+def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileConfig,
+                         duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = _window(context, config)
+    first, end = _days(window)
+    now = naive_utc(datetime.now(timezone.utc))
+    with duckdb.get_connection() as conn:
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW payout_tieout AS SELECT * FROM core_payout_reconciliation "
+                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
+        payout_exceptions(conn)
+        conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
+            SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
+            UNION ALL BY NAME SELECT * FROM payout_exceptions""")
+        counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
+                                     end_day=window.end.date(), reason_codes=tuple(REASON_CODES), now=now)
+        unexcepted = conn.execute("""
+            SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
+                SELECT 1 FROM out_recon_exceptions e WHERE e.reason_code = 'payout_mismatch' AND e.status = 'open'
+                  AND e.processor = t.processor AND e.source_id = t.payout_id)""").fetchall()
+        open_by_reason = conn.execute("SELECT reason_code, count(*), sum(amount_minor) FROM out_recon_exceptions "
+                                      "WHERE status = 'open' GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        top = conn.execute("SELECT exception_id, reason_code, processor, source_id, settlement_date, amount_minor, "
+                           "currency FROM out_recon_exceptions WHERE status = 'open' "
+                           "ORDER BY abs(amount_minor) DESC NULLS LAST LIMIT 10").fetchall()
+    return dg.MaterializeResult(metadata={
+        "fetch_window": str(window), "new": counts["new"], "cleared": counts["cleared"],
+        "open": sum(n for _, n, _ in open_by_reason),
+        "open_by_reason": dg.MetadataValue.md("| reason | open | amount |\n|---|---:|---:|\n" + "\n".join(
+            f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),
+        "top_open_exceptions": dg.MetadataValue.md(
+            "| id | reason | processor | source | day | amount |\n|---|---|---|---|---|---:|\n" + "\n".join(
+                f"| {i} | {r} | {p} | {s} | {d} | {a} {c} |" for i, r, p, s, d, a, c in top)),
+    }, check_results=[dg.AssetCheckResult(
+        check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"mismatched_without_exception": len(unexcepted)})])
