@@ -172,6 +172,20 @@ def test_sandbox_enforces_gp_request_rules(gp):
         connector(gp, page_size=1_001)
 
 
+def test_every_sale_is_a_planned_payment_with_its_references_on_the_wire(gp, world):
+    sales = [t for t in connector(gp).settlement_transactions(FIRST, LAST) if t["type"] == "SALE"]
+    planned = {p.payment_id: p for p in world.payments}
+    assert len(sales) == len(planned) == 117 and {sale["id"] for sale in sales} == set(planned)
+    for sale in sales:
+        plan = planned[sale["id"]]
+        assert plan.processor == "heartland"
+        assert sale["reference"] == (plan.invoice_ref or "")
+        assert sale["description"] == (f"Customer {plan.customer_ref}" if plan.customer_ref else "Card payment")
+    references = [(p.invoice_ref is not None, p.customer_ref is not None) for p in planned.values()]
+    assert (references.count((True, True)), references.count((False, True)), references.count((False, False))) == (
+        98, 13, 6)
+
+
 def test_only_what_exists_at_the_sandbox_clock_is_visible(gp, ledger):
     held = next(d for d in ledger.deposits.values() if d.released_at is not None)
     resource = connector(gp)
@@ -195,16 +209,17 @@ def test_wrong_app_key_is_a_clear_error_naming_the_variable(gp):
 
 def test_paging_across_page_boundaries(gp, ledger):
     everything = connector(gp).settlement_transactions(FIRST, LAST)
-    assert len(everything) == len(ledger.transactions) == 124
-    for first, last, pages in ((FIRST, LAST, 18), (date(2026, 9, 1), LAST, 18)):
-        # A month or less: GP counts the rows (124 = 17 pages of 7 + 5). Longer: until a short page.
+    assert len(everything) == len(ledger.transactions) == 126
+    for first, last, pages in ((FIRST, LAST, 18), (date(2026, 9, 1), LAST, 19)):
+        # A month or less: GP counts the rows (126 = 18 full pages of 7). Longer: GP does not count, so the
+        # connector reads until a short page — here an empty 19th.
         served = gp.faults.served
         paged = connector(gp, page_size=7).settlement_transactions(first, last)
         assert [t["id"] for t in paged] == [t["id"] for t in everything]
         assert gp.faults.served - served == 1 + pages  # one sign-in, then the pages
-    exact = connector(gp, page_size=31)  # 124 = 4 x 31: the count saves asking for an empty fifth page
+    exact = connector(gp, page_size=63)  # 126 = 2 x 63: the count saves asking for an empty third page
     served = gp.faults.served
-    assert len(exact.settlement_transactions(FIRST, LAST)) == 124 and gp.faults.served - served == 1 + 4
+    assert len(exact.settlement_transactions(FIRST, LAST)) == 126 and gp.faults.served - served == 1 + 2
 
 
 def test_token_is_renewed_before_it_expires(gp):
@@ -250,7 +265,7 @@ def test_materialize_is_idempotent_and_equals_the_generator(gp, ledger, tmp_path
     for name, value in sandbox_env(gp.url).items():
         monkeypatch.setenv(name, value)
     database = str(tmp_path / "warehouse.duckdb")
-    day = date(2026, 10, 19)  # Monday: weekend batches, a chargeback and a reversal; look-back has the held deposit
+    day = date(2026, 10, 21)  # Wednesday: the look-back holds Monday's weekend batches, a chargeback and a reversal
     first_result = materialize(database, day.isoformat())
     first = snapshot(database)
     assert materialize(database, day.isoformat()).success
@@ -265,7 +280,7 @@ def test_materialize_is_idempotent_and_equals_the_generator(gp, ledger, tmp_path
     assert deposits_meta["deposits_not_summing"].value == 0
 
     # Only the partition's own day is replaced when the look-back is zero.
-    assert materialize(database, "2026-10-20", lookback_days=0).success
+    assert materialize(database, "2026-10-22", lookback_days=0).success
     assert loaded_rows(database) == expected_rows(ledger, day - timedelta(days=7), day + timedelta(days=1))
     with duckdb.connect(database, read_only=True) as conn:
         amounts = conn.execute(f"SELECT typeof(amount), typeof(net_amount) FROM {DEPOSITS_TABLE} LIMIT 1").fetchone()

@@ -116,8 +116,16 @@ def test_batches_and_their_transactions_equal_the_generator(paytrace):
     assert set(truths) == {str(t.id) for t in sales}
     for sale in sales:
         truth = truths[str(sale.id)]
-        assert truth.kind == "unapplied" or sum(a.amount_minor for a in truth.allocations) == sale.amount_minor
-        assert sale.invoice_id in ("", *(a.invoice for a in truth.allocations))
+        # The references the clerk keyed are the plan's, and the plan's allocations are this sale's money.
+        assert (sale.invoice_id or None, sale.customer_id or None) == (truth.invoice_ref, truth.customer_ref)
+        applied = sum(a.amount_minor for a in truth.allocations)
+        if truth.allocations and truth.kind == "over":
+            assert 0 < applied < sale.amount_minor and truth.expected_reason == "overpayment"
+        elif truth.allocations:
+            assert applied == sale.amount_minor
+        else:
+            assert truth.expected_status == "unmatched" and truth.expected_reason is not None
+    assert {t.kind for t in truths.values()} >= {"full", "partial", "multi"}
     some = expected[sorted(expected)[len(expected) // 2]]
     rows = resource.batch_transactions(some.number)
     assert [row["transaction_id"] for row in rows] == some.transaction_ids

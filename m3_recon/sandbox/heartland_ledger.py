@@ -10,6 +10,12 @@ renders them as of the sandbox clock.
 Every deposit obeys: net = sales − refunds − discounts − fees − chargebacks + reversals, where sales,
 refunds, chargebacks and reversals are exactly the settlement transactions and dispute adjustments
 that carry that deposit's id.
+
+What each sale pays is decided by the world's ``PaymentPlanner``, which records the outcome the
+matcher should reach under the sale's id. The clerk keys the M3 invoice in GP's ``reference`` and
+the payment page writes the M3 customer number as ``Customer <number>`` at the start of GP's
+``description`` (GP's settlement transactions have no customer field); either is left out when the
+plan has none.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from m3_recon.sandbox.world import Allocation, Customer, Invoice, PaymentTruth, World, day_start_epoch, stable_id
+from m3_recon.sandbox.world import Customer, PaymentPlanner, World, day_start_epoch, stable_id
 
 MERCHANT_TIMEZONE = ZoneInfo("America/New_York")
 BATCH_CUTOFF = time(22, 0)  # terminal auto-close, merchant local time
@@ -156,6 +162,11 @@ def next_weekday(day: date) -> date:
     return day
 
 
+def payment_description(customer_ref: str | None) -> str:
+    """GP's ``description`` of a payment: the M3 customer number when the payer gave one."""
+    return f"Customer {customer_ref}" if customer_ref else "Card payment"
+
+
 def discount_fee(amount: int, brand: str) -> int:
     """The brand's discount rate on a sale, rounded half up, in integer arithmetic."""
     return (amount * DISCOUNT_RATE_BP[brand] + 5_000) // 10_000
@@ -167,9 +178,7 @@ class _Builder:
         self.rng: random.Random = world.rng("heartland")
         self.ledger = HeartlandLedger(world=world)
         self.end = world.period.end_epoch
-        self.customers = world.customers_of("heartland")
-        self.open_amounts = {inv.number: inv.amount_minor for c in self.customers
-                             for inv in world.invoices_of(c.number)}
+        self.planner = PaymentPlanner(world, "heartland", self.rng)
         self.batch_by_date: dict[date, Batch] = {}
 
     def digits(self, n: int) -> str:
@@ -192,54 +201,18 @@ class _Builder:
                     brand_reference="".join(rng.choices("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", k=15)),
                     cardholder=cust.name.upper(), entry_mode=rng.choice(["ECOM", "MOTO"]))
 
-    # -- what a payment settles -----------------------------------------------------------------
-    def allocate(self, candidates: list[Invoice]) -> tuple[str, list[Allocation]]:
-        """Mostly one invoice in full, some partial payments, a few paying several invoices."""
-        rng = self.rng
-        if not candidates:
-            return "unapplied", []
-        kind = rng.choices(["full", "partial", "multi"], [78, 14, 8])[0]
-        if kind == "multi" and len(candidates) >= 2:
-            group = sorted(rng.sample(candidates, k=min(len(candidates), rng.randint(2, 3))), key=lambda i: i.number)
-            allocations = [Allocation(i.number, self.open_amounts[i.number]) for i in group]
-        else:
-            inv = rng.choice(candidates)
-            open_amount = self.open_amounts[inv.number]
-            if kind == "partial" and open_amount > 200:
-                allocations = [Allocation(inv.number, open_amount * rng.randint(30, 90) // 100)]
-            else:
-                kind = "full"
-                allocations = [Allocation(inv.number, open_amount)]
-        for a in allocations:
-            self.open_amounts[a.invoice] -= a.amount_minor
-        return kind, allocations
-
-    def reference(self, cust: Customer, allocations: list[Allocation]) -> tuple[str, str]:
-        """What the clerk keyed: usually the invoice number(s); sometimes the customer number or nothing."""
-        invoices = [a.invoice for a in allocations]
-        if not invoices:
-            return self.rng.choice([cust.number, ""]), f"On account {cust.name}"
-        description = f"Invoice {invoices[0]}" if len(invoices) == 1 else f"Invoices {', '.join(invoices)}"
-        reference = self.rng.choices([",".join(invoices), cust.number, ""], [88, 6, 6])[0]
-        return reference, description
-
     # -- sales and what follows them --------------------------------------------------------------
     def sale(self, created: int) -> None:
         rng = self.rng
-        cust = rng.choice(self.customers)
-        local_day = business_date(created)
-        candidates = [inv for inv in self.world.invoices_of(cust.number)
-                      if inv.invoice_date <= local_day and self.open_amounts[inv.number] > 0]
-        kind, allocations = self.allocate(candidates)
-        amount = sum(a.amount_minor for a in allocations) or rng.randint(2_500, 150_000)
-        reference, description = self.reference(cust, allocations)
+        cust = rng.choice(self.planner.customers)
+        plan = self.planner.plan(cust, business_date(created))
         card = self.card(cust)
-        txn = SettlementTxn(id=stable_id(rng, "TRN", 30), type="SALE", amount=amount, created=created,
-                            reference=reference, description=description, card=card,
-                            batch=self.batch_for(created).id, discount=discount_fee(amount, card.brand))
+        txn = SettlementTxn(id=stable_id(rng, "TRN", 30), type="SALE", amount=plan.amount_minor, created=created,
+                            reference=plan.invoice_ref or "", description=payment_description(plan.customer_ref),
+                            card=card, batch=self.batch_for(created).id,
+                            discount=discount_fee(plan.amount_minor, card.brand))
         self.ledger.transactions[txn.id] = txn
-        self.world.payments.append(PaymentTruth(processor="heartland", payment_id=txn.id, customer=cust.number,
-                                                kind=kind, allocations=tuple(allocations)))
+        self.planner.record(txn.id, plan, cust.number)
         roll = rng.random()
         if roll < 0.04:
             self.refund(txn)

@@ -6,6 +6,9 @@ belongs to that Pacific day's batch, one created at or after 20:00 to the next d
 batches keep their whole lifetime (created, settled into which batch, when the batch closed); the API
 layer renders them as of the sandbox clock. PayTrace customers are all billed in USD.
 
+What each sale pays is decided by the world's ``PaymentPlanner`` (on the sale's Pacific date), which
+records the matcher's expected outcome under the sale's transaction id, its canonical source id.
+
 Besides random business-hours sales, the generator always places a sale just before and just after
 the cut-off on the period's first day and on both days around every DST change inside the period.
 """
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from m3_recon.sandbox.world import Allocation, Customer, PaymentTruth, Period, World
+from m3_recon.sandbox.world import PaymentPlan, PaymentPlanner, Period, World
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 AUTO_SETTLE_SECOND = 20 * 3_600  # 8:00 p.m. local, as seconds after local midnight
@@ -45,8 +48,8 @@ class CardTransaction:
     amount_minor: int  # positive for both types; a REFUND returns money to the card
     tax_minor: int | None
     created: int  # unix seconds
-    invoice_id: str  # the M3 invoice number, when the clerk keyed it
-    customer_id: str  # the M3 customer number, when the clerk keyed it
+    invoice_id: str  # the M3 invoice reference the clerk keyed ("" = none)
+    customer_id: str  # the M3 customer number the clerk keyed ("" = none)
     customer_reference_id: str  # the buyer's PO number
     description: str
     billing_name: str
@@ -133,13 +136,11 @@ class _Builder:
         self.world = world
         self.rng: random.Random = world.rng("paytrace")
         self.ledger = PayTraceLedger(world=world)
-        self.customers = world.customers_of("paytrace")
-        self.open_amounts = {inv.number: inv.amount_minor
-                             for cust in self.customers for inv in world.invoices_of(cust.number)}
-        self.cards = {cust.number: self.new_card() for cust in self.customers}
+        self.planner = PaymentPlanner(world, "paytrace", self.rng)
+        self.cards = {cust.number: self.new_card() for cust in self.planner.customers}
         self.pending: list[CardTransaction] = []  # ids are assigned once every transaction is known
         self.refund_pairs: list[tuple[CardTransaction, CardTransaction]] = []  # (refund, sale)
-        self.truths: list[tuple[CardTransaction, str, str, tuple[Allocation, ...]]] = []
+        self.plans: list[tuple[CardTransaction, PaymentPlan, str]] = []  # (sale, its plan, customer number)
 
     def new_card(self) -> Card:
         rng = self.rng
@@ -147,51 +148,27 @@ class _Builder:
         bin_ = prefix + "".join(rng.choices(string.digits, k=6 - len(prefix)))
         return Card(bin_, f"{rng.randrange(10_000):04d}", length, rng.randint(1, 12), rng.randint(27, 31))
 
-    def choose_payment(self, cust: Customer, day: date) -> tuple[str, list[Allocation], int]:
-        """Full, partial or multi-invoice payment of the customer's open invoices (or on account)."""
-        rng = self.rng
-        candidates = [inv for inv in self.world.invoices_of(cust.number)
-                      if inv.invoice_date <= day and self.open_amounts[inv.number] > 0]
-        if not candidates:
-            return "unapplied", [], rng.randint(2_000, 150_000)
-        kind = rng.choices(("full", "partial", "multi"), (80, 12, 8))[0]
-        invoice = rng.choice(candidates)
-        if kind == "multi" and len(candidates) >= 2:
-            group = rng.sample(candidates, k=min(len(candidates), rng.randint(2, 3)))
-            allocations = [Allocation(inv.number, self.open_amounts[inv.number]) for inv in group]
-        elif kind == "partial" and self.open_amounts[invoice.number] > 200:
-            allocations = [Allocation(invoice.number, self.open_amounts[invoice.number] * rng.randint(40, 90) // 100)]
-        else:
-            kind, allocations = "full", [Allocation(invoice.number, self.open_amounts[invoice.number])]
-        for allocation in allocations:
-            self.open_amounts[allocation.invoice] -= allocation.amount_minor
-        return kind, allocations, sum(a.amount_minor for a in allocations)
-
     def approval_code(self) -> str:
         return "".join(self.rng.choices(string.ascii_uppercase + string.digits, k=6))
 
     def sale(self, created: int) -> CardTransaction:
         rng = self.rng
-        cust = rng.choice(self.customers)
-        kind, allocations, amount = self.choose_payment(cust, datetime.fromtimestamp(created, PACIFIC).date())
-        if kind == "multi":
-            invoice_id, customer_id = "", cust.number
-            description = "Invoices " + ", ".join(a.invoice for a in allocations)
-        else:
-            invoice_id = allocations[0].invoice if allocations and rng.random() < 0.88 else ""
-            customer_id = cust.number if rng.random() < 0.35 else ""
-            description = "" if allocations else "Payment on account"
+        cust = rng.choice(self.planner.customers)
+        plan = self.planner.plan(cust, datetime.fromtimestamp(created, PACIFIC).date())
+        amount = plan.amount_minor
+        description = {"multi": "Invoices " + ", ".join(a.invoice for a in plan.allocations),
+                       "unapplied": "Payment on account"}.get(plan.kind, "")
         keyed_tax = rng.random() < 0.4
         txn = CardTransaction(
             id=0, type="SALE", amount_minor=amount,
             tax_minor=amount * TAX_RATE_BASIS_POINTS // (10_000 + TAX_RATE_BASIS_POINTS) if keyed_tax else None,
-            created=created, invoice_id=invoice_id, customer_id=customer_id,
+            created=created, invoice_id=plan.invoice_ref or "", customer_id=plan.customer_ref or "",
             customer_reference_id=f"PO-{rng.randint(40_000, 99_999)}" if rng.random() < 0.3 else "",
             description=description, billing_name=cust.name, billing_zip=f"9{rng.randrange(10_000):04d}",
             card=self.cards[cust.number], through="API" if rng.random() < 0.7 else "Virtual Terminal",
             approval_code=self.approval_code())
         self.pending.append(txn)
-        self.truths.append((txn, cust.number, kind, tuple(allocations)))
+        self.plans.append((txn, plan, cust.number))
         return txn
 
     def refund(self, sale: CardTransaction) -> None:
@@ -219,9 +196,8 @@ class _Builder:
             self.ledger.transactions[txn.id] = txn
         for refund, sale in self.refund_pairs:
             refund.refund_of = sale.id
-        for sale, customer, kind, allocations in self.truths:
-            self.world.payments.append(PaymentTruth(processor="paytrace", payment_id=str(sale.id),
-                                                    customer=customer, kind=kind, allocations=allocations))
+        for sale, plan, customer in self.plans:
+            self.planner.record(str(sale.id), plan, customer)
 
     def settle(self) -> None:
         """One batch per Pacific business day that has transactions, numbered consecutively."""

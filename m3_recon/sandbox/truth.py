@@ -56,3 +56,27 @@ def judge(conn: duckdb.DuckDBPyConnection, world: World, processor: str, allocat
         if not ok:
             misses.append((truth, rows, sorted(reasons)))
     return judged, misses
+
+
+Movement = tuple[str, int, int, int]  # currency, amount, fee, net (minor units)
+
+
+def expected_movements(sandbox) -> dict[str, dict[str, Movement]]:
+    """Every money movement the generator made that settles within the sandbox period, per processor,
+    keyed by the canonical ``source_id`` (Stripe: UTC day; PayTrace: batch date; GP: deposit date)."""
+    period, now = sandbox.period, sandbox.clock.now()
+    in_period = lambda day: period.start <= day <= period.end  # noqa: E731
+    stripe = {t.id: (t.currency.upper(), t.amount, t.fee, t.net) for t in sandbox.stripe.balance_transactions.values()
+              if t.created <= now and period.start_epoch <= t.created < period.end_epoch}
+    paytrace = {str(t.id): ("USD", t.signed_minor, 0, t.signed_minor) for t in sandbox.paytrace.transactions.values()
+                if t.batch is not None and in_period(sandbox.paytrace.batches[t.batch].business_date)}
+    gp = sandbox.heartland
+    deposited = {d.id for d in gp.deposits.values() if in_period(d.deposit_date) and d.created <= now}
+    heartland = {t.id: -t.amount if t.type == "REFUND" else t.amount
+                 for t in gp.transactions.values() if t.deposit in deposited}
+    heartland |= {f"{d.id}:{a.stage}": -d.amount if a.funding_type == "DEBIT" else d.amount
+                  for d in gp.disputes.values() for a in d.adjustments if a.deposit in deposited}
+    heartland |= {f"{d.id}:{suffix}": -amount for d in gp.deposits.values() if d.id in deposited
+                  for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
+    return {"stripe": stripe, "paytrace": paytrace,
+            "heartland": {source_id: ("USD", net, 0, net) for source_id, net in heartland.items()}}

@@ -177,6 +177,7 @@ class PaymentPlan:
 EDGE_CASES = ("ambiguous", "already_paid", "not_found", "customer_mismatch")
 GROUP_CANDIDATES = 10  # must not exceed data/matching_rules.toml multi_invoice.max_candidates
 GROUP_WINDOW_DAYS = 120  # customer_amount.days_before_payment
+LOOK_AHEAD_DAYS = 3  # customer_amount.days_after_payment: the matcher also sees invoices dated this much later
 
 
 class PaymentPlanner:
@@ -191,7 +192,9 @@ class PaymentPlanner:
         self.world, self.processor, self.rng = world, processor, rng
         self.customers = world.customers_of(processor)
         self.m3_open = {inv.number: inv.amount_minor for c in self.customers for inv in world.invoices_of(c.number)}
-        self.reserved: set[str] = set()  # invoices an edge case depends on: left alone afterwards
+        self.reserved: set[str] = set()  # invoices an ambiguous case depends on: left alone afterwards
+        self.closed_by_reference: set[str] = set()  # fully paid by a payment naming them
+        self.closed_by_group: set[str] = set()  # fully paid by a one-payment-several-invoices payment
         self.edge_cases = list(EDGE_CASES)
 
     def open_invoices(self, customer: str, day: date) -> list[Invoice]:
@@ -220,14 +223,22 @@ class PaymentPlanner:
             return self._unmatched("unapplied", rng.randint(2_000, 200_000), customer,
                                    "invoice" if reference == "none" else "customer")
         if kind == "multi":
-            oldest = sorted(candidates, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
+            # The matcher looks for groups among the customer's oldest open invoices, where "open" cannot yet
+            # count other groups found in the same run: rank with those, choose among the truly open ones.
+            ranked = [inv for inv in self.world.invoices_of(customer.number)
+                      if inv.invoice_date <= day and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS
+                      and inv.number not in self.reserved
+                      and (self.m3_open[inv.number] > 0 or inv.number in self.closed_by_group)]
+            oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
             amounts = [self.m3_open[i.number] for i in oldest]
-            oldest = [i for i in oldest if amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
+            oldest = [i for i in oldest if self.m3_open[i.number] > 0
+                      and amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
             if len(oldest) >= 2:
                 group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
                 allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
                 for inv in group:
                     self.m3_open[inv.number] = 0
+                    self.closed_by_group.add(inv.number)
                 return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
                                    allocations, "auto", None)
             kind = "full"
@@ -242,18 +253,22 @@ class PaymentPlanner:
         if reference == "none":
             return self._unmatched(kind, amount, customer, "none")
         if reference == "customer":
-            same_amount = [i for i in candidates if self.m3_open[i.number] == amount]
+            visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS))
+            same_amount = [i for i in visible if self.m3_open[i.number] == amount]
             if kind != "full":
                 if same_amount:  # would look like a full payment of another invoice: keep it unambiguous
                     amount += 1
                 return self._unmatched(kind, amount, customer, "customer")
             if len(same_amount) > 1:
+                self.reserved.update(i.number for i in same_amount)
                 return PaymentPlan(kind, amount, None, customer.number,
                                    (Allocation(inv.number, amount),), "suggested", "ambiguous_amount")
             self.m3_open[inv.number] = 0
             return PaymentPlan(kind, amount, None, customer.number, (Allocation(inv.number, amount),), "auto", None)
         applied = min(amount, open_amount)
         self.m3_open[inv.number] -= applied
+        if self.m3_open[inv.number] == 0:
+            self.closed_by_reference.add(inv.number)
         return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
                            "overpayment" if amount > open_amount else None)
 
@@ -278,7 +293,7 @@ class PaymentPlanner:
                                "suggested", "ambiguous_amount")
         if edge == "already_paid":
             paid = [inv for inv in self.world.invoices_of(customer.number)
-                    if self.m3_open[inv.number] == 0 and inv.invoice_date <= day]
+                    if inv.number in self.closed_by_reference and inv.invoice_date <= day]
             if not paid:
                 return None
             return PaymentPlan(edge, rng.randint(2_000, 90_000), rng.choice(paid).number, customer.number, (),

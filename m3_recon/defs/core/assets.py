@@ -66,7 +66,9 @@ def replace_canonical(conn: duckdb.DuckDBPyConnection, *, table: str, columns: d
             conn.register("valid_rows", valid)
             conn.execute(f"INSERT INTO {table} SELECT {select} FROM valid_rows")
         if len(rejected):
-            conn.register("rejected_rows", rejected[["processor", "source_id", "partition_date", "reason", "raw_payload"]])
+            identity = "source_id" if "source_id" in rejected.columns else "payout_id"
+            conn.register("rejected_rows", rejected[["processor", identity, "partition_date", "reason", "raw_payload"]]
+                          .rename(columns={identity: "source_id"}))
             conn.execute("INSERT INTO core_quarantine SELECT processor, source_id, ?, coalesce(partition_date, ?), "
                          "reason, raw_payload::JSON, ?, ? FROM rejected_rows", [table, first, quarantined_at, run_id])
         conn.execute("COMMIT")

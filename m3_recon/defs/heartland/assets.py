@@ -8,7 +8,10 @@ close) are stored as UTC; ``created_at_merchant_local`` keeps GP's merchant-loca
 
 Each run reads the deposit dates of its partitions plus a look-back (a held deposit turning
 RELEASED, a dispute closing) and replaces exactly those dates in DuckDB in one transaction. Money is
-BIGINT minor units parsed from GP's strings in SQL; GP's JSON is kept in ``raw``.
+BIGINT minor units parsed from GP's strings in SQL; GP's JSON is kept in ``raw``. A value that is not
+what GP documents (an amount like "12.50", a malformed time) is stored as NULL, never rounded or
+guessed, and the canonical layer quarantines the row with the reason; an object without an id or a
+usable deposit date cannot be placed in a partition and goes to ``core_quarantine`` here.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
@@ -21,7 +24,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings
 from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import documents_table, naive_utc, replace_window
+from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -38,12 +41,18 @@ class HeartlandLoadConfig(dg.Config):
 
 
 def _minor(path: str) -> str:
-    """A GP minor-unit string as BIGINT; GP sends "" for an empty group, which is zero."""
-    return f"COALESCE(CAST(NULLIF(raw->>'{path}', '') AS BIGINT), 0)"
+    """A GP minor-unit string as BIGINT; anything else (missing, "", "12.50") is NULL, never rounded."""
+    return f"CASE WHEN regexp_full_match(raw->>'{path}', '-?[0-9]+') THEN CAST(raw->>'{path}' AS BIGINT) END"
+
+
+def _group_minor(path: str) -> str:
+    """A deposit group's minor-unit amount: GP sends "" (or nothing) for an empty group, which is zero."""
+    return f"CASE WHEN coalesce(raw->>'{path}', '') = '' THEN 0 ELSE {_minor(path)} END"
 
 
 def _instant(path: str, fmt: str) -> str:
-    return f"strptime(NULLIF(raw->>'{path}', ''), '{fmt}')"
+    """A GP time, or NULL when missing or malformed (the canonical layer quarantines the row and says why)."""
+    return f"try_strptime(NULLIF(raw->>'{path}', ''), '{fmt}')"
 
 
 def _utc(path: str) -> str:
@@ -56,15 +65,27 @@ def _settlement_time(path: str) -> str:
 
 
 def _day(path: str) -> str:
-    return f"CAST(NULLIF(raw->>'{path}', '') AS DATE)"
+    return f"TRY_CAST(NULLIF(raw->>'{path}', '') AS DATE)"
+
+
+def rejection(object_name: str, date_field: str) -> Rejection:
+    """An object without an id or a usable deposit date cannot be placed in a partition: quarantine it."""
+    got = f"json_extract_string(raw, '$.{date_field}')"
+    return Rejection("heartland", f"""CASE
+        WHEN NOT json_valid(raw) THEN 'the GP {object_name} is not valid JSON'
+        WHEN coalesce(json_extract_string(raw, '$.id'), '') = '' THEN 'the GP {object_name} has no id'
+        WHEN TRY_CAST(NULLIF({got}, '') AS DATE) IS NULL
+            THEN 'the GP {object_name} has no usable deposit date in {date_field} (got '
+                 || coalesce('''' || {got} || '''', 'nothing') || '), so no partition can hold it'
+        END""")
 
 
 TRANSACTIONS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {TRANSACTIONS_TABLE} (
     id VARCHAR NOT NULL, type VARCHAR, status VARCHAR, channel VARCHAR,
-    amount BIGINT NOT NULL, signed_amount BIGINT NOT NULL, currency VARCHAR,
+    amount BIGINT, signed_amount BIGINT, currency VARCHAR,
     reference VARCHAR, description VARCHAR, parent_transaction_id VARCHAR,
-    created_at_utc TIMESTAMP NOT NULL, created_at_merchant_local TIMESTAMP,
+    created_at_utc TIMESTAMP, created_at_merchant_local TIMESTAMP,
     batch_id VARCHAR, batch_closed_at_utc TIMESTAMP,
     deposit_id VARCHAR, deposit_status VARCHAR, deposit_date DATE NOT NULL, deposit_amount BIGINT,
     merchant_id VARCHAR, merchant_hierarchy VARCHAR, card_brand VARCHAR, masked_card_number VARCHAR,
@@ -92,13 +113,13 @@ FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"
 DEPOSITS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     id VARCHAR NOT NULL, deposit_date DATE NOT NULL, status VARCHAR, funding_type VARCHAR,
-    amount BIGINT NOT NULL, net_amount BIGINT NOT NULL, currency VARCHAR, aggregation_model VARCHAR,
+    amount BIGINT, net_amount BIGINT, currency VARCHAR, aggregation_model VARCHAR,
     bank_account_last4 VARCHAR, bank_code VARCHAR,
     merchant_id VARCHAR, merchant_hierarchy VARCHAR, merchant_name VARCHAR, merchant_dba VARCHAR,
-    sales_count INTEGER, sales_amount BIGINT NOT NULL, refunds_count INTEGER, refunds_amount BIGINT NOT NULL,
-    discounts_count INTEGER, discounts_amount BIGINT NOT NULL, tax_count INTEGER, tax_amount BIGINT NOT NULL,
-    fees_amount BIGINT NOT NULL, chargebacks_count INTEGER, chargebacks_amount BIGINT NOT NULL,
-    reversals_count INTEGER, reversals_amount BIGINT NOT NULL,
+    sales_count INTEGER, sales_amount BIGINT, refunds_count INTEGER, refunds_amount BIGINT,
+    discounts_count INTEGER, discounts_amount BIGINT, tax_count INTEGER, tax_amount BIGINT,
+    fees_amount BIGINT, chargebacks_count INTEGER, chargebacks_amount BIGINT,
+    reversals_count INTEGER, reversals_amount BIGINT,
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
@@ -109,20 +130,20 @@ SELECT raw->>'$.id', {_day('$.time_created')}, raw->>'$.status', raw->>'$.fundin
        raw->>'$.currency', raw->>'$.aggregation_model',
        right(raw->>'$.bank_transfer.masked_account_number_last4', 4), raw->>'$.bank_transfer.bank.code',
        raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.system.name', raw->>'$.system.dba',
-       CAST(raw->>'$.sales.count' AS INTEGER), {_minor('$.sales.amount')},
-       CAST(raw->>'$.refunds.count' AS INTEGER), {_minor('$.refunds.amount')},
-       CAST(raw->>'$.discounts.count' AS INTEGER), {_minor('$.discounts.amount')},
-       CAST(raw->>'$.tax.count' AS INTEGER), {_minor('$.tax.amount')},
-       {_minor('$.fees.amount')},
-       CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), {_minor('$.disputes.chargebacks.amount')},
-       CAST(raw->>'$.disputes.reversals.count' AS INTEGER), {_minor('$.disputes.reversals.amount')},
+       TRY_CAST(raw->>'$.sales.count' AS INTEGER), {_group_minor('$.sales.amount')},
+       TRY_CAST(raw->>'$.refunds.count' AS INTEGER), {_group_minor('$.refunds.amount')},
+       TRY_CAST(raw->>'$.discounts.count' AS INTEGER), {_group_minor('$.discounts.amount')},
+       TRY_CAST(raw->>'$.tax.count' AS INTEGER), {_group_minor('$.tax.amount')},
+       {_group_minor('$.fees.amount')},
+       TRY_CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), {_group_minor('$.disputes.chargebacks.amount')},
+       TRY_CAST(raw->>'$.disputes.reversals.count' AS INTEGER), {_group_minor('$.disputes.reversals.amount')},
        raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
 
 DISPUTES_DDL = f"""
 CREATE TABLE IF NOT EXISTS {DISPUTES_TABLE} (
-    id VARCHAR NOT NULL, stage VARCHAR NOT NULL, status VARCHAR, result VARCHAR, funding_type VARCHAR,
-    amount BIGINT NOT NULL, signed_amount BIGINT NOT NULL, currency VARCHAR,
+    id VARCHAR NOT NULL, stage VARCHAR, status VARCHAR, result VARCHAR, funding_type VARCHAR,
+    amount BIGINT, signed_amount BIGINT, currency VARCHAR,
     stage_created_at_utc TIMESTAMP, deposit_id VARCHAR, deposit_date DATE NOT NULL,
     reason_code VARCHAR, reason_description VARCHAR, respond_by_utc TIMESTAMP,
     last_adjustment_amount BIGINT, last_adjustment_funding VARCHAR, last_adjustment_at_utc TIMESTAMP,
@@ -147,6 +168,10 @@ SELECT raw->>'$.id', raw->>'$.stage', raw->>'$.status', raw->>'$.result', raw->>
        raw->>'$.transaction.payment_method.card.arn',
        raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+
+TRANSACTIONS_REJECTION = rejection("settlement transaction", "deposit_time_created")
+DEPOSITS_REJECTION = rejection("deposit", "time_created")
+DISPUTES_REJECTION = rejection("settlement dispute", "deposit_time_created")
 
 # A deposit is explained when its net equals the lines that carry its id, less the fees on the deposit.
 UNEXPLAINED_DEPOSITS = f"""
@@ -183,12 +208,13 @@ def _window(context: dg.AssetExecutionContext, config: HeartlandLoadConfig) -> t
 
 
 def _replace(duckdb: DuckDBResource, context: dg.AssetExecutionContext, window: FetchWindow, objects: list[dict],
-             table: str, ddl: str, insert_select: str, summary_sql: str) -> tuple[int, list[tuple]]:
+             table: str, ddl: str, insert_select: str, rejection: Rejection,
+             summary_sql: str) -> tuple[int, list[tuple]]:
     """Replace the window's deposit dates of ``table``; return rows written and ``summary_sql``'s rows."""
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table=table, ddl=ddl, insert_select=insert_select,
                               docs=documents_table(objects, context.run.run_id), window_column="deposit_date",
-                              start=window.start, end=window.end)
+                              start=window.start, end=window.end, rejection=rejection, run_id=context.run.run_id)
         summary = conn.execute(summary_sql, [naive_utc(window.start), naive_utc(window.end)]).fetchall()
     return rows, summary
 
@@ -210,7 +236,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
     window, first_day, last_day = _window(context, config)
     objects = heartland.settlement_transactions(first_day, last_day)
     rows, by_type = _replace(duckdb, context, window, objects, TRANSACTIONS_TABLE, TRANSACTIONS_DDL,
-                             TRANSACTIONS_SELECT,
+                             TRANSACTIONS_SELECT, TRANSACTIONS_REJECTION,
                              f"SELECT type, count(*), sum(signed_amount) FROM {TRANSACTIONS_TABLE} "
                              "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1 ORDER BY 1")
     return dg.MaterializeResult(metadata={
@@ -231,6 +257,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: HeartlandL
     window, first_day, last_day = _window(context, config)
     objects = heartland.disputes(first_day, last_day)
     rows, by_stage = _replace(duckdb, context, window, objects, DISPUTES_TABLE, DISPUTES_DDL, DISPUTES_SELECT,
+                              DISPUTES_REJECTION,
                               f"SELECT stage, result, count(*), sum(signed_amount) FROM {DISPUTES_TABLE} "
                               "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1, 2 ORDER BY 1, 2")
     return dg.MaterializeResult(metadata={
@@ -252,6 +279,7 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: HeartlandL
     objects = heartland.deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, by_status = _replace(duckdb, context, window, objects, DEPOSITS_TABLE, DEPOSITS_DDL, DEPOSITS_SELECT,
+                               DEPOSITS_REJECTION,
                                f"SELECT status, count(*), sum(net_amount) FROM {DEPOSITS_TABLE} "
                                "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1 ORDER BY 1")
     with duckdb.get_connection() as conn:

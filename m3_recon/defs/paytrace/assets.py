@@ -6,6 +6,9 @@ the batch dates of its partitions plus a look-back, then replaces that window of
 in one transaction, keeping PayTrace's JSON in ``raw``. Typed columns are computed in Python rather than
 projected in SQL: PayTrace's amounts are decimal dollars, which DuckDB's JSON functions would read as
 doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
+A transaction whose type, amount, created or settled time is missing or unreadable is still stored,
+with that column empty and its JSON kept: ``core_settlement_lines`` quarantines it with the value
+PayTrace sent and the batch's tie-out shows it missing, instead of one bad row stopping the day's load.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
@@ -17,6 +20,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
+from duckdb import DuckDBPyConnection
 
 from m3_recon import decimal_json, settings
 from m3_recon.defs.paytrace.resources import VENDOR, PayTraceResource, cents, local_timestamp
@@ -44,13 +48,13 @@ BATCH_COLUMNS = [
 ]
 TRANSACTION_COLUMNS = [
     ("transaction_id", "BIGINT NOT NULL", pa.int64()), ("batch_number", "BIGINT NOT NULL", pa.int64()),
-    ("batch_date", "DATE NOT NULL", pa.date32()), ("transaction_type", "VARCHAR NOT NULL", pa.string()),
-    ("amount_cents", "BIGINT NOT NULL", pa.int64()), ("signed_amount_cents", "BIGINT NOT NULL", pa.int64()),
+    ("batch_date", "DATE NOT NULL", pa.date32()), ("transaction_type", "VARCHAR", pa.string()),
+    ("amount_cents", "BIGINT", pa.int64()), ("signed_amount_cents", "BIGINT", pa.int64()),
     ("tax_amount_cents", "BIGINT", pa.int64()), ("currency", "VARCHAR NOT NULL", pa.string()),
     ("invoice_id", "VARCHAR", pa.string()), ("customer_id", "VARCHAR", pa.string()),
     ("customer_reference_id", "VARCHAR", pa.string()), ("description", "VARCHAR", pa.string()),
-    ("card_last4", "VARCHAR", pa.string()), ("created_at_utc", "TIMESTAMP NOT NULL", pa.timestamp("us")),
-    ("created_date_local", "DATE NOT NULL", pa.date32()), ("settled_at_utc", "TIMESTAMP", pa.timestamp("us")),
+    ("card_last4", "VARCHAR", pa.string()), ("created_at_utc", "TIMESTAMP", pa.timestamp("us")),
+    ("created_date_local", "DATE", pa.date32()), ("settled_at_utc", "TIMESTAMP", pa.timestamp("us")),
     ("approval_code", "VARCHAR", pa.string()), ("status_code", "VARCHAR", pa.string()),
     ("created_through", "VARCHAR", pa.string()), ("time_zone", "VARCHAR NOT NULL", pa.string()), *LOAD_COLUMNS,
 ]
@@ -67,6 +71,16 @@ INSERT_SELECT = "SELECT * REPLACE (CAST(raw AS JSON) AS raw) FROM docs"
 
 def _docs(columns: list, rows: list[dict]) -> pa.Table:
     return pa.table({name: pa.array([row[name] for row in rows], arrow) for name, _, arrow in columns})
+
+
+RAW_TABLES = {"raw_paytrace_batches": BATCH_COLUMNS, "raw_paytrace_transactions": TRANSACTION_COLUMNS}
+
+
+def store_window(conn: DuckDBPyConnection, table: str, rows: list[dict], window: FetchWindow) -> int:
+    """Replace the batch dates of ``window`` in ``table`` with ``rows`` (from ``batch_row`` / ``transaction_row``)."""
+    columns = RAW_TABLES[table]
+    return replace_window(conn, table=table, ddl=_ddl(table, columns), insert_select=INSERT_SELECT,
+                          docs=_docs(columns, rows), window_column="batch_date", start=window.start, end=window.end)
 
 
 class PayTraceLoadConfig(dg.Config):
@@ -91,12 +105,20 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def _typed(kind: str, identifier, build):
-    """Run a row builder; a value PayTrace sent that cannot be read fails loudly, naming the object."""
+    """Run a row builder; a record that cannot be identified or parsed at all fails loudly, naming it."""
     try:
         return build()
     except (KeyError, TypeError, ValueError) as exc:
         raise VendorRequestError(VENDOR, f"{kind} {identifier} has a value m3-recon cannot read ({exc}); "
                                  "the raw response is not stored until this is resolved") from None
+
+
+def _readable(read):
+    """A value read from PayTrace's record, or None when it is missing or cannot be read."""
+    try:
+        return read()
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def batch_row(day: date, batch: dict, zone: ZoneInfo, run_id: str, loaded_at: datetime) -> dict:
@@ -113,25 +135,23 @@ def batch_row(day: date, batch: dict, zone: ZoneInfo, run_id: str, loaded_at: da
 
 def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneInfo, run_id: str,
                     loaded_at: datetime) -> dict:
-    amount = cents(txn["amount"])
-    if amount is None:
-        raise ValueError("amount is empty")
-    created = local_timestamp(txn["created"]["at"], zone)
-    if created is None:
-        raise ValueError("created.at is empty")
+    amount = _readable(lambda: cents(txn["amount"]))
+    created = _readable(lambda: local_timestamp(txn["created"]["at"], zone))
+    type_ = None if txn.get("transaction_type") is None else str(txn["transaction_type"])
+    refund = type_ is not None and type_.strip().upper() == "REFUND"
     last4 = str((txn.get("credit_card") or {}).get("masked_number") or "")[-4:]
     return {
         "transaction_id": int(txn["transaction_id"]), "batch_number": batch_number, "batch_date": batch_date,
-        "transaction_type": txn["transaction_type"], "amount_cents": amount,
-        "signed_amount_cents": -amount if txn["transaction_type"] == "REFUND" else amount,
+        "transaction_type": type_, "amount_cents": amount,
+        "signed_amount_cents": None if amount is None else -amount if refund else amount,
         "tax_amount_cents": cents(txn.get("tax_amount")), "currency": CURRENCY,
         "invoice_id": txn.get("invoice_id") or None, "customer_id": txn.get("customer_id") or None,
         "customer_reference_id": txn.get("customer_reference_id") or None,
         "description": txn.get("description") or None, "card_last4": last4 if last4.isdigit() else None,
-        "created_at_utc": naive_utc(created), "created_date_local": created.date(),
-        "settled_at_utc": _utc(local_timestamp(txn.get("settled", ""), zone)),
+        "created_at_utc": _utc(created), "created_date_local": created.date() if created else None,
+        "settled_at_utc": _utc(_readable(lambda: local_timestamp(txn.get("settled", ""), zone))),
         "approval_code": txn.get("approval_code") or None, "status_code": txn.get("status_code") or None,
-        "created_through": txn["created"].get("through") or None, "time_zone": zone.key,
+        "created_through": _readable(lambda: txn["created"]["through"]) or None, "time_zone": zone.key,
         "raw": decimal_json.dumps(txn), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
     }
 
@@ -154,9 +174,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: PayTraceLoad
     rows = [_typed("batch", batch.get("number"), lambda: batch_row(day, batch, zone, run_id, loaded_at))
             for day, batch in paytrace.batches(first, last)]
     with duckdb.get_connection() as conn:
-        inserted = replace_window(conn, table="raw_paytrace_batches", ddl=_ddl("raw_paytrace_batches", BATCH_COLUMNS),
-                                  insert_select=INSERT_SELECT, docs=_docs(BATCH_COLUMNS, rows),
-                                  window_column="batch_date", start=window.start, end=window.end)
+        inserted = store_window(conn, "raw_paytrace_batches", rows, window)
     dates_with_batch = {row["batch_date"] for row in rows}
     all_dates = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     return dg.MaterializeResult(metadata={
@@ -188,10 +206,7 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: PayTrac
             for (number, day), txns in zip(batches, itemised) for txn in txns]
     awaiting = paytrace.transactions(_last_date(window), _last_date(window), transaction_type="PENDING")
     with duckdb.get_connection() as conn:
-        inserted = replace_window(conn, table="raw_paytrace_transactions",
-                                  ddl=_ddl("raw_paytrace_transactions", TRANSACTION_COLUMNS),
-                                  insert_select=INSERT_SELECT, docs=_docs(TRANSACTION_COLUMNS, rows),
-                                  window_column="batch_date", start=window.start, end=window.end)
+        inserted = store_window(conn, "raw_paytrace_transactions", rows, window)
         out_of_balance = conn.execute(
             "SELECT b.batch_number FROM raw_paytrace_batches b LEFT JOIN ("
             "  SELECT batch_number, count(*) AS n, sum(signed_amount_cents) AS net FROM raw_paytrace_transactions"
@@ -203,7 +218,7 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: PayTrac
         "rows": inserted,
         "batches_itemised": len(batches),
         "batches_out_of_balance": dg.MetadataValue.json([number for (number,) in out_of_balance]),
-        "sales_cents": sum(row["amount_cents"] for row in rows if row["transaction_type"] == "SALE"),
-        "refunds_cents": sum(row["amount_cents"] for row in rows if row["transaction_type"] == "REFUND"),
+        "sales_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"),
+        "refunds_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
         "unsettled_created_on_last_date": dg.MetadataValue.int(len(awaiting)),
     })
