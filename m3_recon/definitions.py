@@ -10,6 +10,7 @@ from m3_recon.defs.core import definitions as core
 from m3_recon.defs.heartland import definitions as heartland
 from m3_recon.defs.m3 import definitions as m3
 from m3_recon.defs.paytrace import definitions as paytrace
+from m3_recon.defs.post import definitions as post
 from m3_recon.defs.reconcile import definitions as reconcile
 from m3_recon.defs.stripe import definitions as stripe
 
@@ -25,5 +26,6 @@ defs = dg.Definitions.merge(
     m3.defs,
     core.defs,
     reconcile.defs,
+    post.defs,
     dg.Definitions(jobs=[payout_close], resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

@@ -21,6 +21,7 @@ GL_JOURNAL_LINE_COLUMNS = {
     "entry": "VARCHAR NOT NULL",              # what the line books: payment, fee, refund, payout, fx, rounding…
     "route": "VARCHAR NOT NULL",              # 'gl' (GLS840MI) — cash application lives in core_cash_applications
     "held_reason": "VARCHAR",                 # not NULL = the voucher must not be posted (e.g. unmapped category)
+    "source_date": "DATE",                    # the settlement day of what the line books (window key)
 }
 
 CASH_APPLICATION_COLUMNS = {
@@ -35,6 +36,7 @@ CASH_APPLICATION_COLUMNS = {
     "processor": "VARCHAR NOT NULL",
     "source_id": "VARCHAR NOT NULL",          # the payment line
     "payout_id": "VARCHAR",
+    "local_minor": "BIGINT",                  # M3's booked local value of the amount (what clearing receives)
 }
 
 POSTING_COLUMNS = {

@@ -61,7 +61,7 @@ def core_open_invoices_sql(rules: MatchingRules) -> str:
     return f"""
 CREATE OR REPLACE TABLE core_open_invoices AS
 SELECT customer, payer, invoice_number, invoice_year, currency, original_minor, outstanding_minor,
-       local_currency, outstanding_local_minor, invoice_date, due_date,
+       local_currency, outstanding_local_minor, exchange_rate, invoice_date, due_date,
        {normalised('invoice_number', rules)} AS reference_normalised, cono, divi, snapshot_date, taken_at_utc
 FROM raw_m3_open_invoices
 WHERE snapshot_date = (SELECT max(snapshot_date) FROM raw_m3_open_invoices)

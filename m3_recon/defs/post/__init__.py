@@ -1,0 +1,1 @@
+"""Journals for M3 and posting them exactly once: vouchers, cash applications, the outbox."""

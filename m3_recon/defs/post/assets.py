@@ -1,0 +1,101 @@
+"""``core_gl_journal_lines`` and ``core_cash_applications``: the window's journals, derived by
+``m3_recon.journals`` and checked before anything can be posted (every voucher balances per
+currency; for every tied payout the clearing account nets to zero)."""
+# No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
+import warnings
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import settings
+from m3_recon.journals import AccountMap, clearing_by_payout, derive_journals
+from m3_recon.partitions import daily_partitions, fetch_window
+from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.warehouse import replace_days
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
+
+GROUP = "post"
+OWNERS = ["team:finance-systems"]
+
+
+class JournalConfig(dg.Config):
+    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+
+
+def journal_checks(conn) -> list[dg.AssetCheckResult]:
+    unbalanced = conn.execute("""SELECT voucher_key, currency, sum(amount_minor) FROM journal_lines
+                                 GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall()
+    clearing_by_payout(conn)
+    residue = conn.execute("""
+        SELECT t.processor, t.payout_id, c.clearing_net_minor FROM core_payout_reconciliation t
+        JOIN clearing_by_payout c USING (processor, payout_id)
+        WHERE t.status = 'tied' AND c.clearing_net_minor <> 0""").fetchall()
+    return [
+        dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"unbalanced_vouchers": len(unbalanced),
+                                      "examples": dg.MetadataValue.json([list(map(str, r)) for r in unbalanced[:5]])}),
+        dg.AssetCheckResult(check_name="clearing_nets_to_zero_per_payout", asset_key="core_gl_journal_lines",
+                            passed=not residue, severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"tied_payouts_with_clearing_residue": len(residue),
+                                      "examples": dg.MetadataValue.json([list(map(str, r)) for r in residue[:5]])}),
+    ]
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("core_gl_journal_lines", group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+                     deps=["core_settlement_lines", "core_payouts", "core_payment_allocations", "core_open_invoices",
+                           "core_payout_reconciliation"],
+                     description="Balanced GL voucher lines for M3 (GLS840MI): voucher key (M3 KEY1), accounting "
+                                 "date, AIT1..AIT7, currency, signed amount (+ debit, − credit), voucher text, and "
+                                 "the processor / payout / source line each comes from. Held vouchers name why."),
+        dg.AssetSpec("core_cash_applications", group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+                     deps=["core_payment_allocations", "core_open_invoices"],
+                     description="Payments applied to M3 invoices (ARS040MI payment batches: CINO, INYR, CUNO, PYAM), "
+                                 "one batch per processor and payment day; only `auto` allocations."),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec("vouchers_balance", asset="core_gl_journal_lines", blocking=True,
+                          description="Every voucher sums to zero per currency."),
+        dg.AssetCheckSpec("clearing_nets_to_zero_per_payout", asset="core_gl_journal_lines", blocking=True,
+                          description="For every tied payout, clearing movements (GL + cash application) net to zero."),
+    ],
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), pool="duckdb_writer",
+)
+def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: DuckDBResource):
+    window = fetch_window(context.partition_time_window, config.lookback_days)
+    first, end = window.start.date().isoformat(), window.end.date().isoformat()
+    in_window = f"settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'"
+    with duckdb.get_connection() as conn:
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_lines AS SELECT * FROM core_settlement_lines WHERE {in_window}")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_payouts AS SELECT * FROM core_payouts WHERE {in_window}")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_allocations AS "
+                     f"SELECT * FROM core_payment_allocations WHERE {in_window}")
+        conn.execute("CREATE OR REPLACE TEMP VIEW journal_overpaid AS SELECT processor, source_id "
+                     "FROM core_match_exceptions WHERE reason_code = 'overpayment'")
+        derive_journals(conn, AccountMap.load(), lines="journal_window_lines", payouts="journal_window_payouts",
+                        allocations="journal_window_allocations", invoices="core_open_invoices",
+                        overpaid="journal_overpaid")
+        replace_days(conn, first_day=first, end_day=end, date_column="source_date", writes=[
+            ("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, "SELECT * FROM journal_lines")])
+        replace_days(conn, first_day=first, end_day=end, date_column="accounting_date", writes=[
+            ("core_cash_applications", CASH_APPLICATION_COLUMNS, "SELECT * FROM cash_applications")])
+        vouchers, lines, held, debits = conn.execute("""
+            SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL),
+                   coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) FROM journal_lines""").fetchone()
+        by_entry = conn.execute("SELECT entry, count(*), sum(amount_minor) FILTER (amount_minor > 0) FROM journal_lines "
+                                "GROUP BY 1 ORDER BY 1").fetchall()
+        batches, applications, applied = conn.execute(
+            "SELECT count(DISTINCT voucher_key), count(*), coalesce(sum(amount_minor), 0) FROM cash_applications").fetchone()
+        checks = journal_checks(conn)
+    yield dg.MaterializeResult(asset_key="core_gl_journal_lines", metadata={
+        "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
+        "debits_minor": int(debits),
+        "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
+            f"| {e} | {n} | {d} |" for e, n, d in by_entry))})
+    yield dg.MaterializeResult(asset_key="core_cash_applications", metadata={
+        "fetch_window": str(window), "payment_batches": batches, "applications": applications,
+        "applied_minor": int(applied)})
+    yield from checks

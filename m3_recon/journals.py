@@ -1,0 +1,192 @@
+"""Balanced GL journal lines and cash applications derived from canonical settlement lines (DuckDB SQL).
+
+Clearing model: every settlement line moves the processor's clearing account by its amount and a
+counter-account by the opposite amount (refunds, chargebacks, reserves, adjustments…), and its fee
+moves clearing against the fee account. Payments are the exception: the part applied to an invoice
+goes to M3 as cash application (ARS040MI: debit clearing, credit receivable at the invoice's booked
+local value), and the GL carries only what cash application cannot: the unapplied part (unapplied
+cash), the realised exchange difference between what settled and the invoice's booked value (FX
+gain/loss), and a sub-tolerance rounding residue (rounding account). Payouts move clearing to the
+bank on their arrival date; a failed payout's return moves it back.
+
+``derive_journals`` creates temp tables ``journal_lines`` (GL_JOURNAL_LINE_COLUMNS) and
+``cash_applications`` (CASH_APPLICATION_COLUMNS). Every voucher balances per currency by
+construction (two lines per entry), and a voucher with any unmapped account is held, not posted.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from m3_recon.settings import PROJECT_ROOT
+
+DEFAULT_ACCOUNTS_FILE = PROJECT_ROOT / "data" / "gl_accounts.toml"
+PROCESSOR_CODES = {"stripe": "S", "paytrace": "P", "heartland": "H"}
+# The counter-account of each line type's gross amount (clearing takes the other side).
+COUNTER_ACCOUNT = {"fee": "processing_fees", "refund": "refunds", "dispute": "chargebacks",
+                   "dispute_reversal": "chargebacks", "reserve_hold": "reserves", "reserve_release": "reserves",
+                   "adjustment": "adjustments", "payout_failure": "bank", "other": "other"}
+FEE_ACCOUNT = {"dispute": "dispute_fees"}  # fees on other lines go to processing_fees
+
+
+@dataclass(frozen=True)
+class AccountMap:
+    clearing: dict[str, str]
+    bank: dict[str, str]
+    accounts: dict[str, str]
+    rounding_tolerance_minor: int
+    dimensions: dict[str, dict[str, str]]
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_ACCOUNTS_FILE) -> "AccountMap":
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+        dimensions = {p: {k: str(v) for k, v in d.items()} for p, d in raw.get("dimensions", {}).items()}
+        bad = [key for d in dimensions.values() for key in d if key not in {f"ait{n}" for n in range(2, 8)}]
+        if bad:
+            raise ValueError(f"{path}: dimensions may only set ait2..ait7, not {', '.join(sorted(set(bad)))}")
+        return cls(clearing=dict(raw["clearing"]), bank=dict(raw["bank"]), accounts=dict(raw["accounts"]),
+                   rounding_tolerance_minor=int(raw["rounding"]["tolerance_minor"]), dimensions=dimensions)
+
+    def register(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """The mapping as temp tables ``gl_account`` (key → account) and ``gl_dimension`` (processor → ait2..7)."""
+        rows = ([("clearing:" + p, a) for p, a in self.clearing.items()]
+                + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
+        conn.execute("CREATE OR REPLACE TEMP TABLE gl_account (account_key VARCHAR, account VARCHAR)")
+        conn.executemany("INSERT INTO gl_account VALUES (?, ?)", rows)
+        conn.execute("CREATE OR REPLACE TEMP TABLE gl_dimension (processor VARCHAR, ait2 VARCHAR, ait3 VARCHAR, "
+                     "ait4 VARCHAR, ait5 VARCHAR, ait6 VARCHAR, ait7 VARCHAR)")
+        conn.executemany("INSERT INTO gl_dimension VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(p, *(d.get(f"ait{n}") for n in range(2, 8))) for p, d in self.dimensions.items()])
+
+
+def _codes() -> str:
+    return ", ".join(f"('{p}', '{c}')" for p, c in PROCESSOR_CODES.items())
+
+
+def _mapping(pairs: dict[str, str]) -> str:
+    return ", ".join(f"('{a}', '{b}')" for a, b in pairs.items())
+
+
+def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, lines: str, payouts: str,
+                    allocations: str, invoices: str, overpaid: str) -> None:
+    """Create ``journal_lines`` and ``cash_applications`` for the window's ``lines`` and ``payouts``.
+
+    ``allocations``: core_payment_allocations rows of those lines; ``invoices``: core_open_invoices
+    (local value of foreign invoices); ``overpaid``: (processor, source_id) of payments with an
+    overpayment exception, whose residue is unapplied cash rather than rounding.
+    """
+    accounts.register(conn)
+    tolerance = accounts.rounding_tolerance_minor
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE applied AS
+        SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.customer, a.invoice_currency,
+               a.allocated_minor, a.allocated_settlement_minor, a.settlement_date,
+               CASE WHEN a.invoice_currency = a.payment_currency THEN a.allocated_minor
+                    WHEN a.allocated_minor = i.outstanding_minor THEN i.outstanding_local_minor
+                    ELSE CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) END AS local_minor
+        FROM {allocations} a LEFT JOIN {invoices} i USING (invoice_number, invoice_year)
+        WHERE a.status = 'auto' AND a.line_type = 'charge' AND a.invoice_number IS NOT NULL""")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE journal_entries AS
+        WITH line AS (SELECT * FROM {lines}),
+        counter(line_type, account_key) AS (VALUES {_mapping(COUNTER_ACCOUNT)}),
+        applied_per_payment AS (
+            SELECT processor, source_id, sum(allocated_settlement_minor) AS settled FROM applied GROUP BY ALL
+        ), per_payment AS (
+            SELECT l.processor, l.source_id, l.amount_minor - coalesce(a.settled, 0) AS residue,
+                   a.settled IS NOT NULL AS applied,
+                   EXISTS (SELECT 1 FROM {overpaid} o WHERE o.processor = l.processor AND o.source_id = l.source_id)
+                       AS overpaid
+            FROM line l LEFT JOIN applied_per_payment a USING (processor, source_id)
+            WHERE l.line_type = 'charge'
+        )
+        -- gross amount of every non-payment line against its counter-account
+        SELECT l.processor, l.payout_id, l.source_id, l.settlement_date AS accounting_date, l.currency,
+               l.line_type AS entry, l.amount_minor AS clearing_minor,
+               CASE WHEN c.account_key = 'bank' THEN 'bank:' || l.currency ELSE c.account_key END AS counter_key,
+               l.settlement_date AS source_date
+        FROM line l JOIN counter c USING (line_type)
+        UNION ALL
+        -- processor fees on any line
+        SELECT l.processor, l.payout_id, l.source_id, l.settlement_date, l.currency,
+               CASE WHEN l.line_type = 'dispute' THEN 'dispute_fee' ELSE 'processing_fee' END, -l.fee_minor,
+               CASE WHEN l.line_type = 'dispute' THEN 'dispute_fees' ELSE 'processing_fees' END, l.settlement_date
+        FROM line l WHERE l.fee_minor <> 0
+        UNION ALL
+        -- payments: what cash application does not carry
+        SELECT l.processor, l.payout_id, l.source_id, l.settlement_date, l.currency,
+               CASE WHEN p.applied AND NOT p.overpaid AND abs(p.residue) <= {tolerance} THEN 'rounding'
+                    ELSE 'unapplied_payment' END,
+               p.residue,
+               CASE WHEN p.applied AND NOT p.overpaid AND abs(p.residue) <= {tolerance} THEN 'rounding'
+                    ELSE 'unapplied_cash' END, l.settlement_date
+        FROM line l JOIN per_payment p USING (processor, source_id) WHERE p.residue <> 0
+        UNION ALL
+        SELECT l.processor, l.payout_id, l.source_id, l.settlement_date, l.currency, 'fx',
+               a.allocated_settlement_minor - a.local_minor, 'fx_gain_loss', l.settlement_date
+        FROM line l JOIN applied a USING (processor, source_id)
+        WHERE a.allocated_settlement_minor <> a.local_minor
+        UNION ALL
+        -- payouts reach the bank on their arrival date (once they have arrived)
+        SELECT p.processor, p.payout_id, NULL, coalesce(p.arrival_date, p.settlement_date), p.currency, 'payout',
+               -p.amount_minor, 'bank:' || p.currency, p.settlement_date
+        FROM {payouts} p WHERE p.status IN ('paid', 'failed')""")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE journal_lines AS
+        WITH code(processor, code) AS (VALUES {_codes()}),
+        keyed AS (
+            SELECT e.*, c.code,
+                   CASE WHEN e.entry = 'payout'
+                        THEN 'G' || c.code || 'P' || strftime(e.accounting_date, '%y%m%d')
+                             || upper(substr(md5(e.processor || '|' || e.payout_id), 1, 5))
+                        ELSE 'G' || c.code || 'D' || strftime(e.accounting_date, '%Y%m%d') END AS voucher_key
+            FROM journal_entries e JOIN code c USING (processor)
+        ), sides AS (
+            SELECT *, 'clearing:' || processor AS account_key, clearing_minor AS amount_minor, 0 AS side FROM keyed
+            UNION ALL
+            SELECT *, counter_key, -clearing_minor, 1 FROM keyed
+        ), resolved AS (
+            SELECT s.*, g.account FROM sides s LEFT JOIN gl_account g USING (account_key)
+        ), held AS (
+            SELECT voucher_key, 'no GL account mapped for ' || string_agg(DISTINCT account_key, ', ' ORDER BY account_key)
+                   || ' in data/gl_accounts.toml' AS held_reason
+            FROM resolved WHERE account IS NULL GROUP BY voucher_key
+        )
+        SELECT r.voucher_key,
+               CAST(row_number() OVER (PARTITION BY r.voucher_key
+                                       ORDER BY r.entry, r.payout_id, r.source_id, r.side) AS INTEGER) AS line_number,
+               r.accounting_date, coalesce(r.account, '?' || r.account_key) AS ait1,
+               d.ait2, d.ait3, d.ait4, d.ait5, d.ait6, d.ait7, r.currency, r.amount_minor,
+               left(r.entry || ' ' || coalesce(r.source_id, r.payout_id), 40) AS voucher_text,
+               r.processor, r.payout_id, r.source_id, r.entry, 'gl' AS route, h.held_reason, r.source_date
+        FROM resolved r LEFT JOIN held h USING (voucher_key) LEFT JOIN gl_dimension d USING (processor)
+        WHERE r.amount_minor <> 0""")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE cash_applications AS
+        WITH code(processor, code) AS (VALUES {_codes()})
+        SELECT 'C' || c.code || 'A' || strftime(a.settlement_date, '%Y%m%d') AS voucher_key,
+               CAST(row_number() OVER (PARTITION BY a.processor, a.settlement_date
+                                       ORDER BY a.source_id, a.invoice_number, a.invoice_year) AS INTEGER) AS line_number,
+               a.settlement_date AS accounting_date, a.customer, a.invoice_number,
+               CAST(a.invoice_year AS INTEGER) AS invoice_year, a.invoice_currency AS currency,
+               a.allocated_minor AS amount_minor, a.processor, a.source_id, l.payout_id, a.local_minor
+        FROM applied a JOIN code c USING (processor) LEFT JOIN {lines} l USING (processor, source_id)
+        WHERE a.allocated_minor > 0""")
+
+
+def clearing_by_payout(conn: duckdb.DuckDBPyConnection) -> None:
+    """Temp table ``clearing_by_payout``: the net clearing movement per payout from the derived GL lines
+    plus cash applications (at booked local value). Zero for a payout whose lines are all loaded and tied."""
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE clearing_by_payout AS
+        SELECT processor, payout_id, sum(amount_minor) AS clearing_net_minor
+        FROM (SELECT processor, payout_id, amount_minor FROM journal_lines WHERE ait1 = (
+                  SELECT account FROM gl_account WHERE account_key = 'clearing:' || journal_lines.processor)
+              UNION ALL
+              SELECT processor, payout_id, local_minor FROM cash_applications)
+        WHERE payout_id IS NOT NULL GROUP BY ALL""")
