@@ -1,11 +1,10 @@
-"""The code location: every source system's definitions merged, plus shared resources."""
-
-from __future__ import annotations
+"""The code location: every source system's definitions merged, plus shared resources and automation."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
+from m3_recon.defs import automation
 from m3_recon.defs.core import definitions as core
 from m3_recon.defs.heartland import definitions as heartland
 from m3_recon.defs.m3 import definitions as m3
@@ -14,10 +13,7 @@ from m3_recon.defs.post import definitions as post
 from m3_recon.defs.reconcile import definitions as reconcile
 from m3_recon.defs.stripe import definitions as stripe
 
-payout_close = dg.define_asset_job(
-    "payout_close", selection=dg.AssetSelection.all(),
-    description="The close for a day (or, as a backfill, a period): every processor's staging, the canonical "
-                "model and everything downstream of it.")
+payout_close = automation.payout_close
 
 defs = dg.Definitions.merge(
     stripe.defs,
@@ -27,5 +23,6 @@ defs = dg.Definitions.merge(
     core.defs,
     reconcile.defs,
     post.defs,
-    dg.Definitions(jobs=[payout_close], resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
+    automation.defs,
+    dg.Definitions(resources={"duckdb": DuckDBResource(database=settings.duckdb_path())}),
 )

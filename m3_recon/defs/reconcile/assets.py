@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
+from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, payout_exceptions, register_exceptions, tie_out_payouts
@@ -184,3 +185,28 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileCon
     }, check_results=[dg.AssetCheckResult(
         check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mismatched_without_exception": len(unexcepted)})])
+
+
+class AlertWebhook(dg.ConfigurableResource):
+    """Where alerts are sent (M3_RECON_ALERT_WEBHOOK_URL, a Slack incoming webhook or any JSON receiver)."""
+
+    url: str | None = None
+    timeout_seconds: float = 10.0
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"duckdb"}, pool="duckdb_writer", deps=[out_recon_exceptions],
+    description="One alert per newly opened exception (mismatched payouts, unmatched and ambiguous payments, "
+                "held vouchers), delivered to the configured webhook; undelivered alerts are retried.",
+)
+def out_alerts(context: dg.AssetExecutionContext, duckdb: DuckDBResource, alert_webhook: AlertWebhook) -> dg.MaterializeResult:
+    now = naive_utc(datetime.now(timezone.utc))
+    with duckdb.get_connection() as conn:
+        raised = raise_alerts(conn, now)
+        delivery = deliver_alerts(conn, alert_webhook.url, now, alert_webhook.timeout_seconds) if alert_webhook.url \
+            else {"delivered": 0, "failed": 0}
+        undelivered = conn.execute("SELECT count(*) FROM out_alerts WHERE delivered_at_utc IS NULL").fetchone()[0]
+    if delivery["failed"]:
+        context.log.warning(f"{delivery['failed']} alert(s) could not be delivered; they are retried on the next run")
+    return dg.MaterializeResult(metadata={"raised": raised, **delivery, "undelivered": undelivered,
+                                          "webhook_configured": bool(alert_webhook.url)})

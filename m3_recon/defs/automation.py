@@ -1,0 +1,42 @@
+"""Jobs, the nightly close schedule and the sensors that react to what a close produced.
+
+* ``payout_close`` — everything from staging to journals for a day (or, as a backfill, a period);
+* ``nightly_payout_close`` — at 02:00 in ``M3_RECON_TIMEZONE``, the last UTC day that has ended;
+* ``recon_alert_sensor`` — after each new exception register, a run of ``recon_alerts`` (out_alerts).
+Sensors only look at Dagster's event log (never at the warehouse), so they cannot contend with a run.
+"""
+
+from datetime import timedelta, timezone
+
+import dagster as dg
+
+from m3_recon import settings
+
+AFTER_CLOSE = dg.AssetSelection.assets("out_alerts")
+
+payout_close = dg.define_asset_job(
+    "payout_close", selection=dg.AssetSelection.all() - AFTER_CLOSE,
+    description="The close for a day (or, as a backfill, a period): every processor's staging, M3's open "
+                "invoices, the canonical model, matching, tie-out, exceptions and journals.")
+
+recon_alerts = dg.define_asset_job("recon_alerts", selection=AFTER_CLOSE,
+                                   description="Raise (and deliver) alerts for newly opened exceptions.")
+
+
+@dg.schedule(job=payout_close, cron_schedule="0 2 * * *", execution_timezone=settings.reporting_timezone(),
+             default_status=dg.DefaultScheduleStatus.STOPPED)
+def nightly_payout_close(context: dg.ScheduleEvaluationContext):
+    """At 02:00 in the reporting time zone, close the last UTC day that has fully ended."""
+    day = (context.scheduled_execution_time.astimezone(timezone.utc) - timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=f"payout_close:{day}", partition_key=day)
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("out_recon_exceptions"), job=recon_alerts, minimum_interval_seconds=60,
+                 default_status=dg.DefaultSensorStatus.STOPPED)
+def recon_alert_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Every new materialisation of the exception register asks for one alert run (keyed by the event)."""
+    yield dg.RunRequest(run_key=f"alerts:{asset_event.run_id}:{asset_event.timestamp}")
+
+
+defs = dg.Definitions(jobs=[payout_close, recon_alerts], schedules=[nightly_payout_close],
+                      sensors=[recon_alert_sensor])
