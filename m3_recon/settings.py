@@ -60,3 +60,8 @@ def int_setting(name: str, default: int, minimum: int = 0) -> int:
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def analyst_duckdb_path() -> str:
+    """The read-only copy analysts query (``M3_RECON_ANALYST_DUCKDB_PATH``), replaced atomically by each close."""
+    return os.environ.get("M3_RECON_ANALYST_DUCKDB_PATH", str(PROJECT_ROOT / "data" / "m3_recon_analyst.duckdb"))

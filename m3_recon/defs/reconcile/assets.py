@@ -15,6 +15,8 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
 from m3_recon.alerts import deliver_alerts, raise_alerts
+from m3_recon.analyst import VIEWS as ANALYST_VIEWS
+from m3_recon.analyst import publish
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, payout_exceptions, register_exceptions, tie_out_payouts
@@ -210,3 +212,19 @@ def out_alerts(context: dg.AssetExecutionContext, duckdb: DuckDBResource, alert_
         context.log.warning(f"{delivery['failed']} alert(s) could not be delivered; they are retried on the next run")
     return dg.MaterializeResult(metadata={"raised": raised, **delivery, "undelivered": undelivered,
                                           "webhook_configured": bool(alert_webhook.url)})
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"duckdb"}, pool="duckdb_writer",
+    deps=[out_recon_exceptions, "core_gl_journal_lines", "core_cash_applications", core_payout_reconciliation],
+    description="The analysts' read-only copy of every table plus views for the common questions "
+                "(v_unmatched_payments, v_payout_status, v_open_exceptions_by_age, v_gl_by_account_period, "
+                "v_processor_fees_by_month), replaced atomically at the end of each close "
+                "(M3_RECON_ANALYST_DUCKDB_PATH). Readers never block the close and never see a half-written day.",
+)
+def out_analyst_warehouse(duckdb: DuckDBResource) -> dg.MaterializeResult:
+    target = settings.analyst_duckdb_path()
+    with duckdb.get_connection() as conn:
+        tables = publish(conn, target)
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(target), "tables": len(tables),
+                                          "rows": dg.MetadataValue.json(tables), "views": len(ANALYST_VIEWS)})

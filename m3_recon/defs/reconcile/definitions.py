@@ -5,7 +5,7 @@ import os
 import dagster as dg
 
 from m3_recon.defs.reconcile.assets import (AlertWebhook, core_payment_allocations, core_payout_reconciliation,
-                                            out_alerts, out_recon_exceptions)
+                                            out_alerts, out_analyst_warehouse, out_recon_exceptions)
 
 
 def alert_webhook_from_env() -> AlertWebhook:
@@ -15,5 +15,6 @@ def alert_webhook_from_env() -> AlertWebhook:
     return AlertWebhook()
 
 
-defs = dg.Definitions(assets=[core_payment_allocations, core_payout_reconciliation, out_recon_exceptions, out_alerts],
+defs = dg.Definitions(assets=[core_payment_allocations, core_payout_reconciliation, out_recon_exceptions, out_alerts,
+                              out_analyst_warehouse],
                       resources={"alert_webhook": alert_webhook_from_env()})
