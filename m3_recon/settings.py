@@ -65,3 +65,8 @@ def int_setting(name: str, default: int, minimum: int = 0) -> int:
 def analyst_duckdb_path() -> str:
     """The read-only copy analysts query (``M3_RECON_ANALYST_DUCKDB_PATH``), replaced atomically by each close."""
     return os.environ.get("M3_RECON_ANALYST_DUCKDB_PATH", str(PROJECT_ROOT / "data" / "m3_recon_analyst.duckdb"))
+
+
+def reports_path() -> str:
+    """Where period reconciliation reports are written (``M3_RECON_REPORTS_PATH``)."""
+    return os.environ.get("M3_RECON_REPORTS_PATH", str(PROJECT_ROOT / "data" / "reports"))

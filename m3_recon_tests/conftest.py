@@ -42,10 +42,12 @@ def duckdb_resource(tmp_path):
 
 
 @pytest.fixture
-def sandbox_environment(sandbox, monkeypatch):
-    """The sandbox's variables in the environment, as `m3-recon demo` sets them."""
+def sandbox_environment(sandbox, monkeypatch, tmp_path):
+    """The sandbox's variables in the environment, as `m3-recon demo` sets them; outputs under tmp."""
     for key, value in sandbox.env().items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("M3_RECON_ANALYST_DUCKDB_PATH", str(tmp_path / "analyst.duckdb"))
+    monkeypatch.setenv("M3_RECON_REPORTS_PATH", str(tmp_path / "reports"))
     return sandbox
 
 

@@ -8,7 +8,8 @@ payout has an open exception.
 """
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -18,6 +19,7 @@ from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, payout_exceptions, register_exceptions, tie_out_payouts
 from m3_recon.warehouse import naive_utc, replace_days
@@ -228,3 +230,24 @@ def out_analyst_warehouse(duckdb: DuckDBResource) -> dg.MaterializeResult:
         tables = publish(conn, target)
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(target), "tables": len(tables),
                                           "rows": dg.MetadataValue.json(tables), "views": len(ANALYST_VIEWS)})
+
+
+@dg.asset(
+    partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
+    kinds={"duckdb", "html", "csv"}, pool="duckdb_writer",
+    deps=[out_recon_exceptions, "core_gl_journal_lines", core_payout_reconciliation, core_payment_allocations],
+    description="The period's reconciliation report for controllers and auditors (control totals, payments by "
+                "status, payouts with tie-out, journals with M3 voucher numbers, open exceptions) as CSV files "
+                "and one HTML page under data/reports/<first>_<last>/.",
+)
+def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    first, last = window.start.date(), (window.end - timedelta(days=1)).date()
+    directory = Path(settings.reports_path()) / f"{first}_{last}"
+    with duckdb.get_connection() as conn:
+        paths = build_report(conn, first, last, directory, naive_utc(datetime.now(timezone.utc)), context.run.run_id)
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.path(str(paths["html"])),
+        "report_url": dg.MetadataValue.url(paths["html"].resolve().as_uri()),
+        **{f"csv_{key}": dg.MetadataValue.path(str(path)) for key, path in paths.items() if key != "html"},
+    })

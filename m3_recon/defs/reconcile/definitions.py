@@ -5,7 +5,8 @@ import os
 import dagster as dg
 
 from m3_recon.defs.reconcile.assets import (AlertWebhook, core_payment_allocations, core_payout_reconciliation,
-                                            out_alerts, out_analyst_warehouse, out_recon_exceptions)
+                                            out_alerts, out_analyst_warehouse, out_recon_exceptions,
+                                            out_reconciliation_report)
 
 
 def alert_webhook_from_env() -> AlertWebhook:
@@ -16,5 +17,5 @@ def alert_webhook_from_env() -> AlertWebhook:
 
 
 defs = dg.Definitions(assets=[core_payment_allocations, core_payout_reconciliation, out_recon_exceptions, out_alerts,
-                              out_analyst_warehouse],
+                              out_analyst_warehouse, out_reconciliation_report],
                       resources={"alert_webhook": alert_webhook_from_env()})
