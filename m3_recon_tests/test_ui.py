@@ -1,0 +1,90 @@
+"""The Dagster UI as finance sees it: the running webserver's GraphQL API shows the lineage from every
+processor's raw assets to the journals and postings, grouped by stage, with the asset checks."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from m3_recon.settings import PROJECT_ROOT
+
+STARTUP_SECONDS = 120
+
+QUERY = """{ assetNodes { assetKey { path } groupName description
+    dependencyKeys { path } assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"""
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    process = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+                                "-h", "127.0.0.1", "-p", str(port)], cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/server_info", timeout=2).ok:
+                    nodes = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=30).json()
+                    if nodes.get("data", {}).get("assetNodes"):
+                        break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the webserver did not serve the code location within {STARTUP_SECONDS} s")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def graph(url):
+    nodes = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=30).json()["data"]["assetNodes"]
+    return {"/".join(n["assetKey"]["path"]): n for n in nodes}
+
+
+def upstream(nodes, key):
+    seen, todo = set(), [key]
+    while todo:
+        for dep in nodes[todo.pop()]["dependencyKeys"]:
+            name = "/".join(dep["path"])
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def test_lineage_runs_from_every_processor_to_the_journals(webserver):
+    nodes = graph(webserver)
+    for downstream in ("core_gl_journal_lines", "core_cash_applications"):
+        ancestors = upstream(nodes, downstream)
+        for raw in ("raw_stripe_balance_transactions", "raw_paytrace_transactions",
+                    "raw_heartland_settlement_transactions", "raw_m3_open_invoices"):
+            assert raw in ancestors, (raw, downstream)
+    groups = {n["groupName"] for n in nodes.values()}
+    assert groups >= {"stripe", "paytrace", "heartland", "m3", "reconcile", "post"}
+    assert all(n["description"] for n in nodes.values())
+
+
+def test_the_ledger_protecting_checks_are_visible_and_blocking(webserver):
+    nodes = graph(webserver)
+    checks = {(key, c["name"]): c["blocking"] for key, n in nodes.items()
+              for c in (n["assetChecksOrError"] or {}).get("checks", [])}
+    for expected in [("core_settlement_lines", "conforms_to_schema"), ("core_payouts", "conforms_to_schema"),
+                     ("core_payment_allocations", "allocations_sum_to_payment"),
+                     ("core_payment_allocations", "no_invoice_over_allocated"),
+                     ("out_recon_exceptions", "every_payout_tied_or_excepted"),
+                     ("core_gl_journal_lines", "vouchers_balance"),
+                     ("core_gl_journal_lines", "clearing_nets_to_zero_per_payout")]:
+        assert checks.get(expected) is True, expected
