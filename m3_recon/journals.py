@@ -39,6 +39,7 @@ class AccountMap:
     bank: dict[str, str]
     accounts: dict[str, str]
     rounding_tolerance_minor: int
+    write_off_limit_minor: int
     dimensions: dict[str, dict[str, str]]
 
     @classmethod
@@ -50,7 +51,8 @@ class AccountMap:
         if bad:
             raise ValueError(f"{path}: dimensions may only set ait2..ait7, not {', '.join(sorted(set(bad)))}")
         return cls(clearing=dict(raw["clearing"]), bank=dict(raw["bank"]), accounts=dict(raw["accounts"]),
-                   rounding_tolerance_minor=int(raw["rounding"]["tolerance_minor"]), dimensions=dimensions)
+                   rounding_tolerance_minor=int(raw["rounding"]["tolerance_minor"]),
+                   write_off_limit_minor=int(raw["write_off"]["limit_minor"]), dimensions=dimensions)
 
     def register(self, conn: duckdb.DuckDBPyConnection) -> None:
         """The mapping as temp tables ``gl_account`` (key → account) and ``gl_dimension`` (processor → ait2..7)."""
@@ -60,8 +62,9 @@ class AccountMap:
         conn.executemany("INSERT INTO gl_account VALUES (?, ?)", rows)
         conn.execute("CREATE OR REPLACE TEMP TABLE gl_dimension (processor VARCHAR, ait2 VARCHAR, ait3 VARCHAR, "
                      "ait4 VARCHAR, ait5 VARCHAR, ait6 VARCHAR, ait7 VARCHAR)")
-        conn.executemany("INSERT INTO gl_dimension VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [(p, *(d.get(f"ait{n}") for n in range(2, 8))) for p, d in self.dimensions.items()])
+        if self.dimensions:
+            conn.executemany("INSERT INTO gl_dimension VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [(p, *(d.get(f"ait{n}") for n in range(2, 8))) for p, d in self.dimensions.items()])
 
 
 def _codes() -> str:
@@ -77,11 +80,12 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
     """Create ``journal_lines`` and ``cash_applications`` for the window's ``lines`` and ``payouts``.
 
     ``allocations``: core_payment_allocations rows of those lines; ``invoices``: core_open_invoices
-    (local value of foreign invoices); ``overpaid``: (processor, source_id) of payments with an
-    overpayment exception, whose residue is unapplied cash rather than rounding.
+    (local value of foreign invoices); ``overpaid``: (processor, source_id, written_off) of payments with
+    an overpayment exception, whose residue is unapplied cash rather than rounding — or, where finance
+    decided to write it off and it is within the write-off limit, a write-off.
     """
     accounts.register(conn)
-    tolerance = accounts.rounding_tolerance_minor
+    tolerance, write_off_limit = accounts.rounding_tolerance_minor, accounts.write_off_limit_minor
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE applied AS
         SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.customer, a.invoice_currency,
@@ -100,9 +104,9 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
         ), per_payment AS (
             SELECT l.processor, l.source_id, l.amount_minor - coalesce(a.settled, 0) AS residue,
                    a.settled IS NOT NULL AS applied,
-                   EXISTS (SELECT 1 FROM {overpaid} o WHERE o.processor = l.processor AND o.source_id = l.source_id)
-                       AS overpaid
+                   o.source_id IS NOT NULL AS overpaid, coalesce(o.written_off, false) AS written_off
             FROM line l LEFT JOIN applied_per_payment a USING (processor, source_id)
+            LEFT JOIN {overpaid} o USING (processor, source_id)
             WHERE l.line_type = 'charge'
         )
         -- gross amount of every non-payment line against its counter-account
@@ -121,9 +125,11 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
         -- payments: what cash application does not carry
         SELECT l.processor, l.payout_id, l.source_id, l.settlement_date, l.currency,
                CASE WHEN p.applied AND NOT p.overpaid AND abs(p.residue) <= {tolerance} THEN 'rounding'
+                    WHEN p.written_off AND abs(p.residue) <= {write_off_limit} THEN 'write_off'
                     ELSE 'unapplied_payment' END,
                p.residue,
                CASE WHEN p.applied AND NOT p.overpaid AND abs(p.residue) <= {tolerance} THEN 'rounding'
+                    WHEN p.written_off AND abs(p.residue) <= {write_off_limit} THEN 'write_off'
                     ELSE 'unapplied_cash' END, l.settlement_date
         FROM line l JOIN per_payment p USING (processor, source_id) WHERE p.residue <> 0
         UNION ALL

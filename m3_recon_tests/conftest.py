@@ -48,6 +48,7 @@ def sandbox_environment(sandbox, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("M3_RECON_ANALYST_DUCKDB_PATH", str(tmp_path / "analyst.duckdb"))
     monkeypatch.setenv("M3_RECON_REPORTS_PATH", str(tmp_path / "reports"))
+    monkeypatch.setenv("M3_RECON_DECISIONS_FILE", str(tmp_path / "decisions.jsonl"))
     return sandbox
 
 

@@ -26,6 +26,7 @@ REGISTER_COLUMNS = {
     "source_id": "VARCHAR NOT NULL", "settlement_date": "DATE NOT NULL", "currency": "VARCHAR",
     "amount_minor": "BIGINT", "unapplied_minor": "BIGINT", "candidates": "JSON", "detail": "VARCHAR NOT NULL",
     "status": "VARCHAR NOT NULL", "first_seen_at_utc": "TIMESTAMP NOT NULL", "last_seen_at_utc": "TIMESTAMP NOT NULL",
+    "decision": "VARCHAR", "decided_by": "VARCHAR", "decided_at_utc": "TIMESTAMP", "decision_reason": "VARCHAR",
 }
 
 
@@ -82,6 +83,8 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     """
     columns = ", ".join(f"{c} {t}" for c, t in REGISTER_COLUMNS.items())
     conn.execute(f"CREATE TABLE IF NOT EXISTS out_recon_exceptions ({columns})")
+    for column, kind in REGISTER_COLUMNS.items():  # a register created by an older release gains new columns
+        conn.execute(f"ALTER TABLE out_recon_exceptions ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
     scope = ("settlement_date >= $first AND settlement_date < $end AND list_contains($codes, reason_code)")
     params = {"first": first_day, "end": end_day, "codes": list(reason_codes), "now": now}
     new = conn.execute(f"SELECT count(*) FROM {found} f WHERE NOT EXISTS "
@@ -98,7 +101,18 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     conn.execute(f"""
         INSERT INTO out_recon_exceptions
         SELECT f.exception_id, f.reason_code, f.processor, f.source_id, f.settlement_date, f.currency, f.amount_minor,
-               f.unapplied_minor, f.candidates, f.detail, 'open', $now, $now
+               f.unapplied_minor, f.candidates, f.detail, 'open', $now, $now, NULL, NULL, NULL, NULL
         FROM {found} f WHERE NOT EXISTS (SELECT 1 FROM out_recon_exceptions r WHERE r.exception_id = f.exception_id)""",
                  {"now": now})
     return {"new": new, "cleared": cleared}
+
+
+def record_decisions(conn: duckdb.DuckDBPyConnection) -> int:
+    """Mark exceptions finance decided on (temp table ``exception_decisions``) resolved or dismissed, with
+    who, when and why. Returns how many register rows carry a decision."""
+    conn.execute("""
+        UPDATE out_recon_exceptions r
+        SET status = CASE d.action WHEN 'dismiss' THEN 'dismissed' ELSE 'resolved' END, decision = d.action,
+            decided_by = d.decided_by, decided_at_utc = d.decided_at_utc, decision_reason = d.reason
+        FROM exception_decisions d WHERE r.exception_id = d.exception_id""")
+    return conn.execute("SELECT count(*) FROM out_recon_exceptions WHERE decision IS NOT NULL").fetchone()[0]

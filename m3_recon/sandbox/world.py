@@ -250,15 +250,16 @@ class PaymentPlanner:
             amount = open_amount + rng.randint(1, 5_000)
         else:
             kind, amount = "full", open_amount
+        intended = (Allocation(inv.number, min(amount, open_amount)),)  # what the customer meant to pay
         if reference == "none":
-            return self._unmatched(kind, amount, customer, "none")
+            return self._unmatched(kind, amount, customer, "none", intended)
         if reference == "customer":
             visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS))
             same_amount = [i for i in visible if self.m3_open[i.number] == amount]
             if kind != "full":
                 if same_amount:  # would look like a full payment of another invoice: keep it unambiguous
                     amount += 1
-                return self._unmatched(kind, amount, customer, "customer")
+                return self._unmatched(kind, amount, customer, "customer", intended)
             if len(same_amount) > 1:
                 self.reserved.update(i.number for i in same_amount)
                 return PaymentPlan(kind, amount, None, customer.number,
@@ -272,10 +273,12 @@ class PaymentPlanner:
         return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
                            "overpayment" if amount > open_amount else None)
 
-    def _unmatched(self, kind: str, amount: int, customer: Customer, reference: str) -> PaymentPlan:
+    def _unmatched(self, kind: str, amount: int, customer: Customer, reference: str,
+                   intended: tuple[Allocation, ...] = ()) -> PaymentPlan:
+        """A payment the matcher cannot apply; ``intended`` is the invoice the customer meant (for people)."""
         if reference == "none":
-            return PaymentPlan(kind, amount, None, None, (), "unmatched", "no_reference")
-        return PaymentPlan(kind, amount, None, customer.number, (), "unmatched", "no_matching_invoice")
+            return PaymentPlan(kind, amount, None, None, intended, "unmatched", "no_reference")
+        return PaymentPlan(kind, amount, None, customer.number, intended, "unmatched", "no_matching_invoice")
 
     def _edge_case(self, edge: str, customer: Customer, day: date) -> PaymentPlan | None:
         rng = self.rng

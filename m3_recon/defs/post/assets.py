@@ -11,6 +11,7 @@ from m3_recon import settings
 from m3_recon.journals import AccountMap, clearing_by_payout, derive_journals
 from m3_recon.partitions import daily_partitions, fetch_window
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.reconcile.decisions import load_decisions
 from m3_recon.warehouse import replace_days
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -73,8 +74,11 @@ def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: D
         conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_payouts AS SELECT * FROM core_payouts WHERE {in_window}")
         conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_allocations AS "
                      f"SELECT * FROM core_payment_allocations WHERE {in_window}")
-        conn.execute("CREATE OR REPLACE TEMP VIEW journal_overpaid AS SELECT processor, source_id "
-                     "FROM core_match_exceptions WHERE reason_code = 'overpayment'")
+        load_decisions(conn)
+        conn.execute("CREATE OR REPLACE TEMP VIEW journal_overpaid AS "
+                     "SELECT e.processor, e.source_id, d.action = 'write_off' AS written_off "
+                     "FROM core_match_exceptions e LEFT JOIN exception_decisions d USING (exception_id) "
+                     "WHERE e.reason_code = 'overpayment'")
         derive_journals(conn, AccountMap.load(), lines="journal_window_lines", payouts="journal_window_payouts",
                         allocations="journal_window_allocations", invoices="core_open_invoices",
                         overpaid="journal_overpaid")

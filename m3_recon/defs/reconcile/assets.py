@@ -21,7 +21,9 @@ from m3_recon.analyst import publish
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
-from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, payout_exceptions, register_exceptions, tie_out_payouts
+from m3_recon.reconcile.decisions import apply_decisions, load_decisions
+from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
+                                      tie_out_payouts)
 from m3_recon.warehouse import naive_utc, replace_days
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -101,6 +103,8 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Reconcil
         conn.execute(f"CREATE OR REPLACE TEMP VIEW earlier_allocations AS SELECT * FROM core_payment_allocations "
                      f"WHERE settlement_date < DATE '{first}'")
         match_payments(conn, rules, lines="window_lines", invoices="core_open_invoices", earlier="earlier_allocations")
+        load_decisions(conn)
+        decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
         replace_days(conn, first_day=first, end_day=end, writes=[
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
             ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
@@ -115,6 +119,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Reconcil
         checks = allocation_checks(conn)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
+        "applied_by_decision": decided,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
         "unmatched_amount_minor": int(unmatched_amount),
         "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
@@ -169,6 +174,8 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileCon
             UNION ALL BY NAME SELECT * FROM payout_exceptions""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
                                      end_day=window.end.date(), reason_codes=tuple(REASON_CODES), now=now)
+        load_decisions(conn)
+        decided = record_decisions(conn)
         unexcepted = conn.execute("""
             SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
                 SELECT 1 FROM out_recon_exceptions e WHERE e.reason_code = 'payout_mismatch' AND e.status = 'open'
@@ -179,7 +186,7 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileCon
                            "currency FROM out_recon_exceptions WHERE status = 'open' "
                            "ORDER BY abs(amount_minor) DESC NULLS LAST LIMIT 10").fetchall()
     return dg.MaterializeResult(metadata={
-        "fetch_window": str(window), "new": counts["new"], "cleared": counts["cleared"],
+        "fetch_window": str(window), "new": counts["new"], "cleared": counts["cleared"], "decided": decided,
         "open": sum(n for _, n, _ in open_by_reason),
         "open_by_reason": dg.MetadataValue.md("| reason | open | amount |\n|---|---:|---:|\n" + "\n".join(
             f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),

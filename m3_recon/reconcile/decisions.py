@@ -1,0 +1,172 @@
+"""Finance's decisions on exceptions: recorded with who, when and why, honoured by every later run.
+
+Decisions live in a reviewed, append-only JSON-lines file (``data/exception_decisions.jsonl`` by
+default, ``M3_RECON_DECISIONS_FILE``); the latest decision per exception wins and nothing is ever
+rewritten, so reruns cannot lose one. Actions:
+
+* ``assign`` — apply the payment to a named invoice (``invoice_number``, optional ``invoice_year``);
+* ``accept`` — accept the suggestion: apply the payment to its single candidate invoice (or to the
+  named one among several candidates);
+* ``write_off`` — book a payment's unapplied excess (an overpayment) to the write-off account instead
+  of unapplied cash, within the tolerance in ``data/gl_accounts.toml``;
+* ``dismiss`` — close the exception without booking anything different, with a reason.
+
+``apply_decisions`` rewrites the matcher's temp tables for decided payments before they are stored,
+so a decided payment is posted like any automatic match (rule ``manual``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from m3_recon.settings import PROJECT_ROOT
+
+ACTIONS = ("assign", "accept", "write_off", "dismiss")
+MAX_TEXT = 500
+
+
+def decisions_path() -> Path:
+    return Path(os.environ.get("M3_RECON_DECISIONS_FILE", str(PROJECT_ROOT / "data" / "exception_decisions.jsonl")))
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be recorded as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    exception_id: str
+    action: str
+    decided_by: str
+    reason: str
+    decided_at_utc: str
+    invoice_number: str | None = None
+    invoice_year: int | None = None
+
+    def validate(self) -> None:
+        if self.action not in ACTIONS:
+            raise DecisionError(f"action must be one of {', '.join(ACTIONS)}, not {self.action!r}")
+        if not self.exception_id.startswith("EX-"):
+            raise DecisionError(f"{self.exception_id!r} is not an exception id (they look like EX-1A2B3C4D5E6F)")
+        if not self.decided_by.strip() or not self.reason.strip():
+            raise DecisionError("a decision needs who decided (--by) and why (--why)")
+        if len(self.reason) > MAX_TEXT or len(self.decided_by) > 100:
+            raise DecisionError(f"keep --why under {MAX_TEXT} characters and --by under 100")
+        if self.action == "assign" and not self.invoice_number:
+            raise DecisionError("assign needs --invoice (the M3 invoice number)")
+
+
+def record(decision: Decision, path: Path | None = None) -> Path:
+    """Append the decision to the decisions file (created if missing)."""
+    decision.validate()
+    path = path or decisions_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(decision), sort_keys=True) + "\n")
+    return path
+
+
+def new_decision(exception_id: str, action: str, decided_by: str, reason: str, invoice_number: str | None = None,
+                 invoice_year: int | None = None) -> Decision:
+    return Decision(exception_id=exception_id, action=action, decided_by=decided_by, reason=reason,
+                    decided_at_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    invoice_number=invoice_number, invoice_year=invoice_year)
+
+
+def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None) -> int:
+    """Temp table ``exception_decisions``: the latest valid decision per exception. Returns how many."""
+    path = path or decisions_path()
+    rows = []
+    if path.exists():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                decision = Decision(**json.loads(line))
+                decision.validate()
+            except (TypeError, ValueError) as exc:
+                raise DecisionError(f"{path}:{number} is not a valid decision ({exc}); fix or remove that line") from None
+            rows.append(decision)
+    conn.execute("CREATE OR REPLACE TEMP TABLE exception_decisions (exception_id VARCHAR, action VARCHAR, "
+                 "decided_by VARCHAR, reason VARCHAR, decided_at_utc TIMESTAMP, invoice_number VARCHAR, "
+                 "invoice_year INTEGER, seq INTEGER)")
+    if rows:
+        conn.executemany("INSERT INTO exception_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(d.exception_id, d.action, d.decided_by, d.reason, d.decided_at_utc.rstrip("Z"),
+                           d.invoice_number, d.invoice_year, i) for i, d in enumerate(rows)])
+    conn.execute("DELETE FROM exception_decisions WHERE seq NOT IN "
+                 "(SELECT max(seq) FROM exception_decisions GROUP BY exception_id)")
+    return conn.execute("SELECT count(*) FROM exception_decisions").fetchone()[0]
+
+
+def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str) -> int:
+    """Rewrite ``match_allocations`` / ``match_exceptions`` for payments finance assigned or accepted.
+
+    The payment is applied to the decided invoice up to what is still outstanding (counting every other
+    automatic allocation), as status ``auto`` with rule ``manual``; its exceptions of this window are
+    dropped (the register shows them as resolved). Returns the number of payments rewritten.
+    """
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE decided_payments AS
+        WITH decided AS (
+            SELECT e.processor, e.source_id, d.*, e.candidates
+            FROM match_exceptions e JOIN exception_decisions d USING (exception_id)
+            WHERE d.action IN ('assign', 'accept')
+        ), target AS (
+            SELECT d.processor, d.source_id,
+                   coalesce(d.invoice_number, CASE WHEN json_array_length(d.candidates) = 1
+                                                   THEN d.candidates->>0 END) AS invoice_number, d.invoice_year
+            FROM decided d
+        )
+        SELECT t.processor, t.source_id, i.invoice_number, i.invoice_year, i.customer, i.currency,
+               i.outstanding_minor - coalesce((SELECT sum(allocated_minor) FROM match_allocations a
+                                                WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
+                                                  AND a.invoice_year = i.invoice_year
+                                                  AND (a.processor, a.source_id) <> (t.processor, t.source_id)), 0)
+                                    - coalesce((SELECT sum(allocated_minor) FROM {earlier} a
+                                                WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
+                                                  AND a.invoice_year = i.invoice_year), 0) AS remaining
+        FROM target t JOIN {invoices} i ON i.invoice_number = t.invoice_number
+             AND (t.invoice_year IS NULL OR i.invoice_year = t.invoice_year)""")
+    rewritten = conn.execute("SELECT count(DISTINCT (processor, source_id)) FROM decided_payments").fetchone()[0]
+    if not rewritten:
+        return 0
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE decided_rows AS
+        SELECT DISTINCT ON (a.processor, a.source_id)
+               a.processor, a.source_id, a.line_type, a.settlement_date, d.customer, d.invoice_number, d.invoice_year,
+               d.currency AS invoice_currency, a.payment_currency, a.payment_amount_minor, p.pay_inv,
+               greatest(least(p.pay_inv, d.remaining), 0) AS allocated_minor, 'manual' AS rule,
+               CAST(1 AS DECIMAL(4, 3)) AS confidence, 'auto' AS status, a.linked_source_id
+        FROM match_allocations a JOIN decided_payments d USING (processor, source_id)
+        JOIN (SELECT p.processor, p.source_id,
+                     CASE WHEN i.currency = p.presentment_currency THEN p.presentment_amount_minor
+                          WHEN i.currency = p.currency THEN p.amount_minor END AS pay_inv
+              FROM m_pay p JOIN decided_payments i USING (processor, source_id)) p USING (processor, source_id)
+        WHERE p.pay_inv IS NOT NULL""")
+    conn.execute("DELETE FROM match_allocations WHERE (processor, source_id) IN "
+                 "(SELECT (processor, source_id) FROM decided_rows)")
+    conn.execute("""INSERT INTO match_allocations BY NAME
+                    SELECT * EXCLUDE (pay_inv), pay_inv AS payment_invoice_amount_minor,
+                           CASE WHEN allocated_minor = pay_inv THEN payment_amount_minor
+                                ELSE CAST((CAST(payment_amount_minor AS HUGEINT) * allocated_minor * 2 + pay_inv)
+                                          // (2 * CAST(pay_inv AS HUGEINT)) AS BIGINT) END AS allocated_settlement_minor
+                    FROM decided_rows""")
+    conn.execute("DELETE FROM match_exceptions WHERE (processor, source_id) IN "
+                 "(SELECT (processor, source_id) FROM decided_rows)")
+    # What the decided invoice could not absorb stays unapplied, as an overpayment exception.
+    conn.execute("""INSERT INTO match_exceptions BY NAME
+                    SELECT 'EX-' || upper(substr(md5('overpayment|' || d.processor || '|' || d.source_id), 1, 12))
+                               AS exception_id, 'overpayment' AS reason_code, d.processor, d.source_id,
+                           d.settlement_date, d.payment_currency AS currency, d.payment_amount_minor AS amount_minor,
+                           d.pay_inv - d.allocated_minor AS unapplied_minor, to_json([d.invoice_number]) AS candidates,
+                           'the decided invoice had less outstanding than the payment; the excess is unapplied'
+                               AS detail
+                    FROM decided_rows d WHERE d.allocated_minor < d.pay_inv""")
+    return rewritten
