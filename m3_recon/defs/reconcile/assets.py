@@ -21,6 +21,7 @@ from m3_recon.analyst import publish
 from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
+from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, load_decisions
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts)
@@ -158,7 +159,8 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Reconc
     check_specs=[dg.AssetCheckSpec("every_payout_tied_or_excepted", asset="out_recon_exceptions", blocking=True,
                                    description="Every mismatched payout has an open exception.")],
     description="The exception register: one row per thing a person must decide (stable id, reason code, amounts, "
-                "candidates, first seen, status). Exceptions that stop occurring are marked cleared, never deleted.",
+                "candidates, first seen, status), including anomaly flags (fee-rate drift, unusual payouts, refund "
+                "and dispute spikes). Exceptions that stop occurring are marked cleared, never deleted.",
 )
 def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileConfig,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -169,11 +171,13 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileCon
         conn.execute(f"CREATE OR REPLACE TEMP VIEW payout_tieout AS SELECT * FROM core_payout_reconciliation "
                      f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
         payout_exceptions(conn)
+        flag_anomalies(conn, first, end)
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
-            UNION ALL BY NAME SELECT * FROM payout_exceptions""")
+            UNION ALL BY NAME SELECT * FROM payout_exceptions
+            UNION ALL BY NAME SELECT * FROM anomaly_exceptions""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
-                                     end_day=window.end.date(), reason_codes=tuple(REASON_CODES), now=now)
+                                     end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS), now=now)
         load_decisions(conn)
         decided = record_decisions(conn)
         unexcepted = conn.execute("""
