@@ -12,13 +12,14 @@ import pytest
 import requests
 
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
-from m3_recon.defs.m3.client import M3Client, M3Error, minor_units
+from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
+from m3_recon.posting.layout import ParmLayout
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, sandbox_env, write_ionapi_file)
-from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger
+from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger, PaymentLine
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
 from m3_recon.sandbox.world import Period, build_world
 
@@ -334,3 +335,163 @@ def test_materialised_snapshot_is_exactly_the_open_invoices_and_reruns_are_idemp
     assert per_day == {last: len(expected_open(world, applied, last)),
                        earlier: len(expected_open(world, applied, earlier))}
     assert duplicates == 0
+
+
+# -- posting programs: GLS840MI, GLS200MI, ARS040MI -------------------------------------------------------
+LAYOUT = ParmLayout.load()
+
+
+@pytest.fixture
+def posting_m3(world, tmp_path):
+    """A sandbox of its own (its ledger takes postings) and a client for it."""
+    ledger = M3Ledger(world, tmp_path / "m3.sqlite")
+    clock = SandboxClock(NOW)
+    app = M3App(ledger, clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
+                SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
+    server = VendorServer(app, clock).start()
+    ionapi = write_ionapi_file(tmp_path / "m3.ionapi", server.url)
+    yield app, ledger, ionapi, ion_client(ionapi)
+    server.stop()
+
+
+def parm(line: int, account: str, amount: str, day: str = "20261005", text: str = "Stripe payout po_1",
+         **values) -> str:
+    return LAYOUT.build({"RNNO": line, "GRNR": 1, "DIVI": "AAA", "AIT1": account, "CUCD": "USD",
+                         "CUAM": Decimal(amount), "ACDT": date(int(day[:4]), int(day[4:6]), int(day[6:])),
+                         "VTXT": text, **values})
+
+
+def nok(client: M3Client, program: str, transaction: str, **fields) -> M3Error:
+    with pytest.raises(M3Error) as refused:
+        client.execute(program, transaction, **fields)
+    return refused.value
+
+
+def test_a_gls840_batch_becomes_one_gl_voucher_read_back_through_gls200mi(posting_m3):
+    _, ledger, _, client = posting_m3
+    assert client.execute("GLS840MI", "AddBatchHead", KEY1="JV2610050001", INTN="GLUPLOAD", DESC="Payout po_1") == []
+    client.execute_bulk("GLS840MI", [
+        ("AddBatchLine", {"KEY1": "JV2610050001", "LINE": 1, "PARM": parm(1, "1930", "1000.00")}),
+        ("AddBatchLine", {"KEY1": "JV2610050001", "LINE": 2, "PARM": parm(2, "6570", "25.50").rstrip()}),
+        ("AddBatchLineFld", {"KEY1": "JV2610050001", "LINE": 3, "INRI": "I1", "GRNR": 1, "AIT1": "1580",
+                             "AIT2": "STRIPE", "CUCD": "USD", "CUAM": "-1025.50", "ACDT": "20261005",
+                             "VTXT": "Stripe payout po_1"}),
+        ("CtrlBatch", {"KEY1": "JV2610050001"}), ("UpdBatch", {"KEY1": "JV2610050001"})])
+    lines = client.execute("GLS200MI", "SearchGenLedger", SQRY="KEY1:JV2610050001", maxrecs=0)
+    assert [(r["JSNO"], r["AIT1"], r["AIT2"], r["CUAM"], r["DBCR"], r["ACDT"], r["VTXT"]) for r in lines] == [
+        ("1", "1930", "", "1000", "D", "20261005", "Stripe payout po_1"),
+        ("2", "6570", "", "25.5", "D", "20261005", "Stripe payout po_1"),
+        ("3", "1580", "STRIPE", "-1025.5", "C", "20261005", "Stripe payout po_1")]
+    year, voucher = lines[0]["YEA4"], lines[0]["VONO"]
+    assert (year, lines[0]["VSER"], voucher) == ("2026", "GL", "1")
+    [head] = client.execute("GLS200MI", "GetVoucherHead", YEA4=year, VONO=voucher)
+    assert (head["DSUM"], head["CSUM"], head["CUCD"], head["ACDT"]) == ("1025.5", "1025.5", "USD", "20261005")
+    assert client.execute("GLS200MI", "LstVoucherLines", YEA4=year, VONO=voucher, maxrecs=0) == lines
+    assert client.execute("GLS200MI", "SearchGenLedger", SQRY=f"YEA4:{year} VONO:{voucher} AIT1:6570") == lines[1:2]
+    assert client.execute("GLS200MI", "SearchGenLedger", SQRY="KEY1:JV2610059999") == []
+
+    assert nok(client, "GLS840MI", "AddBatchHead", KEY1="JV2610050001", INTN="GLUPLOAD", DESC="again").code == "XRE0104"
+    assert "already updated" in nok(client, "GLS840MI", "UpdBatch", KEY1="JV2610050001").message
+    assert "already updated" in nok(client, "GLS840MI", "AddBatchLine", KEY1="JV2610050001", LINE=4,
+                                    PARM=parm(4, "1930", "1.00")).message
+    assert len(ledger.gl_lines(NOW)) == 3
+
+
+def test_gls840_refuses_what_m3_would_refuse(posting_m3):
+    _, ledger, _, client = posting_m3
+    assert nok(client, "GLS840MI", "AddBatchHead", KEY1="JV26100500000001", INTN="GLUPLOAD", DESC="x").field == "KEY1"
+    assert nok(client, "GLS840MI", "AddBatchHead", KEY1="JV1", INTN="GLOTHER", DESC="x").field == "INTN"
+    assert nok(client, "GLS840MI", "AddBatchHead", KEY1="JV1", INTN="GLUPLOAD").code == "WDE0202"
+    assert nok(client, "GLS840MI", "AddBatchLine", KEY1="JV0", LINE=1, PARM=parm(1, "1930", "1.00")).code == "XRE0103"
+
+    def control(key: str, *lines: dict) -> M3Error:
+        client.execute("GLS840MI", "AddBatchHead", KEY1=key, INTN="GLUPLOAD", DESC="test")
+        for number, line in enumerate(lines, start=1):
+            transaction = "AddBatchLine" if "PARM" in line else "AddBatchLineFld"
+            client.execute("GLS840MI", transaction, KEY1=key, LINE=number, **line)
+        return nok(client, "GLS840MI", "CtrlBatch", KEY1=key)
+
+    balanced = {"PARM": parm(2, "1580", "-1.00")}
+    assert nok(client, "GLS840MI", "AddBatchLine", KEY1="JV1", LINE=1, PARM="I1" + "0" * 899).field == "PARM"
+    unbalanced = control("JV2", {"PARM": parm(1, "1930", "1.01")}, balanced)
+    assert (unbalanced.field, unbalanced.message) == ("CUAM", "Voucher group 1 does not balance in USD: debit 1.01, "
+                                                              "credit 1.00")
+    bad_date = control("JV3", {"PARM": parm(1, "1930", "1.00").replace("20261005", "20261341")}, balanced)
+    assert (bad_date.code, bad_date.field, bad_date.message) == ("XDT0001", "ACDT", "Line 1: Incorrect date 20261341 "
+                                                                                    "in field ACDT")
+    assert control("JV4", {"PARM": "I2" + parm(1, "1930", "1.00")[2:]}, balanced).field == "INRI"
+    assert control("JV5", {"PARM": parm(1, "", "1.00")}, balanced).code == "WAI0202"
+    assert control("JV6", {"PARM": parm(1, "1930", "1.00", day="20261006")}, balanced).field == "ACDT"
+    assert control("JV7", {"PARM": parm(1, "1930", "1.00") + "X"}, balanced).field == "PARM"  # longer than template
+    assert control("JV8").message == "Batch JV8 has no lines"
+    assert nok(client, "GLS840MI", "AddBatchLineFld", KEY1="JV8", LINE=1, AIT1="1930", CUCD="USD", CUAM="1",
+               ACDT="20261005", VTXT="x" * 41).field == "VTXT"
+    assert nok(client, "GLS840MI", "AddBatchLineFld", KEY1="JV8", LINE=1, AIT1="1930", CUCD="USD", CUAM="1",
+               ACDT="20261341").code == "XDT0001"
+    assert nok(client, "GLS840MI", "UpdBatch", KEY1="JV2").field == "CUAM"  # update controls again
+    assert ledger.gl_lines(NOW) == []
+
+
+def test_an_ars040_payment_batch_lowers_outstanding_amounts_all_or_nothing(world, posting_m3):
+    _, ledger, _, client = posting_m3
+    first, second = [inv for inv in world.invoices if inv.currency == "USD"][:2]
+    [head] = client.execute("ARS040MI", "AddBatchHead", PBID=1234567890, BOPE="1", ACDT="20261007")
+    assert head == {"PBID": "1234567890"}
+    assert nok(client, "ARS040MI", "AddBatchHead", PBID=1234567890, BOPE="1").code == "XRE0104"
+
+    def line(number: int, inv, amount: int, batch: int = 1234567890) -> tuple[str, dict]:
+        return "AddBatchLine", {"PBID": batch, "TRNO": number, "CINO": inv.number, "INYR": inv.year,
+                                "CUNO": inv.customer, "PYAM": format(m3_amount(amount, "USD"), "f"), "CUCD": "USD"}
+
+    client.execute_bulk("ARS040MI", [line(1, first, first.amount_minor), line(2, second, 1_000)])
+    assert nok(client, "ARS040MI", "AddBatchLine", **line(2, second, 1_000)[1]).code == "XRE0104"
+    assert nok(client, "ARS040MI", "AddBatchLine", **{**line(3, second, 1)[1], "PYAM": "-0.01"}).code == "XNU0003"
+    assert nok(client, "ARS040MI", "AddBatchLine", **{**line(3, second, 1)[1], "CUNO": "C99999"}).code == "WCU0203"
+    client.execute("ARS040MI", "ControlBatch", PBID=1234567890)
+    totals = {inv.number: client.execute("ARS200MI", "GetInvTotInfo", PYNO=inv.customer, CINO=inv.number,
+                                         INYR=inv.year, CUNO=inv.customer)[0] for inv in (first, second)}
+    assert (totals[first.number]["OCUA"], totals[first.number]["RECO"], totals[first.number]["DTP5"]) == (
+        "0", "9", "20261007")
+    assert minor_units(totals[second.number]["OCUA"], "USD") == second.amount_minor - 1_000
+    assert "already updated" in nok(client, "ARS040MI", "ControlBatch", PBID=1234567890).message
+
+    client.execute("ARS040MI", "AddBatchHead", PBID=1234567891, BOPE="1")
+    client.execute_bulk("ARS040MI", [line(1, second, 500, 1234567891),
+                                     line(2, second, second.amount_minor, 1234567891)])
+    assert "cannot apply" in nok(client, "ARS040MI", "ControlBatch", PBID=1234567891).message
+    assert ledger.totals(NOW)[second.customer, second.number, second.year].outstanding_minor == (
+        second.amount_minor - 1_000)  # neither line of the refused batch was booked
+
+
+def test_a_lost_answer_leaves_the_transaction_done(posting_m3):
+    app, _, ionapi, client = posting_m3
+    app.lose_response("GLS840MI", "AddBatchHead")
+    with pytest.raises(VendorUnavailableError, match="kept failing after 1 attempts"):
+        ion_client(ionapi, max_attempts=1).execute("GLS840MI", "AddBatchHead", KEY1="JV9", INTN="GLUPLOAD",
+                                                         DESC="lost")
+    assert app.lost_responses_pending == 0
+    assert nok(client, "GLS840MI", "AddBatchHead", KEY1="JV9", INTN="GLUPLOAD", DESC="again").code == "XRE0104"
+
+
+def test_interface_batches_and_vouchers_survive_a_restart(world, tmp_path):
+    path = tmp_path / "m3.sqlite"
+    ledger = M3Ledger(world, path)
+    ledger.add_gl_batch("JV1", "GLUPLOAD", "posted", "", NOW)
+    ledger.add_gl_batch_line("JV1", 1, {"PARM": parm(1, "1930", "5.00")})
+    ledger.add_gl_batch_line("JV1", 2, {"PARM": parm(2, "1580", "-5.00")})
+    [voucher_line, _] = ledger.update_gl_batch("JV1", NOW)
+    ledger.add_gl_batch("JV2", "GLUPLOAD", "half", "", NOW)
+    ledger.add_gl_batch_line("JV2", 1, {"PARM": parm(1, "1930", "7.00")})
+    inv = world.invoices[3]
+    ledger.add_payment_batch(1_000_000_001, "1", date(2026, 10, 7), NOW)
+    ledger.add_payment_line(1_000_000_001, PaymentLine(1, inv.customer, "", inv.number, inv.year, 700, "USD"))
+
+    reopened = M3Ledger(world, path)
+    assert reopened.gl_lines(NOW) == ledger.gl_lines(NOW) and reopened.gl_lines(NOW)[0] == voucher_line
+    with pytest.raises(LedgerError, match="already exists"):
+        reopened.add_gl_batch_line("JV2", 1, {"PARM": parm(1, "1930", "7.00")})
+    reopened.add_gl_batch_line("JV2", 2, {"PARM": parm(2, "1580", "-7.00")})
+    assert [(ln.voucher, ln.amount_minor) for ln in reopened.update_gl_batch("JV2", NOW)] == [(2, 700), (2, -700)]
+    [payment] = reopened.control_payment_batch(1_000_000_001, NOW)
+    assert (payment.amount_minor, payment.accounting_date) == (-700, date(2026, 10, 7))
+    assert M3Ledger(world, path).totals(NOW)[inv.customer, inv.number, inv.year].paid_minor == 700

@@ -50,4 +50,6 @@ POSTING_COLUMNS = {
     "last_error": "VARCHAR",
     "m3_voucher_number": "VARCHAR",
     "updated_at_utc": "TIMESTAMP NOT NULL",
+    "m3_batch": "VARCHAR",                    # the M3 batch it goes in: GLS840 KEY1 (gl) or ARS040 PBID (cash)
+    "sent_at_utc": "TIMESTAMP",               # first time it was sent; NULL = M3 has never seen it
 }

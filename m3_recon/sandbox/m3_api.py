@@ -8,7 +8,16 @@ Serves what m3-recon reads from M3, in the wire format of /work/shared/reference
 * ``/{TENANT}/M3/m3api-rest/...`` with a bearer token (ION API) and ``/m3api-rest/...`` with HTTP
   Basic (on-premise): v2 ``GET v2/execute/{PROGRAM}/{TRANSACTION}``, v2 bulk ``POST v2/execute``
   and v1 ``GET execute/{PROGRAM}/{TRANSACTION}`` (with ``metadata=true`` field metadata).
-* ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo``.
+* ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo`` (customer ledger).
+* GLS840MI ``AddBatchHead``, ``AddBatchLine`` (a ``PARM`` string of at most 900 characters, cut by
+  the interface's GLS850 position template), ``AddBatchLineFld`` (the same line as named fields),
+  ``CtrlBatch`` and ``UpdBatch`` (GL interface batches → GL vouchers).
+* GLS200MI ``GetVoucherHead``, ``LstVoucherLines`` (by year and voucher number) and
+  ``SearchGenLedger``. Its search query is a conjunction of ``FIELD:value`` terms over ``KEY1`` (the
+  GLS840 batch a transaction came from), ``YEA4``, ``VSER``, ``VONO``, ``JRNO``, ``ACDT``, ``AIT1`` and
+  ``CUCD``; that the search index knows the batch key is this sandbox's reading (UNCONFIRMED).
+* ARS040MI ``AddBatchHead``, ``AddBatchLine`` (CINO, INYR, CUNO, PYAM) and ``ControlBatch``, which here
+  controls and books the whole payment batch as one payment voucher, so ARS200MI shows the drop.
 
 M3 conventions kept: output values are strings (alphanumeric ones right-padded to the field length
 unless ``righttrim=true``, dates ``yyyyMMdd`` with ``0`` for none), control parameters are lower
@@ -21,7 +30,13 @@ program, unreadable body) is terminated with HTTP 400 ``terminationReason``.
 This sandbox runs as a service user with no default company or division, so a call without
 ``CONO`` is "not authorized for company 0" and one without a division fails with ``WDI0102``.
 Message IDs not listed in the reference follow M3's pattern (``W`` + field group + ``02`` "must be
-entered" / ``03`` "does not exist"); calls to unknown programs or transactions carry no code.
+entered" / ``03`` "does not exist"); calls to unknown programs or transactions, and interface checks
+without a known message ID (an unbalanced voucher, a batch already updated), carry no code. A
+duplicate batch, batch line or payment batch is ``XRE0104``.
+
+Tests make the gateway lose M3's answer with ``M3App.lose_response``: M3 has run the transaction,
+but the caller gets a 502 (after an optional stall that outlasts its timeout), as when a connection
+drops between M3 and the client.
 """
 
 from __future__ import annotations
@@ -33,15 +48,17 @@ import json
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from m3_recon.sandbox.m3_ledger import (CONO, DIVI, LOCAL_CURRENCY, MINOR_UNIT_EXPONENT, PAYMENT_TERMS,
-                                        RECO_PAID, TRCD_INVOICE, InvoiceTotals, LedgerLine, M3Ledger)
+                                        RECO_PAID, TRCD_INVOICE, GLLine, InvoiceTotals, LedgerError, LedgerLine,
+                                        M3Ledger, PaymentLine, parse_amount)
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
 
 SANDBOX_M3_TENANT = "M3RECON_TST"
@@ -86,11 +103,24 @@ FIELDS: dict[str, MIField] = {
     "PAMT": MIField("N", 17, "Paid amount - local currency", 2),
     "OCUA": MIField("N", 17, "Outstanding amount - foreign currency", 2),
     "OAMT": MIField("N", 17, "Outstanding amount - local currency", 2),
+    "KEY1": MIField("A", 15, "Key value"), "INTN": MIField("A", 15, "Interface"),
+    "DESC": MIField("A", 40, "Description"), "USID": MIField("A", 10, "User"),
+    "LINE": MIField("N", 7, "Line number"), "PARM": MIField("A", 900, "Parameter value"),
+    "INRI": MIField("A", 2, "Record type"), "GRNR": MIField("N", 8, "Voucher group"),
+    **{f"AIT{i}": MIField("A", 10, f"Accounting dimension {i}") for i in range(1, 8)},
+    "VTXT": MIField("A", 40, "Voucher text"), "DBCR": MIField("A", 1, "Debit/credit code"),
+    "DSUM": MIField("N", 17, "Debit amount", 2), "CSUM": MIField("N", 17, "Credit amount", 2),
+    "SQRY": MIField("A", 1024, "Search query"),
+    "PBID": MIField("N", 10, "Payment batch"), "BOPE": MIField("A", 3, "Batch payment type"),
+    "TRNO": MIField("N", 7, "Transaction number"), "PYAM": MIField("N", 17, "Payment amount", 2),
 }
 
 # M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
 MUST_BE_ENTERED = {"CUNO": "WCU0202", "PYNO": "WPY0202", "CINO": "WCI0202", "INYR": "WIN0202",
-                   "YEA4": "WYE0202", "JRNO": "WJR0202", "JSNO": "WJS0202"}
+                   "YEA4": "WYE0202", "JRNO": "WJR0202", "JSNO": "WJS0202", "KEY1": "WKE0202",
+                   "INTN": "WIN0202", "DESC": "WDE0202", "LINE": "WLI0202", "PARM": "WPA0202",
+                   "VONO": "WVO0202", "SQRY": "WSQ0202", "PBID": "WPB0202", "BOPE": "WBO0202",
+                   "TRNO": "WTR0202", "PYAM": "WPY0202"}
 
 KEY_OUT = ("YEA4", "JRNO", "JSNO")
 INVOICE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "TRCD", "PYNO", "CUNO", "CINO", "INYR", "VSER", "VONO",
@@ -119,7 +149,33 @@ ARS200MI = {
         ("CONO", "DIVI", "PYNO", "CINO", "INYR", "CUNO"), ("PYNO", "CINO", "INYR", "CUNO"),
         INVOICE_OUT + ("ACAM", "PCUA", "PAMT", "OCUA", "OAMT", "LOCD", "RGDT", "RGTM"), False),
 }
-PROGRAMS = {"ARS200MI": ARS200MI}
+GL_LINE_FIELDS = ("INRI", "GRNR", "AIT1", "AIT2", "AIT3", "AIT4", "AIT5", "AIT6", "AIT7", "CUCD", "CUAM",
+                  "ACDT", "VTXT")
+GL_LINE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "VSER", "VONO", "ACDT", "AIT1", "AIT2", "AIT3", "AIT4",
+               "AIT5", "AIT6", "AIT7", "CUCD", "CUAM", "ARAT", "ACAM", "DBCR", "VTXT", "RGDT", "RGTM")
+GLS840MI = {
+    "AddBatchHead": MITransaction(("CONO", "DIVI", "KEY1", "INTN", "DESC", "USID"), ("KEY1", "INTN", "DESC"),
+                                  (), False),
+    "AddBatchLine": MITransaction(("CONO", "DIVI", "KEY1", "LINE", "PARM"), ("KEY1", "LINE", "PARM"), (), False),
+    "AddBatchLineFld": MITransaction(("CONO", "DIVI", "KEY1", "LINE") + GL_LINE_FIELDS, ("KEY1", "LINE"), (), False),
+    "CtrlBatch": MITransaction(("CONO", "DIVI", "KEY1"), ("KEY1",), (), False),
+    "UpdBatch": MITransaction(("CONO", "DIVI", "KEY1"), ("KEY1",), (), False),
+}
+GLS200MI = {
+    "GetVoucherHead": MITransaction(("CONO", "DIVI", "YEA4", "VONO", "VSER"), ("YEA4", "VONO"),
+                                    ("CONO", "DIVI", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "DSUM", "CSUM",
+                                     "CUCD"), False),
+    "LstVoucherLines": MITransaction(("CONO", "DIVI", "YEA4", "VONO", "VSER"), ("YEA4", "VONO"), GL_LINE_OUT, True),
+    "SearchGenLedger": MITransaction(("SQRY",), ("SQRY",), GL_LINE_OUT, True),
+}
+ARS040MI = {
+    "AddBatchHead": MITransaction(("CONO", "DIVI", "PBID", "BOPE", "ACDT"), ("PBID", "BOPE"), ("PBID",), False),
+    "AddBatchLine": MITransaction(("CONO", "DIVI", "PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM", "PYNO", "CUCD"),
+                                  ("PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM"), (), False),
+    "ControlBatch": MITransaction(("CONO", "DIVI", "PBID"), ("PBID",), (), False),
+}
+PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI}
+SEARCH_FIELDS = ("KEY1", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "AIT1", "CUCD")
 
 
 class MIError(Exception):
@@ -213,6 +269,20 @@ def amount(minor: int) -> Decimal:
     return Decimal(minor).scaleb(-MINOR_UNIT_EXPONENT)
 
 
+@dataclass
+class LostResponse:
+    """The answer to a call that runs ``program``/``transaction`` is lost after M3 has run it.
+
+    ``skip`` matching calls are answered normally first; a bulk call matches when any of its
+    transactions does. The caller gets a gateway 502 after ``stall_seconds``.
+    """
+
+    program: str
+    transaction: str
+    skip: int = 0
+    stall_seconds: float = 0.0
+
+
 class M3App(VendorApp):
     name = "m3"
 
@@ -224,8 +294,49 @@ class M3App(VendorApp):
         self._lock = threading.Lock()
         self._access_tokens: dict[str, int] = {}  # token -> expiry (sandbox clock)
         self._refresh_tokens: dict[str, int] = {}
-        self._handlers = {"LstInvoices": self._list_invoices, "LstInvByDivi": self._list_invoices_by_division,
-                          "GetInvoice": self._get_invoice, "GetInvTotInfo": self._get_invoice_totals}
+        self._lost: list[LostResponse] = []
+        self._handlers = {
+            ("ARS200MI", "LstInvoices"): self._list_invoices,
+            ("ARS200MI", "LstInvByDivi"): self._list_invoices_by_division,
+            ("ARS200MI", "GetInvoice"): self._get_invoice,
+            ("ARS200MI", "GetInvTotInfo"): self._get_invoice_totals,
+            ("GLS840MI", "AddBatchHead"): self._add_gl_batch,
+            ("GLS840MI", "AddBatchLine"): self._add_gl_line,
+            ("GLS840MI", "AddBatchLineFld"): self._add_gl_line_fields,
+            ("GLS840MI", "CtrlBatch"): self._control_gl_batch,
+            ("GLS840MI", "UpdBatch"): self._update_gl_batch,
+            ("GLS200MI", "GetVoucherHead"): self._voucher_head,
+            ("GLS200MI", "LstVoucherLines"): self._voucher_lines,
+            ("GLS200MI", "SearchGenLedger"): self._search_general_ledger,
+            ("ARS040MI", "AddBatchHead"): self._add_payment_batch,
+            ("ARS040MI", "AddBatchLine"): self._add_payment_line,
+            ("ARS040MI", "ControlBatch"): self._control_payment_batch,
+        }
+
+    # -- faults tests inject ----------------------------------------------------------------------
+    def lose_response(self, program: str, transaction: str, *, skip: int = 0, stall_seconds: float = 0.0) -> None:
+        """Lose the answer of the (``skip`` + 1)-th call that runs ``program``/``transaction``."""
+        with self._lock:
+            self._lost.append(LostResponse(program, transaction, skip, stall_seconds))
+
+    @property
+    def lost_responses_pending(self) -> int:
+        with self._lock:
+            return len(self._lost)
+
+    def _answer(self, program: str, transactions: list[str], response: Response) -> Response:
+        """``response``, unless a planned loss matches this call: then the gateway's 502."""
+        with self._lock:
+            rule = next((r for r in self._lost if r.program == program and r.transaction in transactions), None)
+            if rule is not None and rule.skip > 0:
+                rule.skip -= 1
+                rule = None
+            elif rule is not None:
+                self._lost.remove(rule)
+        if rule is None:
+            return response
+        time.sleep(rule.stall_seconds)
+        return self.fault_response(502, {})
 
     # -- framework ---------------------------------------------------------------------------------
     def fault_response(self, status: int, headers: dict[str, str]) -> Response:
@@ -329,10 +440,10 @@ class M3App(VendorApp):
         except RequestRejected as exc:
             return Response.json(400, MIError(str(exc)).v2(transaction))
         except MIError as error:
-            return Response.json(400, error.v2(transaction))
-        return Response.json(200, {"results": [{"transaction": transaction, "records": records}],
-                                   "wasTerminated": "false", "nrOfSuccessfullTransactions": 1,
-                                   "nrOfFailedTransactions": 0})
+            return self._answer(program, [transaction], Response.json(400, error.v2(transaction)))
+        return self._answer(program, [transaction], Response.json(200, {
+            "results": [{"transaction": transaction, "records": records}], "wasTerminated": "false",
+            "nrOfSuccessfullTransactions": 1, "nrOfFailedTransactions": 0}))
 
     def _single_v1(self, program: str, transaction: str, record: dict, params: dict) -> Response:
         try:
@@ -341,7 +452,7 @@ class M3App(VendorApp):
         except RequestRejected as exc:
             return Response.json(400, MIError(str(exc)).v1())
         except MIError as error:
-            return Response.json(200, error.v1())
+            return self._answer(program, [transaction], Response.json(200, error.v1()))
         payload: dict = {"Program": program, "Transaction": transaction}
         if control.metadata:
             names = self._output_names(PROGRAMS[program][transaction], control)
@@ -350,7 +461,7 @@ class M3App(VendorApp):
                  "@description": FIELDS[n].description} for n in names]}
         payload["MIRecord"] = [{"RowIndex": i, "NameValue": [{"Name": k, "Value": v} for k, v in row.items()]}
                                for i, row in enumerate(records)]
-        return Response.json(200, payload)
+        return self._answer(program, [transaction], Response.json(200, payload))
 
     def _bulk(self, request: Request, params: dict) -> Response:
         try:
@@ -388,8 +499,9 @@ class M3App(VendorApp):
             if control.extendedresult:
                 result["parameters"] = record
             results.append(result)
-        return Response.json(200, {"results": results, "wasTerminated": "false",
-                                   "nrOfSuccessfullTransactions": ok, "nrOfFailedTransactions": failed})
+        return self._answer(program, [r["transaction"] for r in results], Response.json(200, {
+            "results": results, "wasTerminated": "false", "nrOfSuccessfullTransactions": ok,
+            "nrOfFailedTransactions": failed}))
 
     # -- the MI layer ---------------------------------------------------------------------------------
     def execute(self, program: str, transaction: str, record: dict[str, str], control: Control) -> list[dict]:
@@ -401,7 +513,10 @@ class M3App(VendorApp):
             raise MIError(f"Transaction {transaction} does not exist in {program}")
         values = self._inputs(spec, record)
         self._company(values, control)
-        rows = self._handlers[transaction](values)
+        try:
+            rows = self._handlers[program, transaction](values)
+        except LedgerError as error:
+            raise MIError(str(error), error.code, error.field) from None
         if spec.is_list:
             limit = MAX_RECORDS if control.maxrecs == 0 else min(control.maxrecs, MAX_RECORDS)
             rows = rows[:limit]
@@ -427,13 +542,19 @@ class M3App(VendorApp):
         """Typed input values of the transaction's own fields (others are ignored, as M3 does)."""
         values: dict = {}
         for name in spec.inputs:
-            raw = record.get(name, "").strip()
+            raw = record.get(name, "")
+            raw = raw.rstrip() if name == "PARM" else raw.strip()  # a PARM position may start with blanks
             field = FIELDS[name]
             if not raw:
                 if name in spec.mandatory:
                     raise MIError(f"{field.description} must be entered", MUST_BE_ENTERED[name], name)
                 continue
-            if field.type == "N":
+            if field.type == "N" and field.decimals:
+                digits = raw.lstrip("-").replace(".", "", 1)
+                if not digits.isdigit() or len(digits) > field.length:
+                    raise MIError(f"Numeric error in field {name}", "XNU0000", name)
+                values[name] = raw
+            elif field.type == "N":
                 if not raw.lstrip("-").isdigit() or len(raw.lstrip("-")) > field.length:
                     raise MIError(f"Numeric error in field {name}", "XNU0000", name)
                 values[name] = int(raw)
@@ -531,6 +652,97 @@ class M3App(VendorApp):
             "REDE": totals.reconciled_on, "DTP5": totals.last_payment_date,
         }
 
+
+    # -- GLS840MI: GL interface batches ----------------------------------------------------------------
+    def _add_gl_batch(self, values: dict) -> list[dict]:
+        self.ledger.add_gl_batch(values["KEY1"], values["INTN"], values["DESC"], values.get("USID", ""),
+                                 self.clock.now())
+        return []
+
+    def _add_gl_line(self, values: dict) -> list[dict]:
+        self.ledger.add_gl_batch_line(values["KEY1"], values["LINE"], {"PARM": values["PARM"]})
+        return []
+
+    def _add_gl_line_fields(self, values: dict) -> list[dict]:
+        content = {name: value.strftime("%Y%m%d") if isinstance(value, date) else str(value)
+                   for name, value in values.items() if name in GL_LINE_FIELDS}
+        self.ledger.add_gl_batch_line(values["KEY1"], values["LINE"], content)
+        return []
+
+    def _control_gl_batch(self, values: dict) -> list[dict]:
+        self.ledger.control_gl_batch(values["KEY1"])
+        return []
+
+    def _update_gl_batch(self, values: dict) -> list[dict]:
+        self.ledger.update_gl_batch(values["KEY1"], self.clock.now())
+        return []
+
+    # -- GLS200MI: GL vouchers --------------------------------------------------------------------------
+    def _voucher(self, values: dict) -> list[GLLine]:
+        lines = self.ledger.gl_voucher(values["YEA4"], values["VONO"], values.get("VSER"), self.clock.now())
+        if not lines:
+            raise record_not_found()
+        return lines
+
+    def _voucher_head(self, values: dict) -> list[dict]:
+        lines = self._voucher(values)
+        first = lines[0]
+        return [{"CONO": first.cono, "DIVI": first.divi, "YEA4": first.year, "VSER": first.voucher_series,
+                 "VONO": first.voucher, "JRNO": first.journal, "ACDT": first.accounting_date,
+                 "DSUM": amount(sum(ln.local_minor for ln in lines if ln.local_minor > 0)),
+                 "CSUM": amount(-sum(ln.local_minor for ln in lines if ln.local_minor < 0)), "CUCD": LOCAL_CURRENCY}]
+
+    def _voucher_lines(self, values: dict) -> list[dict]:
+        return [self._gl_row(line) for line in self._voucher(values)]
+
+    def _search_general_ledger(self, values: dict) -> list[dict]:
+        terms: dict[str, str] = {}
+        for term in values["SQRY"].split():
+            name, colon, value = term.partition(":")
+            if not colon or not value or name.upper() not in SEARCH_FIELDS:
+                raise MIError(f"Search query {values['SQRY']} is not valid: use FIELD:value terms over "
+                              f"{', '.join(SEARCH_FIELDS)}", field="SQRY")
+            terms[name.upper()] = value
+        now = self.clock.now()
+        key = terms.pop("KEY1", None)
+        lines = self.ledger.gl_lines(now) if key is None else self.ledger.gl_lines_of_batch(key, now)
+        rows = [self._gl_row(line) for line in lines]
+        return [row for row in rows if all(format_value(n, row[n], True) == v for n, v in terms.items())]
+
+    @staticmethod
+    def _gl_row(line: GLLine) -> dict:
+        registered = datetime.fromtimestamp(line.registered, tz=timezone.utc)
+        return {
+            "CONO": line.cono, "DIVI": line.divi, "YEA4": line.year, "JRNO": line.journal, "JSNO": line.journal_seq,
+            "VSER": line.voucher_series, "VONO": line.voucher, "ACDT": line.accounting_date,
+            **{f"AIT{i}": account for i, account in enumerate(line.accounts, start=1)},
+            "CUCD": line.currency, "CUAM": amount(line.amount_minor), "ARAT": line.rate,
+            "ACAM": amount(line.local_minor), "DBCR": "D" if line.amount_minor >= 0 else "C", "VTXT": line.text,
+            "RGDT": registered.date(), "RGTM": int(registered.strftime("%H%M%S")),
+        }
+
+    # -- ARS040MI: customer payment batches ------------------------------------------------------------
+    def _add_payment_batch(self, values: dict) -> list[dict]:
+        if values["PBID"] <= 0:
+            raise MIError("Payment batch must be entered", MUST_BE_ENTERED["PBID"], "PBID")
+        self.ledger.add_payment_batch(values["PBID"], values["BOPE"], values.get("ACDT"), self.clock.now())
+        return [{"PBID": values["PBID"]}]
+
+    def _add_payment_line(self, values: dict) -> list[dict]:
+        self._customer(values["CUNO"])
+        paid = parse_amount(values["PYAM"], "", "PYAM")
+        if paid < 0:
+            raise MIError("Negative value is not permitted", "XNU0003", "PYAM")
+        if paid == 0:
+            raise MIError("Payment amount must be entered", MUST_BE_ENTERED["PYAM"], "PYAM")
+        self.ledger.add_payment_line(values["PBID"], PaymentLine(
+            values["TRNO"], values["CUNO"], values.get("PYNO", ""), values["CINO"], values["INYR"], paid,
+            values.get("CUCD", "")))
+        return []
+
+    def _control_payment_batch(self, values: dict) -> list[dict]:
+        self.ledger.control_payment_batch(values["PBID"], self.clock.now())
+        return []
 
 def _split_matrix(program: str, transaction_segment: str) -> tuple[str, str, dict[str, str]]:
     """``LstInvoices;maxrecs=20;returncols=CINO`` -> transaction and its matrix control parameters."""

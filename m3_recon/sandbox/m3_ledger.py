@@ -1,27 +1,41 @@
-"""Infor M3's customer ledger (table FSLEDG) for the sandbox: every world invoice as an open item.
+"""Infor M3's finance books for the sandbox: the customer ledger (FSLEDG), the general ledger (FGLEDG)
+and the two interfaces that post to them, GL interface batches (GLS840, FGLINH/FGLINL) and customer
+payment batches (ARS040).
 
 One company (``CONO`` 100) and division (``DIVI`` "AAA") keep the AR open items of every customer in
 the world, whatever processor they pay through. Each invoice is an FSLEDG line with transaction code
 10; cash applied to it later is a line with code 20 and a negative amount on the same payer, invoice
 number and invoice year, the way M3 keeps them. Lines keep when they were registered, so the API
-renders the ledger as of the sandbox clock: outstanding amounts and the reconciliation code RECO
+renders the ledgers as of the sandbox clock: outstanding amounts and the reconciliation code RECO
 (9 = paid) are derived from the lines visible at that moment.
 
-Amounts are integer minor units (every currency the world bills in has two decimals); foreign
-invoices carry the booking rate ARAT and their local (USD) amount ACAM. The ledger lives in memory,
-or in a SQLite file when a path is given, so postings survive sandbox restarts; a file built from
-another seed or period is refused rather than mixed with this world.
+GL interface batches follow GLS840: a head per ``KEY1`` (unique in the division, whatever the
+interface), lines stored as entered (a position-based ``PARM`` string cut by the interface's GLS850
+template, or named fields), a control that checks every line and the balance of each voucher group
+per currency, and an update that turns each voucher group into a GL voucher (series ``GL``) whose
+lines remember the batch key. Payment batches follow ARS040: a head per payment batch number, lines
+naming invoice, invoice year, customer and payment amount, and a control that books them all as one
+payment voucher (series ``PY``) or none of them.
+
+Amounts are integer minor units (every currency the world uses has two decimals); foreign amounts
+carry a rate (ARAT) and their local (USD) amount. Everything lives in memory, or in a SQLite file when
+a path is given, so postings survive sandbox restarts; a file built from another seed or period is
+refused rather than mixed with this world. Status codes of interface batches (1 entered, 2 controlled
+with errors, 3 controlled, 9 updated) are this sandbox's convention.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, field, fields, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
+from typing import Mapping
 
+from m3_recon.posting.layout import DEFAULT_LAYOUT_FILE, LayoutError, ParmLayout
 from m3_recon.sandbox.world import Customer, Invoice, World, day_start_epoch
 
 CONO = 100
@@ -34,8 +48,14 @@ RECO_OPEN = 0
 RECO_PAID = 9
 INVOICE_SERIES = "IN"
 PAYMENT_SERIES = "PY"
+GL_SERIES = "GL"
 PAYMENT_TERMS = "N30"
 RATE_PLACES = Decimal("0.000001")  # ARAT has six decimals
+GL_RECORD_TYPE = "I1"  # INRI of a GL voucher line
+ACCOUNT_DIMENSIONS = 7  # AIT1..AIT7
+ACCOUNT_LENGTH = 10
+VOUCHER_TEXT_LENGTH = 40
+BATCH_ENTERED, BATCH_REJECTED, BATCH_CONTROLLED, BATCH_UPDATED = 1, 2, 3, 9
 
 
 @dataclass(frozen=True)
@@ -95,15 +115,120 @@ class InvoiceTotals:
         return self.last_payment_date if self.reco == RECO_PAID else None
 
 
+@dataclass(frozen=True)
+class GLLine:
+    """One FGLEDG record (a GL transaction); the key is (cono, divi, year, journal, journal_seq)."""
+
+    cono: int
+    divi: str
+    year: int  # YEA4
+    journal: int  # JRNO
+    journal_seq: int  # JSNO
+    voucher_series: str  # VSER
+    voucher: int  # VONO
+    accounting_date: date  # ACDT
+    ait1: str
+    ait2: str
+    ait3: str
+    ait4: str
+    ait5: str
+    ait6: str
+    ait7: str
+    currency: str  # CUCD
+    amount_minor: int  # CUAM: + debit, − credit
+    rate: Decimal  # ARAT
+    local_minor: int  # ACAM
+    text: str  # VTXT
+    batch_key: str  # KEY1 of the GLS840 batch that created it
+    registered: int  # unix seconds (RGDT/RGTM)
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return self.ait1, self.ait2, self.ait3, self.ait4, self.ait5, self.ait6, self.ait7
+
+
+@dataclass
+class GLBatch:
+    """A GLS840 interface batch head (FGLINH) with its lines (FGLINL) exactly as they were entered."""
+
+    key: str  # KEY1
+    interface: str  # INTN
+    description: str  # DESC
+    user: str  # USID
+    registered: int
+    status: int = BATCH_ENTERED
+    lines: dict[int, dict[str, str]] = field(default_factory=dict)  # LINE -> {"PARM": ...} or named fields
+
+
+@dataclass(frozen=True)
+class GLEntry:
+    """A batch line once control has read and typed it."""
+
+    line: int
+    group: int  # GRNR: the voucher it belongs to
+    accounts: tuple[str, ...]
+    currency: str
+    amount_minor: int
+    accounting_date: date
+    text: str
+
+
+@dataclass(frozen=True)
+class PaymentLine:
+    """One line of an ARS040 payment batch: cash for one invoice."""
+
+    transaction: int  # TRNO
+    customer: str  # CUNO
+    payer: str  # PYNO (blank = the invoice's payer)
+    invoice: str  # CINO
+    invoice_year: int  # INYR
+    amount_minor: int  # PYAM, in the invoice currency
+    currency: str  # CUCD (blank = the invoice's currency)
+
+
+@dataclass
+class PaymentBatch:
+    """An ARS040 payment batch head with its lines."""
+
+    batch_id: int  # PBID
+    batch_type: str  # BOPE
+    accounting_date: date | None  # ACDT; blank = the day it is controlled
+    registered: int
+    status: int = BATCH_ENTERED
+    lines: dict[int, PaymentLine] = field(default_factory=dict)
+
+
 class LedgerError(ValueError):
-    """A posting the ledger cannot accept (unknown invoice, more cash than is open, wrong file)."""
+    """A posting the ledger cannot accept (unknown invoice, more cash than is open, wrong file, an
+    interface batch that does not pass control). ``code`` and ``field`` are M3's message ID and field."""
+
+    def __init__(self, message: str, code: str = "", field: str = ""):
+        super().__init__(message)
+        self.code, self.field = code, field
+
+
+def record_exists(what: str) -> LedgerError:
+    return LedgerError(f"{what} already exists", "XRE0104", "")
+
+
+def record_missing(what: str, field_name: str) -> LedgerError:
+    return LedgerError(f"{what} does not exist", "XRE0103", field_name)
 
 
 _COLUMNS = [f.name for f in fields(LedgerLine)]
+_GL_COLUMNS = [f.name for f in fields(GLLine)]
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fsledg ({', '.join(_COLUMNS)},
     PRIMARY KEY (cono, divi, year, journal, journal_seq));
+CREATE TABLE IF NOT EXISTS fgledg ({', '.join(_GL_COLUMNS)},
+    PRIMARY KEY (cono, divi, year, journal, journal_seq));
+CREATE TABLE IF NOT EXISTS fglinh (key1 PRIMARY KEY, interface, description, user, registered, status);
+CREATE TABLE IF NOT EXISTS fglinl (key1, line, content, PRIMARY KEY (key1, line));
+CREATE TABLE IF NOT EXISTS payment_batch_head (batch_id PRIMARY KEY, batch_type, accounting_date, registered,
+    status);
+CREATE TABLE IF NOT EXISTS payment_batch_line (batch_id, transaction_number, customer, payer, invoice,
+    invoice_year, amount_minor, currency, PRIMARY KEY (batch_id, transaction_number));
 """
 
 
@@ -121,25 +246,55 @@ def to_local(amount_minor: int, rate: Decimal) -> int:
     return int((Decimal(amount_minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-class M3Ledger:
-    """The customer ledger of one M3 company/division, optionally persisted to SQLite."""
+def utc_day(moment: int) -> date:
+    return datetime.fromtimestamp(moment, tz=timezone.utc).date()
 
-    def __init__(self, world: World, path: str | Path | None = None, cono: int = CONO, divi: str = DIVI):
+
+def _to_row(record) -> tuple:
+    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in astuple(record))
+
+
+def _from_row(cls, row: tuple):
+    """A dataclass from a SQLite row: ``date`` and ``Decimal`` fields come back from their text."""
+    values = {}
+    for spec, value in zip(fields(cls), row):
+        if spec.type == "Decimal":
+            value = Decimal(value)
+        elif spec.type == "date":
+            value = date.fromisoformat(value)
+        values[spec.name] = value
+    return cls(**values)
+
+
+class M3Ledger:
+    """The finance books of one M3 company/division, optionally persisted to SQLite."""
+
+    def __init__(self, world: World, path: str | Path | None = None, cono: int = CONO, divi: str = DIVI,
+                 gl_interfaces: Mapping[str, ParmLayout] | None = None):
+        """``gl_interfaces``: the GLS850 position templates by interface name (default: the template in
+        data/gls840_layout.toml, the one m3-recon's poster writes)."""
         self.world = world
         self.cono, self.divi = cono, divi
         self.customers: dict[str, Customer] = {c.number: c for c in world.customers}
+        if gl_interfaces is None:
+            default = ParmLayout.load(DEFAULT_LAYOUT_FILE)
+            gl_interfaces = {default.interface: default}
+        self.gl_interfaces = dict(gl_interfaces)
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
                       "period_days": str(world.period.days), "cono": str(cono), "divi": divi}
-        stored = self._load() if self.path is not None else None
-        if stored is None:
+        self._db = self._connect() if self.path is not None else None
+        self._lines: list[LedgerLine] = []
+        self._gl_lines: list[GLLine] = []
+        self._gl_batches: dict[str, GLBatch] = {}
+        self._payment_batches: dict[int, PaymentBatch] = {}
+        if not self._load():
             self._lines = self._opening_lines()
-            if self.path is not None:
-                self._save_all()
-        else:
-            self._lines = stored
+            self._write([("INSERT INTO ledger_meta VALUES (?, ?)", sorted(self._meta.items())),
+                         (self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in self._lines])])
+        self._index()
 
     # -- building -----------------------------------------------------------------------------
     def _opening_lines(self) -> list[LedgerLine]:
@@ -162,47 +317,91 @@ class M3Ledger:
             invoice_date=inv.invoice_date, due_date=inv.due_date, accounting_date=inv.invoice_date,
             registered=day_start_epoch(inv.invoice_date))
 
+    def _index(self) -> None:
+        """Lookups kept next to the lines: invoices by number, cash applied, next journal and voucher numbers."""
+        self._invoices = {(ln.invoice, ln.invoice_year): ln for ln in self._lines if ln.trcd == TRCD_INVOICE}
+        self._applied: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self._journals: dict[int, int] = {}
+        self._vouchers: dict[tuple[int, str], int] = {}
+        self._gl_by_batch: dict[str, list[GLLine]] = {}
+        self._gl_by_voucher: dict[tuple[int, str, int], list[GLLine]] = {}
+        for line in self._lines:
+            self._count(line)
+            if line.trcd == TRCD_PAYMENT:
+                paid, local = self._applied.get(line.invoice_key, (0, 0))
+                self._applied[line.invoice_key] = (paid - line.amount_minor, local - line.local_minor)
+        for line in self._gl_lines:
+            self._index_gl(line)
+
+    def _count(self, line: LedgerLine | GLLine) -> None:
+        self._journals[line.year] = max(self._journals.get(line.year, 0), line.journal)
+        series = (line.year, line.voucher_series)
+        self._vouchers[series] = max(self._vouchers.get(series, 0), line.voucher)
+
+    def _index_gl(self, line: GLLine) -> None:
+        self._count(line)
+        self._gl_by_batch.setdefault(line.batch_key, []).append(line)
+        self._gl_by_voucher.setdefault((line.year, line.voucher_series, line.voucher), []).append(line)
+
+    def _next_numbers(self, year: int, series: str) -> tuple[int, int]:
+        """The next journal number of the year and voucher number of the series (not yet taken)."""
+        return self._journals.get(year, 0) + 1, self._vouchers.get((year, series), 0) + 1
+
     # -- persistence ------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path)
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
         return conn
 
-    def _load(self) -> list[LedgerLine] | None:
-        if not self.path.exists():
-            return None
-        with self._connect() as conn:
-            meta = dict(conn.execute("SELECT key, value FROM ledger_meta").fetchall())
-            if not meta:
-                return None
-            if meta != self._meta:
-                raise LedgerError(
-                    f"{self.path} holds an M3 ledger built for {meta}, not for this sandbox ({self._meta}); "
-                    "start the sandbox with the same seed and period, or delete the file to rebuild it")
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM fsledg ORDER BY rowid").fetchall()
-        return [self._from_row(row) for row in rows]
-
-    def _save_all(self) -> None:
-        with self._connect() as conn:
-            conn.executemany("INSERT INTO ledger_meta VALUES (?, ?)", sorted(self._meta.items()))
-            conn.executemany(f"INSERT INTO fsledg VALUES ({', '.join('?' * len(_COLUMNS))})",
-                             [self._to_row(line) for line in self._lines])
-
     @staticmethod
-    def _to_row(line: LedgerLine) -> tuple:
-        return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in astuple(line))
+    def _insert(table: str, width: int) -> str:
+        return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
 
-    @staticmethod
-    def _from_row(row: tuple) -> LedgerLine:
-        values = dict(zip(_COLUMNS, row))
-        values["rate"] = Decimal(values["rate"])
-        for name in ("invoice_date", "due_date", "accounting_date"):
-            values[name] = date.fromisoformat(values[name])
-        return LedgerLine(**values)
+    def _write(self, statements: list[tuple[str, list | tuple]]) -> None:
+        """Run statements in one SQLite transaction: ``(sql, tuple)`` once, ``(sql, list of tuples)`` per
+        row. Nothing happens when the ledger lives in memory."""
+        if self._db is None:
+            return
+        with self._db:
+            for sql, rows in statements:
+                if isinstance(rows, list):
+                    self._db.executemany(sql, rows)
+                else:
+                    self._db.execute(sql, rows)
+
+    def _load(self) -> bool:
+        if self._db is None:
+            return False
+        meta = dict(self._db.execute("SELECT key, value FROM ledger_meta").fetchall())
+        if not meta:
+            return False
+        if meta != self._meta:
+            raise LedgerError(
+                f"{self.path} holds an M3 ledger built for {meta}, not for this sandbox ({self._meta}); "
+                "start the sandbox with the same seed and period, or delete the file to rebuild it")
+        query = self._db.execute
+        self._lines = [_from_row(LedgerLine, row) for row in
+                       query(f"SELECT {', '.join(_COLUMNS)} FROM fsledg ORDER BY rowid")]
+        self._gl_lines = [_from_row(GLLine, row) for row in
+                          query(f"SELECT {', '.join(_GL_COLUMNS)} FROM fgledg ORDER BY rowid")]
+        for key, interface, description, user, registered, status in query("SELECT * FROM fglinh ORDER BY rowid"):
+            self._gl_batches[key] = GLBatch(key, interface, description, user, registered, status)
+        for key, line, content in query("SELECT key1, line, content FROM fglinl ORDER BY rowid"):
+            self._gl_batches[key].lines[line] = json.loads(content)
+        for batch_id, batch_type, accounting_date, registered, status in query(
+                "SELECT * FROM payment_batch_head ORDER BY rowid"):
+            self._payment_batches[batch_id] = PaymentBatch(
+                batch_id, batch_type, date.fromisoformat(accounting_date) if accounting_date else None,
+                registered, status)
+        for row in query("SELECT * FROM payment_batch_line ORDER BY rowid"):
+            self._payment_batches[row[0]].lines[row[1]] = PaymentLine(*row[1:])
+        return True
 
     # -- reading as of a moment -------------------------------------------------------------------
     def lines(self, now: int) -> list[LedgerLine]:
-        """Every line registered at or before ``now``, in registration order."""
+        """Every FSLEDG line registered at or before ``now``, in registration order."""
         with self._lock:
             return [line for line in self._lines if line.registered <= now]
 
@@ -241,40 +440,274 @@ class M3Ledger:
         """The open items at ``now`` (RECO not 9), in journal order."""
         return [t for t in self.totals(now).values() if t.reco != RECO_PAID]
 
-    # -- posting -----------------------------------------------------------------------------------
-    def apply_cash(self, invoice: str, invoice_year: int, amount_minor: int, paid_at: int) -> LedgerLine:
-        """Apply a customer payment to one invoice: a TRCD 20 line dated the payment's UTC day.
+    def gl_lines(self, now: int) -> list[GLLine]:
+        """Every GL transaction registered at or before ``now``, in registration order."""
+        with self._lock:
+            return [line for line in self._gl_lines if line.registered <= now]
 
-        The payment may not exceed what is open; the payment that closes the invoice also closes its
-        local amount exactly, so a fully paid foreign invoice leaves no rounding residue.
-        """
+    def gl_voucher(self, year: int, voucher: int, series: str | None, now: int) -> list[GLLine]:
+        """The lines of one GL voucher (any series when ``series`` is None) visible at ``now``."""
+        with self._lock:
+            return [line for (y, s, v), lines in self._gl_by_voucher.items()
+                    if y == year and v == voucher and series in (None, s)
+                    for line in lines if line.registered <= now]
+
+    def gl_lines_of_batch(self, key: str, now: int) -> list[GLLine]:
+        """The GL transactions the GLS840 batch ``key`` created, visible at ``now``."""
+        with self._lock:
+            return [line for line in self._gl_by_batch.get(key, []) if line.registered <= now]
+
+    def gl_rate(self, currency: str, day: date) -> Decimal:
+        """The day's ARAT for a GL line in ``currency`` (deterministic per seed, currency and day)."""
+        if currency == LOCAL_CURRENCY:
+            return Decimal(1).quantize(RATE_PLACES)
+        rng = self.world.rng(f"m3-gl-rate:{currency}:{day.isoformat()}")
+        return (Decimal("1.0800") + Decimal(rng.randint(-500, 500)) / 10_000).quantize(RATE_PLACES)
+
+    # -- cash applied to invoices (FSLEDG) ---------------------------------------------------------
+    def apply_cash(self, invoice: str, invoice_year: int, amount_minor: int, paid_at: int) -> LedgerLine:
+        """Apply a customer payment to one invoice: a TRCD 20 line dated the payment's UTC day."""
         if amount_minor <= 0:
             raise LedgerError(f"cash applied must be positive, got {amount_minor}")
         with self._lock:
-            matches = [line for line in self._lines if line.trcd == TRCD_INVOICE and line.invoice == invoice
-                       and line.invoice_year == invoice_year]
-            if not matches:
+            inv = self._invoices.get((invoice, invoice_year))
+            if inv is None:
                 raise LedgerError(f"invoice {invoice}/{invoice_year} is not in the M3 ledger")
-            inv = matches[0]
-            applied = [line for line in self._lines if line.trcd == TRCD_PAYMENT
-                       and line.invoice_key == inv.invoice_key]
-            open_minor = inv.amount_minor + sum(line.amount_minor for line in applied)
+            lines, applied = self._payment_voucher([(inv, amount_minor)], utc_day(paid_at), paid_at)
+            self._book(lines, applied, [])
+            return lines[0]
+
+    def _payment_voucher(self, payments: list[tuple[LedgerLine, int]], accounting_date: date,
+                         registered: int) -> tuple[list[LedgerLine], dict]:
+        """Cash on invoices as one payment voucher (one journal, a sequence per invoice) and the cash
+        applied per invoice afterwards; nothing is booked yet.
+
+        No invoice may receive more than is open; the payment that closes an invoice also closes its
+        local amount exactly, so a fully paid foreign invoice leaves no rounding residue. Caller holds the lock.
+        """
+        applied = dict(self._applied)
+        year = accounting_date.year
+        journal, voucher = self._next_numbers(year, PAYMENT_SERIES)
+        lines = []
+        for seq, (inv, amount_minor) in enumerate(payments, start=1):
+            paid, paid_local = applied.get(inv.invoice_key, (0, 0))
+            open_minor = inv.amount_minor - paid
             if amount_minor > open_minor:
-                raise LedgerError(f"invoice {invoice}/{invoice_year} has {open_minor} open, "
-                                  f"cannot apply {amount_minor}")
-            open_local = inv.local_minor + sum(line.local_minor for line in applied)
+                raise LedgerError(f"invoice {inv.invoice}/{inv.invoice_year} has {open_minor} open, "
+                                  f"cannot apply {amount_minor}", field="PYAM")
+            open_local = inv.local_minor - paid_local
             local = open_local if amount_minor == open_minor else to_local(amount_minor, inv.rate)
-            paid_on = datetime.fromtimestamp(paid_at, tz=timezone.utc).date()
-            year = paid_on.year
-            journal = 1 + max((line.journal for line in self._lines if line.year == year), default=0)
-            voucher = 1 + max((line.voucher for line in self._lines
-                               if line.year == year and line.voucher_series == PAYMENT_SERIES), default=0)
-            line = replace(inv, year=year, journal=journal, journal_seq=1, voucher_series=PAYMENT_SERIES,
-                           voucher=voucher, trcd=TRCD_PAYMENT, amount_minor=-amount_minor, local_minor=-local,
-                           accounting_date=paid_on, registered=paid_at)
-            if self.path is not None:
-                with self._connect() as conn:
-                    conn.execute(f"INSERT INTO fsledg VALUES ({', '.join('?' * len(_COLUMNS))})",
-                                 self._to_row(line))
-            self._lines.append(line)
-            return line
+            applied[inv.invoice_key] = (paid + amount_minor, paid_local + local)
+            lines.append(replace(inv, year=year, journal=journal, journal_seq=seq, voucher_series=PAYMENT_SERIES,
+                                 voucher=voucher, trcd=TRCD_PAYMENT, amount_minor=-amount_minor, local_minor=-local,
+                                 accounting_date=accounting_date, registered=registered))
+        return lines, applied
+
+    def _book(self, lines: list[LedgerLine], applied: dict, statements: list[tuple[str, tuple]]) -> None:
+        """Write payment lines together with ``statements`` in one transaction, then keep them."""
+        self._write([(self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in lines]), *statements])
+        self._lines.extend(lines)
+        self._applied = applied
+        for line in lines:
+            self._count(line)
+
+    # -- GLS840: GL interface batches ----------------------------------------------------------------
+    def add_gl_batch(self, key: str, interface: str, description: str, user: str, now: int) -> None:
+        """AddBatchHead: ``KEY1`` is unique in the division whatever the interface."""
+        if interface not in self.gl_interfaces:
+            raise LedgerError(f"Interface {interface} does not exist", field="INTN")
+        with self._lock:
+            if key in self._gl_batches:
+                raise record_exists(f"Batch {key}")
+            batch = GLBatch(key, interface, description, user, now)
+            self._write([(self._insert("fglinh", 6), (key, interface, description, user, now, batch.status))])
+            self._gl_batches[key] = batch
+
+    def add_gl_batch_line(self, key: str, line: int, content: dict[str, str]) -> None:
+        """AddBatchLine (``{"PARM": ...}``) or AddBatchLineFld (named fields); checked only by control."""
+        with self._lock:
+            batch = self._open_gl_batch(key)
+            if line in batch.lines:
+                raise record_exists(f"Line {line} of batch {key}")
+            self._write([(self._insert("fglinl", 3), (key, line, json.dumps(content, sort_keys=True)))])
+            batch.lines[line] = dict(content)
+            self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
+
+    def _open_gl_batch(self, key: str) -> GLBatch:
+        batch = self._gl_batches.get(key)
+        if batch is None:
+            raise record_missing(f"Batch {key}", "KEY1")
+        if batch.status == BATCH_UPDATED:
+            raise LedgerError(f"Batch {key} is already updated", field="KEY1")
+        return batch
+
+    def control_gl_batch(self, key: str) -> list[GLEntry]:
+        """CtrlBatch: read every line with the interface's template and check the vouchers it makes."""
+        with self._lock:
+            batch = self._open_gl_batch(key)
+            return self._control(batch)
+
+    def update_gl_batch(self, key: str, now: int) -> list[GLLine]:
+        """UpdBatch: control again, then one GL voucher per voucher group; the batch becomes updated."""
+        with self._lock:
+            batch = self._open_gl_batch(key)
+            entries = self._control(batch)
+            lines = []
+            for group in sorted({e.group for e in entries}):
+                members = [e for e in entries if e.group == group]
+                day = members[0].accounting_date
+                journal, voucher = self._next_numbers(day.year, GL_SERIES)
+                for seq, entry in enumerate(members, start=1):
+                    rate = self.gl_rate(entry.currency, day)
+                    line = GLLine(self.cono, self.divi, day.year, journal, seq, GL_SERIES, voucher, day,
+                                  *entry.accounts, entry.currency, entry.amount_minor, rate,
+                                  to_local(entry.amount_minor, rate), entry.text, key, now)
+                    lines.append(line)
+                self._count(lines[-1])
+            self._write([(self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in lines]),
+                         ("UPDATE fglinh SET status = ? WHERE key1 = ?", (BATCH_UPDATED, key))])
+            batch.status = BATCH_UPDATED
+            self._gl_lines.extend(lines)
+            for line in lines:
+                self._index_gl(line)
+            return lines
+
+    def _control(self, batch: GLBatch) -> list[GLEntry]:
+        """Typed lines of a batch, or the first error; the batch's status records the outcome."""
+        try:
+            entries = self._checked_entries(batch)
+        except LedgerError:
+            self._set_gl_status(batch, BATCH_REJECTED)
+            raise
+        self._set_gl_status(batch, BATCH_CONTROLLED)
+        return entries
+
+    def _set_gl_status(self, batch: GLBatch, status: int) -> None:
+        if batch.status != status:
+            self._write([("UPDATE fglinh SET status = ? WHERE key1 = ?", (status, batch.key))])
+            batch.status = status
+
+    def _checked_entries(self, batch: GLBatch) -> list[GLEntry]:
+        if not batch.lines:
+            raise LedgerError(f"Batch {batch.key} has no lines", field="KEY1")
+        layout = self.gl_interfaces[batch.interface]
+        entries = [self._entry(number, batch.lines[number], layout) for number in sorted(batch.lines)]
+        for group in sorted({e.group for e in entries}):
+            members = [e for e in entries if e.group == group]
+            if len({e.accounting_date for e in members}) > 1:
+                raise LedgerError(f"Voucher group {group} has lines on several accounting dates", field="ACDT")
+            for currency in sorted({e.currency for e in members}):
+                debit = sum(e.amount_minor for e in members if e.currency == currency and e.amount_minor > 0)
+                credit = -sum(e.amount_minor for e in members if e.currency == currency and e.amount_minor < 0)
+                if debit != credit:
+                    raise LedgerError(
+                        f"Voucher group {group} does not balance in {currency}: debit "
+                        f"{Decimal(debit).scaleb(-MINOR_UNIT_EXPONENT)}, credit "
+                        f"{Decimal(credit).scaleb(-MINOR_UNIT_EXPONENT)}", field="CUAM")
+        return entries
+
+    def _entry(self, number: int, content: dict[str, str], layout: ParmLayout) -> GLEntry:
+        where = f"Line {number}"
+        if "PARM" in content:
+            try:
+                values = layout.parse(content["PARM"])
+            except LayoutError as exc:
+                raise LedgerError(f"{where}: {exc}", field="PARM") from None
+        else:
+            values = content
+        if values.get("INRI", GL_RECORD_TYPE) != GL_RECORD_TYPE:
+            raise LedgerError(f"{where}: record type {values['INRI']} is not defined for interface "
+                              f"{layout.interface}", field="INRI")
+        if values.get("DIVI", "") not in ("", self.divi):
+            raise LedgerError(f"{where}: Division {values['DIVI']} does not exist", "WDI0103", "DIVI")
+        group = values.get("GRNR") or "1"
+        if not group.isdigit() or int(group) == 0:
+            raise LedgerError(f"{where}: Numeric error in field GRNR", "XNU0000", "GRNR")
+        accounts = tuple(values.get(f"AIT{i}", "") for i in range(1, ACCOUNT_DIMENSIONS + 1))
+        if not accounts[0]:
+            raise LedgerError(f"{where}: Account must be entered", "WAI0202", "AIT1")
+        for i, account in enumerate(accounts, start=1):
+            if len(account) > ACCOUNT_LENGTH:
+                raise LedgerError(f"{where}: Accounting dimension {i} {account} is longer than {ACCOUNT_LENGTH}",
+                                  field=f"AIT{i}")
+        currency = values.get("CUCD", "")
+        if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
+            raise LedgerError(f"{where}: Currency {currency or '(blank)'} does not exist", field="CUCD")
+        amount = parse_amount(values.get("CUAM", ""), f"{where}: ", "CUAM")
+        raw_date = values.get("ACDT", "")
+        try:
+            if len(raw_date) != 8 or not raw_date.isdigit():
+                raise ValueError
+            day = date(int(raw_date[:4]), int(raw_date[4:6]), int(raw_date[6:]))
+        except ValueError:
+            raise LedgerError(f"{where}: Incorrect date {raw_date or '(blank)'} in field ACDT", "XDT0001",
+                              "ACDT") from None
+        text = values.get("VTXT", "")
+        if len(text) > VOUCHER_TEXT_LENGTH:
+            raise LedgerError(f"{where}: Voucher text is longer than {VOUCHER_TEXT_LENGTH} characters", field="VTXT")
+        return GLEntry(number, int(group), accounts, currency, amount, day, text)
+
+    # -- ARS040: customer payment batches ------------------------------------------------------------
+    def add_payment_batch(self, batch_id: int, batch_type: str, accounting_date: date | None, now: int) -> None:
+        with self._lock:
+            if batch_id in self._payment_batches:
+                raise record_exists(f"Payment batch {batch_id}")
+            batch = PaymentBatch(batch_id, batch_type, accounting_date, now)
+            self._write([(self._insert("payment_batch_head", 5),
+                          (batch_id, batch_type, accounting_date.isoformat() if accounting_date else None, now,
+                           batch.status))])
+            self._payment_batches[batch_id] = batch
+
+    def add_payment_line(self, batch_id: int, line: PaymentLine) -> None:
+        with self._lock:
+            batch = self._open_payment_batch(batch_id)
+            if line.transaction in batch.lines:
+                raise record_exists(f"Line {line.transaction} of payment batch {batch_id}")
+            self._write([(self._insert("payment_batch_line", 8), (batch_id, *astuple(line)))])
+            batch.lines[line.transaction] = line
+
+    def _open_payment_batch(self, batch_id: int) -> PaymentBatch:
+        batch = self._payment_batches.get(batch_id)
+        if batch is None:
+            raise record_missing(f"Payment batch {batch_id}", "PBID")
+        if batch.status == BATCH_UPDATED:
+            raise LedgerError(f"Payment batch {batch_id} is already updated", field="PBID")
+        return batch
+
+    def control_payment_batch(self, batch_id: int, now: int) -> list[LedgerLine]:
+        """ControlBatch: check every line against the customer ledger and book them as one payment voucher."""
+        with self._lock:
+            batch = self._open_payment_batch(batch_id)
+            if not batch.lines:
+                raise LedgerError(f"Payment batch {batch_id} has no lines", field="PBID")
+            payments = []
+            for number in sorted(batch.lines):
+                line = batch.lines[number]
+                inv = self._invoices.get((line.invoice, line.invoice_year))
+                if inv is None or inv.customer != line.customer or line.payer not in ("", inv.payer):
+                    raise record_missing(f"Line {number}: invoice {line.invoice}/{line.invoice_year} of customer "
+                                         f"{line.customer}", "CINO")
+                if line.currency not in ("", inv.currency):
+                    raise LedgerError(f"Line {number}: invoice {line.invoice} is in {inv.currency}, not "
+                                      f"{line.currency}", field="CUCD")
+                payments.append((inv, line.amount_minor))
+            lines, applied = self._payment_voucher(payments, batch.accounting_date or utc_day(now), now)
+            self._book(lines, applied,
+                       [("UPDATE payment_batch_head SET status = ? WHERE batch_id = ?", (BATCH_UPDATED, batch_id))])
+            batch.status = BATCH_UPDATED
+            return lines
+
+
+def parse_amount(raw: str, where: str, field_name: str) -> int:
+    """An MI decimal amount (``-123.45``) as minor units; more decimals than the currency has is an error."""
+    try:
+        value = Decimal(raw)
+        if not raw or not value.is_finite():
+            raise ValueError
+    except (ArithmeticError, ValueError):
+        raise LedgerError(f"{where}Numeric error in field {field_name}", "XNU0000", field_name) from None
+    scaled = value.scaleb(MINOR_UNIT_EXPONENT)
+    if scaled != scaled.to_integral_value():
+        raise LedgerError(f"{where}Numeric error in field {field_name}: more than {MINOR_UNIT_EXPONENT} decimals",
+                          "XNU0000", field_name)
+    return int(scaled)

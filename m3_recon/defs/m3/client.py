@@ -7,8 +7,12 @@ company and division (``cono``/``divi`` control parameters and ``CONO``/``DIVI``
 through ``VendorSession`` (request budget, bounded retries on 429/5xx/timeouts) and has its NOK
 answers parsed in both v2 forms: HTTP 200 with the error in ``results[i]`` and HTTP 400 with it at
 the top level (``terminationReason`` when a bulk call could not run). ``XRE0103`` "Record does not
-exist" on a list transaction means an empty list. Values arrive as strings; amounts become integer
-minor units through ``Decimal``.
+exist" on a list or search transaction means an empty list. Values arrive as strings; amounts become
+integer minor units through ``Decimal`` (``minor_units``) and go back as decimals (``m3_amount``).
+
+Posting sends many transactions per bulk call and must know the fate of each one (a duplicate batch
+key is news, not a failure), so ``execute_each`` answers per transaction: its records or its
+``M3Error``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ def minor_units(value: str, currency: str) -> int:
     return int(scaled)
 
 
+def m3_amount(minor: int, currency: str) -> Decimal:
+    """Integer minor units of ``currency`` as the decimal M3 takes (``-12345`` USD -> ``-123.45``)."""
+    return Decimal(minor).scaleb(-CURRENCY_EXPONENTS.get(currency.strip().upper(), 2))
+
+
 def m3_date(value: str) -> date | None:
     """An MI date (``yyyyMMdd``); blank or ``0`` is no date."""
     value = value.strip()
@@ -75,7 +84,7 @@ def m3_date(value: str) -> date | None:
 
 
 def _is_list(transaction: str) -> bool:
-    return transaction.startswith(("Lst", "Sel"))
+    return transaction.startswith(("Lst", "Sel", "Search"))
 
 
 def _trimmed(record: Mapping[str, object]) -> dict[str, str]:
@@ -282,8 +291,21 @@ class M3Client:
 
     def execute_bulk(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
                      maxrecs: int | None = 0) -> list[list[dict]]:
-        """Many transactions of one program, ``bulk_size`` per POST; records per call, in order."""
-        out: list[list[dict]] = []
+        """Many transactions of one program, ``bulk_size`` per POST; records per call, in order.
+        The first transaction that answered NOK raises its ``M3Error``."""
+        results = self.execute_each(program, calls, maxrecs=maxrecs)
+        for result in results:
+            if isinstance(result, M3Error):
+                raise result
+        return results
+
+    def execute_each(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
+                     maxrecs: int | None = 0) -> list[list[dict] | M3Error]:
+        """Like ``execute_bulk``, but every transaction's own outcome: its records or its ``M3Error``.
+
+        A bulk call M3 could not run at all, or one that kept failing, still raises.
+        """
+        out: list[list[dict] | M3Error] = []
         for start in range(0, len(calls), self.bulk_size):
             chunk = calls[start:start + self.bulk_size]
             transactions = [{"transaction": name, "record": self._record(fields)} for name, fields in chunk]
@@ -300,8 +322,11 @@ class M3Client:
             if len(results) != len(chunk):
                 raise VendorRequestError(VENDOR, f"POST {EXECUTE_PATH} ({program}) answered {len(results)} "
                                          f"results for {len(chunk)} transactions")
-            out.extend(self._outcome(program, transaction, result, status=response.status_code)
-                       for (transaction, _), result in zip(chunk, results))
+            for (transaction, _), result in zip(chunk, results):
+                try:
+                    out.append(self._outcome(program, transaction, result, status=response.status_code))
+                except M3Error as error:
+                    out.append(error)
         return out
 
     @staticmethod

@@ -1,0 +1,215 @@
+"""The exactly-once poster: vouchers from the outbox to M3 in bulk calls, each verified by reading M3 back.
+
+``post_pending(conn, client, config)`` first brings ``out_m3_postings`` in line with the journals
+(``outbox.enqueue``), then for each route (GL through GLS840MI, cash application through ARS040MI):
+
+1. Vouchers left ``sent`` by an earlier run that stopped are looked up in M3 first. Those M3 already
+   has are verified without sending anything; the rest are sent again from the start.
+2. Vouchers go out in waves of at most one bulk call's worth of transactions (``M3_BULK_SIZE``).
+   Before a wave's bulk call the wave is marked ``sent`` in DuckDB (write-ahead, one transaction);
+   the call itself carries every batch's head, lines, control and update.
+3. The wave is verified by reading M3 (GLS200MI for GL, ARS200MI for cash) and only then becomes
+   ``verified`` (with the M3 voucher number) or ``failed`` (with M3's reason).
+
+Exactly once rests on three facts: the batch key (GLS840 ``KEY1`` = the voucher key, ARS040 ``PBID``
+from the outbox) is fixed before the first call; M3 refuses a second batch, line or update under a
+key it already has (``XRE0104`` / "already updated"), which the poster treats as "this step is done";
+and nothing is called verified until M3's own reads show it. So whatever stops a run — a crash, a
+timeout after M3 did the work, 5xx or 429 beyond the retries — the next run finds the batches M3
+holds and finishes them, never posting one twice. When M3 stays unreachable the run stops with
+``PostingInterrupted`` (its summary attached) after noting the error on the wave's vouchers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, TypeVar
+
+import duckdb
+
+from m3_recon.defs.m3.client import M3Client
+from m3_recon.errors import VendorError
+from m3_recon.posting import outbox
+from m3_recon.posting.cash import CashRoute
+from m3_recon.posting.config import PostingConfig, posting_config_from_env
+from m3_recon.posting.gl import GLRoute
+from m3_recon.posting.outbox import FAILED, HELD, SENT, VERIFIED, Voucher
+from m3_recon.posting.route import ABSENT, MICall, PostingRejected, Route, Verdict, first_error
+from m3_recon.warehouse import naive_utc
+
+T = TypeVar("T")
+
+# What happened to a voucher in one run.
+POSTED = "posted"  # sent for the first time and verified
+RESUMED = "resumed"  # left "sent" by an earlier run; verified now (found in M3, or finished)
+NOT_POSTED = "failed"  # M3 refused it, it could not be sent, or M3 shows something else
+KEPT = "held"  # held: never posted
+CHANGED = "changed"  # changed after it was sent: a conflict for a person
+INTERRUPTED = "interrupted"  # M3 could not be reached; the next run resumes it
+ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class VoucherOutcome:
+    route: str
+    voucher_key: str
+    status: str  # the outbox status afterwards
+    action: str  # one of ACTIONS
+    m3_voucher_number: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class PostingSummary:
+    outcomes: list[VoucherOutcome] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for o in self.outcomes if o.action == action)
+
+    @property
+    def posted(self) -> int:
+        return self.count(POSTED)
+
+    @property
+    def verified(self) -> int:
+        """Vouchers verified in this run (newly posted or resumed)."""
+        return self.count(POSTED) + self.count(RESUMED)
+
+    @property
+    def failed(self) -> int:
+        return self.count(NOT_POSTED)
+
+    @property
+    def held(self) -> int:
+        return self.count(KEPT)
+
+    def counts(self) -> dict[str, int]:
+        return {"posted": self.posted, "verified": self.verified, **{a: self.count(a) for a in ACTIONS[1:]}}
+
+
+class PostingInterrupted(RuntimeError):
+    """M3 could not be reached (or refused the credentials) mid-run; ``summary`` holds what was done."""
+
+    def __init__(self, summary: PostingSummary, message: str):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _now() -> datetime:
+    return naive_utc(datetime.now(timezone.utc))
+
+
+def post_pending(conn: duckdb.DuckDBPyConnection, client: M3Client,
+                 config: PostingConfig | None = None) -> PostingSummary:
+    """Enqueue what the journals hold, post every pending voucher once, verify it in M3; see the module doc."""
+    config = config or posting_config_from_env()
+    summary = PostingSummary()
+    for conflict in outbox.enqueue(conn, _now()):
+        summary.outcomes.append(VoucherOutcome(conflict.route, conflict.key, conflict.status, CHANGED,
+                                               error=conflict.message))
+    for route, key, reason in outbox.held(conn):
+        summary.outcomes.append(VoucherOutcome(route, key, HELD, KEPT, error=reason))
+    for route in (GLRoute(client, config), CashRoute(client, config)):
+        _Run(conn, client, route, summary).post()
+    return summary
+
+
+class _Run:
+    """One route's share of a run."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, client: M3Client, route: Route, summary: PostingSummary):
+        self.conn, self.client, self.route, self.summary = conn, client, route, summary
+        self._sent: set[str] = set()  # marked sent in this run
+
+    def post(self) -> None:
+        vouchers = outbox.work(self.conn, self.route.route)
+        resumed = [v for v in vouchers if v.resumed]
+        found = self._guard(resumed, lambda: self.route.verify(self.conn, resumed)) if resumed else {}
+        self._conclude([(v, found[v.key], []) for v in resumed if found[v.key].state != ABSENT])
+        queue: list[tuple[Voucher, list[MICall]]] = []
+        for voucher in vouchers:
+            if voucher.key in found and found[voucher.key].state != ABSENT:
+                continue
+            try:
+                queue.append((voucher, self.route.calls(voucher)))
+            except PostingRejected as exc:
+                self._conclude([(voucher, Verdict(FAILED, error=str(exc)), [])])
+        for wave in self._waves(queue):
+            self._post_wave(wave)
+
+    def _waves(self, queue: list[tuple[Voucher, list[MICall]]]) -> list[list[tuple[Voucher, list[MICall]]]]:
+        """At most one bulk call of transactions per wave (a bigger voucher alone), and no two vouchers
+        in a wave that touch the same thing in M3."""
+        waves, current, size, touched = [], [], 0, set()
+        for voucher, calls in queue:
+            touches = self.route.touches(voucher)
+            if current and (size + len(calls) > self.client.bulk_size or touches & touched):
+                waves.append(current)
+                current, size, touched = [], 0, set()
+            current.append((voucher, calls))
+            size += len(calls)
+            touched |= touches
+        if current:
+            waves.append(current)
+        return waves
+
+    def _post_wave(self, wave: list[tuple[Voucher, list[MICall]]]) -> None:
+        vouchers = [v for v, _ in wave]
+        refused = self._guard(vouchers, lambda: self.route.before_send(vouchers))
+        self._conclude([(v, Verdict(FAILED, error=refused[v.key]), []) for v in vouchers if v.key in refused])
+        wave = [(v, calls) for v, calls in wave if v.key not in refused]
+        vouchers = [v for v, _ in wave]
+        if not wave:
+            return
+        now = _now()
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            outbox.mark_sent(self.conn, vouchers, now)
+            self.route.record_expectations(self.conn, vouchers, now)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self._sent.update(v.key for v in vouchers)
+        calls = [call for _, voucher_calls in wave for call in voucher_calls]
+        results = self._guard(vouchers, lambda: self.client.execute_each(self.route.program, calls))
+        verdicts = self._guard(vouchers, lambda: self.route.verify(self.conn, vouchers))
+        concluded, start = [], 0
+        for voucher, voucher_calls in wave:
+            concluded.append((voucher, verdicts[voucher.key], results[start:start + len(voucher_calls)]))
+            start += len(voucher_calls)
+        self._conclude(concluded)
+
+    def _conclude(self, judged: list[tuple[Voucher, Verdict, list]]) -> None:
+        """Record verified / failed vouchers; one that M3 does not show after its batch went out failed
+        with the first refusal M3 gave for it."""
+        rows = []
+        for voucher, verdict, results in judged:
+            if verdict.state == VERIFIED:
+                status, error = VERIFIED, None
+                action = RESUMED if voucher.resumed else POSTED
+            else:
+                status, action = FAILED, NOT_POSTED
+                error = verdict.error or first_error(results) or (
+                    f"M3 accepted every transaction of batch {voucher.m3_batch} but shows nothing for it")
+            rows.append((voucher, status, verdict.m3_voucher_number, error))
+            self.summary.outcomes.append(VoucherOutcome(voucher.route, voucher.key, status, action,
+                                                        verdict.m3_voucher_number, error))
+        outbox.record_outcomes(self.conn, rows, _now())
+
+    def _guard(self, vouchers: list[Voucher], call: Callable[[], T]) -> T:
+        """Run an M3 exchange; if M3 cannot be reached, note it on the vouchers and stop the run."""
+        try:
+            return call()
+        except VendorError as exc:
+            message = f"stopped before M3 confirmed this voucher: {exc}"
+            outbox.note_error(self.conn, vouchers, message, _now())
+            for voucher in vouchers:
+                status = SENT if voucher.key in self._sent else voucher.status
+                self.summary.outcomes.append(VoucherOutcome(voucher.route, voucher.key, status, INTERRUPTED,
+                                                            error=message))
+            raise PostingInterrupted(self.summary, (
+                f"M3 posting stopped at {len(vouchers)} {self.route.route} voucher(s): {exc}. "
+                f"{self.summary.verified} voucher(s) were verified before; the next run resumes the rest "
+                "without posting any twice")) from exc

@@ -1,0 +1,59 @@
+"""What a posting route is: how one kind of voucher reaches M3 and how M3 is asked whether it arrived.
+
+A route (``GLRoute`` for GLS840MI, ``CashRoute`` for ARS040MI) turns a voucher into the MI
+transactions of one M3 batch, may check M3 before anything is sent (``before_send``) and record what
+it expects to see afterwards (``record_expectations``, inside the poster's write-ahead transaction),
+and judges from M3's own reads whether a voucher is there (``verify``): ``verified``, ``absent`` or
+``failed``. The poster (``m3_recon.posting.poster``) drives routes the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import duckdb
+
+from m3_recon.defs.m3.client import M3Error
+from m3_recon.posting.outbox import Voucher
+
+RECORD_ALREADY_EXISTS = "XRE0104"
+VERIFIED, ABSENT, FAILED = "verified", "absent", "failed"
+
+MICall = tuple[str, dict[str, object]]
+
+
+class PostingRejected(ValueError):
+    """The voucher cannot be sent as it stands (found before any M3 call)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # verified / absent / failed
+    m3_voucher_number: str | None = None
+    error: str | None = None
+
+
+class Route(Protocol):
+    route: str
+    program: str
+
+    def calls(self, voucher: Voucher) -> list[MICall]: ...
+
+    def touches(self, voucher: Voucher) -> set: ...
+
+    def before_send(self, vouchers: list[Voucher]) -> dict[str, str]: ...
+
+    def record_expectations(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher],
+                            now: datetime) -> None: ...
+
+    def verify(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]: ...
+
+
+def first_error(results: list[list[dict] | M3Error]) -> str | None:
+    """The first NOK of a voucher's transactions that is not "already exists" (a resumed step)."""
+    for result in results:
+        if isinstance(result, M3Error) and result.code != RECORD_ALREADY_EXISTS:
+            return str(result)
+    return None

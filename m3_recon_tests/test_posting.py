@@ -1,0 +1,424 @@
+"""The exactly-once poster against the M3 sandbox over real HTTP: GLS840MI vouchers, ARS040MI payment
+batches, read-back verification, and identical final M3 state after kills, lost answers and faults."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from m3_recon.defs.m3.client import M3Client
+from m3_recon.posting.config import PostingConfig, posting_config_from_env
+from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.posting.gl import GLRoute
+from m3_recon.posting.layout import LayoutError, ParmLayout
+from m3_recon.posting.outbox import ROUTE_CASH, ROUTE_GL, Voucher
+from m3_recon.posting.poster import PostingInterrupted, post_pending
+from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
+                                     SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
+from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
+from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
+from m3_recon.sandbox.world import Period, build_world
+from m3_recon.settings import SettingsError
+
+SEED = 11
+PERIOD = Period(date(2026, 10, 1), 10)
+NOW = PERIOD.end_epoch + 86_400
+BULK = 8  # transactions per bulk call: small, so a run has many waves and the big vouchers span two calls
+FAST = {"sleep": lambda seconds: None, "requests_per_second": 1_000, "bulk_size": BULK}
+API = f"/{SANDBOX_M3_TENANT}/M3/"
+CONFIG = posting_config_from_env({})
+BIG = "JV2610020001"  # 8 lines: head + 7 lines in one bulk call, line 8 + CtrlBatch + UpdBatch in the next
+HELD = "JV2610040002"
+SPLIT = "CA2610070001"  # 7 applications: head + 7 lines in one bulk call, ControlBatch in the next
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(SEED, PERIOD)
+
+
+class M3Sandbox:
+    """One M3 sandbox (ledger, clock, server) for one test; restartable when its ledger is a file."""
+
+    def __init__(self, world, folder: Path, ledger_path: Path | None = None, **ledger_options):
+        self.world, self.folder, self.ledger_path, self.ledger_options = world, folder, ledger_path, ledger_options
+        folder.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    def start(self) -> None:
+        self.ledger = M3Ledger(self.world, self.ledger_path, **self.ledger_options)
+        self.clock = SandboxClock(NOW)
+        self.app = M3App(self.ledger, self.clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET,
+                         SANDBOX_M3_USERNAME, SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
+        self.server = VendorServer(self.app, self.clock).start()
+        self.ionapi = write_ionapi_file(self.folder / "m3.ionapi", self.server.url)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def client(self, **options) -> M3Client:
+        return M3Client.from_ionapi(self.ionapi, 100, "AAA", **{**FAST, **options})
+
+    def state(self) -> tuple[list, list]:
+        """Everything the poster can have changed in M3: GL lines and cash applied, with their numbers."""
+        gl = sorted((ln.batch_key, ln.year, ln.voucher_series, ln.voucher, ln.journal, ln.journal_seq,
+                     ln.accounting_date, ln.accounts, ln.currency, ln.amount_minor, ln.text)
+                    for ln in self.ledger.gl_lines(NOW))
+        cash = sorted((ln.invoice, ln.invoice_year, ln.amount_minor, ln.voucher, ln.journal, ln.journal_seq,
+                       ln.accounting_date) for ln in self.ledger.lines(NOW) if ln.trcd == TRCD_PAYMENT)
+        return gl, cash
+
+    def outstanding(self, invoice) -> int:
+        return self.ledger.totals(NOW)[invoice.customer, invoice.number, invoice.year].outstanding_minor
+
+
+@pytest.fixture(scope="module")
+def stopping():
+    """Sandboxes stop in the background (each stop waits out the server's poll interval); joined once."""
+    threads: list[threading.Thread] = []
+    yield threads
+    for thread in threads:
+        thread.join()
+
+
+@pytest.fixture
+def sandboxes(world, tmp_path, stopping):
+    made = []
+
+    def make(**options) -> M3Sandbox:
+        sandbox = M3Sandbox(world, tmp_path / f"m3-{len(made)}", **options)
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in made:
+        stopping.append(threading.Thread(target=sandbox.stop))
+        stopping[-1].start()
+
+
+def journal_rows(world) -> tuple[list[dict], list[dict]]:
+    """GL vouchers (one big, three payouts of which one in EUR, one held) and three cash vouchers."""
+    gl = []
+
+    def voucher(key: str, day: date, currency: str, lines: list[tuple], held: str | None = None) -> None:
+        for number, (accounts, amount) in enumerate(lines, start=1):
+            gl.append({"voucher_key": key, "line_number": number, "accounting_date": day, "currency": currency,
+                       **{f"ait{i}": a for i, a in enumerate(accounts, start=1)}, "amount_minor": amount,
+                       "voucher_text": f"Stripe payout po_{key[-6:]}", "processor": "stripe",
+                       "payout_id": f"po_{key[-6:]}", "entry": "payout", "route": "gl",
+                       "held_reason": held if number == 1 else None})
+
+    charges = [12_345, 990, 45_000, 1_205, 77_777, 310, 8_800]
+    voucher(BIG, date(2026, 10, 2), "USD",
+            [(("1580", "STRIPE"), amount) for amount in charges] + [(("3010",), -sum(charges))])
+    for day, key, currency, net, fee in [(3, "JV2610030001", "USD", 98_231, 2_911), (4, HELD, "USD", 500, 25),
+                                         (5, "JV2610050001", "EUR", 40_000, 1_237), (6, "JV2610060001", "USD", 7, 1)]:
+        voucher(key, date(2026, 10, day), currency, [(("1930", "", "BANK1"), net), (("6570", "STRIPE"), fee),
+                                                     (("1580", "STRIPE"), -(net + fee))],
+                held="no account mapped for category adjustment" if key == HELD else None)
+    usd, eur = payable(world)
+    cash = []
+    for key, day, applications in [
+            (SPLIT, date(2026, 10, 7), [(inv, inv.amount_minor if n < 3 else inv.amount_minor // 2)
+                                        for n, inv in enumerate(usd[:7])]),
+            ("CA2610070002", date(2026, 10, 7), [(usd[3], usd[3].amount_minor // 3)]),  # same invoice again
+            ("CA2610080001", date(2026, 10, 8), [(eur, eur.amount_minor)])]:
+        for number, (inv, amount) in enumerate(applications, start=1):
+            cash.append({"voucher_key": key, "line_number": number, "accounting_date": day, "customer": inv.customer,
+                         "invoice_number": inv.number, "invoice_year": inv.year, "currency": inv.currency,
+                         "amount_minor": amount, "processor": "stripe", "source_id": f"ch_{key}_{number}"})
+    return gl, cash
+
+
+def payable(world):
+    invoices = [inv for inv in world.invoices if inv.invoice_date <= PERIOD.end]
+    return [inv for inv in invoices if inv.currency == "USD"][:7], next(inv for inv in invoices if inv.currency == "EUR")
+
+
+def write_journals(path: Path, gl: list[dict], cash: list[dict]) -> None:
+    with duckdb.connect(str(path)) as conn:
+        for table, columns, rows in (("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, gl),
+                                     ("core_cash_applications", CASH_APPLICATION_COLUMNS, cash)):
+            conn.execute(f"CREATE OR REPLACE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+            for row in rows:
+                conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                             list(row.values()))
+
+
+def outbox_state(path: Path) -> list[tuple]:
+    with duckdb.connect(str(path)) as conn:
+        return conn.execute("SELECT route, voucher_key, status, m3_voucher_number, m3_batch, line_count, "
+                            "content_hash FROM out_m3_postings ORDER BY ALL").fetchall()
+
+
+def post(path: Path, client: M3Client, config: PostingConfig = CONFIG):
+    with duckdb.connect(str(path)) as conn:  # a fresh connection per run, as a new process would open it
+        return post_pending(conn, client, config)
+
+
+@pytest.fixture
+def warehouse(world, tmp_path) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    write_journals(path, *journal_rows(world))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    """A fault-free run: the M3 state and outbox every faulty run must end with."""
+    folder = tmp_path_factory.mktemp("reference")
+    sandbox = M3Sandbox(world, folder / "m3")
+    path = folder / "warehouse.duckdb"
+    write_journals(path, *journal_rows(world))
+    post(path, sandbox.client())
+    yield sandbox.state(), outbox_state(path)
+    sandbox.stop()
+
+
+# -- the happy path ----------------------------------------------------------------------------------------
+def test_every_voucher_is_posted_once_verified_in_m3_and_a_rerun_posts_nothing(world, sandboxes, warehouse):
+    m3 = sandboxes()
+    summary = post(warehouse, m3.client())
+    assert summary.counts() == {"posted": 7, "verified": 7, "resumed": 0, "failed": 0, "held": 1, "changed": 0,
+                                "interrupted": 0}
+    outcomes = {o.voucher_key: o for o in summary.outcomes}
+    assert {k: o.m3_voucher_number for k, o in outcomes.items() if o.route == ROUTE_GL} == {
+        BIG: "2026-GL-1", "JV2610030001": "2026-GL-2", HELD: None, "JV2610050001": "2026-GL-3",
+        "JV2610060001": "2026-GL-4"}
+    assert outcomes[HELD].status == "held" and outcomes[HELD].error == "no account mapped for category adjustment"
+
+    gl, cash = journal_rows(world)
+    for key in {row["voucher_key"] for row in gl}:
+        in_m3 = [(ln.accounting_date, ln.accounts, ln.currency, ln.amount_minor, ln.text)
+                 for ln in sorted(m3.ledger.gl_lines_of_batch(key, NOW), key=lambda ln: ln.journal_seq)]
+        journal = [(r["accounting_date"], tuple(r.get(f"ait{i}", None) or "" for i in range(1, 8)), r["currency"],
+                    r["amount_minor"], r["voucher_text"]) for r in gl if r["voucher_key"] == key]
+        assert in_m3 == ([] if key == HELD else journal)
+    eur_voucher = m3.ledger.gl_lines_of_batch("JV2610050001", NOW)
+    assert {ln.currency for ln in eur_voucher} == {"EUR"} and all(ln.rate != 1 for ln in eur_voucher)
+
+    usd, eur = payable(world)
+    assert [m3.outstanding(inv) for inv in usd] == (
+        [0, 0, 0] + [usd[3].amount_minor - usd[3].amount_minor // 2 - usd[3].amount_minor // 3]
+        + [inv.amount_minor - inv.amount_minor // 2 for inv in usd[4:]])
+    assert m3.outstanding(eur) == 0
+    [record] = m3.client().execute("ARS200MI", "GetInvTotInfo", PYNO=usd[0].customer, CINO=usd[0].number,
+                                   INYR=usd[0].year, CUNO=usd[0].customer)
+    assert (record["RECO"], record["OCUA"], record["DTP5"]) == ("9", "0", "20261007")
+    payments = [ln for ln in m3.ledger.lines(NOW) if ln.trcd == TRCD_PAYMENT]
+    assert len({ln.voucher for ln in payments}) == 3 and len(payments) == 9  # one payment voucher per batch
+
+    statuses = {(route, key): (status, batch) for route, key, status, _, batch, *_ in outbox_state(warehouse)}
+    assert statuses[ROUTE_GL, BIG] == ("verified", BIG)
+    assert all(status == "verified" and len(batch) == 10 and batch.isdigit()
+               for (route, _), (status, batch) in statuses.items() if route == ROUTE_CASH)
+
+    state, served = m3.state(), m3.server.faults.served
+    again = post(warehouse, m3.client())
+    assert again.counts() == {"posted": 0, "verified": 0, "resumed": 0, "failed": 0, "held": 1, "changed": 0,
+                              "interrupted": 0}
+    assert m3.state() == state and m3.server.faults.served == served  # not a single call to M3
+
+
+def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
+    m3 = sandboxes()
+    line = {"line_number": 3, "accounting_date": date(2026, 10, 5), "ait1": "1580", "ait2": "STRIPE", "ait3": None,
+            "ait4": None, "ait5": None, "ait6": None, "ait7": None, "currency": "USD", "amount_minor": -123_456,
+            "voucher_text": "Stripe payout po_1"}
+    voucher = Voucher(ROUTE_GL, "JV1", "pending", "JV1", line["accounting_date"], (line,))
+    calls = GLRoute(m3.client(), CONFIG).calls(voucher)
+    assert [name for name, _ in calls] == ["AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"]
+    assert calls[0][1] == {"KEY1": "JV1", "INTN": "GLUPLOAD", "DESC": "Stripe payout po_1"}
+    assert calls[1][1]["PARM"] == ("I1" + "000000003" + "00000001" + "AAA" + "1580      " + "STRIPE    " + " " * 50
+                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40))
+    assert CONFIG.layout.parse(calls[1][1]["PARM"].rstrip())["CUAM"] == "-1234.56"
+    with pytest.raises(LayoutError, match="VTXT .* is 41 characters; interface GLUPLOAD holds 40"):
+        CONFIG.layout.build({"VTXT": "x" * 41})
+
+
+# -- exactly once: kills, lost answers, timeouts ---------------------------------------------------------------
+@pytest.mark.parametrize("program, transaction, skip, where", [
+    ("GLS840MI", "AddBatchHead", 0, "GL batch head and 7 lines in M3, no update yet"),
+    ("GLS840MI", "UpdBatch", 0, "GL voucher updated, not yet read back"),
+    ("GLS840MI", "UpdBatch", 3, "a later GL wave updated"),
+    ("GLS200MI", "SearchGenLedger", 1, "GL read-back of the second wave"),
+    ("ARS040MI", "AddBatchHead", 0, "payment batch and its lines in M3, not controlled"),
+    ("ARS040MI", "ControlBatch", 1, "second payment batch booked, not yet read back"),
+    ("ARS200MI", "GetInvTotInfo", 1, "read-back of the first payment batch"),
+])
+def test_a_poster_killed_anywhere_finishes_on_rerun_with_the_fault_free_m3_state(
+        sandboxes, warehouse, reference, program, transaction, skip, where):
+    m3 = sandboxes()
+    m3.app.lose_response(program, transaction, skip=skip)
+    with pytest.raises(PostingInterrupted) as killed:  # one attempt: the lost answer ends the process
+        post(warehouse, m3.client(max_attempts=1))
+    assert killed.value.summary.count("interrupted") >= 1, where
+    assert outbox_state(warehouse) != reference[1]  # stopped before the end
+    summary = post(warehouse, m3.client())
+    assert m3.state() == reference[0]
+    assert outbox_state(warehouse) == reference[1]
+    assert summary.count("resumed") >= 1 and summary.failed == 0
+
+
+def test_a_timeout_after_m3_did_the_work_is_resumed_not_repeated(sandboxes, warehouse, reference):
+    m3 = sandboxes()
+    m3.app.lose_response("GLS840MI", "CtrlBatch", skip=1, stall_seconds=1.0)  # the caller gives up first
+    with pytest.raises(PostingInterrupted, match="could not be reached"):
+        post(warehouse, m3.client(max_attempts=1, timeout_seconds=0.3))
+    post(warehouse, m3.client())
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]
+
+
+def test_lost_answers_5xx_429_and_timeouts_are_retried_within_one_run(sandboxes, warehouse, reference):
+    m3 = sandboxes()
+    for program, transaction in [("GLS840MI", "AddBatchHead"), ("GLS840MI", "UpdBatch"),
+                                 ("ARS040MI", "ControlBatch"), ("ARS200MI", "GetInvTotInfo")]:
+        m3.app.lose_response(program, transaction, skip=1)
+    m3.server.faults.configure(faults=[Fault(status=429, headers={"Retry-After": "0"}, count=2, path_prefix=API),
+                                       Fault(status=503, count=2, path_prefix=API),
+                                       Fault(stall_seconds=1.0, count=1, path_prefix=API)])
+    summary = post(warehouse, m3.client(max_attempts=6, timeout_seconds=0.5))
+    assert (summary.posted, summary.failed) == (7, 0)
+    assert m3.server.faults.pending == 0 and m3.app.lost_responses_pending == 0
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]
+
+
+def test_a_sandbox_restart_between_runs_keeps_the_half_posted_batch(world, sandboxes, warehouse, reference, tmp_path):
+    m3 = sandboxes(ledger_path=tmp_path / "m3.sqlite")
+    m3.app.lose_response("GLS840MI", "AddBatchHead")
+    with pytest.raises(PostingInterrupted):
+        post(warehouse, m3.client(max_attempts=1))
+    m3.stop()
+    m3.start()  # a new M3 process on the same files
+    post(warehouse, m3.client())
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]
+
+
+def test_the_field_form_posts_the_same_vouchers(sandboxes, warehouse, reference):
+    m3 = sandboxes()
+    post(warehouse, m3.client(), posting_config_from_env({"M3_GL_LINE_FORM": "fields"}))
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]
+
+
+# -- what is never posted ---------------------------------------------------------------------------------------
+def test_content_changed_after_sending_is_a_conflict_never_a_second_posting(world, sandboxes, warehouse):
+    m3 = sandboxes()
+    m3.app.lose_response("GLS840MI", "AddBatchHead")  # BIG reaches M3 half-way, then the poster dies
+    with pytest.raises(PostingInterrupted):
+        post(warehouse, m3.client(max_attempts=1))
+    gl, cash = journal_rows(world)
+    for row in gl:
+        if row["voucher_key"] in (BIG, "JV2610060001") and row["line_number"] == 1:
+            row["voucher_text"] = "Stripe payout corrected"
+        row["held_reason"] = None  # the held voucher's mapping was fixed
+    write_journals(warehouse, gl, [row for row in cash if row["voucher_key"] != SPLIT])
+    summary = post(warehouse, m3.client())
+    outcomes = {o.voucher_key: o for o in summary.outcomes}
+    assert (outcomes[BIG].action, outcomes[BIG].status) == ("changed", "failed")
+    assert "changed after it was sent to M3 as batch JV2610020001" in outcomes[BIG].error
+    assert m3.ledger.gl_lines_of_batch(BIG, NOW) == []  # the half-entered batch is left alone, never updated
+    assert (outcomes["JV2610060001"].action, outcomes[HELD].action) == ("posted", "posted")
+    assert m3.ledger.gl_lines_of_batch("JV2610060001", NOW)[0].text == "Stripe payout corrected"
+    assert outcomes["CA2610070002"].action == "posted"
+
+    assert SPLIT not in {key for _, key, *_ in outbox_state(warehouse)}  # never sent: it simply leaves
+
+    write_journals(warehouse, [row for row in gl if row["voucher_key"] != "JV2610030001"],
+                   [row for row in cash if row["voucher_key"] not in (SPLIT, "CA2610070002")])
+    state = m3.state()
+    again = post(warehouse, m3.client())
+    changed = {o.voucher_key: o for o in again.outcomes if o.action == "changed"}
+    assert changed.keys() == {BIG, "JV2610030001", "CA2610070002"}
+    assert changed[BIG].status == "failed"
+    assert changed["JV2610030001"].status == "verified"  # M3 has it; a person decides what to do
+    assert "left core_gl_journal_lines after it was sent to M3" in changed["JV2610030001"].error
+    assert "left core_cash_applications" in changed["CA2610070002"].error
+    assert again.posted == 0 and m3.state() == state
+
+
+def test_vouchers_m3_refuses_or_that_cannot_be_sent_fail_with_the_reason(world, sandboxes, tmp_path):
+    m3 = sandboxes()
+    gl, cash = journal_rows(world)
+    for row in gl:
+        if row["voucher_key"] == "JV2610030001" and row["line_number"] == 1:
+            row["amount_minor"] += 1  # unbalanced by one cent
+        if row["voucher_key"] == "JV2610060001":
+            row["voucher_key"] = "JV26100600000001"  # 16 characters: not a KEY1
+        if row["voucher_key"] == "JV2610050001":
+            row["voucher_text"] = "x" * 41
+    usd, _ = payable(world)
+    for row in cash:
+        if row["voucher_key"] == "CA2610070002":
+            row["amount_minor"] = usd[3].amount_minor  # more than is left open after the first batch
+        if row["voucher_key"] == "CA2610080001":
+            row["invoice_number"] = "99999999"
+    path = tmp_path / "refused.duckdb"
+    write_journals(path, gl, cash)
+    summary = post(path, m3.client())
+    failed = {o.voucher_key: o.error for o in summary.outcomes if o.action == "failed"}
+    assert failed.keys() == {"JV2610030001", "JV26100600000001", "JV2610050001", "CA2610070002", "CA2610080001"}
+    assert "does not balance in USD: debit 1011.43, credit 1011.42" in failed["JV2610030001"]
+    assert "cannot be an M3 KEY1" in failed["JV26100600000001"]
+    assert "VTXT 'xxxx" in failed["JV2610050001"]
+    assert "cannot apply" in failed["CA2610070002"]
+    assert "XRE0103" in failed["CA2610080001"]
+    assert summary.posted == 2  # BIG and the split payment batch
+    assert m3.ledger.gl_lines_of_batch("JV2610030001", NOW) == []
+    assert m3.outstanding(usd[3]) == usd[3].amount_minor - usd[3].amount_minor // 2  # only the first batch
+    assert post(path, m3.client()).counts()["failed"] == 0  # failed vouchers wait for a person
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+SITE_LAYOUT = """
+interface = "GLJOURNAL"
+decimal_separator = ","
+fields = [
+    { name = "INRI", from = 1,  to = 2,  format = "constant", value = "I1" },
+    { name = "ACDT", from = 3,  to = 10, format = "date" },
+    { name = "AIT1", from = 11, to = 18, format = "text" },
+    { name = "AIT2", from = 19, to = 26, format = "text" },
+    { name = "AIT3", from = 27, to = 34, format = "text" },
+    { name = "CUCD", from = 35, to = 37, format = "text" },
+    { name = "CUAM", from = 38, to = 52, format = "amount" },
+    { name = "VTXT", from = 53, to = 92, format = "text" },
+]
+"""
+
+
+def test_a_site_template_is_read_from_the_layout_file_by_poster_and_m3_alike(world, sandboxes, warehouse, tmp_path):
+    layout_file = tmp_path / "site_layout.toml"
+    layout_file.write_text(SITE_LAYOUT)
+    layout = ParmLayout.load(layout_file)
+    m3 = sandboxes(gl_interfaces={layout.interface: layout})
+    config = posting_config_from_env({"M3_GL_LAYOUT_FILE": str(layout_file)})
+    assert config.interface == "GLJOURNAL" and config.layout.length == 92
+    summary = post(warehouse, m3.client(), config)
+    assert summary.posted == 7
+    [first] = [ln for ln in m3.ledger.gl_lines_of_batch("JV2610050001", NOW) if ln.journal_seq == 1]
+    assert (first.accounts[:3], first.currency, first.amount_minor) == (("1930", "", "BANK1"), "EUR", 40_000)
+    assert layout.build({"CUAM": Decimal("-12.30"), "ACDT": date(2026, 10, 5)})[:52] == (
+        "I120261005" + " " * 27 + "         -12,30")
+
+    with pytest.raises(LayoutError, match="interface GLJOURNAL has no position for AIT5"):
+        layout.build({"AIT5": "X"})
+    layout_file.write_text(SITE_LAYOUT.replace("from = 27", "from = 26"))
+    with pytest.raises(LayoutError, match="M3_GL_LAYOUT_FILE .* AIT3 .* overlaps"):
+        ParmLayout.load(layout_file)
+    with pytest.raises(SettingsError, match="M3_GL_LINE_FORM"):
+        posting_config_from_env({"M3_GL_LINE_FORM": "xml"})
+    assert posting_config_from_env({"M3_GL_INTERFACE": "GLUPLOAD2"}).interface == "GLUPLOAD2"
+
+
+def test_posting_to_an_interface_m3_does_not_know_fails_every_gl_voucher_with_m3s_reason(sandboxes, warehouse):
+    m3 = sandboxes()
+    summary = post(warehouse, m3.client(), posting_config_from_env({"M3_GL_INTERFACE": "GLNOTTHERE"}))
+    failed = {o.voucher_key: o.error for o in summary.outcomes if o.route == ROUTE_GL and o.action == "failed"}
+    assert failed.keys() == {BIG, "JV2610030001", "JV2610050001", "JV2610060001"}
+    assert all("Interface GLNOTTHERE does not exist" in error for error in failed.values())
+    assert summary.posted == 3  # the cash route is unaffected
+    assert m3.state()[0] == []
