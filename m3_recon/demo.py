@@ -1,8 +1,11 @@
-"""The demo: start the sandbox, run the payout close over its whole period, print what a controller
-would ask, and check every figure against the sandbox generator's own truth.
+"""The demo: start the sandbox, run the payout close over its whole period, post to M3 and raise alerts
+(as the sensors would), print what a controller would ask, and check every figure against the sandbox
+generator's truth and M3's resulting state.
 
-Runs on the persistent instance in ``DAGSTER_HOME`` so the run shows up in the UI afterwards. Exits
-non-zero when the run fails or any figure disagrees with the generator.
+Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the UI afterwards. The
+sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
+the demo again re-closes the period against the same M3 — and posts nothing new. Exits non-zero when a
+run fails or any figure disagrees.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ import duckdb
 
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.truth import expected_movements, judge
+from m3_recon.settings import PROJECT_ROOT
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
 def run_demo(seed: int, start, days: int) -> int:
     began = time.monotonic()
-    with Sandbox(seed=seed, start=start, days=days) as sandbox:
+    ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d.sqlite"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
         from m3_recon import settings
-        from m3_recon.runs import run_payout_close
+        from m3_recon.runs import run_after_close, run_payout_close
 
         period = sandbox.period
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
@@ -34,8 +40,14 @@ def run_demo(seed: int, start, days: int) -> int:
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
             return 1
+        posting, alerts = run_after_close()
+        print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
+              f"{'succeeded' if alerts.success else 'FAILED'}")
+        if not (posting.success and alerts.success):
+            return 1
+        this_run = posting.get_asset_materialization_events()[0].materialization.metadata
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = report(conn, sandbox)
+            ok = report(conn, sandbox) & report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
         print(f"\nWarehouse: {settings.duckdb_path()}. Total {time.monotonic() - began:.1f} s. "
               "Browse the run and lineage with `make ui`.")
     return 0 if ok else 1
@@ -88,3 +100,33 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
             SELECT 1 FROM out_recon_exceptions e WHERE e.source_id = t.payout_id AND e.status = 'open')""").fetchone()[0]
     ok &= mismatched_unexcepted == 0
     return ok
+
+
+def report_m3(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox, this_run: dict) -> bool:
+    """M3's state after posting against what the pipeline says it posted."""
+    now = sandbox.clock.now()
+    print("\nM3 (sandbox ledger; GLS840MI → GLS200MI, ARS040MI → ARS200MI):")
+    print(f"  this run: {this_run.get('posted', 0)} vouchers posted, {this_run.get('verified', 0)} verified, "
+          f"{this_run.get('resumed', 0)} resumed, {this_run.get('failed', 0)} failed, {this_run.get('held', 0)} held")
+    outbox = dict(conn.execute("SELECT route || ' ' || status, count(*) FROM out_m3_postings GROUP BY 1").fetchall())
+    print("  outbox: " + ", ".join(f"{n} {k}" for k, n in sorted(outbox.items())))
+    gl_sent = {k: d for k, d in conn.execute(
+        "SELECT j.voucher_key, sum(j.amount_minor) FILTER (j.amount_minor > 0) FROM core_gl_journal_lines j "
+        "JOIN out_m3_postings p ON p.voucher_key = j.voucher_key AND p.route = 'gl' AND p.status = 'verified' "
+        "GROUP BY 1").fetchall()}
+    in_m3: dict[str, int] = {}
+    for line in sandbox.m3.gl_lines(now):
+        if line.amount_minor > 0:
+            in_m3[line.batch_key] = in_m3.get(line.batch_key, 0) + line.amount_minor
+    gl_ok = in_m3 == gl_sent
+    applied = dict(((n, y), a) for n, y, a in conn.execute(
+        "SELECT c.invoice_number, c.invoice_year, sum(c.amount_minor) FROM core_cash_applications c "
+        "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
+        "AND p.status = 'verified' GROUP BY 1, 2").fetchall())
+    totals = sandbox.m3.totals(now)
+    cash_ok = all(t.paid_minor == applied.get((t.line.invoice, t.line.invoice_year), 0) for t in totals.values())
+    paid = sum(1 for t in totals.values() if t.reco == 9)
+    print(f"  GL vouchers in M3: {len(in_m3)}, debits equal to the verified journals: {'yes' if gl_ok else 'NO'}")
+    print(f"  invoices with cash applied: {sum(1 for a in applied.values() if a)}, fully paid (RECO 9): {paid}; "
+          f"every invoice's paid amount in M3 equals the verified applications: {'yes' if cash_ok else 'NO'}")
+    return gl_ok and cash_ok and not this_run.get("failed", 0)

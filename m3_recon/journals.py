@@ -76,11 +76,11 @@ def _mapping(pairs: dict[str, str]) -> str:
 
 
 def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, lines: str, payouts: str,
-                    allocations: str, invoices: str, overpaid: str) -> None:
+                    allocations: str, overpaid: str) -> None:
     """Create ``journal_lines`` and ``cash_applications`` for the window's ``lines`` and ``payouts``.
 
-    ``allocations``: core_payment_allocations rows of those lines; ``invoices``: core_open_invoices
-    (local value of foreign invoices); ``overpaid``: (processor, source_id, written_off) of payments with
+    ``allocations``: core_payment_allocations rows of those lines (with their booked local values);
+    ``overpaid``: (processor, source_id, written_off) of payments with
     an overpayment exception, whose residue is unapplied cash rather than rounding — or, where finance
     decided to write it off and it is within the write-off limit, a write-off.
     """
@@ -90,10 +90,8 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
         CREATE OR REPLACE TEMP TABLE applied AS
         SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.customer, a.invoice_currency,
                a.allocated_minor, a.allocated_settlement_minor, a.settlement_date,
-               CASE WHEN a.invoice_currency = a.payment_currency THEN a.allocated_minor
-                    WHEN a.allocated_minor = i.outstanding_minor THEN i.outstanding_local_minor
-                    ELSE CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) END AS local_minor
-        FROM {allocations} a LEFT JOIN {invoices} i USING (invoice_number, invoice_year)
+               a.allocated_local_minor AS local_minor
+        FROM {allocations} a
         WHERE a.status = 'auto' AND a.line_type = 'charge' AND a.invoice_number IS NOT NULL""")
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE journal_entries AS
@@ -149,7 +147,7 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
             SELECT e.*, c.code,
                    CASE WHEN e.entry = 'payout'
                         THEN 'G' || c.code || 'P' || strftime(e.accounting_date, '%y%m%d')
-                             || upper(substr(md5(e.processor || '|' || e.payout_id), 1, 5))
+                             || upper(substr(md5(e.processor || '|' || e.payout_id), 1, 4))
                         ELSE 'G' || c.code || 'D' || strftime(e.accounting_date, '%Y%m%d') END AS voucher_key
             FROM journal_entries e JOIN code c USING (processor)
         ), sides AS (
@@ -196,3 +194,74 @@ def clearing_by_payout(conn: duckdb.DuckDBPyConnection) -> None:
               UNION ALL
               SELECT processor, payout_id, local_minor FROM cash_applications)
         WHERE payout_id IS NOT NULL GROUP BY ALL""")
+
+
+def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0] > 0
+
+
+REVISION = r"R[1-9]$"
+
+
+def corrections(conn: duckdb.DuckDBPyConnection) -> int:
+    """Never rewrite what M3 already has: for every voucher (or cash batch) of this window with anything sent,
+    keep the sent versions as stored and put the difference between the newly derived content and what was sent
+    into one revision voucher ``<key>R<n>``. A cash application that would have to be taken back cannot be
+    posted as a negative payment: it becomes a row of temp table ``journal_conflicts`` for a person.
+    Rewrites temp tables ``journal_lines`` and ``cash_applications``; returns the number of revision vouchers."""
+    conn.execute("CREATE OR REPLACE TEMP TABLE journal_conflicts (processor VARCHAR, source_id VARCHAR, "
+                 "voucher_key VARCHAR, accounting_date DATE, currency VARCHAR, amount_minor BIGINT, detail VARCHAR)")
+    if not (_has_table(conn, "out_m3_postings") and _has_table(conn, "core_gl_journal_lines")):
+        return 0
+    revisions = 0
+    for route, derived, stored, group in (
+        ("gl", "journal_lines", "core_gl_journal_lines",
+         "accounting_date, ait1, ait2, ait3, ait4, ait5, ait6, ait7, currency, processor, payout_id, source_id, entry, route, source_date"),
+        ("cash_application", "cash_applications", "core_cash_applications",
+         "accounting_date, customer, invoice_number, invoice_year, currency, processor, source_id, payout_id"),
+    ):
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE sent_keys AS
+            SELECT voucher_key, regexp_replace(voucher_key, '{REVISION}', '') AS base,
+                   coalesce(TRY_CAST(regexp_extract(voucher_key, 'R([1-9])$', 1) AS INTEGER), 0) AS revision
+            FROM out_m3_postings WHERE route = '{route}' AND sent_at_utc IS NOT NULL""")
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE frozen_bases AS
+            SELECT base, max(revision) + 1 AS next_revision FROM sent_keys
+            WHERE base IN (SELECT voucher_key FROM {derived}) GROUP BY base""")
+        amount = "amount_minor" if route == "gl" else "amount_minor, local_minor"
+        sums = "sum(amount_minor) AS amount_minor" + ("" if route == "gl" else ", sum(local_minor) AS local_minor")
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE revision_lines AS
+            WITH wanted AS (
+                SELECT voucher_key AS base, {group}, {amount} FROM {derived}
+                WHERE voucher_key IN (SELECT base FROM frozen_bases)
+            ), sent AS (
+                SELECT k.base, {", ".join(f"s.{c.strip()}" for c in group.split(","))},
+                       -s.amount_minor AS amount_minor{"" if route == "gl" else ", -s.local_minor AS local_minor"}
+                FROM {stored} s JOIN sent_keys k USING (voucher_key) WHERE k.base IN (SELECT base FROM frozen_bases)
+            )
+            SELECT f.base || 'R' || f.next_revision AS voucher_key, d.*
+            FROM (SELECT base, {group}, {sums} FROM (SELECT * FROM wanted UNION ALL BY NAME SELECT * FROM sent)
+                  GROUP BY ALL HAVING sum(amount_minor) <> 0) d JOIN frozen_bases f USING (base)""")
+        if route == "cash_application":
+            conn.execute("""INSERT INTO journal_conflicts
+                            SELECT processor, source_id, voucher_key, accounting_date, currency, amount_minor,
+                                   'a posted cash application of ' || invoice_number || ' would have to be reduced by '
+                                   || (-amount_minor) || ' ' || currency || ': reverse it in M3 by hand'
+                            FROM revision_lines WHERE amount_minor < 0""")
+            conn.execute("DELETE FROM revision_lines WHERE amount_minor < 0")
+        revisions += conn.execute("SELECT count(DISTINCT voucher_key) FROM revision_lines").fetchone()[0]
+        numbered = ("left('correction ' || entry || ' ' || coalesce(source_id, payout_id, ''), 40) AS voucher_text, "
+                    "CAST(NULL AS VARCHAR) AS held_reason" if route == "gl" else "")
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {derived}_next AS
+            SELECT * FROM {derived} WHERE voucher_key NOT IN (SELECT base FROM frozen_bases)
+            UNION ALL BY NAME
+            SELECT s.* FROM {stored} s JOIN sent_keys k USING (voucher_key) WHERE k.base IN (SELECT base FROM frozen_bases)
+            UNION ALL BY NAME
+            SELECT * EXCLUDE (base), CAST(row_number() OVER (PARTITION BY voucher_key ORDER BY {group}) AS INTEGER)
+                       AS line_number{", " + numbered if numbered else ""}
+            FROM revision_lines""")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {derived} AS SELECT * FROM {derived}_next")
+    return revisions

@@ -24,3 +24,12 @@ def run_payout_close(first_day: date, last_day: date, log_level: str = "WARNING"
               "m3_recon/trigger": "cli"},
         raise_on_error=False,
     )
+
+
+def run_after_close(log_level: str = "WARNING") -> list[dg.ExecuteInProcessResult]:
+    """What the sensors launch after a close: posting to M3, then alerts for new exceptions."""
+    from m3_recon.definitions import defs
+
+    return [defs.resolve_job_def(job).execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        tags={"m3_recon/trigger": "cli"}, raise_on_error=False) for job in ("m3_posting", "recon_alerts")]

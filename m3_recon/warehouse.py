@@ -109,6 +109,8 @@ def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes:
     try:
         for table, columns, select_sql in writes:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+            for column, kind in columns.items():  # a table made by an older release gains new columns
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
             conn.execute(f"DELETE FROM {table} WHERE {date_column} >= ? AND {date_column} < ?", [first_day, end_day])
             conn.execute(f"INSERT INTO {table} BY NAME {select_sql}")
         conn.execute("COMMIT")

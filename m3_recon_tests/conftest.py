@@ -58,14 +58,14 @@ def close_definitions(database: str):
     import dagster as dg
 
     from m3_recon.definitions import defs, payout_close
-    from m3_recon.defs.automation import recon_alerts
+    from m3_recon.defs.automation import m3_posting, recon_alerts
     from m3_recon.defs.heartland.definitions import heartland_resource_from_env
     from m3_recon.defs.reconcile.assets import AlertWebhook
     from m3_recon.defs.m3.definitions import m3_resource_from_env
     from m3_recon.defs.paytrace.definitions import paytrace_resource_from_env
     from m3_recon.defs.stripe.definitions import stripe_resource_from_env
 
-    return dg.Definitions(assets=list(defs.assets), jobs=[payout_close, recon_alerts], resources={
+    return dg.Definitions(assets=list(defs.assets), jobs=[payout_close, recon_alerts, m3_posting], resources={
         "alert_webhook": AlertWebhook(url=os.environ.get("M3_RECON_ALERT_WEBHOOK_URL")),
         "stripe": stripe_resource_from_env(), "paytrace": paytrace_resource_from_env(),
         "heartland": heartland_resource_from_env(), "m3": m3_resource_from_env(),

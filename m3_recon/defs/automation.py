@@ -2,6 +2,7 @@
 
 * ``payout_close`` — everything from staging to journals for a day (or, as a backfill, a period);
 * ``nightly_payout_close`` — at 02:00 in ``M3_RECON_TIMEZONE``, the last UTC day that has ended;
+* ``m3_posting_sensor`` — after each new set of journals, a run of ``m3_posting`` (out_m3_postings);
 * ``recon_alert_sensor`` — after each new exception register, a run of ``recon_alerts`` (out_alerts).
 Sensors only look at Dagster's event log (never at the warehouse), so they cannot contend with a run.
 """
@@ -12,15 +13,20 @@ import dagster as dg
 
 from m3_recon import settings
 
-AFTER_CLOSE = dg.AssetSelection.assets("out_alerts")
+POSTING = dg.AssetSelection.assets("out_m3_postings")
+ALERTS = dg.AssetSelection.assets("out_alerts")
+AFTER_CLOSE = POSTING | ALERTS
 
 payout_close = dg.define_asset_job(
     "payout_close", selection=dg.AssetSelection.all() - AFTER_CLOSE,
     description="The close for a day (or, as a backfill, a period): every processor's staging, M3's open "
                 "invoices, the canonical model, matching, tie-out, exceptions and journals.")
 
-recon_alerts = dg.define_asset_job("recon_alerts", selection=AFTER_CLOSE,
+recon_alerts = dg.define_asset_job("recon_alerts", selection=ALERTS,
                                    description="Raise (and deliver) alerts for newly opened exceptions.")
+
+m3_posting = dg.define_asset_job("m3_posting", selection=POSTING,
+                                 description="Post pending vouchers and cash applications to M3, exactly once.")
 
 
 @dg.schedule(job=payout_close, cron_schedule="0 2 * * *", execution_timezone=settings.reporting_timezone(),
@@ -38,5 +44,12 @@ def recon_alert_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Even
     yield dg.RunRequest(run_key=f"alerts:{asset_event.run_id}:{asset_event.timestamp}")
 
 
-defs = dg.Definitions(jobs=[payout_close, recon_alerts], schedules=[nightly_payout_close],
-                      sensors=[recon_alert_sensor])
+@dg.asset_sensor(asset_key=dg.AssetKey("core_gl_journal_lines"), job=m3_posting, minimum_interval_seconds=60,
+                 default_status=dg.DefaultSensorStatus.STOPPED)
+def m3_posting_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """New journals (vouchers that became ready) ask for one posting run (keyed by the event)."""
+    yield dg.RunRequest(run_key=f"post:{asset_event.run_id}:{asset_event.timestamp}")
+
+
+defs = dg.Definitions(jobs=[payout_close, recon_alerts, m3_posting], schedules=[nightly_payout_close],
+                      sensors=[recon_alert_sensor, m3_posting_sensor])

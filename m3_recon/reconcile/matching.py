@@ -38,6 +38,7 @@ ALLOCATION_COLUMNS = {
     "allocated_minor": "BIGINT NOT NULL", "allocated_settlement_minor": "BIGINT NOT NULL",
     "rule": "VARCHAR NOT NULL", "confidence": "DECIMAL(4, 3) NOT NULL", "status": "VARCHAR NOT NULL",
     "linked_source_id": "VARCHAR",
+    "allocated_local_minor": "BIGINT",  # M3's booked local value of allocated_minor, fixed when allocated
 }
 EXCEPTION_COLUMNS = {
     "exception_id": "VARCHAR NOT NULL", "reason_code": "VARCHAR NOT NULL", "processor": "VARCHAR NOT NULL",
@@ -59,6 +60,8 @@ REASON_CODES = {
     "no_matching_invoice": "no open invoice or group of invoices of the customer matches the amount",
     "reversal_of_unapplied_payment": "a refund or dispute of a charge that was never applied to an invoice",
     "payout_mismatch": "the payout's amount differs from the sum of its lines",
+    "voucher_held": "a voucher cannot be posted (see its reason); map the account and rerun",
+    "posted_voucher_changed": "something M3 already holds would have to change; correct it in M3 by hand",
 }
 
 
@@ -113,18 +116,19 @@ def _settlement_share(amount: str, part: str, whole: str) -> str:
 
 
 def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lines: str, invoices: str,
-                   earlier: str) -> None:
+                   earlier: str, history: str | None = None) -> None:
     """Create temp tables ``match_allocations`` and ``match_exceptions`` (see the module docstring).
 
     ``lines``: canonical settlement lines (core_settlement_lines columns). ``invoices``: open invoices with
     invoice_number, invoice_year, customer, currency, outstanding_minor, invoice_date. ``earlier``:
     allocations (core_payment_allocations columns) from before this window that still bind invoices.
+    ``history``: allocations refunds and disputes may link to beyond this window (default: ``earlier``).
     """
-    for statement in _statements(rules, lines, invoices, earlier):
+    for statement in _statements(rules, lines, invoices, earlier, history or earlier):
         conn.execute(statement)
 
 
-def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> list[str]:
+def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, history: str) -> list[str]:
     # Internally a payment is its pid and an invoice its iid: joins run on integers, not on text keys.
     # "Oldest first" is (occurred_at_utc, processor, source_id) for payments, (invoice_date, iid) for invoices.
     conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
@@ -259,7 +263,8 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -
                        AS allocated_settlement_minor,
                    coalesce(m.rule, 'none') AS rule,
                    CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
-                   coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id
+                   coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
+                   CAST(NULL AS BIGINT) AS allocated_local_minor
             FROM m_pay p LEFT JOIN matched m USING (pid) LEFT JOIN m_inv i USING (iid)""",
         # -- rule 5: refunds and disputes follow the charge they reverse ------------------------------
         f"""INSERT INTO match_allocations
@@ -271,12 +276,12 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str) -
                 FROM match_allocations WHERE status = 'auto'
                 UNION ALL
                 SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
-                FROM {earlier} WHERE status = 'auto' AND line_type = 'charge'
+                FROM {history} WHERE status = 'auto' AND line_type = 'charge'
             )
             SELECT r.processor, r.source_id, r.line_type, r.settlement_date, coalesce(a.customer, r.customer_ref),
                    a.invoice_number, CAST(a.invoice_year AS INTEGER), a.invoice_currency, r.currency, r.amount_minor,
                    NULL, 0, 0, 'reversal_link', CAST(CASE WHEN a.source_id IS NULL THEN 0 ELSE 1 END AS DECIMAL(4, 3)),
-                   CASE WHEN a.source_id IS NULL THEN 'unmatched' ELSE 'auto' END, r.original_source_id
+                   CASE WHEN a.source_id IS NULL THEN 'unmatched' ELSE 'auto' END, r.original_source_id, NULL
             FROM reversal r
             LEFT JOIN charge_allocation a ON a.processor = r.processor AND a.source_id = r.original_source_id""",
         # -- exceptions -------------------------------------------------------------------------------

@@ -8,15 +8,20 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
-from m3_recon.journals import AccountMap, clearing_by_payout, derive_journals
+from m3_recon.defs.m3.resources import M3Resource
+from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
 from m3_recon.partitions import daily_partitions, fetch_window
+from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.posting.poster import post_pending
 from m3_recon.reconcile.decisions import load_decisions
 from m3_recon.warehouse import replace_days
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "post"
+CONFLICT_COLUMNS = {"processor": "VARCHAR", "source_id": "VARCHAR", "voucher_key": "VARCHAR",
+                    "accounting_date": "DATE", "currency": "VARCHAR", "amount_minor": "BIGINT", "detail": "VARCHAR"}
 OWNERS = ["team:finance-systems"]
 
 
@@ -24,14 +29,20 @@ class JournalConfig(dg.Config):
     lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 
 
-def journal_checks(conn) -> list[dg.AssetCheckResult]:
+def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
+    """Vouchers balance; and every tied payout of the window whose lines all lie in the window (so all its
+    clearing movements were derived in this run) nets to zero on clearing."""
     unbalanced = conn.execute("""SELECT voucher_key, currency, sum(amount_minor) FROM journal_lines
                                  GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall()
     clearing_by_payout(conn)
-    residue = conn.execute("""
+    residue = conn.execute(f"""
         SELECT t.processor, t.payout_id, c.clearing_net_minor FROM core_payout_reconciliation t
         JOIN clearing_by_payout c USING (processor, payout_id)
-        WHERE t.status = 'tied' AND c.clearing_net_minor <> 0""").fetchall()
+        WHERE t.status = 'tied' AND c.clearing_net_minor <> 0
+          AND t.settlement_date >= DATE '{first}' AND t.settlement_date < DATE '{end}'
+          AND NOT EXISTS (SELECT 1 FROM core_settlement_lines l
+                          WHERE l.processor = t.processor AND l.payout_id = t.payout_id
+                            AND (l.settlement_date < DATE '{first}' OR l.settlement_date >= DATE '{end}'))""").fetchall()
     return [
         dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -80,12 +91,13 @@ def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: D
                      "FROM core_match_exceptions e LEFT JOIN exception_decisions d USING (exception_id) "
                      "WHERE e.reason_code = 'overpayment'")
         derive_journals(conn, AccountMap.load(), lines="journal_window_lines", payouts="journal_window_payouts",
-                        allocations="journal_window_allocations", invoices="core_open_invoices",
-                        overpaid="journal_overpaid")
+                        allocations="journal_window_allocations", overpaid="journal_overpaid")
+        revisions = corrections(conn)
         replace_days(conn, first_day=first, end_day=end, date_column="source_date", writes=[
             ("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, "SELECT * FROM journal_lines")])
         replace_days(conn, first_day=first, end_day=end, date_column="accounting_date", writes=[
-            ("core_cash_applications", CASH_APPLICATION_COLUMNS, "SELECT * FROM cash_applications")])
+            ("core_cash_applications", CASH_APPLICATION_COLUMNS, "SELECT * FROM cash_applications"),
+            ("core_journal_conflicts", CONFLICT_COLUMNS, "SELECT * FROM journal_conflicts")])
         vouchers, lines, held, debits = conn.execute("""
             SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL),
                    coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) FROM journal_lines""").fetchone()
@@ -93,9 +105,10 @@ def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: D
                                 "GROUP BY 1 ORDER BY 1").fetchall()
         batches, applications, applied = conn.execute(
             "SELECT count(DISTINCT voucher_key), count(*), coalesce(sum(amount_minor), 0) FROM cash_applications").fetchone()
-        checks = journal_checks(conn)
+        checks = journal_checks(conn, first, end)
     yield dg.MaterializeResult(asset_key="core_gl_journal_lines", metadata={
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
+        "correction_vouchers": revisions,
         "debits_minor": int(debits),
         "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
             f"| {e} | {n} | {d} |" for e, n, d in by_entry))})
@@ -103,3 +116,24 @@ def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: D
         "fetch_window": str(window), "payment_batches": batches, "applications": applications,
         "applied_minor": int(applied)})
     yield from checks
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"m3", "duckdb"}, pool="duckdb_writer",
+    deps=["core_gl_journal_lines", "core_cash_applications"],
+    description="The M3 postings outbox: every voucher and cash batch with its status (pending, sent, verified, "
+                "failed, held), attempts, last error and M3 voucher number. Posting sends GL vouchers through "
+                "GLS840MI and verifies them with GLS200MI, applies cash through ARS040MI and confirms it with "
+                "ARS200MI — exactly once, resuming whatever M3 already holds after a crash.",
+)
+def out_m3_postings(context: dg.AssetExecutionContext, duckdb: DuckDBResource, m3: M3Resource) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        summary = post_pending(conn, m3.client(), posting_config_from_env())
+        by_status = conn.execute("SELECT route, status, count(*) FROM out_m3_postings GROUP BY ALL ORDER BY ALL").fetchall()
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    for outcome in failed[:20]:
+        context.log.error(f"{outcome.route} voucher {outcome.voucher_key} failed: {outcome.error}")
+    return dg.MaterializeResult(metadata={
+        **summary.counts(),
+        "outbox": dg.MetadataValue.md("| route | status | vouchers |\n|---|---|---:|\n" + "\n".join(
+            f"| {r} | {s} | {n} |" for r, s, n in by_status))})

@@ -2,6 +2,6 @@
 
 import dagster as dg
 
-from m3_recon.defs.post.assets import journals
+from m3_recon.defs.post.assets import journals, out_m3_postings
 
-defs = dg.Definitions(assets=[journals])
+defs = dg.Definitions(assets=[journals, out_m3_postings])

@@ -23,6 +23,7 @@ from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, load_decisions
+from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts)
 from m3_recon.warehouse import naive_utc, replace_days
@@ -50,6 +51,29 @@ def _table(columns: dict[str, str]) -> str:
     return ", ".join(f"{c} {t}" for c, t in columns.items())
 
 
+def journal_exceptions(conn, first: str, end: str) -> str:
+    """SQL for held vouchers and posted-voucher conflicts of the window, in the exception register's shape."""
+    def exists(table: str) -> bool:
+        return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
+    parts = []
+    if exists("core_gl_journal_lines"):
+        parts.append(f"""
+            SELECT 'EX-' || upper(substr(md5('voucher_held|' || voucher_key), 1, 12)) AS exception_id,
+                   'voucher_held' AS reason_code, any_value(processor) AS processor, voucher_key AS source_id,
+                   min(accounting_date) AS settlement_date, any_value(currency) AS currency,
+                   sum(amount_minor) FILTER (amount_minor > 0) AS amount_minor, NULL::BIGINT AS unapplied_minor,
+                   to_json([]) AS candidates, any_value(held_reason) AS detail
+            FROM core_gl_journal_lines WHERE held_reason IS NOT NULL
+              AND source_date >= DATE '{first}' AND source_date < DATE '{end}' GROUP BY voucher_key""")
+    if exists("core_journal_conflicts"):
+        parts.append(f"""
+            SELECT 'EX-' || upper(substr(md5('posted_voucher_changed|' || voucher_key || '|' || source_id), 1, 12)),
+                   'posted_voucher_changed', processor, source_id, accounting_date, currency, amount_minor, NULL,
+                   to_json([voucher_key]), detail
+            FROM core_journal_conflicts WHERE accounting_date >= DATE '{first}' AND accounting_date < DATE '{end}'""")
+    return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
+
+
 def allocation_checks(conn) -> list[dg.AssetCheckResult]:
     unbalanced = conn.execute("""
         SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
@@ -66,6 +90,8 @@ def allocation_checks(conn) -> list[dg.AssetCheckResult]:
         FROM core_payment_allocations a
         LEFT JOIN core_open_invoices i USING (invoice_number, invoice_year)
         WHERE a.status = 'auto' AND a.invoice_number IS NOT NULL
+          AND (a.processor, a.source_id, a.invoice_number, a.invoice_year) NOT IN
+              (SELECT (processor, source_id, invoice_number, invoice_year) FROM applications_in_m3)
         GROUP BY a.invoice_number, a.invoice_year
         HAVING sum(a.allocated_minor) > coalesce(any_value(i.outstanding_minor), 0)
         LIMIT 20""").fetchall()
@@ -87,7 +113,8 @@ def allocation_checks(conn) -> list[dg.AssetCheckResult]:
         dg.AssetCheckSpec("allocations_sum_to_payment", asset="core_payment_allocations", blocking=True,
                           description="Every applied payment's allocations plus its unapplied excess equal the payment."),
         dg.AssetCheckSpec("no_invoice_over_allocated", asset="core_payment_allocations", blocking=True,
-                          description="No invoice receives more than M3 shows outstanding."),
+                          description="No invoice receives more than M3 shows outstanding (counting what is not "
+                                      "yet in M3)."),
     ],
     description="Payment line → invoice allocations: allocated amount (invoice and settlement currency), rule, "
                 "confidence and status auto / suggested / unmatched. Only `auto` rows are ever posted.",
@@ -99,13 +126,22 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Reconcil
     rules = MatchingRules.load()
     with duckdb.get_connection() as conn:
         conn.execute(f"CREATE TABLE IF NOT EXISTS core_payment_allocations ({_table(ALLOCATION_COLUMNS)})")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines "
-                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW earlier_allocations AS SELECT * FROM core_payment_allocations "
-                     f"WHERE settlement_date < DATE '{first}'")
-        match_payments(conn, rules, lines="window_lines", invoices="core_open_invoices", earlier="earlier_allocations")
         load_decisions(conn)
+        frozen = freeze_posted_payments(conn, first, end)
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines l "
+                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}' "
+                     f"AND (processor, source_id) NOT IN (SELECT (processor, source_id) FROM frozen_payments)")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW earlier_allocations AS SELECT * FROM core_payment_allocations "
+                     f"WHERE settlement_date < DATE '{first}' AND (processor, source_id, invoice_number, invoice_year) "
+                     f"NOT IN (SELECT (processor, source_id, invoice_number, invoice_year) FROM applications_in_m3)")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW linkable_allocations AS SELECT * FROM core_payment_allocations "
+                     f"WHERE settlement_date < DATE '{first}' OR (processor, source_id) IN "
+                     f"(SELECT (processor, source_id) FROM frozen_payments)")
+        match_payments(conn, rules, lines="window_lines", invoices="core_open_invoices", earlier="earlier_allocations",
+                       history="linkable_allocations")
         decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
+        book_local_values(conn, invoices="core_open_invoices")
+        keep_frozen(conn, first, end)
         replace_days(conn, first_day=first, end_day=end, writes=[
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
             ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
@@ -120,7 +156,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Reconcil
         checks = allocation_checks(conn)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
-        "applied_by_decision": decided,
+        "applied_by_decision": decided, "kept_as_posted": frozen,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
         "unmatched_amount_minor": int(unmatched_amount),
         "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
@@ -155,7 +191,8 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Reconc
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb"}, pool="duckdb_writer", deps=[core_payment_allocations, core_payout_reconciliation],
+    kinds={"duckdb"}, pool="duckdb_writer",
+    deps=[core_payment_allocations, core_payout_reconciliation, "core_gl_journal_lines"],
     check_specs=[dg.AssetCheckSpec("every_payout_tied_or_excepted", asset="out_recon_exceptions", blocking=True,
                                    description="Every mismatched payout has an open exception.")],
     description="The exception register: one row per thing a person must decide (stable id, reason code, amounts, "
@@ -175,7 +212,8 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileCon
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
             UNION ALL BY NAME SELECT * FROM payout_exceptions
-            UNION ALL BY NAME SELECT * FROM anomaly_exceptions""")
+            UNION ALL BY NAME SELECT * FROM anomaly_exceptions
+            UNION ALL BY NAME {journal_exceptions(conn, first, end)}""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
                                      end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS), now=now)
         load_decisions(conn)
