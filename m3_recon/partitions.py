@@ -17,6 +17,12 @@ from m3_recon import settings
 daily_partitions = dg.DailyPartitionsDefinition(start_date=settings.start_date(), timezone="UTC")
 
 
+class LookbackConfig(dg.Config):
+    """Run config of every daily asset: how many earlier days to re-read and recompute."""
+
+    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
+
+
 @dataclass(frozen=True)
 class FetchWindow:
     """The half-open UTC interval [start, end) one run reads and replaces."""

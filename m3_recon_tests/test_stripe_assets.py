@@ -4,7 +4,6 @@ from datetime import datetime, timezone
 
 import dagster as dg
 import duckdb
-import pytest
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.stripe.assets import raw_stripe_balance_transactions, raw_stripe_payout_lines, raw_stripe_payouts
@@ -126,17 +125,3 @@ def test_the_key_never_reaches_logs_or_metadata(sandbox, tmp_path):
     metadata = [m.metadata for m in result.get_asset_materialization_events() for m in [m.materialization]]
     assert SANDBOX_STRIPE_KEY not in repr(metadata)
     assert all("rows" in m for m in metadata)
-
-
-@pytest.mark.parametrize("tick,expected", [("2026-10-05T02:00:00", "2026-10-04"), ("2026-11-01T02:00:00", "2026-10-31")])
-def test_nightly_schedule_requests_the_last_complete_utc_day(tick, expected):
-    from zoneinfo import ZoneInfo
-
-    from m3_recon.definitions import defs
-
-    schedule = defs.resolve_schedule_def("stripe_ingest_nightly")
-    zone = ZoneInfo(schedule.execution_timezone)
-    context = dg.build_schedule_context(scheduled_execution_time=datetime.fromisoformat(tick).replace(tzinfo=zone),
-                                        repository_def=defs.get_repository_def())
-    request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.partition_key == expected and request.run_key == f"stripe_ingest:{expected}"

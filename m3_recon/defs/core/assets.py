@@ -14,10 +14,9 @@ import pandas as pd
 import pandera.pandas as pa
 from dagster_duckdb import DuckDBResource
 
-from m3_recon import settings
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
-from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -30,8 +29,6 @@ OWNERS = ["team:finance-systems"]
 MAPPINGS = tuple(m for m in (stripe.MAPPING, paytrace.MAPPING, heartland.MAPPING) if m is not None)
 
 
-class CanonicalConfig(dg.Config):
-    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 
 
 def _ddl(table: str, columns: dict[str, str]) -> str:
@@ -148,7 +145,7 @@ def _deps(name: str) -> list[dg.AssetKey]:
                 "units, UTC instants, the processor's settlement day); rows that fail validation are in "
                 "core_quarantine with a reason.",
 )
-def core_settlement_lines(context: dg.AssetExecutionContext, config: CanonicalConfig,
+def core_settlement_lines(context: dg.AssetExecutionContext, config: LookbackConfig,
                           duckdb: DuckDBResource) -> dg.MaterializeResult:
     return _materialize(context, config, duckdb, table="core_settlement_lines", columns=SETTLEMENT_LINE_COLUMNS,
                         schema=SETTLEMENT_LINE_SCHEMA, sql_of=lambda m: m.settlement_lines_sql,
@@ -163,7 +160,7 @@ def core_settlement_lines(context: dg.AssetExecutionContext, config: CanonicalCo
     description="One row per payout / deposit / batch: processor, id, currency, amount, arrival date, "
                 "status, and whether its lines are itemised.",
 )
-def core_payouts(context: dg.AssetExecutionContext, config: CanonicalConfig,
+def core_payouts(context: dg.AssetExecutionContext, config: LookbackConfig,
                  duckdb: DuckDBResource) -> dg.MaterializeResult:
     return _materialize(context, config, duckdb, table="core_payouts", columns=PAYOUT_COLUMNS, schema=PAYOUT_SCHEMA,
                         sql_of=lambda m: m.payouts_sql, deps_of=lambda m: m.payout_deps, summarize=_payouts_summary)

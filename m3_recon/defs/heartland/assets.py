@@ -21,23 +21,19 @@ from datetime import date, timedelta
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from m3_recon import settings
 from m3_recon.defs.heartland.resources import HeartlandResource
-from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "heartland"
 OWNERS = ["team:finance-systems"]
-DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 TRANSACTIONS_TABLE = "raw_heartland_settlement_transactions"
 DEPOSITS_TABLE = "raw_heartland_deposits"
 DISPUTES_TABLE = "raw_heartland_disputes"
 
 
-class HeartlandLoadConfig(dg.Config):
-    lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
 
 def _minor(path: str) -> str:
@@ -197,7 +193,7 @@ WHERE deposit_date >= ? AND deposit_date < ?
                     + chargebacks_amount + reversals_amount"""
 
 
-def _window(context: dg.AssetExecutionContext, config: HeartlandLoadConfig) -> tuple[FetchWindow, date, date]:
+def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> tuple[FetchWindow, date, date]:
     """The run's window and its inclusive first and last deposit dates (GP's date filters are inclusive)."""
     window = fetch_window(context.partition_time_window, config.lookback_days)
     first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
@@ -231,7 +227,7 @@ def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
     description="GP API settlement transactions (sales and refunds, with batch, card and the M3 invoice the "
                 "clerk keyed in `reference`) by the date of the deposit that funded them.",
 )
-def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
     objects = heartland.settlement_transactions(first_day, last_day)
@@ -252,7 +248,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
     description="GP API settlement disputes by deposit date: one row per money movement (the CHARGEBACK "
                 "debit, and the REVERSAL credit of a dispute won), keyed by (id, stage).",
 )
-def raw_heartland_disputes(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
     objects = heartland.disputes(first_day, last_day)
@@ -273,7 +269,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: HeartlandL
     description="GP API daily net deposits with their sales, refunds, discount, fee, chargeback and reversal "
                 "totals, checked against the transactions and disputes loaded for the same dates.",
 )
-def raw_heartland_deposits(context: dg.AssetExecutionContext, config: HeartlandLoadConfig,
+def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
     objects = heartland.deposits(first_day, last_day)

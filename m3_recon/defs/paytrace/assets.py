@@ -22,17 +22,16 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 
-from m3_recon import decimal_json, settings
+from m3_recon import decimal_json
 from m3_recon.defs.paytrace.resources import VENDOR, PayTraceResource, cents, local_timestamp
 from m3_recon.errors import VendorRequestError
-from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "paytrace"
 OWNERS = ["team:finance-systems"]
-DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 BATCH_WORKERS = 4
 
 # (column, DuckDB type, Arrow type) in table order; every table ends with the raw JSON and load facts.
@@ -83,11 +82,9 @@ def store_window(conn: DuckDBPyConnection, table: str, rows: list[dict], window:
                           docs=_docs(columns, rows), window_column="batch_date", start=window.start, end=window.end)
 
 
-class PayTraceLoadConfig(dg.Config):
-    lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
 
-def _window(context: dg.AssetExecutionContext, config: PayTraceLoadConfig) -> FetchWindow:
+def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
     """The batch dates to replace, as UTC midnights: partitions plus look-back, never before the first one."""
     window = fetch_window(context.partition_time_window, config.lookback_days)
     context.log.info(f"PayTrace batch dates {window.start.date()}..{_last_date(window)} for partitions "
@@ -166,7 +163,7 @@ def _loaded_at() -> datetime:
     description="PayTrace settlement batches by business date (the Pacific day whose 8 p.m. auto-settlement "
                 "closed them) with sales, refund and net totals in cents; the closest PayTrace figure to a deposit.",
 )
-def raw_paytrace_batches(context: dg.AssetExecutionContext, config: PayTraceLoadConfig,
+def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConfig,
                          paytrace: PayTraceResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     zone, loaded_at, run_id = paytrace.zone(), _loaded_at(), context.run.run_id
@@ -191,7 +188,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: PayTraceLoad
     description="The transactions each PayTrace batch settled (sales and refunds), by the batch's business "
                 "date, with M3 invoice / customer references, amounts in cents and UTC timestamps.",
 )
-def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: PayTraceLoadConfig,
+def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                               paytrace: PayTraceResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     zone, loaded_at, run_id = paytrace.zone(), _loaded_at(), context.run.run_id

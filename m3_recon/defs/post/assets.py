@@ -7,10 +7,9 @@ import warnings
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from m3_recon import settings
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
-from m3_recon.partitions import daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
 from m3_recon.posting.poster import post_pending
@@ -25,8 +24,6 @@ CONFLICT_COLUMNS = {"processor": "VARCHAR", "source_id": "VARCHAR", "voucher_key
 OWNERS = ["team:finance-systems"]
 
 
-class JournalConfig(dg.Config):
-    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 
 
 def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
@@ -76,7 +73,7 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
     ],
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), pool="duckdb_writer",
 )
-def journals(context: dg.AssetExecutionContext, config: JournalConfig, duckdb: DuckDBResource):
+def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: DuckDBResource):
     window = fetch_window(context.partition_time_window, config.lookback_days)
     first, end = window.start.date().isoformat(), window.end.date().isoformat()
     in_window = f"settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'"

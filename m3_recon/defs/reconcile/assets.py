@@ -18,7 +18,7 @@ from m3_recon import settings
 from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
-from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
@@ -35,8 +35,6 @@ OWNERS = ["team:finance-systems"]
 MATCH_EXCEPTIONS_COLUMNS = EXCEPTION_COLUMNS
 
 
-class ReconcileConfig(dg.Config):
-    lookback_days: int = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 
 
 def _days(window: FetchWindow) -> tuple[str, str]:
@@ -119,7 +117,7 @@ def allocation_checks(conn) -> list[dg.AssetCheckResult]:
     description="Payment line → invoice allocations: allocated amount (invoice and settlement currency), rule, "
                 "confidence and status auto / suggested / unmatched. Only `auto` rows are ever posted.",
 )
-def core_payment_allocations(context: dg.AssetExecutionContext, config: ReconcileConfig,
+def core_payment_allocations(context: dg.AssetExecutionContext, config: LookbackConfig,
                              duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     first, end = _days(window)
@@ -170,7 +168,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Reconcil
     description="Per payout / deposit / batch: the sum of its lines against the amount paid out, the difference, "
                 "and a status tied / mismatch / pending / failed, with any residue named.",
 )
-def core_payout_reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig,
+def core_payout_reconciliation(context: dg.AssetExecutionContext, config: LookbackConfig,
                                duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     first, end = _days(window)
@@ -199,7 +197,7 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Reconc
                 "candidates, first seen, status), including anomaly flags (fee-rate drift, unusual payouts, refund "
                 "and dispute spikes). Exceptions that stop occurring are marked cleared, never deleted.",
 )
-def out_recon_exceptions(context: dg.AssetExecutionContext, config: ReconcileConfig,
+def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConfig,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     first, end = _days(window)

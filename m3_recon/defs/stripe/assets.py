@@ -13,20 +13,16 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from m3_recon import settings
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.partitions import FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "stripe"
 OWNERS = ["team:finance-systems"]
-DEFAULT_LOOKBACK_DAYS = settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)
 PAYOUT_LINE_WORKERS = 4
 
-class StripeLoadConfig(dg.Config):
-    lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
 def _epoch_ts(path: str) -> str:
     return f"make_timestamp(TRY_CAST(raw->>'{path}' AS BIGINT) * 1000000)"
@@ -107,7 +103,7 @@ SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.
        raw->>'$.currency', {_epoch_ts('$.created')}, raw->>'$.source', raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
-def _window(context: dg.AssetExecutionContext, config: StripeLoadConfig) -> FetchWindow:
+def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
     window = fetch_window(context.partition_time_window, config.lookback_days)
     context.log.info(f"Stripe fetch window {window} for partitions {context.partition_key_range.start}"
                      f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
@@ -119,7 +115,7 @@ def _window(context: dg.AssetExecutionContext, config: StripeLoadConfig) -> Fetc
     description="Every Stripe balance transaction by UTC `created` day, with the charge / refund / "
                 "dispute it came from expanded so invoice and customer metadata are kept.",
 )
-def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: StripeLoadConfig,
+def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
@@ -152,7 +148,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: S
     description="Stripe payouts by UTC `created` day, re-read over the look-back so a payout that "
                 "turns from paid to failed is updated.",
 )
-def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConfig,
+def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig,
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.payouts(window.start_epoch, window.end_epoch)
@@ -176,7 +172,7 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: StripeLoadConf
                 "including the payout's own `type=payout` line; payouts still `in_progress` wait for a "
                 "later run within the look-back.",
 )
-def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: StripeLoadConfig,
+def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackConfig,
                             stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
