@@ -49,6 +49,7 @@ VIEWS = {
 def publish(conn: duckdb.DuckDBPyConnection, target: str | Path) -> dict[str, int]:
     """Copy every table of ``conn``'s database into a fresh file with the views, then rename it over ``target``."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
     source = conn.execute("SELECT current_database()").fetchone()[0]

@@ -1,4 +1,4 @@
-"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill`` and ``ui``."""
+"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill``, ``ui``, ``exceptions`` and ``doctor``."""
 
 from __future__ import annotations
 
@@ -10,19 +10,48 @@ import subprocess
 import sys
 import threading
 from datetime import date
+from pathlib import Path
 
-from m3_recon.settings import PROJECT_ROOT
+from m3_recon.exceptions_cli import add_commands as add_exception_commands
+from m3_recon.settings import PROJECT_ROOT, SettingsError
 
 SANDBOX_PORTS = {"stripe": 12111, "paytrace": 12112, "heartland": 12113, "m3": 12114}
+INSTANCE_VARIABLE = "M3_RECON_INSTANCE"
+POSTGRES_URL_VARIABLE = "M3_RECON_DAGSTER_POSTGRES_URL"
+# The instance configurations that ship: embedded (SQLite under DAGSTER_HOME) and production (PostgreSQL).
+INSTANCE_TEMPLATES = {"embedded": PROJECT_ROOT / "dagster.yaml",
+                      "postgres": PROJECT_ROOT / "deploy" / "dagster.postgres.yaml"}
+
+
+def instance_mode() -> str:
+    """``M3_RECON_INSTANCE``: ``embedded`` (default) or ``postgres`` (needs M3_RECON_DAGSTER_POSTGRES_URL)."""
+    mode = os.environ.get(INSTANCE_VARIABLE, "").strip().lower() or "embedded"
+    if mode not in INSTANCE_TEMPLATES:
+        raise SettingsError(f"{INSTANCE_VARIABLE} must be one of {', '.join(INSTANCE_TEMPLATES)}, got {mode!r}")
+    if mode == "postgres":
+        scheme = os.environ.get(POSTGRES_URL_VARIABLE, "").partition("://")[0]
+        if not scheme:
+            raise SettingsError(f"{INSTANCE_VARIABLE}=postgres needs {POSTGRES_URL_VARIABLE}, e.g. "
+                                "postgresql+psycopg2://dagster:PASSWORD@db.internal:5432/dagster")
+        if scheme != "postgresql+psycopg2":
+            raise SettingsError(f"{POSTGRES_URL_VARIABLE} must start with postgresql+psycopg2:// (the driver "
+                                f"dagster-postgres installs), not {scheme}://")
+    return mode
 
 
 def ensure_dagster_home() -> str:
-    """A persistent instance inside the project (run history survives restarts) unless DAGSTER_HOME is set."""
+    """A persistent instance inside the project (run history survives restarts) unless DAGSTER_HOME is set.
+
+    ``$DAGSTER_HOME/dagster.yaml`` is written from the template ``M3_RECON_INSTANCE`` selects when it is
+    missing or still one of the shipped templates; a file edited by the operator is left alone.
+    """
+    template = INSTANCE_TEMPLATES[instance_mode()]
     home = os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
     os.makedirs(home, exist_ok=True)
-    target = os.path.join(home, "dagster.yaml")
-    if not os.path.exists(target):
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", target)
+    target = Path(home) / "dagster.yaml"
+    shipped = {path.read_bytes() for path in INSTANCE_TEMPLATES.values()}
+    if not target.exists() or target.read_bytes() in shipped:
+        shutil.copyfile(template, target)
     return home
 
 
@@ -44,11 +73,16 @@ def cmd_demo(args) -> int:
 
 def cmd_backfill(args) -> int:
     ensure_dagster_home()
-    from m3_recon.runs import run_payout_close
+    from m3_recon.runs import run_after_close, run_payout_close
 
     result = run_payout_close(args.start, args.end)
     print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
-    return 0 if result.success else 1
+    if not result.success or args.no_post:
+        return 0 if result.success else 1
+    after = run_after_close()
+    for name, run in zip(("m3_posting", "recon_alerts"), after):
+        print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
+    return 0 if all(run.success for run in after) else 1
 
 
 def _start_sandbox(args):
@@ -94,6 +128,12 @@ def cmd_ui(args) -> int:
             sandbox.stop()
 
 
+def cmd_doctor(args) -> int:
+    from m3_recon.doctor import run_doctor
+
+    return run_doctor()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m3-recon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     backfill = sub.add_parser("backfill", help="run the payout close for a period (vendors from the environment)")
     backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
     backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day (inclusive)")
+    backfill.add_argument("--no-post", action="store_true", help="close only; leave posting to the sensor")
     backfill.set_defaults(func=cmd_backfill)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
     _sandbox_args(ui)
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--no-sandbox", action="store_true", help="use the vendor URLs from the environment")
     ui.set_defaults(func=cmd_ui)
+    add_exception_commands(sub)
+    doctor = sub.add_parser("doctor", help="check every configured vendor, the warehouse and the Dagster instance")
+    doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
     return args.func(args)
 

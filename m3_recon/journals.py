@@ -163,7 +163,8 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
         )
         SELECT r.voucher_key,
                CAST(row_number() OVER (PARTITION BY r.voucher_key
-                                       ORDER BY r.entry, r.payout_id, r.source_id, r.side) AS INTEGER) AS line_number,
+                                       ORDER BY r.entry, r.payout_id, r.source_id, r.side, r.account_key,
+                                                r.amount_minor) AS INTEGER) AS line_number,
                r.accounting_date, coalesce(r.account, '?' || r.account_key) AS ait1,
                d.ait2, d.ait3, d.ait4, d.ait5, d.ait6, d.ait7, r.currency, r.amount_minor,
                left(r.entry || ' ' || coalesce(r.source_id, r.payout_id), 40) AS voucher_text,

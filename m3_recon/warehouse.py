@@ -64,7 +64,7 @@ def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, ins
                 [rejection.processor, table, bounds[0], naive_utc(datetime.now(timezone.utc)), run_id])
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
     finally:
         conn.execute("DROP VIEW IF EXISTS docs")
@@ -82,6 +82,14 @@ def documents_table(objects: list[dict], run_id: str, **extra_columns: pa.Array)
         "dagster_run_id": pa.array([run_id] * n, pa.string()),
         **extra_columns,
     })
+
+
+def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back after a failure without burying it: if COMMIT itself failed there is no transaction left."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def naive_utc(moment: datetime) -> datetime:
@@ -115,5 +123,5 @@ def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes:
             conn.execute(f"INSERT INTO {table} BY NAME {select_sql}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise

@@ -6,7 +6,8 @@ from argparse import Namespace
 import duckdb
 import pytest
 
-from m3_recon.exceptions_cli import cmd_list, cmd_resolve
+from m3_recon import cli
+from m3_recon.exceptions_cli import cmd_resolve
 from m3_recon.reconcile.decisions import DecisionError, load_decisions, new_decision, record
 from m3_recon_tests.conftest import close_definitions, run_close
 
@@ -60,8 +61,10 @@ def test_decisions_are_honoured_by_the_next_run_and_survive_reruns(sandbox_envir
             assert len(write_off) == 1 and write_off[0][0] == "8295"  # the excess, in the settlement currency
             assert conn.execute("SELECT count(*) FROM core_gl_journal_lines WHERE entry = 'unapplied_payment' "
                                 "AND source_id = ?", [overpaid[2]]).fetchone() == (0,)
-    assert cmd_list(Namespace(status="resolved", reason=None, processor=None, limit=10)) == 0
+    assert cli.main(["exceptions", "list", "--status", "resolved"]) == 0  # through the m3-recon command
     assert "3 exception(s)" in capsys.readouterr().out
+    assert cli.main(["exceptions", "list", "--status", "dismissed"]) == 0
+    assert "dismiss by controller" in capsys.readouterr().out
 
 
 def test_a_malformed_decisions_file_fails_loudly(tmp_path):

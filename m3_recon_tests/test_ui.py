@@ -65,9 +65,9 @@ def upstream(nodes, key):
     return seen
 
 
-def test_lineage_runs_from_every_processor_to_the_journals(webserver):
+def test_lineage_runs_from_every_processor_to_the_postings(webserver):
     nodes = graph(webserver)
-    for downstream in ("core_gl_journal_lines", "core_cash_applications"):
+    for downstream in ("core_gl_journal_lines", "core_cash_applications", "out_m3_postings"):
         ancestors = upstream(nodes, downstream)
         for raw in ("raw_stripe_balance_transactions", "raw_paytrace_transactions",
                     "raw_heartland_settlement_transactions", "raw_m3_open_invoices"):

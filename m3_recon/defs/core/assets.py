@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame
+from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -70,7 +70,7 @@ def replace_canonical(conn: duckdb.DuckDBPyConnection, *, table: str, columns: d
                          "reason, raw_payload::JSON, ?, ? FROM rejected_rows", [table, first, quarantined_at, run_id])
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
     finally:
         for name in ("valid_rows", "rejected_rows"):
