@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 
 from m3_recon.settings import PROJECT_ROOT
+from m3_recon.warehouse import table_exists
 
 DEFAULT_ACCOUNTS_FILE = PROJECT_ROOT / "data" / "gl_accounts.toml"
 PROCESSOR_CODES = {"stripe": "S", "paytrace": "P", "heartland": "H"}
@@ -197,29 +198,27 @@ def clearing_by_payout(conn: duckdb.DuckDBPyConnection) -> None:
         WHERE payout_id IS NOT NULL GROUP BY ALL""")
 
 
-def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0] > 0
-
-
 REVISION = r"R[1-9]$"
 
 
 def corrections(conn: duckdb.DuckDBPyConnection) -> int:
     """Never rewrite what M3 already has: for every voucher (or cash batch) of this window with anything sent,
     keep the sent versions as stored and put the difference between the newly derived content and what was sent
-    into one revision voucher ``<key>R<n>``. A cash application that would have to be taken back cannot be
-    posted as a negative payment: it becomes a row of temp table ``journal_conflicts`` for a person.
+    into one revision voucher ``<key>R<n>``. Which payout a line was paid out in is not accounting content: it
+    is often learned after the line was posted (Stripe pays a day's charges out days later), so it is compared
+    without it and the kept lines take the payout known now. A cash application that would have to be taken back
+    cannot be posted as a negative payment: it becomes a row of temp table ``journal_conflicts`` for a person.
     Rewrites temp tables ``journal_lines`` and ``cash_applications``; returns the number of revision vouchers."""
     conn.execute("CREATE OR REPLACE TEMP TABLE journal_conflicts (processor VARCHAR, source_id VARCHAR, "
                  "voucher_key VARCHAR, accounting_date DATE, currency VARCHAR, amount_minor BIGINT, detail VARCHAR)")
-    if not (_has_table(conn, "out_m3_postings") and _has_table(conn, "core_gl_journal_lines")):
+    if not (table_exists(conn, "out_m3_postings") and table_exists(conn, "core_gl_journal_lines")):
         return 0
     revisions = 0
     for route, derived, stored, group in (
         ("gl", "journal_lines", "core_gl_journal_lines",
-         "accounting_date, ait1, ait2, ait3, ait4, ait5, ait6, ait7, currency, processor, payout_id, source_id, entry, route, source_date"),
+         "accounting_date, ait1, ait2, ait3, ait4, ait5, ait6, ait7, currency, processor, source_id, entry, route, source_date"),
         ("cash_application", "cash_applications", "core_cash_applications",
-         "accounting_date, customer, invoice_number, invoice_year, currency, processor, source_id, payout_id"),
+         "accounting_date, customer, invoice_number, invoice_year, currency, processor, source_id"),
     ):
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE sent_keys AS
@@ -230,8 +229,13 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
             CREATE OR REPLACE TEMP TABLE frozen_bases AS
             SELECT base, max(revision) + 1 AS next_revision FROM sent_keys
             WHERE base IN (SELECT voucher_key FROM {derived}) GROUP BY base""")
-        amount = "amount_minor" if route == "gl" else "amount_minor, local_minor"
-        sums = "sum(amount_minor) AS amount_minor" + ("" if route == "gl" else ", sum(local_minor) AS local_minor")
+        amount = "payout_id, amount_minor" + ("" if route == "gl" else ", local_minor")
+        sums = "max(payout_id) AS payout_id, sum(amount_minor) AS amount_minor" + (
+            "" if route == "gl" else ", sum(local_minor) AS local_minor")
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE known_payout AS
+            SELECT processor, source_id, max(payout_id) AS payout_id FROM {derived}
+            WHERE source_id IS NOT NULL AND payout_id IS NOT NULL GROUP BY ALL""")
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE revision_lines AS
             WITH wanted AS (
@@ -239,7 +243,7 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
                 WHERE voucher_key IN (SELECT base FROM frozen_bases)
             ), sent AS (
                 SELECT k.base, {", ".join(f"s.{c.strip()}" for c in group.split(","))},
-                       -s.amount_minor AS amount_minor{"" if route == "gl" else ", -s.local_minor AS local_minor"}
+                       s.payout_id, -s.amount_minor AS amount_minor{"" if route == "gl" else ", -s.local_minor AS local_minor"}
                 FROM {stored} s JOIN sent_keys k USING (voucher_key) WHERE k.base IN (SELECT base FROM frozen_bases)
             )
             SELECT f.base || 'R' || f.next_revision AS voucher_key, d.*
@@ -259,7 +263,9 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
             CREATE OR REPLACE TEMP TABLE {derived}_next AS
             SELECT * FROM {derived} WHERE voucher_key NOT IN (SELECT base FROM frozen_bases)
             UNION ALL BY NAME
-            SELECT s.* FROM {stored} s JOIN sent_keys k USING (voucher_key) WHERE k.base IN (SELECT base FROM frozen_bases)
+            SELECT s.* REPLACE (coalesce(p.payout_id, s.payout_id) AS payout_id)
+            FROM {stored} s JOIN sent_keys k USING (voucher_key) LEFT JOIN known_payout p USING (processor, source_id)
+            WHERE k.base IN (SELECT base FROM frozen_bases)
             UNION ALL BY NAME
             SELECT * EXCLUDE (base), CAST(row_number() OVER (PARTITION BY voucher_key ORDER BY {group}) AS INTEGER)
                        AS line_number{", " + numbered if numbered else ""}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 
+from m3_recon.warehouse import table_exists
+
 SECTIONS = {
     "control_totals": ("Control totals: settlement lines", """
         SELECT processor, currency, count(*) AS lines, sum(amount_minor) AS amount_minor, sum(fee_minor) AS fee_minor,
@@ -42,15 +44,13 @@ SECTIONS = {
 }
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0] > 0
 
 
 def _sql(key: str, conn: duckdb.DuckDBPyConnection) -> str:
     sql = SECTIONS[key][1]
     if key != "journals":
         return sql
-    if _table_exists(conn, "out_m3_postings"):
+    if table_exists(conn, "out_m3_postings"):
         return sql.format(posting_status="any_value(p.status)", voucher_number="any_value(p.m3_voucher_number)",
                           posting_join="LEFT JOIN out_m3_postings p ON p.voucher_key = j.voucher_key AND p.route = 'gl'")
     return sql.format(posting_status="'not posted'", voucher_number="NULL", posting_join="")

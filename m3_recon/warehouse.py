@@ -92,6 +92,12 @@ def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
+def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the warehouse (the connection's current database and schema, not a temp table) has ``name``."""
+    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                        "AND schema_name = current_schema() AND table_name = ?", [name]).fetchone()[0] > 0
+
+
 def naive_utc(moment: datetime) -> datetime:
     """DuckDB TIMESTAMP columns in m3-recon hold UTC wall time without a zone; convert explicitly."""
     if moment.tzinfo is None:

@@ -1,8 +1,10 @@
 """The close with posting, end to end against a sandbox of its own (posting changes M3): M3's invoice
 balances and GL vouchers equal what the pipeline applied; a rerun and an overlapping backfill post
-nothing; a decision after posting reaches M3 as a revision voucher, once."""
+nothing; a decision after posting reaches M3 as a revision voucher, once; nightly closes and a range
+backfill of the same world leave M3 in the same state."""
 
 from argparse import Namespace
+from datetime import datetime, time, timedelta, timezone
 
 import duckdb
 import pytest
@@ -78,3 +80,47 @@ def test_posting_lands_once_and_decisions_follow_as_revisions(own_sandbox, tmp_p
     revisions = [k for k in gl_after if k not in gl]
     assert len(revisions) == 1 and revisions[0].endswith("R1")
     assert close_and_post(definitions)["posted"] == 0  # and the decision is posted once
+
+
+def test_a_range_backfill_posts_what_nightly_closes_post(monkeypatch, tmp_path):
+    """Two identical worlds: one closed night by night as the schedule does (the sandbox's clock at 02:00 UTC
+    after each day, so payouts are still in transit and invoices still being raised), posting after every
+    close; the other closed as one range backfill once everything has settled. M3 ends up holding the same
+    vouchers, line for line, and the same payments on every invoice; no night posted a revision; finance sees
+    the same open exceptions for the same reasons."""
+    start = Sandbox(days=1).period.start
+    last_night = start + timedelta(days=8)
+    states = []
+    for path in ("nightly", "backfill"):
+        with Sandbox(days=5, now=int(datetime.combine(last_night, time(2), tzinfo=timezone.utc).timestamp())) as sandbox:
+            for key, value in sandbox.env().items():
+                monkeypatch.setenv(key, value)
+            monkeypatch.setenv("M3_RECON_DECISIONS_FILE", str(tmp_path / f"{path}-decisions.jsonl"))
+            for key, name in (("M3_RECON_ANALYST_DUCKDB_PATH", "analyst.duckdb"), ("M3_RECON_REPORTS_PATH", "reports")):
+                monkeypatch.setenv(key, str(tmp_path / path / name))
+            db = str(tmp_path / f"{path}.duckdb")
+            definitions = close_definitions(db)
+            if path == "nightly":
+                day = start
+                while day < last_night:
+                    sandbox.clock.set(int(datetime.combine(day + timedelta(days=1), time(2),
+                                                           tzinfo=timezone.utc).timestamp()))
+                    outcome = close_and_post(definitions, day.isoformat(), day.isoformat())
+                    assert outcome["failed"] == 0 and outcome["posted"] == outcome["verified"]
+                    day += timedelta(days=1)
+            else:
+                outcome = close_and_post(definitions, start.isoformat(), (last_night - timedelta(days=1)).isoformat())
+                assert outcome["failed"] == 0 and outcome["posted"] == outcome["verified"] > 0
+            with duckdb.connect(db, read_only=True) as conn:
+                statuses = dict(conn.execute("SELECT status, count(*) FROM out_m3_postings GROUP BY 1").fetchall())
+                revisions = conn.execute("SELECT count(*) FROM out_m3_postings "
+                                         "WHERE regexp_matches(voucher_key, 'R[1-9]$')").fetchone()[0]
+                register = set(conn.execute("SELECT reason_code, source_id FROM out_recon_exceptions "
+                                            "WHERE status = 'open'").fetchall())
+            assert set(statuses) == {"verified"} and revisions == 0
+            states.append((*m3_state(sandbox), register))
+    (nightly_gl, nightly_paid, nightly_register), (backfill_gl, backfill_paid, backfill_register) = states
+    assert nightly_gl and nightly_paid and nightly_register
+    assert nightly_gl == backfill_gl
+    assert nightly_paid == backfill_paid
+    assert nightly_register == backfill_register  # the same exceptions, for the same reasons, for finance

@@ -8,6 +8,7 @@ import pytest
 
 from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments
+from m3_recon.reconcile.posted import book_local_values, matchable_invoices
 from m3_recon.reconcile.tieout import payout_exceptions, register_exceptions, tie_out_payouts
 
 DAY = date(2026, 10, 10)
@@ -36,13 +37,17 @@ def lines_table(conn, lines):
     conn.execute("INSERT INTO lines SELECT * FROM lines_df")
 
 
+def earlier_table(conn):
+    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
+    conn.execute(f"CREATE TABLE earlier ({columns})")
+
+
 def run(lines, invoices, earlier=()):
     conn = duckdb.connect()
     lines_table(conn, lines)
     conn.register("inv_df", pd.DataFrame(invoices, columns=list(invoice("x", "c", 0))))
     conn.execute("CREATE TABLE invoices AS SELECT * FROM inv_df")
-    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
-    conn.execute(f"CREATE TABLE earlier ({columns})")
+    earlier_table(conn)
     for row in earlier:
         conn.execute(f"INSERT INTO earlier ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
     match_payments(conn, RULES, lines="lines", invoices="invoices", earlier="earlier")
@@ -147,6 +152,55 @@ def test_settlement_share_of_a_partly_applied_foreign_payment_rounds_half_up():
     # 108.25 × 33.33 / 100.00 = 36.0797… → 36.08
     assert conn.execute("SELECT allocated_minor, allocated_settlement_minor FROM match_allocations").fetchone() == (
         33_33, 36_08)
+
+
+INSTALMENTS = [line(f"p{n}", usd, invoice="26000001", presentment=("EUR", eur), day=DAY + timedelta(days=n))
+               for n, usd, eur in ((1, 36_12, 33_33), (2, 36_12, 33_33), (3, 36_14, 33_35))]
+
+
+def booked_local(instalments, outstanding, outstanding_local, earlier=()):
+    conn = run(instalments, [invoice("26000001", "C1", outstanding, currency="EUR")], earlier)
+    conn.execute("ALTER TABLE invoices ADD COLUMN outstanding_local_minor BIGINT")
+    conn.execute("ALTER TABLE invoices ADD COLUMN exchange_rate DECIMAL(18, 6)")
+    conn.execute("UPDATE invoices SET outstanding_local_minor = ?, exchange_rate = 1.08375", [outstanding_local])
+    book_local_values(conn, invoices="invoices", earlier="earlier")
+    return conn.execute("SELECT source_id, allocated_minor, allocated_local_minor FROM match_allocations "
+                        "ORDER BY source_id").fetchall()
+
+
+def test_the_instalment_that_settles_a_foreign_invoice_takes_the_local_amount_left():
+    # EUR 100.01 at 1.08375 is USD 108.39 in M3; each 33.33 is 36.12 at the rate, so the last 33.35 takes 36.15
+    # (not 36.14 at the rate), leaving nothing open in local currency — as M3 books it
+    assert booked_local(INSTALMENTS, 100_01, 108_39) == [("p1", 33_33, 36_12), ("p2", 33_33, 36_12),
+                                                         ("p3", 33_35, 36_15)]
+    # the same when the first instalment was matched by an earlier run but is not in M3 yet
+    earlier = [{"processor": "stripe", "source_id": "p1", "invoice_number": "26000001", "invoice_year": 2026,
+                "allocated_minor": 33_33, "allocated_local_minor": 36_12, "status": "auto",
+                "settlement_date": DAY + timedelta(days=1)}]
+    assert booked_local(INSTALMENTS[1:], 100_01, 108_39, earlier) == [("p2", 33_33, 36_12), ("p3", 33_35, 36_15)]
+    # and when M3 already holds the first two
+    assert booked_local(INSTALMENTS[2:], 33_35, 108_39 - 2 * 36_12) == [("p3", 33_35, 36_15)]
+
+
+def test_a_reference_to_an_invoice_m3_no_longer_lists_as_open_is_already_paid_not_unknown():
+    conn = duckdb.connect()
+    lines_table(conn, [line("p1", 10_00, invoice="26000001"), line("p2", 20_00, invoice="26000002"),
+                       line("p3", 30_00, invoice="26000003"), line("p4", 40_00, invoice="26000004")])
+    conn.execute("CREATE TABLE raw_m3_open_invoices (snapshot_date DATE, invoice_number VARCHAR, invoice_year INTEGER, "
+                 "customer VARCHAR, currency VARCHAR, outstanding_minor BIGINT, invoice_date DATE)")
+    conn.execute("INSERT INTO raw_m3_open_invoices VALUES "
+                 "(DATE '2026-10-08', '26000001', 2026, 'C1', 'USD', 10_00, DATE '2026-10-01'), "  # paid since
+                 "(DATE '2026-10-09', '26000004', 2026, 'C4', 'USD', 40_00, DATE '2026-10-01')")   # still open
+    conn.execute("CREATE TABLE core_open_invoices AS SELECT * EXCLUDE (snapshot_date) FROM raw_m3_open_invoices "
+                 "WHERE snapshot_date = DATE '2026-10-09'")
+    conn.execute("CREATE TABLE core_cash_applications AS SELECT '26000002' AS invoice_number, 2026 AS invoice_year, "
+                 "'C2' AS customer, 'USD' AS currency, DATE '2026-10-05' AS accounting_date")  # we applied it
+    matchable_invoices(conn)
+    earlier_table(conn)
+    match_payments(conn, RULES, lines="lines", invoices="matchable_invoices", earlier="earlier")
+    assert [(s, r) for s, r, *_ in exceptions(conn)] == [("p1", "invoice_already_paid"), ("p2", "invoice_already_paid"),
+                                                         ("p3", "invoice_not_found")]
+    assert allocations(conn)[-1] == ("p4", "26000004", 40_00, "exact_reference", "auto")
 
 
 def test_invoice_in_a_third_currency_is_a_currency_mismatch():

@@ -25,7 +25,8 @@ from datetime import date, datetime
 
 import duckdb
 
-from m3_recon.posting.contract import (CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS, POSTING_COLUMNS)
+from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS, POSTING_COLUMNS
+from m3_recon.warehouse import table_exists
 
 OUTBOX = "out_m3_postings"
 GL_SOURCE = "core_gl_journal_lines"
@@ -77,10 +78,6 @@ def payment_batch_id(voucher_key: str) -> int:
     return PBID_FIRST + int.from_bytes(digest[:8], "big") % PBID_SPAN
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
-                        "AND table_schema = current_schema()", [table]).fetchone()[0] > 0
-
 
 def _digest_sql(columns: tuple[str, ...], nullable: set[str]) -> str:
     parts = ", ".join(f"coalesce(CAST({c} AS VARCHAR), '')" if c in nullable else f"CAST({c} AS VARCHAR)"
@@ -91,14 +88,14 @@ def _digest_sql(columns: tuple[str, ...], nullable: set[str]) -> str:
 def _source_sql(conn: duckdb.DuckDBPyConnection) -> str:
     """One row per voucher in the journals: key, route, date, line count, content hash, held reasons."""
     parts = []
-    if _table_exists(conn, GL_SOURCE):
+    if table_exists(conn, GL_SOURCE):
         nullable = {c for c, t in GL_JOURNAL_LINE_COLUMNS.items() if "NOT NULL" not in t}
         parts.append(f"""
             SELECT voucher_key, '{ROUTE_GL}' AS route, min(accounting_date) AS accounting_date,
                    count(*) AS line_count, {_digest_sql(_GL_HASHED, nullable)} AS content_hash,
                    string_agg(DISTINCT held_reason, '; ' ORDER BY held_reason) AS held_reason
             FROM {GL_SOURCE} WHERE route = '{ROUTE_GL}' GROUP BY voucher_key""")
-    if _table_exists(conn, CASH_SOURCE):
+    if table_exists(conn, CASH_SOURCE):
         nullable = {c for c, t in CASH_APPLICATION_COLUMNS.items() if "NOT NULL" not in t}
         parts.append(f"""
             SELECT voucher_key, '{ROUTE_CASH}' AS route, min(accounting_date) AS accounting_date,

@@ -1,15 +1,14 @@
 """What M3 already holds is not re-decided: payments whose cash application or GL lines were sent to M3
 keep their allocations on later runs (M3's outstanding amounts already reflect them, so re-matching
 against the new balances would undo correct work). Only a decision by finance re-opens such a payment;
-its difference then reaches M3 as a correction voucher (see ``m3_recon.journals.corrections``)."""
+its difference then reaches M3 as a correction voucher (see ``m3_recon.journals.corrections``). Also here: the
+local value M3 books for each new allocation, and which invoices M3 no longer lists because they are paid."""
 
 from __future__ import annotations
 
 import duckdb
 
-
-def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
+from m3_recon.warehouse import table_exists
 
 
 def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> int:
@@ -17,27 +16,27 @@ def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str
     whose cash application was sent) and ``frozen_payments`` (payments in [first, end) with something in M3 and
     no decision, whose allocations are kept). Needs ``exception_decisions`` loaded."""
     parts = []
-    if _exists(conn, "out_m3_postings"):
+    if table_exists(conn, "out_m3_postings"):
         sent = "SELECT voucher_key, route FROM out_m3_postings WHERE sent_at_utc IS NOT NULL"
-        if _exists(conn, "core_cash_applications"):
+        if table_exists(conn, "core_cash_applications"):
             parts.append(f"SELECT c.processor, c.source_id FROM core_cash_applications c JOIN ({sent}) p "
                          f"ON p.voucher_key = c.voucher_key AND p.route = 'cash_application'")
-        if _exists(conn, "core_gl_journal_lines"):
+        if table_exists(conn, "core_gl_journal_lines"):
             parts.append(f"SELECT j.processor, j.source_id FROM core_gl_journal_lines j JOIN ({sent}) p "
                          f"ON p.voucher_key = j.voucher_key AND p.route = 'gl' WHERE j.source_id IS NOT NULL")
     union = " UNION ".join(parts) or "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false"
     conn.execute(f"CREATE OR REPLACE TEMP TABLE payments_in_m3 AS SELECT DISTINCT * FROM ({union})")
     applied = ("SELECT DISTINCT c.processor, c.source_id, c.invoice_number, c.invoice_year FROM core_cash_applications c "
                "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
-               "AND p.sent_at_utc IS NOT NULL" if parts and _exists(conn, "core_cash_applications") else
+               "AND p.sent_at_utc IS NOT NULL" if parts and table_exists(conn, "core_cash_applications") else
                "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS invoice_number, "
                "NULL::INTEGER AS invoice_year WHERE false")
     # Applications M3 already booked: its outstanding amounts include them, so they no longer bind invoices.
     conn.execute(f"CREATE OR REPLACE TEMP TABLE applications_in_m3 AS {applied}")
     decided = ("SELECT e.processor, e.source_id FROM core_match_exceptions e JOIN exception_decisions d "
-               "USING (exception_id)" if _exists(conn, "core_match_exceptions")
+               "USING (exception_id)" if table_exists(conn, "core_match_exceptions")
                else "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false")
-    allocations = ("core_payment_allocations" if _exists(conn, "core_payment_allocations") else
+    allocations = ("core_payment_allocations" if table_exists(conn, "core_payment_allocations") else
                    "(SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date "
                    "WHERE false)")
     conn.execute(f"""
@@ -49,17 +48,46 @@ def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str
     return conn.execute("SELECT count(*) FROM frozen_payments").fetchone()[0]
 
 
-def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str) -> None:
-    """Fix each new automatic allocation's value in M3's local currency while M3 still shows the invoice open:
-    the whole remaining local amount when it settles the invoice, else the amount at the invoice's rate (as M3
-    books a payment). Kept with the allocation, so later runs never recompute it from changed balances."""
+def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str) -> None:
+    """Fix each new automatic allocation's value in M3's local currency as M3 books a payment: at the invoice's
+    rate, except the one that settles the invoice, which takes whatever local amount is left — so a fully paid
+    foreign invoice leaves no local residue in M3, whether its instalments arrive night by night or in one
+    backfill. What is left counts M3's outstanding local amount, ``earlier`` allocations M3 does not hold yet
+    (their values are booked already) and this run's earlier instalments (oldest first). Kept with the
+    allocation, so later runs never recompute it from changed balances."""
     conn.execute(f"""
-        UPDATE match_allocations a SET allocated_local_minor =
-            CASE WHEN a.invoice_currency = a.payment_currency THEN a.allocated_minor
-                 WHEN a.allocated_minor = i.outstanding_minor THEN i.outstanding_local_minor
-                 ELSE CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) END
-        FROM {invoices} i
-        WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number AND a.invoice_year = i.invoice_year""")
+        UPDATE match_allocations a SET allocated_local_minor = booked.local_minor
+        FROM (
+            WITH pending AS (
+                SELECT invoice_number, invoice_year, sum(allocated_minor) AS minor,
+                       sum(allocated_local_minor) AS local_minor
+                FROM {earlier} WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL
+            ), new AS (
+                SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.settlement_date,
+                       a.allocated_minor, a.invoice_currency = a.payment_currency AS same_currency,
+                       i.outstanding_minor - coalesce(p.minor, 0) AS open_minor,
+                       i.outstanding_local_minor - coalesce(p.local_minor, 0) AS open_local_minor,
+                       CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) AS at_rate
+                FROM match_allocations a
+                JOIN {invoices} i ON a.invoice_number = i.invoice_number AND a.invoice_year = i.invoice_year
+                LEFT JOIN pending p ON a.invoice_number = p.invoice_number AND a.invoice_year = p.invoice_year
+                WHERE a.status = 'auto'
+            ), running AS (
+                SELECT *, sum(allocated_minor) OVER instalments AS paid_minor,
+                       coalesce(sum(at_rate) OVER (instalments ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                           AS paid_before_local_minor
+                FROM new
+                WINDOW instalments AS (PARTITION BY invoice_number, invoice_year
+                                       ORDER BY settlement_date, processor, source_id)
+            )
+            SELECT processor, source_id, invoice_number, invoice_year,
+                   CASE WHEN same_currency THEN allocated_minor
+                        WHEN paid_minor = open_minor THEN open_local_minor - paid_before_local_minor
+                        ELSE at_rate END AS local_minor
+            FROM running
+        ) booked
+        WHERE a.status = 'auto' AND a.processor = booked.processor AND a.source_id = booked.source_id
+          AND a.invoice_number = booked.invoice_number AND a.invoice_year = booked.invoice_year""")
 
 
 def keep_frozen(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> None:
@@ -71,3 +99,23 @@ def keep_frozen(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> None:
     conn.execute(f"DELETE FROM match_exceptions WHERE {frozen}")
     conn.execute(f"INSERT INTO match_allocations BY NAME SELECT * FROM core_payment_allocations WHERE {frozen}")
     conn.execute(f"INSERT INTO match_exceptions BY NAME SELECT * FROM core_match_exceptions WHERE {frozen}")
+
+
+def matchable_invoices(conn: duckdb.DuckDBPyConnection) -> None:
+    """Temp view ``matchable_invoices``: the open invoices, plus those M3 no longer lists as open but that an
+    earlier snapshot showed or that cash was applied to, with nothing outstanding. A payment naming one of
+    them is "already paid", not "not found" — whether the close runs nightly or as one backfill."""
+    known = ["SELECT invoice_number, invoice_year, customer, currency, invoice_date, snapshot_date AS seen "
+             "FROM raw_m3_open_invoices"]
+    if table_exists(conn, "core_cash_applications"):
+        known.append("SELECT invoice_number, invoice_year, customer, currency, NULL, accounting_date "
+                     "FROM core_cash_applications")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP VIEW matchable_invoices AS
+        SELECT invoice_number, invoice_year, customer, currency, outstanding_minor, invoice_date FROM core_open_invoices
+        UNION ALL
+        SELECT invoice_number, invoice_year, arg_max(customer, seen), arg_max(currency, seen), 0,
+               max(invoice_date)
+        FROM ({" UNION ALL ".join(known)})
+        WHERE (invoice_number, invoice_year) NOT IN (SELECT (invoice_number, invoice_year) FROM core_open_invoices)
+        GROUP BY invoice_number, invoice_year""")

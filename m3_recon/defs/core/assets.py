@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly
+from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -35,14 +35,12 @@ def _ddl(table: str, columns: dict[str, str]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
 
 
 def load_candidates(conn: duckdb.DuckDBPyConnection, window: FetchWindow, sql_of, deps_of) -> pd.DataFrame:
     """Every processor's candidate rows for the window (processors with no staging yet contribute none)."""
     bounds = {"start": naive_utc(window.start), "end": naive_utc(window.end)}
-    frames = [query_frame(conn, sql_of(m), bounds) for m in MAPPINGS if all(_table_exists(conn, t) for t in deps_of(m))]
+    frames = [query_frame(conn, sql_of(m), bounds) for m in MAPPINGS if all(table_exists(conn, t) for t in deps_of(m))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -23,10 +23,10 @@ from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, load_decisions
-from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen
+from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts)
-from m3_recon.warehouse import naive_utc, replace_days
+from m3_recon.warehouse import naive_utc, replace_days, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -51,10 +51,8 @@ def _table(columns: dict[str, str]) -> str:
 
 def journal_exceptions(conn, first: str, end: str) -> str:
     """SQL for held vouchers and posted-voucher conflicts of the window, in the exception register's shape."""
-    def exists(table: str) -> bool:
-        return conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
     parts = []
-    if exists("core_gl_journal_lines"):
+    if table_exists(conn, "core_gl_journal_lines"):
         parts.append(f"""
             SELECT 'EX-' || upper(substr(md5('voucher_held|' || voucher_key), 1, 12)) AS exception_id,
                    'voucher_held' AS reason_code, any_value(processor) AS processor, voucher_key AS source_id,
@@ -63,7 +61,7 @@ def journal_exceptions(conn, first: str, end: str) -> str:
                    to_json([]) AS candidates, any_value(held_reason) AS detail
             FROM core_gl_journal_lines WHERE held_reason IS NOT NULL
               AND source_date >= DATE '{first}' AND source_date < DATE '{end}' GROUP BY voucher_key""")
-    if exists("core_journal_conflicts"):
+    if table_exists(conn, "core_journal_conflicts"):
         parts.append(f"""
             SELECT 'EX-' || upper(substr(md5('posted_voucher_changed|' || voucher_key || '|' || source_id), 1, 12)),
                    'posted_voucher_changed', processor, source_id, accounting_date, currency, amount_minor, NULL,
@@ -135,10 +133,11 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
         conn.execute(f"CREATE OR REPLACE TEMP VIEW linkable_allocations AS SELECT * FROM core_payment_allocations "
                      f"WHERE settlement_date < DATE '{first}' OR (processor, source_id) IN "
                      f"(SELECT (processor, source_id) FROM frozen_payments)")
-        match_payments(conn, rules, lines="window_lines", invoices="core_open_invoices", earlier="earlier_allocations",
+        matchable_invoices(conn)
+        match_payments(conn, rules, lines="window_lines", invoices="matchable_invoices", earlier="earlier_allocations",
                        history="linkable_allocations")
         decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
-        book_local_values(conn, invoices="core_open_invoices")
+        book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations")
         keep_frozen(conn, first, end)
         replace_days(conn, first_day=first, end_day=end, writes=[
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
