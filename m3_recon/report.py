@@ -44,8 +44,6 @@ SECTIONS = {
 }
 
 
-
-
 def _sql(key: str, conn: duckdb.DuckDBPyConnection) -> str:
     sql = SECTIONS[key][1]
     if key != "journals":

@@ -78,7 +78,6 @@ def payment_batch_id(voucher_key: str) -> int:
     return PBID_FIRST + int.from_bytes(digest[:8], "big") % PBID_SPAN
 
 
-
 def _digest_sql(columns: tuple[str, ...], nullable: set[str]) -> str:
     parts = ", ".join(f"coalesce(CAST({c} AS VARCHAR), '')" if c in nullable else f"CAST({c} AS VARCHAR)"
                       for c in columns)

@@ -29,12 +29,8 @@ OWNERS = ["team:finance-systems"]
 MAPPINGS = tuple(m for m in (stripe.MAPPING, paytrace.MAPPING, heartland.MAPPING) if m is not None)
 
 
-
-
 def _ddl(table: str, columns: dict[str, str]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
-
-
 
 
 def load_candidates(conn: duckdb.DuckDBPyConnection, window: FetchWindow, sql_of, deps_of) -> pd.DataFrame:
