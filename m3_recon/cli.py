@@ -62,13 +62,24 @@ def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START,
                         help="first day of the sandbox period (default %(default)s)")
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days in the period (default %(default)s)")
+    parser.add_argument("--quirks", type=_quirks, default=frozenset(), metavar="NAME[,NAME…]|all",
+                        help="serve alternative vendor shapes (see README, 'Quirks')")
+
+
+def _quirks(text: str) -> frozenset[str]:
+    from m3_recon.sandbox.quirks import QuirkError, parse_quirks
+
+    try:
+        return parse_quirks(text)
+    except QuirkError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_demo(args) -> int:
     ensure_dagster_home()
     from m3_recon.demo import run_demo
 
-    return run_demo(args.seed, args.start, args.days)
+    return run_demo(args.seed, args.start, args.days, args.quirks)
 
 
 def cmd_backfill(args) -> int:
@@ -88,7 +99,7 @@ def cmd_backfill(args) -> int:
 def _start_sandbox(args):
     from m3_recon.sandbox import Sandbox
 
-    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days).start(SANDBOX_PORTS)
+    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks).start(SANDBOX_PORTS)
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
     return sandbox

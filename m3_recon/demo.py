@@ -22,11 +22,12 @@ from m3_recon.settings import PROJECT_ROOT
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def run_demo(seed: int, start, days: int) -> int:
+def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) -> int:
     began = time.monotonic()
-    ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d.sqlite"
+    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
+    ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger) as sandbox:
+    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
         from m3_recon import settings
@@ -34,7 +35,8 @@ def run_demo(seed: int, start, days: int) -> int:
 
         period = sandbox.period
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
-              f"period {period.start} .. {period.end}, seed {seed}")
+              f"period {period.start} .. {period.end}, seed {seed}"
+              + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
         result = run_payout_close(period.start, period.end)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")

@@ -22,6 +22,7 @@ from m3_recon.sandbox.m3_ledger import M3Ledger
 from m3_recon.sandbox.paytrace_api import SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME, PayTraceApp
 from m3_recon.sandbox.paytrace_api import sandbox_env as paytrace_env
 from m3_recon.sandbox.paytrace_ledger import build_paytrace_ledger
+from m3_recon.sandbox.quirks import QUIRKS, QuirkError
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.stripe_api import StripeApp
 from m3_recon.sandbox.stripe_ledger import DAY, build_stripe_ledger
@@ -38,8 +39,14 @@ class Sandbox:
     """All vendor sandboxes for one seeded period. Use as a context manager or start()/stop()."""
 
     def __init__(self, seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
-                 now: int | None = None, m3_ledger_path: str | Path | None = None):
-        """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart."""
+                 now: int | None = None, m3_ledger_path: str | Path | None = None,
+                 quirks: frozenset[str] = frozenset()):
+        """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart.
+        ``quirks``: names from ``m3_recon.sandbox.quirks.QUIRKS`` — alternative vendor shapes to serve."""
+        unknown = set(quirks) - set(QUIRKS)
+        if unknown:
+            raise QuirkError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
+        self.quirks = frozenset(quirks)
         self.period = Period(start, days)
         self.world = build_world(seed, self.period)
         self.stripe = build_stripe_ledger(self.world)
