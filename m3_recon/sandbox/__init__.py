@@ -49,7 +49,7 @@ class Sandbox:
         self.quirks = frozenset(quirks)
         self.period = Period(start, days)
         self.world = build_world(seed, self.period)
-        self.stripe = build_stripe_ledger(self.world)
+        self.stripe = build_stripe_ledger(self.world, self.quirks)
         self.paytrace = build_paytrace_ledger(self.world)
         self.heartland = build_heartland_ledger(self.world)
         self.m3 = M3Ledger(self.world, m3_ledger_path)
