@@ -18,6 +18,7 @@ from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
 from m3_recon.posting.layout import ParmLayout
+from m3_recon.sandbox import m3_api
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, sandbox_env, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger, PaymentLine
@@ -361,7 +362,8 @@ def test_customer_master_is_paged_by_its_start_key(world, ionapi):
     customers = ion_client(ionapi, page_size=7).customers()
     assert [c["CUNO"] for c in customers] == sorted(c.number for c in world.customers)
     first = customers[0]
-    assert (first["PYNO"], first["STAT"], first["CUCD"]) == (first["CUNO"], "20", world.customer(first["CUNO"]).currency)
+    currency = world.customer(first["CUNO"]).currency
+    assert (first["PYNO"], first["STAT"], first["CUCD"]) == (first["CUNO"], "20", currency)
 
 
 def test_per_payer_read_with_the_default_page_size_finds_every_open_invoice(world, applied, either_m3):
@@ -400,9 +402,22 @@ def test_a_payer_with_a_full_answer_cannot_be_proven_complete(either_m3):
         ion_client(ionapi_file, page_size=5).open_invoices()
 
 
+def test_an_m3_that_caps_its_answers_below_maxrecs_fails_the_read_until_the_page_size_fits(world, applied, either_m3,
+                                                                                          monkeypatch):
+    _, ionapi_file = either_m3
+    monkeypatch.setattr(m3_api, "MAX_RECORDS", 200)  # the server answers at most 200 rows, whatever maxrecs says
+    for paging in ("payer", "restart"):
+        capped = r"answered 200 rows when asked for up to 500 \(M3_PAGE_SIZE\), yet the division has at least \d+ "
+        with pytest.raises(IncompleteReadError, match=capped + r"open ledger lines.*set M3_PAGE_SIZE=200"):
+            ion_client(ionapi_file, open_items_paging=paging).open_invoices()
+    records = ion_client(ionapi_file, page_size=200).open_invoices()
+    assert {r["CINO"]: minor_units(r["OCUA"], r["CUCD"]) for r in records} == expected_open(world, applied, PERIOD.end)
+
+
 def test_the_page_bound_still_holds_for_the_customer_master(either_m3):
     _, ionapi_file = either_m3
-    with pytest.raises(VendorRequestError, match=r"CRS610MI/LstByNumber has more than 2 pages of 10 rows.*M3_MAX_PAGES"):
+    with pytest.raises(VendorRequestError, match=r"CRS610MI/LstByNumber has more than 2 pages of 10 rows.*M3_MAX_PAGES"
+                       ):
         ion_client(ionapi_file, page_size=10, max_pages=2).open_invoices()
 
 

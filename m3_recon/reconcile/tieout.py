@@ -83,7 +83,8 @@ def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, 
     """
     where = (f"booked to suspense account {suspense_account} so its payout ties; decide how it is booked, map the "
              "category and reclassify it" if suspense_account else
-             "its voucher is held: map suspense under [accounts] in data/gl_accounts.toml (or map the category) and rerun")
+             "its voucher is held: map suspense under [accounts] in data/gl_accounts.toml (or map the category) "
+             "and rerun")
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE category_exceptions AS
         SELECT 'EX-' || upper(substr(md5('unknown_category|' || l.processor || '|' || l.source_id), 1, 12))

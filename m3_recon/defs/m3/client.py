@@ -405,7 +405,8 @@ class M3Client:
         ``GetInvTotInfo`` gives its outstanding amount ``OCUA``. Invoices paid in between (``OCUA`` 0) are
         left out. Before that, ``LstInvoices`` per customer of the customer master lists the open invoices a
         second way; an invoice it lists that the read missed and that is still open fails the read with an
-        ``IncompleteReadError`` saying what was read, what was expected and which setting to change.
+        ``IncompleteReadError`` saying what was read, what was expected and which setting to change. So does
+        an M3 that answers fewer rows than ``maxrecs`` asks for while more exist (both routes would shrink).
         """
         customers = sorted({row["CUNO"] for row in self.customers() if row.get("CUNO")})
         expected = self._open_invoices_by_customer(customers)
@@ -414,6 +415,7 @@ class M3Client:
         else:
             lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
                                   key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV=self.divi, TDIV=self.divi, AAC0="1")
+        self._check_answer_limit(max(len(lines), len(expected)))
         invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
                                       for ln in lines if ln.get("TRCD") == "10"))
         self._prove_complete(invoices, expected, len(lines), len(customers))
@@ -460,6 +462,18 @@ class M3Client:
         return {(row["PYNO"], row["CINO"], row["INYR"], customer): customer
                 for customer in customers for row in pages[customer] if row.get("TRCD") == "10"}
 
+    def _check_answer_limit(self, known: int) -> None:
+        """An M3 that silently answers fewer rows than ``maxrecs`` makes a full answer look short, in every
+        route alike. One unfiltered call shows it: fewer rows than asked for, though ``known`` lines exist."""
+        answered = len(self.execute("ARS200MI", "LstInvByDivi", maxrecs=self.page_size, FDIV=self.divi,
+                                    TDIV=self.divi, AAC0="1"))
+        if answered < self.page_size and known > answered:
+            raise IncompleteReadError(
+                VENDOR, f"ARS200MI/LstInvByDivi answered {answered} rows when asked for up to {self.page_size} "
+                f"(M3_PAGE_SIZE), yet the division has at least {known} open ledger lines: this M3 caps list "
+                "answers below maxrecs, so a full answer cannot be told from a complete one. Nothing was matched "
+                f"or posted; set M3_PAGE_SIZE={answered} (or less)")
+
     def _prove_complete(self, invoices: Sequence[tuple], expected: Mapping[tuple, str], lines: int,
                         customers: int) -> None:
         """Every invoice the second route listed was read, unless it has been paid since (``OCUA`` 0 now)."""
@@ -479,7 +493,8 @@ class M3Client:
                 else f"check that LstInvByDivi lists every payer's open items, or set {PAGING_VARIABLE}=restart")
         examples = ", ".join(f"{number}/{year} (customer {customer})" for _, number, year, customer in still_open[:5])
         raise IncompleteReadError(
-            VENDOR, f"the open-item read is incomplete: ARS200MI/LstInvByDivi ({PAGING_VARIABLE}={self.open_items_paging}, "
-            f"M3_PAGE_SIZE={self.page_size}) gave {len(read)} open invoices in {lines} ledger lines, but "
-            f"ARS200MI/LstInvoices for the {customers} customers of CRS610MI lists {len(expected)}; {len(still_open)} "
-            f"open invoice(s) were not read, e.g. {examples}. Nothing was matched or posted; {hint}")
+            VENDOR, f"the open-item read is incomplete: ARS200MI/LstInvByDivi "
+            f"({PAGING_VARIABLE}={self.open_items_paging}, M3_PAGE_SIZE={self.page_size}) gave {len(read)} open "
+            f"invoices in {lines} ledger lines, but ARS200MI/LstInvoices for the {customers} customers of CRS610MI "
+            f"lists {len(expected)}; {len(still_open)} open invoice(s) were not read, e.g. {examples}. Nothing was "
+            f"matched or posted; {hint}")
