@@ -396,6 +396,17 @@ def test_a_read_that_cannot_show_it_is_complete_fails_with_what_to_change(world,
     assert "set M3_OPEN_ITEMS_PAGING=payer" in message
 
 
+def test_an_invoice_paid_between_the_two_routes_is_no_gap_but_an_open_one_is(world, applied, ionapi):
+    by_number = {inv.number: inv for inv in world.invoices}
+    paid, still_open = by_number[list(applied)[0]], next(inv for inv in world.invoices if inv.number not in applied)
+    key = lambda inv: (inv.customer, inv.number, str(inv.year), inv.customer)  # noqa: E731
+    client = ion_client(ionapi)
+    client._prove_complete([], {key(paid): paid.customer}, lines=0, customers=1)
+    with pytest.raises(IncompleteReadError, match=f"1 open invoice\\(s\\) were not read, e.g. {still_open.number}/"):
+        client._prove_complete([], {key(paid): paid.customer, key(still_open): still_open.customer}, lines=0,
+                               customers=2)
+
+
 def test_a_payer_with_a_full_answer_cannot_be_proven_complete(either_m3):
     _, ionapi_file = either_m3
     with pytest.raises(IncompleteReadError, match=r"has at least 5 open ledger lines.*raise M3_PAGE_SIZE"):
