@@ -35,6 +35,7 @@ DAEMON_HEARTBEAT_STALE_SECONDS = 120
 # their mandatory key, so M3 answers "… must be entered" without reading or writing anything.
 M3_PROGRAMS = (
     ("ARS200MI", "GetInvTotInfo", "open customer invoices"),
+    ("CRS610MI", "LstByNumber", "the customer master, whose payers the open-item read goes through"),
     ("GLS840MI", "CtrlBatch", "posting GL vouchers"),
     ("GLS200MI", "GetVoucherHead", "verifying posted vouchers"),
     ("ARS040MI", "ControlBatch", "cash application"),

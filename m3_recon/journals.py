@@ -11,7 +11,10 @@ bank on their arrival date; a failed payout's return moves it back.
 
 ``derive_journals`` creates temp tables ``journal_lines`` (GL_JOURNAL_LINE_COLUMNS) and
 ``cash_applications`` (CASH_APPLICATION_COLUMNS). Every voucher balances per currency by
-construction (two lines per entry), and a voucher with any unmapped account is held, not posted.
+construction (two lines per entry), and a voucher with any unmapped account is held, not posted. A
+line whose processor category the mapping does not know (``unknown_category``) goes to the suspense
+account, so its payout ties and the amount stays visible on the books; with no suspense account
+mapped its voucher is held like any other unmapped account.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ PROCESSOR_CODES = {"stripe": "S", "paytrace": "P", "heartland": "H"}
 # The counter-account of each line type's gross amount (clearing takes the other side).
 COUNTER_ACCOUNT = {"fee": "processing_fees", "refund": "refunds", "dispute": "chargebacks",
                    "dispute_reversal": "chargebacks", "reserve_hold": "reserves", "reserve_release": "reserves",
-                   "adjustment": "adjustments", "payout_failure": "bank", "other": "other"}
+                   "adjustment": "adjustments", "payout_failure": "bank", "other": "other",
+                   "unknown_category": "suspense"}
 FEE_ACCOUNT = {"dispute": "dispute_fees"}  # fees on other lines go to processing_fees
 
 

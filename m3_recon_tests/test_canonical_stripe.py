@@ -11,6 +11,7 @@ from m3_recon.defs.core.assets import MAPPINGS, load_candidates, replace_canonic
 from m3_recon.defs.stripe.assets import (BALANCE_TRANSACTIONS_DDL, BALANCE_TRANSACTIONS_SELECT, PAYOUT_LINES_DDL,
                                          rejection)
 from m3_recon.partitions import FetchWindow
+from m3_recon.reconcile.tieout import tie_out_payouts, unknown_category_exceptions
 from m3_recon.warehouse import documents_table, replace_window
 
 DAY_START = datetime(2026, 10, 5, tzinfo=timezone.utc)
@@ -64,11 +65,36 @@ def test_every_known_reporting_category_has_a_line_type():
     assert set(stripe_mapping.KNOWN_CATEGORIES) == set(EXPECTED_LINE_TYPES)
 
 
-def test_unknown_category_is_quarantined_with_an_actionable_reason():
-    conn, _, valid, rejected = load([txn(1, "charge", 1000, 59, "charge"), txn(2, "crypto_bonus", 100, type_="bonus")])
+def test_unknown_category_is_a_line_of_its_own_its_payout_ties_and_it_is_an_exception():
+    conn, _, valid, rejected = load([txn(1, "charge", 1000, 59, "charge"),
+                                     txn(2, "new_product_settlement", 2_345, type_="contribution")])
+    assert rejected.empty
+    assert conn.execute("SELECT source_id, line_type, amount_minor, fee_minor, net_minor FROM core_settlement_lines "
+                        "ORDER BY 1").fetchall() == [("txn_0001", "charge", 1000, 59, 941),
+                                                     ("txn_0002", "unknown_category", 2_345, 0, 2_345)]
+    conn.execute("UPDATE core_settlement_lines SET payout_id = 'po_1'")
+    conn.execute("CREATE TABLE payouts AS SELECT 'stripe' AS processor, 'po_1' AS payout_id, 'USD' AS currency, "
+                 "DATE '2026-10-06' AS settlement_date, DATE '2026-10-07' AS arrival_date, 'paid' AS status, "
+                 "3286::BIGINT AS amount_minor, 2::BIGINT AS line_count, true AS itemised")
+    tie_out_payouts(conn, payouts="payouts", lines="core_settlement_lines")
+    assert conn.execute("SELECT status, lines_net_minor, difference_minor FROM payout_tieout").fetchall() == [
+        ("tied", 941 + 2_345, 0)]
+    for suspense, where in (("2990", "booked to suspense account 2990 so its payout ties"),
+                            (None, "its voucher is held: map suspense under [accounts] in data/gl_accounts.toml")):
+        unknown_category_exceptions(conn, lines="core_settlement_lines", categories=stripe_mapping.CATEGORY_SQL,
+                                    suspense_account=suspense)
+        [row] = conn.execute("SELECT reason_code, source_id, amount_minor, currency, candidates::VARCHAR, detail "
+                             "FROM category_exceptions").fetchall()
+        assert row[:5] == ("unknown_category", "txn_0002", 2_345, "USD", '["new_product_settlement"]')
+        assert row[5].startswith("stripe category 'new_product_settlement' is not in the mapping: 2345 USD "
+                                 "(payout po_1) " + where)
+
+
+def test_a_row_without_a_category_is_quarantined_with_an_actionable_reason():
+    conn, _, valid, rejected = load([txn(1, "charge", 1000, 59, "charge"), txn(2, None, 100, type_="bonus")])
     assert list(valid["source_id"]) == ["txn_0001"]
     reason, raw = conn.execute("SELECT reason, raw_payload->>'$.id' FROM core_quarantine").fetchone()
-    assert "unknown Stripe reporting_category 'crypto_bonus' (type 'bonus')" in reason and raw == "txn_0002"
+    assert "has no reporting_category (type 'bonus')" in reason and raw == "txn_0002"
 
 
 @pytest.mark.parametrize("broken,reason_part", [

@@ -35,7 +35,7 @@ def test_every_connection_checks_out_against_the_sandbox(doctor_environment):
     code, lines, _ = doctor()
     assert code == 0
     passing = ["stripe", "paytrace token", "paytrace reports", "gp api token", "gp api account", "m3 sign-in",
-               "m3 company/division", "m3 ARS200MI", "m3 GLS840MI", "m3 GLS200MI", "m3 ARS040MI", "warehouse",
+               "m3 company/division", "m3 ARS200MI", "m3 CRS610MI", "m3 GLS840MI", "m3 GLS200MI", "m3 ARS040MI", "warehouse",
                "dagster instance", "writer pool"]
     assert [name for name in passing if not lines[name].startswith("OK ")] == []
     assert "test mode" in lines["stripe"] and lines["stripe mode"].startswith("WARN")

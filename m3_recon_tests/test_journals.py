@@ -2,6 +2,8 @@
 which account every kind of line reaches, that vouchers balance and clearing nets to zero per payout,
 what is held, and what a later run may and may not send to M3 after a voucher was posted."""
 
+from dataclasses import replace
+
 import duckdb
 import pytest
 
@@ -95,6 +97,24 @@ def test_a_kind_without_an_account_holds_its_voucher_and_names_the_gap(conn):
     assert held == [("GSD20261001", "no GL account mapped for other in data/gl_accounts.toml")]
     assert conn.execute("SELECT count(*) FROM journal_lines WHERE held_reason IS NULL AND entry <> 'payout'"
                         ).fetchone()[0] == 0
+
+
+def test_an_unknown_category_goes_to_suspense_so_its_payout_nets_to_zero_and_without_suspense_is_held(conn):
+    lines = LINES[:-1] + [("stripe", "po_1", "txn_new", DAY, "USD", "unknown_category", 2_345, 0),
+                          ("stripe", "po_1", "po_1", PAID_OUT, "USD", "payout", -17_734, 0)]
+    load(conn, lines=lines, payout=PAYOUT[:5] + (15_389 + 2_345, "paid"))
+    derive(conn)
+    assert conn.execute("SELECT ait1, amount_minor, voucher_text, held_reason FROM journal_lines "
+                        "WHERE entry = 'unknown_category' ORDER BY ait1").fetchall() == [
+        ("1191", 2_345, "unknown_category txn_new", None), ("2990", -2_345, "unknown_category txn_new", None)]
+    assert balances(conn)["1010"] == 17_734
+    clearing_by_payout(conn)
+    assert conn.execute("SELECT clearing_net_minor FROM clearing_by_payout").fetchall() == [(0,)]
+    without_suspense = replace(ACCOUNTS, accounts={k: v for k, v in ACCOUNTS.accounts.items() if k != "suspense"})
+    derive(conn, without_suspense)
+    assert conn.execute("SELECT DISTINCT voucher_key, held_reason FROM journal_lines WHERE held_reason IS NOT NULL"
+                        ).fetchall() == [("GSD20261001", "no GL account mapped for suspense in data/gl_accounts.toml")]
+    assert conn.execute("SELECT sum(amount_minor) FROM journal_lines WHERE ait1 = '?suspense'").fetchone()[0] == -2_345
 
 
 def test_a_residue_over_the_rounding_tolerance_is_unapplied_cash_not_rounding(conn):

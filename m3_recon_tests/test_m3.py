@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -12,11 +13,12 @@ import pytest
 import requests
 
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
-from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, minor_units
+from m3_recon.defs.m3.client import IncompleteReadError, M3Client, M3Error, m3_amount, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
 from m3_recon.posting.layout import ParmLayout
+from m3_recon.sandbox import m3_api
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, sandbox_env, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger, PaymentLine
@@ -60,6 +62,17 @@ def m3_server(ledger):
                 SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
     server = VendorServer(app, clock).start()
     yield server, clock
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def filter_m3(ledger):
+    """The same ledger served by an M3 that reads the ARS200MI key inputs as filters (quirk m3_keys_as_filters)."""
+    clock = SandboxClock(NOW)
+    app = M3App(ledger, clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
+                SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT, quirks=frozenset({"m3_keys_as_filters"}))
+    server = VendorServer(app, clock).start()
+    yield server
     server.stop()
 
 
@@ -335,6 +348,110 @@ def test_materialised_snapshot_is_exactly_the_open_invoices_and_reruns_are_idemp
     assert per_day == {last: len(expected_open(world, applied, last)),
                        earlier: len(expected_open(world, applied, earlier))}
     assert duplicates == 0
+
+
+# -- complete open items whether M3 reads key inputs as start positions or as filters --------------------
+@pytest.fixture(params=["start_positions", "filters"])
+def either_m3(request, m3, filter_m3, tmp_path):
+    """.ionapi file of the M3 that reads LstInvByDivi's PYNO/IVDT as start positions, or as filters."""
+    server = m3[0] if request.param == "start_positions" else filter_m3
+    return request.param, write_ionapi_file(tmp_path / f"{request.param}.ionapi", server.url)
+
+
+def test_customer_master_is_paged_by_its_start_key(world, ionapi):
+    customers = ion_client(ionapi, page_size=7).customers()
+    assert [c["CUNO"] for c in customers] == sorted(c.number for c in world.customers)
+    first = customers[0]
+    currency = world.customer(first["CUNO"]).currency
+    assert (first["PYNO"], first["STAT"], first["CUCD"]) == (first["CUNO"], "20", currency)
+
+
+def test_per_payer_read_with_the_default_page_size_finds_every_open_invoice(world, applied, either_m3):
+    _, ionapi_file = either_m3
+    client = ion_client(ionapi_file)
+    assert (client.page_size, client.open_items_paging) == (500, "payer")
+    records = client.open_invoices()
+    found = {r["CINO"]: minor_units(r["OCUA"], r["CUCD"]) for r in records}
+    expected = expected_open(world, applied, PERIOD.end)
+    assert found == expected and len(records) == len(expected) == len(world.invoices) - 2
+    assert sum(found.values()) == sum(expected.values())
+
+
+def test_a_read_that_cannot_show_it_is_complete_fails_with_what_to_change(world, applied, either_m3):
+    """Restart paging is complete only where the key inputs are start positions; elsewhere the cross-check fails."""
+    mode, ionapi_file = either_m3
+    client = ion_client(ionapi_file, open_items_paging="restart")
+    expected = len(expected_open(world, applied, PERIOD.end))
+    if mode == "start_positions":
+        assert len(client.open_invoices()) == expected
+        return
+    with pytest.raises(IncompleteReadError) as failure:
+        client.open_invoices()
+    message = str(failure.value)
+    read = re.search(r"gave (\d+) open invoices in (\d+) ledger lines", message)
+    assert read, message
+    assert int(read[1]) < expected and 500 <= int(read[2]) < len(world.invoices)  # a page and a restart page
+    assert f"LstInvoices for the {len(world.customers)} customers of CRS610MI lists {expected};" in message
+    assert f"; {expected - int(read[1])} open invoice(s) were not read" in message
+    assert "set M3_OPEN_ITEMS_PAGING=payer" in message
+
+
+def test_an_invoice_paid_between_the_two_routes_is_no_gap_but_an_open_one_is(world, applied, ionapi):
+    by_number = {inv.number: inv for inv in world.invoices}
+    paid, still_open = by_number[list(applied)[0]], next(inv for inv in world.invoices if inv.number not in applied)
+    key = lambda inv: (inv.customer, inv.number, str(inv.year), inv.customer)  # noqa: E731
+    client = ion_client(ionapi)
+    client._prove_complete([], {key(paid): paid.customer}, lines=0, customers=1)
+    with pytest.raises(IncompleteReadError, match=f"1 open invoice\\(s\\) were not read, e.g. {still_open.number}/"):
+        client._prove_complete([], {key(paid): paid.customer, key(still_open): still_open.customer}, lines=0,
+                               customers=2)
+
+
+def test_a_payer_with_a_full_answer_cannot_be_proven_complete(either_m3):
+    _, ionapi_file = either_m3
+    with pytest.raises(IncompleteReadError, match=r"has at least 5 open ledger lines.*raise M3_PAGE_SIZE"):
+        ion_client(ionapi_file, page_size=5).open_invoices()
+
+
+def test_an_m3_that_caps_its_answers_below_maxrecs_fails_the_read_until_the_page_size_fits(world, applied, either_m3,
+                                                                                          monkeypatch):
+    _, ionapi_file = either_m3
+    monkeypatch.setattr(m3_api, "MAX_RECORDS", 200)  # the server answers at most 200 rows, whatever maxrecs says
+    for paging in ("payer", "restart"):
+        capped = r"answered 200 rows when asked for up to 500 \(M3_PAGE_SIZE\), yet the division has at least \d+ "
+        with pytest.raises(IncompleteReadError, match=capped + r"open ledger lines.*set M3_PAGE_SIZE=200"):
+            ion_client(ionapi_file, open_items_paging=paging).open_invoices()
+    records = ion_client(ionapi_file, page_size=200).open_invoices()
+    assert {r["CINO"]: minor_units(r["OCUA"], r["CUCD"]) for r in records} == expected_open(world, applied, PERIOD.end)
+
+
+def test_the_page_bound_still_holds_for_the_customer_master(either_m3):
+    _, ionapi_file = either_m3
+    with pytest.raises(VendorRequestError, match=r"CRS610MI/LstByNumber has more than 2 pages of 10 rows.*M3_MAX_PAGES"
+                       ):
+        ion_client(ionapi_file, page_size=10, max_pages=2).open_invoices()
+
+
+def test_unknown_paging_strategy_names_the_setting(ionapi):
+    with pytest.raises(VendorRequestError, match="M3_OPEN_ITEMS_PAGING='offset' is not a paging strategy"):
+        ion_client(ionapi, open_items_paging="offset")
+
+
+def test_an_incomplete_read_fails_the_asset_and_stores_nothing(filter_m3, tmp_path, duckdb_resource, monkeypatch):
+    ionapi_file = write_ionapi_file(tmp_path / "filters.ionapi", filter_m3.url)
+    for key, value in {**sandbox_env(filter_m3.url, ionapi_file), "M3_MAX_REQUESTS_PER_SECOND": "1000",
+                       "M3_OPEN_ITEMS_PAGING": "restart"}.items():
+        monkeypatch.setenv(key, value)
+    result = dg.materialize([raw_m3_open_invoices, core_open_invoices], partition_key=PERIOD.end.isoformat(),
+                            resources={"m3": m3_resource_from_env(), "duckdb": duckdb_resource}, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "raw_m3_open_invoices"
+    assert "open-item read is incomplete" in failure.step_failure_data.error.to_string()
+    assert not [e for e in result.all_events if e.is_step_success]  # core_open_invoices did not run
+    with duckdb.connect(duckdb_resource.database) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_name LIKE '%open_invoices'").fetchone()[0] == 0
 
 
 # -- posting programs: GLS840MI, GLS200MI, ARS040MI -------------------------------------------------------

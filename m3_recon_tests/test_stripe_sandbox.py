@@ -2,7 +2,7 @@
 
 import requests
 
-from m3_recon.sandbox import SANDBOX_STRIPE_KEY
+from m3_recon.sandbox import SANDBOX_STRIPE_KEY, Sandbox
 
 AUTH = {"Authorization": f"Bearer {SANDBOX_STRIPE_KEY}"}
 
@@ -104,3 +104,18 @@ def test_generator_is_deterministic_per_seed():
     one, two, other = Sandbox(seed=3, days=5), Sandbox(seed=3, days=5), Sandbox(seed=4, days=5)
     assert list(one.stripe.balance_transactions) == list(two.stripe.balance_transactions)
     assert list(one.stripe.balance_transactions) != list(other.stripe.balance_transactions)
+
+
+def test_unknown_category_quirk_pays_out_a_category_nobody_maps_in_the_same_world(sandbox):
+    with Sandbox(quirks=frozenset({"stripe_unknown_category"})) as quirky:
+        extra = {t.id: t for t in quirky.stripe.balance_transactions.values()
+                 if t.id not in sandbox.stripe.balance_transactions}
+        assert len(extra) == 2 and set(quirky.stripe.payouts) == set(sandbox.stripe.payouts)
+        for txn in extra.values():
+            data = get(quirky, "/v1/balance_transactions", payout=txn.payout, limit="100").json()["data"]
+            [served] = [t for t in data if t["id"] == txn.id]
+            assert (served["reporting_category"], served["type"], served["amount"], served["net"]) == (
+                "new_product_settlement", "contribution", txn.amount, txn.amount)
+            assert sum(t["net"] for t in data) == 0  # the payout pays it out
+            assert quirky.stripe.payouts[txn.payout].amount == (
+                sandbox.stripe.payouts[txn.payout].amount + txn.amount)

@@ -12,7 +12,7 @@ from pandera.errors import SchemaErrors
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
 LINE_TYPES = ("charge", "refund", "dispute", "dispute_reversal", "fee", "adjustment", "reserve_hold",
-              "reserve_release", "payout", "payout_failure", "other")
+              "reserve_release", "payout", "payout_failure", "other", "unknown_category")
 PAYOUT_STATUSES = ("pending", "in_transit", "paid", "failed", "canceled")
 CURRENCY = pa.Check.str_matches(r"^[A-Z]{3}$", error="currency must be an upper-case ISO 4217 code")
 

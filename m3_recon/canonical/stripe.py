@@ -1,8 +1,11 @@
 """Stripe's staging tables as canonical settlement lines and payouts (DuckDB SQL).
 
 Line types come from ``reporting_category`` (Stripe's own accounting grouping), with the reserve
-category split by sign. A category outside Stripe's published list is not guessed at: the row is
-rejected with a reason and lands in ``core_quarantine``. Refunds and disputes inherit the invoice and
+category split by sign. A category outside Stripe's published list is not guessed at but not lost
+either: Stripe signs every amount, so the row becomes line type ``unknown_category`` (its payout still
+ties; journals book it to the suspense account and the register raises an ``unknown_category``
+exception naming the category, see ``CATEGORY_SQL``). A row without any category is rejected with a
+reason and lands in ``core_quarantine``. Refunds and disputes inherit the invoice and
 customer references of the charge they reverse, and keep its id in ``original_source_id``.
 """
 
@@ -58,7 +61,7 @@ SELECT
     txn.id AS source_id,
     CASE WHEN txn.reporting_category = 'risk_reserved_funds'
          THEN CASE WHEN txn.amount < 0 THEN 'reserve_hold' ELSE 'reserve_release' END
-         ELSE category.line_type END AS line_type,
+         ELSE coalesce(category.line_type, 'unknown_category') END AS line_type,
     txn.created_at_utc AS occurred_at_utc,
     CAST(txn.created_at_utc AS DATE) AS settlement_date,
     coalesce(paid_out.payout_id, CASE WHEN txn.type = 'payout' THEN txn.source_id END) AS payout_id,
@@ -75,10 +78,9 @@ SELECT
     coalesce(txn.card_brand, charge.card_brand) AS card_brand,
     coalesce(txn.card_last4, charge.card_last4) AS card_last4,
     txn.description AS description,
-    CASE WHEN category.line_type IS NULL THEN
-        'unknown Stripe reporting_category ' || coalesce('''' || txn.reporting_category || '''', 'null')
-        || ' (type ' || coalesce('''' || txn.type || '''', 'null') || '): add it to '
-        || 'm3_recon/canonical/stripe.py once finance has decided how it is booked'
+    CASE WHEN nullif(trim(txn.reporting_category), '') IS NULL THEN
+        'the balance transaction has no reporting_category (type ' || coalesce('''' || txn.type || '''', 'null')
+        || '), so what it is cannot be told: ask Stripe'
     END AS reject_reason,
     CAST(txn.created_at_utc AS DATE) AS partition_date,
     CAST(txn.raw AS VARCHAR) AS raw_payload
@@ -103,6 +105,12 @@ SELECT 'stripe' AS processor, payout.id AS payout_id, upper(payout.currency) AS 
        CAST(NULL AS VARCHAR) AS reject_reason, CAST(payout.created_at_utc AS DATE) AS partition_date,
        CAST(payout.raw AS VARCHAR) AS raw_payload
 FROM payout LEFT JOIN itemised ON itemised.payout_id = payout.id
+"""
+
+# The processor's own category of each unknown_category line, for the exception a person works.
+CATEGORY_SQL = """
+SELECT 'stripe' AS processor, id AS source_id, any_value(reporting_category) AS category
+FROM raw_stripe_balance_transactions GROUP BY id
 """
 
 MAPPING = ProcessorMapping("stripe", SETTLEMENT_LINES_SQL, PAYOUTS_SQL,

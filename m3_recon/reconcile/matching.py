@@ -60,6 +60,7 @@ REASON_CODES = {
     "no_matching_invoice": "no open invoice or group of invoices of the customer matches the amount",
     "reversal_of_unapplied_payment": "a refund or dispute of a charge that was never applied to an invoice",
     "payout_mismatch": "the payout's amount differs from the sum of its lines",
+    "unknown_category": "a processor category the mapping does not know: booked to suspense (or held without one)",
     "voucher_held": "a voucher cannot be posted (see its reason); map the account and rerun",
     "posted_voucher_changed": "something M3 already holds would have to change; correct it in M3 by hand",
 }

@@ -74,6 +74,30 @@ def payout_exceptions(conn: duckdb.DuckDBPyConnection) -> None:
         FROM payout_tieout WHERE status = 'mismatch'""")
 
 
+def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, categories: str,
+                                suspense_account: str | None) -> None:
+    """Create temp table ``category_exceptions`` (exception columns): one ``unknown_category`` exception per
+    line of ``lines`` whose processor category the mapping does not know, saying where its amount went.
+
+    ``categories``: SQL giving (processor, source_id, category), the processor's own name for it.
+    """
+    where = (f"booked to suspense account {suspense_account} so its payout ties; decide how it is booked, map the "
+             "category and reclassify it" if suspense_account else
+             "its voucher is held: map suspense under [accounts] in data/gl_accounts.toml (or map the category) "
+             "and rerun")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE category_exceptions AS
+        SELECT 'EX-' || upper(substr(md5('unknown_category|' || l.processor || '|' || l.source_id), 1, 12))
+                   AS exception_id,
+               'unknown_category' AS reason_code, l.processor, l.source_id, l.settlement_date, l.currency,
+               l.amount_minor, NULL::BIGINT AS unapplied_minor, to_json([c.category]) AS candidates,
+               l.processor || ' category ' || coalesce('''' || c.category || '''', '(not in the staging table)')
+               || ' is not in the mapping: ' || l.amount_minor || ' ' || l.currency
+               || coalesce(' (payout ' || l.payout_id || ')', '') || ' ' || $where AS detail
+        FROM {lines} l LEFT JOIN ({categories}) c USING (processor, source_id)
+        WHERE l.line_type = 'unknown_category'""", {"where": where})
+
+
 def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_day: date, end_day: date,
                         reason_codes: tuple[str, ...], now: datetime) -> dict[str, int]:
     """Merge ``found`` (exceptions for days [first_day, end_day) of the given reason codes) into the register.

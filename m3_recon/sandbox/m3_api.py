@@ -9,6 +9,7 @@ Serves what m3-recon reads from M3, in the wire format of /work/shared/reference
   Basic (on-premise): v2 ``GET v2/execute/{PROGRAM}/{TRANSACTION}``, v2 bulk ``POST v2/execute``
   and v1 ``GET execute/{PROGRAM}/{TRANSACTION}`` (with ``metadata=true`` field metadata).
 * ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo`` (customer ledger).
+* CRS610MI ``LstByNumber``: the customer master in customer-number order from the start key ``CUNO``.
 * GLS840MI ``AddBatchHead``, ``AddBatchLine`` (a ``PARM`` string of at most 900 characters, cut by
   the interface's GLS850 position template), ``AddBatchLineFld`` (the same line as named fields),
   ``CtrlBatch`` and ``UpdBatch`` (GL interface batches → GL vouchers).
@@ -33,6 +34,13 @@ Message IDs not listed in the reference follow M3's pattern (``W`` + field group
 entered" / ``03`` "does not exist"); calls to unknown programs or transactions, and interface checks
 without a known message ID (an unbalanced voucher, a batch already updated), carry no code. A
 duplicate batch, batch line or payment batch is ``XRE0104``.
+
+Quirk ``m3_keys_as_filters`` (``M3App(quirks=...)``): the key inputs of the ARS200MI list transactions
+filter instead of positioning. ``LstInvByDivi`` with ``PYNO`` lists that payer's lines only and with
+``IVDT`` those of that invoice date only; ``LstInvoices`` with ``IVDT`` lists that date only. Without
+the quirk they are start positions: ``LstInvByDivi`` starts at (division, PYNO, IVDT) in that key order
+and ``LstInvoices`` at IVDT. ``CRS610MI/LstByNumber``'s ``CUNO`` is a start position either way (as in
+Infor's own paging sample).
 
 Tests make the gateway lose M3's answer with ``M3App.lose_response``: M3 has run the transaction,
 but the caller gets a 502 (after an optional stall that outlasts its timeout), as when a connection
@@ -113,6 +121,8 @@ FIELDS: dict[str, MIField] = {
     "SQRY": MIField("A", 1024, "Search query"),
     "PBID": MIField("N", 10, "Payment batch"), "BOPE": MIField("A", 3, "Batch payment type"),
     "TRNO": MIField("N", 7, "Transaction number"), "PYAM": MIField("N", 17, "Payment amount", 2),
+    "CUNM": MIField("A", 36, "Customer name"), "CUTP": MIField("N", 1, "Customer type"),
+    "STAT": MIField("A", 2, "Status"), "CSCD": MIField("A", 3, "Country"), "LMTS": MIField("N", 18, "Timestamp"),
 }
 
 # M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
@@ -174,7 +184,15 @@ ARS040MI = {
                                   ("PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM"), (), False),
     "ControlBatch": MITransaction(("CONO", "DIVI", "PBID"), ("PBID",), (), False),
 }
-PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI}
+CRS610MI = {
+    "LstByNumber": MITransaction(("CONO", "CUNO", "LMTS"), (),
+                                 ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "LMTS"),
+                                 True),
+}
+PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI,
+            "CRS610MI": CRS610MI}
+CUSTOMER_STATUS_DEFINITE = "20"
+KEYS_AS_FILTERS = "m3_keys_as_filters"
 SEARCH_FIELDS = ("KEY1", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "AIT1", "CUCD")
 
 
@@ -287,8 +305,9 @@ class M3App(VendorApp):
     name = "m3"
 
     def __init__(self, ledger: M3Ledger, clock: SandboxClock, client_id: str, client_secret: str,
-                 username: str, password: str, tenant: str):
+                 username: str, password: str, tenant: str, quirks: frozenset[str] = frozenset()):
         self.ledger, self.clock = ledger, clock
+        self.keys_as_filters = KEYS_AS_FILTERS in quirks
         self.client_id, self.client_secret = client_id, client_secret
         self.username, self.password, self.tenant = username, password, tenant
         self._lock = threading.Lock()
@@ -311,6 +330,7 @@ class M3App(VendorApp):
             ("ARS040MI", "AddBatchHead"): self._add_payment_batch,
             ("ARS040MI", "AddBatchLine"): self._add_payment_line,
             ("ARS040MI", "ControlBatch"): self._control_payment_batch,
+            ("CRS610MI", "LstByNumber"): self._list_customers,
         }
 
     # -- faults tests inject ----------------------------------------------------------------------
@@ -598,9 +618,8 @@ class M3App(VendorApp):
     def _list_invoices(self, values: dict) -> list[dict]:
         self._customer(values["CUNO"])
         lines, totals = self._lines(values)
-        start = values.get("IVDT", date.min)
         rows = [ln for ln in lines if ln.customer == values["CUNO"] and ln.divi == values["DIVI"]
-                and ln.invoice_date >= start]
+                and self._from_date(ln, values)]
         rows.sort(key=lambda ln: (ln.invoice_date, ln.invoice, ln.invoice_year, ln.year, ln.journal, ln.journal_seq))
         return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
 
@@ -612,12 +631,25 @@ class M3App(VendorApp):
             low, high = values.get("FDIV", ""), values.get("TDIV", "\uffff")
         else:
             low = high = values["DIVI"]
-        start = (low, values.get("PYNO", ""), values.get("IVDT", date.min))
-        rows = [ln for ln in lines if low <= ln.divi <= high and (ln.divi, ln.payer, ln.invoice_date) >= start
+        rows = [ln for ln in lines if low <= ln.divi <= high and self._from_payer_and_date(ln, low, values)
                 and values.get("CUNO", ln.customer) == ln.customer]
         rows.sort(key=lambda ln: (ln.divi, ln.payer, ln.invoice_date, ln.invoice, ln.invoice_year, ln.year,
                                   ln.journal, ln.journal_seq))
         return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
+
+    def _from_date(self, line: LedgerLine, values: dict) -> bool:
+        """LstInvoices' key input IVDT: a start position, or (quirk) a filter."""
+        if "IVDT" not in values:
+            return True
+        return line.invoice_date == values["IVDT"] if self.keys_as_filters else line.invoice_date >= values["IVDT"]
+
+    def _from_payer_and_date(self, line: LedgerLine, division: str, values: dict) -> bool:
+        """LstInvByDivi's key inputs PYNO and IVDT: a start position (division, PYNO, IVDT), or (quirk) filters."""
+        if self.keys_as_filters:
+            return (values.get("PYNO", line.payer) == line.payer
+                    and values.get("IVDT", line.invoice_date) == line.invoice_date)
+        start = (division, values.get("PYNO", ""), values.get("IVDT", date.min))
+        return (line.divi, line.payer, line.invoice_date) >= start
 
     def _get_invoice(self, values: dict) -> list[dict]:
         lines, totals = self._lines(values)
@@ -652,6 +684,14 @@ class M3App(VendorApp):
             "REDE": totals.reconciled_on, "DTP5": totals.last_payment_date,
         }
 
+
+    # -- CRS610MI: the customer master --------------------------------------------------------------
+    def _list_customers(self, values: dict) -> list[dict]:
+        start = values.get("CUNO", "")
+        return [{"CONO": self.ledger.cono, "CUNO": c.number, "CUNM": c.name, "CUTP": 0,
+                 "STAT": CUSTOMER_STATUS_DEFINITE, "CSCD": "DE" if c.currency == "EUR" else "US", "CUCD": c.currency,
+                 "TEPY": PAYMENT_TERMS, "PYNO": c.number, "LMTS": 0}
+                for c in sorted(self.ledger.customers.values(), key=lambda c: c.number) if c.number >= start]
 
     # -- GLS840MI: GL interface batches ----------------------------------------------------------------
     def _add_gl_batch(self, values: dict) -> list[dict]:

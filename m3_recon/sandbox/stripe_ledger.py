@@ -3,6 +3,10 @@
 One USD Stripe balance is simulated over the period with daily automatic payouts. Objects keep their
 whole lifetime (when created, when the funds became available, when a payout failed) and the API
 layer renders them as of the sandbox clock, so status changes can be observed by re-reading.
+
+Quirk ``stripe_unknown_category``: on a few days Stripe also books a settlement credit under a
+``reporting_category`` nobody maps (``new_product_settlement``, type ``contribution``) that the next
+automatic payout pays out. It draws on its own random stream, so everything else stays as without it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ DAY = 86_400
 PAYOUT_HOUR = 6
 RECONCILIATION_DELAY = 12 * 3_600  # a payout can be itemised this long after it is created
 DISPUTE_FEE = 1_500
+UNKNOWN_CATEGORY = "new_product_settlement"  # quirk stripe_unknown_category
+UNKNOWN_CATEGORY_DAYS = (4, 17)  # period days (0-based) that carry one
 CARD_BRANDS = ("visa", "mastercard", "amex", "discover")
 
 
@@ -249,6 +255,18 @@ class _Builder:
             self.balance_movement(start + 14 * DAY + 3_600, "stripe_fee", "fee", -rng.randint(1_500, 4_500),
                                   "Radar for Fraud Teams")
 
+    def unknown_category_movements(self) -> None:
+        """Quirk ``stripe_unknown_category``: a credit in a category no mapping knows, paid out like any other."""
+        rng = self.world.rng("stripe_unknown_category")
+        start, days = self.world.period.start_epoch, self.world.period.days
+        for offset in (d for d in UNKNOWN_CATEGORY_DAYS if d < days):
+            created = start + offset * DAY + rng.randrange(PAYOUT_HOUR * 3_600, DAY)
+            amount = rng.randint(1_000, 25_000)
+            self.ledger.add_txn(BalanceTxn(
+                id=stable_id(rng, "txn"), type="contribution", reporting_category=UNKNOWN_CATEGORY, amount=amount,
+                fee=0, net=amount, currency="usd", created=created, available_on=created,
+                description="New product settlement"))
+
     # -- payouts ---------------------------------------------------------------------------------
     def payouts(self) -> None:
         period = self.world.period
@@ -287,8 +305,9 @@ class _Builder:
         payout.failure_code = "account_closed"
 
 
-def build_stripe_ledger(world: World) -> StripeLedger:
-    """Generate the period's Stripe activity; the last day always has a charge at 23:59:59 UTC."""
+def build_stripe_ledger(world: World, quirks: frozenset[str] = frozenset()) -> StripeLedger:
+    """Generate the period's Stripe activity; the last day always has a charge at 23:59:59 UTC.
+    ``quirks``: ``stripe_unknown_category`` adds settlement credits in a category no mapping knows."""
     builder = _Builder(world)
     rng, period = builder.rng, world.period
     for day in period.dates():
@@ -298,5 +317,7 @@ def build_stripe_ledger(world: World) -> StripeLedger:
         for second in seconds:
             builder.charge(day_start_epoch(day) + second)
     builder.balance_movements()
+    if "stripe_unknown_category" in quirks:
+        builder.unknown_category_movements()
     builder.payouts()
     return builder.ledger

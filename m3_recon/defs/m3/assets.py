@@ -98,7 +98,8 @@ def _snapshot_docs(records: list[dict], days: list, taken_at: datetime, run_id: 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"m3", "duckdb"}, pool="duckdb_writer",
-    description="Open customer invoices of the M3 division (ARS200MI LstInvByDivi + GetInvTotInfo) as a "
+    description="Open customer invoices of the M3 division (ARS200MI LstInvByDivi per payer of CRS610MI + "
+                "GetInvTotInfo, proven complete against LstInvoices per customer; an incomplete read fails) as a "
                 "daily snapshot: per partition day, the invoices dated on or before it with their outstanding "
                 "amount when the snapshot was taken.",
 )
@@ -108,8 +109,9 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     start, end = window.start.astimezone(timezone.utc), window.end.astimezone(timezone.utc)
     days = [(start + timedelta(days=i)).date() for i in range((end - start).days)]
     taken_at = datetime.now(timezone.utc)
-    records = m3.open_invoices()
-    context.log.info(f"M3 reports {len(records)} open invoices; snapshot days {days[0]}..{days[-1]}")
+    records = m3.open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
+    context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
+                     f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     docs = _snapshot_docs(records, days, taken_at, context.run.run_id)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_m3_open_invoices", ddl=OPEN_INVOICES_DDL,
@@ -121,6 +123,8 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     return dg.MaterializeResult(metadata={
         "rows": rows,
         "snapshot_days": len(days),
+        "open_items_paging": m3.open_items_paging,
+        "open_invoices_read": len(records),
         "taken_at_utc": taken_at.isoformat(timespec="seconds"),
         "open_invoices_last_day": sum(n for _, n, _ in by_currency),
         "outstanding_last_day": dg.MetadataValue.md(

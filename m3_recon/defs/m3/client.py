@@ -10,6 +10,10 @@ the top level (``terminationReason`` when a bulk call could not run). ``XRE0103`
 exist" on a list or search transaction means an empty list. Values arrive as strings; amounts become
 integer minor units through ``Decimal`` (``minor_units``) and go back as decimals (``m3_amount``).
 
+Open items are read by a strategy that does not depend on whether this M3 treats a list
+transaction's key inputs as start positions or as filters (``M3_OPEN_ITEMS_PAGING``, see
+``open_invoices``), and the read is proven complete by a second route before anything is matched.
+
 Posting sends many transactions per bulk call and must know the fate of each one (a duplicate batch
 key is news, not a failure), so ``execute_each`` answers per transaction: its records or its
 ``M3Error``.
@@ -33,6 +37,11 @@ from m3_recon.errors import VendorAuthError, VendorRequestError
 from m3_recon.vendor_http import VendorSession
 
 VENDOR = "M3"
+PAGING_VARIABLE = "M3_OPEN_ITEMS_PAGING"
+# payer: one LstInvByDivi answer per payer of the customer master, correct whether M3 reads PYNO as a start
+# position or as a filter; restart: restart-key paging, correct only where the key inputs are start positions.
+OPEN_ITEMS_PAGING = ("payer", "restart")
+MAX_MAXRECS = 10_000  # M3's largest answer to one list transaction
 IONAPI_VARIABLE = "M3_IONAPI_FILE"
 BASIC_HINT = "M3_USERNAME / M3_PASSWORD"
 IONAPI_KEYS = ("ti", "ci", "cs", "iu", "pu", "ot", "saak", "sask")
@@ -56,6 +65,10 @@ class M3Error(VendorRequestError):
                          status=status)
         self.program, self.transaction, self.code, self.field, self.message = (
             program, transaction, code, field, message)
+
+
+class IncompleteReadError(VendorRequestError):
+    """A list could not be shown to be complete; matching against it would shrink the close."""
 
 
 def minor_units(value: str, currency: str) -> int:
@@ -239,10 +252,16 @@ class M3Client:
     page_size: int = 500  # maxrecs per list page
     max_pages: int = 200  # a list longer than page_size * max_pages is an error, never an endless loop
     bulk_size: int = 150  # transactions per bulk POST
+    open_items_paging: str = "payer"  # one of OPEN_ITEMS_PAGING
+
+    def __post_init__(self) -> None:
+        if self.open_items_paging not in OPEN_ITEMS_PAGING:
+            raise VendorRequestError(VENDOR, f"{PAGING_VARIABLE}={self.open_items_paging!r} is not a paging strategy; "
+                                     f"use one of {', '.join(OPEN_ITEMS_PAGING)}")
 
     @classmethod
     def from_ionapi(cls, path: str | Path, cono: int, divi: str, *, page_size: int = 500, max_pages: int = 200,
-                    bulk_size: int = 150, **session_options) -> "M3Client":
+                    bulk_size: int = 150, open_items_paging: str = "payer", **session_options) -> "M3Client":
         """Through the ION API gateway, as the backend service of an ``.ionapi`` file."""
         config = IonApiConfig.load(path)
         hint = f"saak/sask and ci/cs in the .ionapi file named by {IONAPI_VARIABLE}"
@@ -250,12 +269,12 @@ class M3Client:
                                       **session_options)
         session = VendorSession(VENDOR, config.base_url, hint, f"iu/ti in {IONAPI_VARIABLE}",
                                 authenticator=IonApiAuth(config, token_session), **session_options)
-        return cls(session, cono, divi, page_size, max_pages, bulk_size)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging)
 
     @classmethod
     def on_premise(cls, base_url: str, username: str, password: str, cono: int, divi: str, *,
                    page_size: int = 500, max_pages: int = 200, bulk_size: int = 150,
-                   **session_options) -> "M3Client":
+                   open_items_paging: str = "payer", **session_options) -> "M3Client":
         """Directly to an on-premise M3 (``https://host:port``) with HTTP Basic."""
         if not base_url:
             raise VendorAuthError(VENDOR, f"set {IONAPI_VARIABLE} (ION API) or M3_BASE_URL with {BASIC_HINT} "
@@ -264,7 +283,7 @@ class M3Client:
             raise VendorAuthError(VENDOR, f"M3_BASE_URL is set but {BASIC_HINT} is not; set both")
         session = VendorSession(VENDOR, base_url, BASIC_HINT, "M3_BASE_URL",
                                 authenticator=BasicAuth(username, password), **session_options)
-        return cls(session, cono, divi, page_size, max_pages, bulk_size)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging)
 
     # -- calls -----------------------------------------------------------------------------------------
     def _control(self, maxrecs: int | None) -> list[tuple[str, str]]:
@@ -374,19 +393,108 @@ class M3Client:
                                  f"{self.page_size} rows; raise M3_PAGE_SIZE or M3_MAX_PAGES")
 
     # -- what the pipeline reads -----------------------------------------------------------------------
-    def open_invoices(self) -> list[dict]:
-        """Open customer invoices of the division with their totals (``ARS200MI/GetInvTotInfo``).
+    def customers(self) -> list[dict]:
+        """The customer master (``CRS610MI/LstByNumber``), paged by its start key ``CUNO``."""
+        return self.list_all("CRS610MI", "LstByNumber", restart={"CUNO": "CUNO"}, key=("CUNO",))
 
-        ``LstInvByDivi`` with ``AAC0=1`` lists the ledger lines of open invoices (restart keys PYNO and
-        IVDT); the invoice lines (TRCD 10) name each invoice once, and a bulk of ``GetInvTotInfo``
-        gives its outstanding amount ``OCUA``. Invoices paid in between (``OCUA`` 0) are left out.
+    def open_invoices(self) -> list[dict]:
+        """Open customer invoices of the division with their totals (``ARS200MI/GetInvTotInfo``), proven complete.
+
+        The ledger lines of open invoices (``LstInvByDivi`` with ``AAC0=1``) are read by the strategy in
+        ``open_items_paging``; the invoice lines (TRCD 10) name each invoice once, and a bulk of
+        ``GetInvTotInfo`` gives its outstanding amount ``OCUA``. Invoices paid in between (``OCUA`` 0) are
+        left out. Before that, ``LstInvoices`` per customer of the customer master lists the open invoices a
+        second way; an invoice it lists that the read missed and that is still open fails the read with an
+        ``IncompleteReadError`` saying what was read, what was expected and which setting to change. So does
+        an M3 that answers fewer rows than ``maxrecs`` asks for while more exist (both routes would shrink).
         """
-        lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
-                              key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV=self.divi, TDIV=self.divi, AAC0="1")
+        customers = sorted({row["CUNO"] for row in self.customers() if row.get("CUNO")})
+        expected = self._open_invoices_by_customer(customers)
+        if self.open_items_paging == "payer":
+            lines = self._open_lines_by_payer(customers)
+        else:
+            lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                                  key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV=self.divi, TDIV=self.divi, AAC0="1")
+        self._check_answer_limit(max(len(lines), len(expected)))
         invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
                                       for ln in lines if ln.get("TRCD") == "10"))
-        totals = self.execute_bulk("ARS200MI", [
-            ("GetInvTotInfo", {"PYNO": payer, "CINO": invoice, "INYR": year, "CUNO": customer})
-            for payer, invoice, year, customer in invoices])
+        self._prove_complete(invoices, expected, len(lines), len(customers))
+        totals = self.execute_bulk("ARS200MI", [self._totals_call(invoice) for invoice in invoices])
         return [records[0] for records in totals
                 if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0]
+
+    @staticmethod
+    def _totals_call(invoice: tuple[str, str, str, str]) -> tuple[str, dict[str, str]]:
+        payer, number, year, customer = invoice
+        return "GetInvTotInfo", {"PYNO": payer, "CINO": number, "INYR": year, "CUNO": customer}
+
+    def _single_pages(self, transaction: str, field_name: str, keys: Sequence[str], what: str,
+                      **fields) -> dict[str, list[dict]]:
+        """One ``ARS200MI`` list answer of at most ``page_size`` rows per key value, the rows of that value only.
+
+        With the key input read as a start position, the value's rows come first and rows of later values
+        may follow; read as a filter, only its rows come (a transaction whose output lacks the field, like
+        ``LstInvoices`` without ``CUNO``, filters by it). Either way a full answer of the value's own rows
+        may have more behind it, which one answer cannot show: that is an ``IncompleteReadError``.
+        """
+        answers = self.execute_bulk("ARS200MI", [(transaction, {**fields, field_name: key}) for key in keys],
+                                    maxrecs=self.page_size)
+        out = {}
+        for key, rows in zip(keys, answers):
+            own = [row for row in rows if row.get(field_name, key) == key]
+            if len(own) == len(rows) >= self.page_size:
+                raise IncompleteReadError(
+                    VENDOR, f"ARS200MI/{transaction}: {what} {key} has at least {len(own)} open ledger lines, as many "
+                    f"as one answer holds (M3_PAGE_SIZE={self.page_size}), so the read cannot show it has them all; "
+                    f"raise M3_PAGE_SIZE (at most {MAX_MAXRECS})")
+            out[key] = own
+        return out
+
+    def _open_lines_by_payer(self, customers: Sequence[str]) -> list[dict]:
+        """``LstInvByDivi`` once per payer: every payer is a customer of the customer master."""
+        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", FDIV=self.divi, TDIV=self.divi,
+                                   AAC0="1")
+        return [row for payer in customers for row in pages[payer]]
+
+    def _open_invoices_by_customer(self, customers: Sequence[str]) -> dict[tuple, str]:
+        """The second route: ``LstInvoices`` per customer (open only) -> {invoice key: customer}."""
+        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", AAC0="1")
+        return {(row["PYNO"], row["CINO"], row["INYR"], customer): customer
+                for customer in customers for row in pages[customer] if row.get("TRCD") == "10"}
+
+    def _check_answer_limit(self, known: int) -> None:
+        """An M3 that silently answers fewer rows than ``maxrecs`` makes a full answer look short, in every
+        route alike. One unfiltered call shows it: fewer rows than asked for, though ``known`` lines exist."""
+        answered = len(self.execute("ARS200MI", "LstInvByDivi", maxrecs=self.page_size, FDIV=self.divi,
+                                    TDIV=self.divi, AAC0="1"))
+        if answered < self.page_size and known > answered:
+            raise IncompleteReadError(
+                VENDOR, f"ARS200MI/LstInvByDivi answered {answered} rows when asked for up to {self.page_size} "
+                f"(M3_PAGE_SIZE), yet the division has at least {known} open ledger lines: this M3 caps list "
+                "answers below maxrecs, so a full answer cannot be told from a complete one. Nothing was matched "
+                f"or posted; set M3_PAGE_SIZE={answered} (or less)")
+
+    def _prove_complete(self, invoices: Sequence[tuple], expected: Mapping[tuple, str], lines: int,
+                        customers: int) -> None:
+        """Every invoice the second route listed was read, unless it has been paid since (``OCUA`` 0 now)."""
+        read = set(invoices)
+        missing = [key for key in expected if key not in read]
+        if not missing:
+            return
+        totals = self.execute_each("ARS200MI", [self._totals_call(key) for key in missing])
+        still_open = [key for key, records in zip(missing, totals)
+                      if isinstance(records, M3Error) or (records and minor_units(
+                          records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0)]
+        if not still_open:
+            return
+        hint = (f"set {PAGING_VARIABLE}=payer (restart-key paging reads everything only where M3 treats the key "
+                "inputs PYNO/IVDT of LstInvByDivi as start positions, not as filters)"
+                if self.open_items_paging == "restart"
+                else f"check that LstInvByDivi lists every payer's open items, or set {PAGING_VARIABLE}=restart")
+        examples = ", ".join(f"{number}/{year} (customer {customer})" for _, number, year, customer in still_open[:5])
+        raise IncompleteReadError(
+            VENDOR, f"the open-item read is incomplete: ARS200MI/LstInvByDivi "
+            f"({PAGING_VARIABLE}={self.open_items_paging}, M3_PAGE_SIZE={self.page_size}) gave {len(read)} open "
+            f"invoices in {lines} ledger lines, but ARS200MI/LstInvoices for the {customers} customers of CRS610MI "
+            f"lists {len(expected)}; {len(still_open)} open invoice(s) were not read, e.g. {examples}. Nothing was "
+            f"matched or posted; {hint}")

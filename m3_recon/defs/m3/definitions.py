@@ -30,6 +30,7 @@ def m3_resource_from_env() -> M3Resource:
         page_size=settings.int_setting("M3_PAGE_SIZE", 500, minimum=1),
         max_pages=settings.int_setting("M3_MAX_PAGES", 200, minimum=1),
         bulk_size=settings.int_setting("M3_BULK_SIZE", 150, minimum=1),
+        open_items_paging=os.environ.get("M3_OPEN_ITEMS_PAGING", "payer"),
         **credentials,
     )
 

@@ -13,7 +13,7 @@ import threading
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from m3_recon.defs.m3.client import VENDOR, M3Client
+from m3_recon.defs.m3.client import OPEN_ITEMS_PAGING, VENDOR, M3Client
 from m3_recon.errors import VendorAuthError
 
 
@@ -32,6 +32,8 @@ class M3Resource(dg.ConfigurableResource):
     page_size: int = Field(default=500, ge=1, le=10_000, description="M3_PAGE_SIZE: maxrecs per list page")
     max_pages: int = Field(default=200, ge=1, description="M3_MAX_PAGES: list pages before giving up")
     bulk_size: int = Field(default=150, ge=1, le=500, description="M3_BULK_SIZE: transactions per bulk call")
+    open_items_paging: str = Field(default="payer", description=f"M3_OPEN_ITEMS_PAGING: how open items are read, "
+                                   f"one of {', '.join(OPEN_ITEMS_PAGING)}")
 
     _client: M3Client | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -49,12 +51,13 @@ class M3Resource(dg.ConfigurableResource):
             raise VendorAuthError(VENDOR, "set M3_DIVI to the M3 division whose customer ledger to read (e.g. AAA)")
         options = {"requests_per_second": self.max_requests_per_second, "max_attempts": self.max_attempts,
                    "timeout_seconds": self.timeout_seconds, "page_size": self.page_size,
-                   "max_pages": self.max_pages, "bulk_size": self.bulk_size}
+                   "max_pages": self.max_pages, "bulk_size": self.bulk_size,
+                   "open_items_paging": self.open_items_paging.strip().lower()}
         if self.ionapi_file:
             return M3Client.from_ionapi(self.ionapi_file, self.cono, self.divi.strip(), **options)
         return M3Client.on_premise(self.base_url, self.username, self.password, self.cono, self.divi.strip(),
                                    **options)
 
     def open_invoices(self) -> list[dict]:
-        """Open customer invoices of the division, one ``GetInvTotInfo`` record each."""
+        """Open customer invoices of the division, one ``GetInvTotInfo`` record each, proven complete."""
         return self.client().open_invoices()

@@ -24,8 +24,10 @@ from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, R
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, load_decisions
 from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
+from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
+from m3_recon.journals import AccountMap
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
-                                      tie_out_payouts)
+                                      tie_out_payouts, unknown_category_exceptions)
 from m3_recon.warehouse import naive_utc, replace_days, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -206,10 +208,17 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                      f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
         payout_exceptions(conn)
         flag_anomalies(conn, first, end)
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines "
+                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
+        categories = (STRIPE_CATEGORIES if table_exists(conn, "raw_stripe_balance_transactions") else
+                      "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS category")
+        unknown_category_exceptions(conn, lines="window_lines", categories=categories,
+                                    suspense_account=AccountMap.load().accounts.get("suspense"))
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
             UNION ALL BY NAME SELECT * FROM payout_exceptions
             UNION ALL BY NAME SELECT * FROM anomaly_exceptions
+            UNION ALL BY NAME SELECT * FROM category_exceptions
             UNION ALL BY NAME {journal_exceptions(conn, first, end)}""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
                                      end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS), now=now)
