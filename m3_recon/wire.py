@@ -8,9 +8,9 @@ same messages, tested against each other: a Python function for connectors that 
 * **Instants**: ISO 8601 calendar dates and times, extended or basic (``2026-10-05T14:03:11.000Z``,
   ``2026-10-05 14:03:11``, ``2026-10-05T14:03:11.123456789+02:00``, ``20261005T140311-0700``,
   ``2026-10-05``), ``T`` or a space between date and time, seconds and fractions optional (fractions
-  beyond microseconds are truncated), ``Z``, ``±HH``, ``±HHMM`` or ``±HH:MM``. A value without an offset
-  is a wall time of the vendor's zone (UTC for GP, PAYTRACE_TIMEZONE for PayTrace); a date alone is its
-  midnight. The Python reader also takes PayTrace's US style ``4/10/2026 4:06:30 PM``.
+  beyond microseconds are truncated; ``24:00`` is the next midnight), ``Z``, ``±HH``, ``±HHMM`` or
+  ``±HH:MM``. A value without an offset is a wall time of the vendor's zone (UTC for GP,
+  PAYTRACE_TIMEZONE for PayTrace); a date alone is its midnight. The Python reader also takes PayTrace's US style ``4/10/2026 4:06:30 PM``.
 * **Amounts**: a JSON number or a string holding a plain decimal (``110``, ``1234.5``, ``"8.10"``,
   ``"-12"``), scaled to integer minor units by the field's exponent (2 for dollars, 0 for GP's and
   Stripe's minor units). Never through a float: a value with a fraction of a minor unit, a value that
@@ -76,8 +76,9 @@ def instant(value, zone: tzinfo) -> datetime | None:
         if match := _ISO.match(text):
             y, mo, d, h, mi, s, frac, offset = match.groups()
             micro = int((frac or "")[:6].ljust(6, "0"))
-            wall = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), micro)
-            return wall.replace(tzinfo=_offset(offset) or zone)
+            end_of_day = h == "24" and int(mi) == int(s or 0) == micro == 0  # ISO 8601's 24:00 is the next midnight
+            wall = datetime(int(y), int(mo), int(d), 0 if end_of_day else int(h or 0), int(mi or 0), int(s or 0), micro)
+            return (wall + timedelta(days=end_of_day)).replace(tzinfo=_offset(offset) or zone)
         if match := US_INSTANT.match(text):
             mo, d, y, h, mi, s, half = match.groups()
             if h is not None and not 1 <= int(h) <= 12:
