@@ -19,7 +19,8 @@ from m3_recon.defs.core.assets import core_payouts, core_settlement_lines, load_
 from m3_recon.defs.paytrace.assets import batch_row, store_window, transaction_row
 from m3_recon.partitions import FetchWindow
 from m3_recon.reconcile.tieout import tie_out_payouts
-from m3_recon.sandbox.paytrace_ledger import PACIFIC
+from m3_recon.sandbox import Sandbox
+from m3_recon.sandbox.paytrace_ledger import AUTO_SETTLE_SECOND, PACIFIC, local_epoch
 from m3_recon.sandbox.truth import truth_misses
 from m3_recon_tests.test_paytrace import PAYTRACE_ASSETS, resource_for
 
@@ -211,7 +212,21 @@ def test_a_batch_without_a_settlement_time_settled_at_its_8pm_cutoff(settled):
         ("paytrace", "4711", "USD", 123_450, datetime(2026, 10, 6, 3, 0), DAY, None, "paid", True, 1)]
 
 
-def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(sandbox, tmp_path):
+PAYTRACE_QUIRKS = frozenset({"paytrace_no_settle_time", "amounts_as_strings"})
+
+
+@pytest.fixture(scope="module", params=[frozenset(), PAYTRACE_QUIRKS], ids=["documented", "quirks"])
+def paytrace_sandbox(request):
+    """The shared sandbox as documented, and one serving the same world in PayTrace's quirky shapes."""
+    if not request.param:
+        yield request.getfixturevalue("sandbox")
+        return
+    with Sandbox(quirks=request.param) as quirky:
+        yield quirky
+
+
+def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(paytrace_sandbox, tmp_path):
+    sandbox = paytrace_sandbox
     db = str(tmp_path / "w.duckdb")
     ledger = sandbox.paytrace
     # Sales after 8 p.m. Pacific on the period's last day settle in the next day's batch: load through it.
@@ -250,6 +265,20 @@ def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(sand
         assert conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY ALL").fetchall() == [
             ("tied", len(ledger.batches))]
         judged, misses = truth_misses(conn, sandbox.world, "paytrace", "core_settlement_lines")
+        # Without settlement times every batch settled at its 8 p.m. Pacific cut-off, and says so.
+        quirky = sandbox.quirks == PAYTRACE_QUIRKS
+        assert dict(conn.execute("SELECT payout_id, created_at_utc FROM core_payouts").fetchall()) == {
+            str(b.number): datetime.fromtimestamp(local_epoch(b.business_date, AUTO_SETTLE_SECOND) if quirky
+                                                  else b.settled_at, timezone.utc).replace(tzinfo=None)
+            for b in ledger.batches.values()}
+        assert conn.execute("SELECT DISTINCT settled_time_assumed, json_type(raw, '$.net_amount') = 'VARCHAR', "
+                            "json_type(raw, '$.settled') FROM raw_paytrace_batches").fetchall() == (
+            [(True, True, None)] if quirky else [(False, False, "VARCHAR")])
+        assert conn.execute("SELECT DISTINCT json_type(raw, '$.amount') = 'VARCHAR' "
+                            "FROM raw_paytrace_transactions").fetchall() == [(quirky,)]
+    assumed = {m.metadata["batches_settled_time_assumed"].value  # one run: the same figure on every partition
+               for m in result.asset_materializations_for_node("raw_paytrace_batches")}
+    assert assumed == {len(ledger.batches) if quirky else 0}
     assert judged == sum(1 for t in txns if t.type == "SALE") and misses == []
     checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert len(checks) == 2 and all(e.event_specific_data.passed for e in checks)
