@@ -347,10 +347,16 @@ def ledger(world) -> HeartlandLedger:
     return build_heartland_ledger(world)
 
 
-@pytest.fixture(scope="module")
-def gp(ledger):
+GP_QUIRKS = frozenset({"gp_millis_z", "gp_positive_fees"})
+
+
+@pytest.fixture(scope="module", params=[frozenset(), GP_QUIRKS], ids=["documented", "quirks"])
+def gp(ledger, request):
+    """GP API as documented, and the same world with dispute times as ``…sssZ`` and positive discounts/fees."""
     clock = SandboxClock(PERIOD.end_epoch + 10 * DAY)  # every deposit posted, the held one released
-    server = VendorServer(HeartlandApp(ledger, clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY), clock).start()
+    app = HeartlandApp(ledger, clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, quirks=request.param)
+    server = VendorServer(app, clock).start()
+    server.quirks = request.param
     yield server
     server.stop()
 
@@ -411,6 +417,20 @@ def test_the_period_maps_to_the_generators_lines_ties_out_and_matches_as_planned
         assert len(tieout) == len(ledger.deposits) and {status for _, status, _, _ in tieout} == {"tied"}
         assert all(lines == itemised for _, _, lines, itemised in tieout)
 
+        # Each dispute movement happened when the generator says, whichever ISO 8601 form GP wrote it in.
+        assert dict(conn.execute("SELECT source_id, occurred_at_utc FROM core_settlement_lines "
+                                 "WHERE line_type LIKE 'dispute%'").fetchall()) == {
+            f"{d.id}:{a.stage}": datetime.fromtimestamp(a.created, timezone.utc).replace(tzinfo=None)
+            for d in ledger.disputes.values() for a in d.adjustments}
+        quirky = gp.quirks == GP_QUIRKS
+        wire_shapes = conn.execute(
+            f"SELECT DISTINCT raw->>'$.stage_time_created' LIKE '%.000Z' FROM {DISPUTES_TABLE}").fetchall()
+        assert wire_shapes == [(quirky,)]
+        assert dict(conn.execute(f"SELECT fee_signs, count(*) FROM {DEPOSITS_TABLE} GROUP BY ALL").fetchall()) == {
+            "both negated" if quirky else "as sent": len(ledger.deposits)}
         judged, misses = truth_misses(conn, world, "heartland", "core_settlement_lines")
     assert judged == sum(t.type == "SALE" for t in ledger.transactions.values()) and misses == []
+    resigned = {m.metadata["deposits_with_fee_signs_chosen_by_identity"].value
+                for m in result.asset_materializations_for_node("raw_heartland_deposits")}
+    assert resigned == {len(ledger.deposits) if quirky else 0}
     assert {t.payment_id for t in world.payments} == {t.id for t in ledger.transactions.values() if t.type == "SALE"}
