@@ -197,6 +197,25 @@ def test_a_deposit_is_the_sum_of_its_lines_and_refunds_and_disputes_inherit_the_
     assert conn.execute("SELECT status, difference_minor FROM payout_tieout").fetchall() == [("tied", 0)]
 
 
+def test_gp_amounts_as_json_numbers_and_times_in_any_iso_8601_form_read_exactly():
+    sale = transaction(1, "SALE", 25000, time_created="2026-10-02T15:01:00Z")  # a JSON number, no millis
+    refund = transaction(2, "REFUND", "7500", time_created="2026-10-02T08:02:00.123-07:00",
+                         parent_resource_id="TRN_0001")
+    chargeback = dispute(1, "CHARGEBACK", "DEBIT", 5000, arn_of=1, stage_time_created="2026-10-02T16:00:00.000Z")
+    the_deposit = deposit(sales=(1, "25000"), refunds=(1, "-7500"), chargebacks=(1, "-5000"), fees="-300")
+    the_deposit |= {"amount": int(the_deposit["amount"]), "time_created": "2026-10-05T00:00:00.000Z"}
+    conn, _ = stage_raw([sale, refund], [chargeback], [the_deposit])
+    lines, rejected, payouts, rejected_payouts = canonical(conn)
+    assert rejected.empty and rejected_payouts.empty
+    assert conn.execute("SELECT source_id, net_minor, occurred_at_utc FROM core_settlement_lines "
+                        "WHERE line_type <> 'fee' ORDER BY source_id").fetchall() == [
+        ("DIS_0001:CHARGEBACK", -5000, datetime(2026, 10, 2, 16)),
+        ("TRN_0001", 25000, datetime(2026, 10, 2, 15, 1)),
+        ("TRN_0002", -7500, datetime(2026, 10, 2, 15, 2, 0, 123_000))]
+    assert conn.execute("SELECT payout_id, amount_minor, settlement_date FROM core_payouts").fetchall() == [
+        ("DEP_0000000001", 12200, DEPOSIT_DAY)]
+
+
 def test_a_refund_in_a_later_deposit_still_links_to_its_sale():
     later = FetchWindow(WINDOW.start + timedelta(days=2), WINDOW.end + timedelta(days=2))
     conn, _ = stage_raw([transaction(1)])
