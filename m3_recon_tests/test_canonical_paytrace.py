@@ -117,38 +117,33 @@ def test_every_known_transaction_type_has_a_line_type_or_is_never_booked():
         ("core_settlement_lines", DAY)]
 
 
+NOT_A_TIME = "is not a time (expected ISO 8601 like 2026-10-05T14:03:11.000Z)"
+
+
+def unusable(what: str, defect: str) -> str:
+    return (f"{named(2)} has no usable {what} ({defect}): have PayTrace correct it, then re-materialise batch date "
+            "2026-10-05")
+
+
 @pytest.mark.parametrize("broken,reason", [
     (wire(2, "ADJUSTMENT"), f"unknown PayTrace transaction_type 'ADJUSTMENT' on {named(2)}: add it to "
                             "m3_recon/canonical/paytrace.py once finance has decided how it is booked"),
     (wire(2, None), f"unknown PayTrace transaction_type null on {named(2)}: add it to "
                     "m3_recon/canonical/paytrace.py once finance has decided how it is booked"),
-    ({k: v for k, v in wire(2, "SALE").items() if k != "amount"},
-     f"{named(2)} has no usable amount (PayTrace sent nothing): have PayTrace correct it, then re-materialise "
-     "batch date 2026-10-05"),
-    (wire(2, "SALE", amount=Decimal("12.345")),
-     f"{named(2)} has no usable amount (12.345 is not a whole number of cents): have PayTrace correct it, then "
-     "re-materialise batch date 2026-10-05"),
-    (wire(2, "SALE", amount="80.845"),
-     f"{named(2)} has no usable amount (80.845 is not a whole number of cents): have PayTrace correct it, then "
-     "re-materialise batch date 2026-10-05"),
-    (wire(2, "SALE", amount="12,50"),
-     f"{named(2)} has no usable amount ('12,50' is not an amount): have PayTrace correct it, then "
-     "re-materialise batch date 2026-10-05"),
+    ({k: v for k, v in wire(2, "SALE").items() if k != "amount"}, unusable("amount", "PayTrace sent nothing")),
+    (wire(2, "SALE", amount=Decimal("12.345")), unusable("amount", "12.345 is not a whole number of cents")),
+    (wire(2, "SALE", amount="80.845"), unusable("amount", "80.845 is not a whole number of cents")),
+    (wire(2, "SALE", amount="12,50"), unusable("amount", "'12,50' is not an amount")),
     (wire(2, "SALE", amount=Decimal("92233720368547758.08")),
-     f"{named(2)} has no usable amount (92233720368547758.08 is too large: m3-recon stores amounts as 64-bit "
-     "cents): have PayTrace correct it, then re-materialise batch date 2026-10-05"),
+     unusable("amount", "92233720368547758.08 is too large: m3-recon stores amounts as 64-bit cents")),
     (wire(2, "SALE", created={"through": "API", "at": "yesterday"}),
-     f"{named(2)} has no usable created.at time ('yesterday' is not a time (expected ISO 8601 like "
-     "2026-10-05T14:03:11.000Z)): have PayTrace correct it, then re-materialise batch date 2026-10-05"),
+     unusable("created.at time", f"'yesterday' {NOT_A_TIME}")),
     (wire(2, "Refund", created={"through": "API", "at": "10/32/2026 9:02:00 AM"}),
-     f"{named(2)} has no usable created.at time ('10/32/2026 9:02:00 AM' is not a valid date or time): have "
-     "PayTrace correct it, then re-materialise batch date 2026-10-05"),
+     unusable("created.at time", "'10/32/2026 9:02:00 AM' is not a valid date or time")),
     (wire(2, "SALE", settled=""),
      f"{named(2)} has no settled time (PayTrace sent ''): an unsettled transaction has moved no money yet; it is "
      "booked when a load within the look-back shows it settled"),
-    (wire(2, "SALE", settled="tonight"),
-     f"{named(2)} has no usable settled time ('tonight' is not a time (expected ISO 8601 like "
-     "2026-10-05T14:03:11.000Z)): have PayTrace correct it, then re-materialise batch date 2026-10-05"),
+    (wire(2, "SALE", settled="tonight"), unusable("settled time", f"'tonight' {NOT_A_TIME}")),
 ], ids=["unknown-type", "no-type", "no-amount", "amount-not-cents", "string-not-cents", "not-an-amount",
         "beyond-bigint", "bad-date", "bad-us-date", "unsettled", "bad-settled"])
 def test_a_row_that_cannot_be_a_money_movement_is_quarantined_with_its_reason(broken, reason):
