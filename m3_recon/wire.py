@@ -10,7 +10,8 @@ same messages, tested against each other: a Python function for connectors that 
   ``2026-10-05``), ``T`` or a space between date and time, seconds and fractions optional (fractions
   beyond microseconds are truncated; ``24:00`` is the next midnight), ``Z``, ``±HH``, ``±HHMM`` or
   ``±HH:MM``. A value without an offset is a wall time of the vendor's zone (UTC for GP,
-  PAYTRACE_TIMEZONE for PayTrace); a date alone is its midnight. The Python reader also takes PayTrace's US style ``4/10/2026 4:06:30 PM``.
+  PAYTRACE_TIMEZONE for PayTrace); a date alone is its midnight. The Python reader also takes
+  PayTrace's US style ``4/10/2026 4:06:30 PM``.
 * **Amounts**: a JSON number or a string holding a plain decimal (``110``, ``1234.5``, ``"8.10"``,
   ``"-12"``), scaled to integer minor units by the field's exponent (2 for dollars, 0 for GP's and
   Stripe's minor units). Never through a float: a value with a fraction of a minor unit, a value that
@@ -123,7 +124,8 @@ def calendar_date(value) -> date | None:
 
 def calendar_date_sql(text: str) -> str:
     """DuckDB: the calendar date as written at the start of ISO 8601 ``text``, or NULL."""
-    return _with_parts(_iso_parts(text), "CASE WHEN p.y <> '' THEN TRY_CAST(p.y || '-' || p.mo || '-' || p.d AS DATE) END")
+    return _with_parts(_iso_parts(text),
+                       "CASE WHEN p.y <> '' THEN TRY_CAST(p.y || '-' || p.mo || '-' || p.d AS DATE) END")
 
 
 # -- amounts -------------------------------------------------------------------------------------------
@@ -186,5 +188,6 @@ def amount_defect_sql(text: str, exponent: int, unit: str = "minor units") -> st
         f"WHEN NOT regexp_full_match({shown}, '{PLAIN_DECIMAL}') OR (p.whole = '' AND p.fraction = '') "
         f"THEN {_quoted(shown)} || ' is not an amount' "
         f"WHEN rtrim(substr(p.fraction, {exponent + 1}), '0') <> '' THEN {shown} || ' is not a whole number of {unit}' "
-        f"WHEN {_scaled_sql(exponent)} IS NULL THEN {shown} || ' is too large: m3-recon stores amounts as 64-bit {unit}' "
+        f"WHEN {_scaled_sql(exponent)} IS NULL "
+        f"THEN {shown} || ' is too large: m3-recon stores amounts as 64-bit {unit}' "
         f"END"))

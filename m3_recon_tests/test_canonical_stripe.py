@@ -95,17 +95,19 @@ def test_malformed_rows_are_quarantined_never_dropped(broken, reason_part):
     ({"fee": "12.50"}, "the balance transaction fee 12.50 is not a whole number of minor units"),
     ({"net": "lots"}, "the balance transaction net 'lots' is not an amount"),
     ({"amount": 10**20, "net": 10**20},
-     "the balance transaction amount 100000000000000000000 is too large: m3-recon stores amounts as 64-bit minor units"),
+     "the balance transaction amount 100000000000000000000 is too large: m3-recon stores amounts as 64-bit "
+     "minor units"),
 ], ids=["no-amount", "fraction", "fee-string-fraction", "not-a-number", "beyond-bigint"])
 def test_an_unreadable_amount_is_quarantined_naming_the_defect_and_keeping_the_payload(broken, reason):
     conn, stored, valid, _ = load([txn(1, "charge", 1000, 59, "charge"), txn(2, "charge", 2000, 88, "charge") | broken])
     assert stored == 1 and list(valid["source_id"]) == ["txn_0001"]
-    assert conn.execute("SELECT source_id, table_name, reason, raw_payload->>'$.id' FROM core_quarantine").fetchall() == [
-        ("txn_0002", "raw_stripe_balance_transactions", reason, "txn_0002")]
+    rows = conn.execute("SELECT source_id, table_name, reason, raw_payload->>'$.id' FROM core_quarantine").fetchall()
+    assert rows == [("txn_0002", "raw_stripe_balance_transactions", reason, "txn_0002")]
 
 
 def test_amounts_sent_as_integer_strings_are_read_exactly():
-    conn, stored, valid, rejected = load([txn(1, "charge", 1000, 59, "charge") | {"amount": "1000", "fee": "59", "net": "941"}])
+    as_strings = txn(1, "charge", 1000, 59, "charge") | {"amount": "1000", "fee": "59", "net": "941"}
+    conn, stored, valid, rejected = load([as_strings])
     assert stored == 1 and rejected.empty
     assert list(zip(valid["amount_minor"], valid["fee_minor"], valid["net_minor"])) == [(1000, 59, 941)]
 

@@ -75,11 +75,11 @@ def _unusable(row: str, column: str, field: str, defect) -> str:
             f"ELSE 'GP {field} ' || {defect(got)} END || ': {REPULL}' END")
 
 
-def NOT_MINOR_UNITS(text: str) -> str:  # noqa: N802 - a reason, used like the constants around it
+def _not_cents(text: str) -> str:
+    """Reason SQL: what is wrong with the GP minor-unit amount in SQL text ``text``."""
     return wire.amount_defect_sql(text, 0, "cents")
 
 
-NOT_A_TIME = wire.instant_defect_sql
 IDENTITY = "sales − refunds − chargebacks + reversals − discounts − fees + tax"
 
 
@@ -99,9 +99,8 @@ COMPONENT_AMOUNT = "CASE component " + " ".join(
 COMPONENT_FIELD = "CASE component " + " ".join(
     f"WHEN '{suffix}' THEN '{field}'" for suffix, _, field, *_ in DEPOSIT_COMPONENTS) + " END"
 COMPONENTS_READ = " AND ".join(f"component.{c} IS NOT NULL" for c in (
-    "net_amount", 
-    "sales_amount", "refunds_amount", "chargebacks_amount", "reversals_amount", "discounts_amount", "fees_amount",
-    "tax_amount"))
+    "net_amount", "sales_amount", "refunds_amount", "chargebacks_amount", "reversals_amount", "discounts_amount",
+    "fees_amount", "tax_amount"))
 # Why a deposit whose discounts and fees tie with no sign is quarantined (see FEE_SIGNS in the GP assets).
 UNTIED = ("'GP deposit ' || component.id || ' amount ' || component.net_amount || ' does not equal " + IDENTITY
           + " with discounts and fees of either sign (sales ' || component.sales_amount || ', refunds ' || "
@@ -143,8 +142,8 @@ SELECT
         CASE WHEN txn_type.line_type IS NULL THEN 'unknown GP settlement transaction type ' || {_quoted('txn.type')}
              || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
         END,
-        {_unusable('txn', 'signed_amount', 'amount', NOT_MINOR_UNITS)},
-        {_unusable('txn', 'created_at_utc', 'time_created', NOT_A_TIME)}
+        {_unusable('txn', 'signed_amount', 'amount', _not_cents)},
+        {_unusable('txn', 'created_at_utc', 'time_created', wire.instant_defect_sql)}
     ) AS reject_reason,
     txn.deposit_date AS partition_date, CAST(txn.raw AS VARCHAR) AS raw_payload
 FROM txn
@@ -170,8 +169,8 @@ SELECT
              || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
              || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
         END,
-        {_unusable('dispute', 'signed_amount', 'amount', NOT_MINOR_UNITS)},
-        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', NOT_A_TIME)}
+        {_unusable('dispute', 'signed_amount', 'amount', _not_cents)},
+        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', wire.instant_defect_sql)}
     ) AS reject_reason,
     dispute.deposit_date AS partition_date, CAST(dispute.raw AS VARCHAR) AS raw_payload
 FROM dispute
@@ -191,7 +190,7 @@ SELECT
     CAST(NULL AS VARCHAR) AS card_brand, CAST(NULL AS VARCHAR) AS card_last4,
     component.label || ' in deposit ' || component.id AS description,
     CASE WHEN {COMPONENT_AMOUNT} IS NULL THEN 'GP deposit ' || {COMPONENT_FIELD} || ' '
-        || {NOT_MINOR_UNITS(f"json_extract_string(component.raw, '$.' || {COMPONENT_FIELD})")} || ': {REPULL}'
+        || {_not_cents(f"json_extract_string(component.raw, '$.' || {COMPONENT_FIELD})")} || ': {REPULL}'
          WHEN component.fee_signs IS NULL AND component.component IN ('DISCOUNTS', 'FEES') AND {COMPONENTS_READ}
              THEN {UNTIED}
     END AS reject_reason,
@@ -218,7 +217,7 @@ SELECT 'heartland' AS processor, deposit.id AS payout_id, deposit.id AS source_i
             WHEN deposit.funding_type NOT IN {_in(DEPOSIT_FUNDING_TYPES)} OR deposit.funding_type IS NULL
                  THEN 'GP deposit funding_type ' || {_quoted('deposit.funding_type')}
                  || ' is neither CREDIT nor DEBIT, so the sign of the deposit is unknown: ask Global Payments'
-            WHEN deposit.net_amount IS NULL THEN {_unusable('deposit', 'net_amount', 'amount', NOT_MINOR_UNITS)}
+            WHEN deposit.net_amount IS NULL THEN {_unusable('deposit', 'net_amount', 'amount', _not_cents)}
             WHEN deposit.fee_signs IS NULL AND {COMPONENTS_READ.replace('component.', 'deposit.')}
                  THEN {UNTIED.replace('component.', 'deposit.')}
        END AS reject_reason,

@@ -12,8 +12,8 @@ BIGINT minor units parsed from GP's strings (or JSON numbers) in SQL by ``m3_rec
 ISO 8601 form; GP's JSON is kept in ``raw``. A value that cannot be read (an amount like "12.50", a
 malformed time) is stored as NULL, never rounded or guessed, and the canonical layer quarantines the
 row with the reason. Discounts and fees are stored with the sign that makes the deposit's identity
-hold, whichever sign GP sent (``fee_signs`` says which; NULL when neither ties); an object without an id or a
-usable deposit date cannot be placed in a partition and goes to ``core_quarantine`` here.
+hold, whichever sign GP sent (``fee_signs`` says which; NULL when neither ties). An object without an
+id or a usable deposit date cannot be placed in a partition and goes to ``core_quarantine`` here.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
@@ -131,8 +131,8 @@ WITH sent AS (
            {_group_minor('$.discounts.amount')} AS discounts, {_group_minor('$.fees.amount')} AS fees
     FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)
 ), signed AS (
-    SELECT *, CASE {" ".join(f"WHEN net = sales + refunds + chargebacks + reversals + tax + {d} * discounts + {f} * fees "
-                             f"THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
+    SELECT *, CASE {" ".join(f"WHEN net = sales + refunds + chargebacks + reversals + tax + {d} * discounts "
+                             f"+ {f} * fees THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
     FROM sent
 ), chosen AS (
     SELECT *, CASE fee_signs {" ".join(f"WHEN '{name}' THEN {d}" for name, d, _ in FEE_SIGNS)} ELSE 1 END AS d_sign,

@@ -71,9 +71,9 @@ AUTO_SETTLE_TIME = time(20)  # PayTrace's default auto-settlement, in the accoun
 
 
 def _ddl(table: str, columns: list) -> str:
-    added = "".join(f"; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {sql}"
-                    for name, sql, _ in columns if name in ADDED_COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")" + added
+    create = f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")"
+    return create + "".join(f"; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {sql}"
+                            for name, sql, _ in columns if name in ADDED_COLUMNS)
 
 
 INSERT_SELECT = "SELECT * REPLACE (CAST(raw AS JSON) AS raw) FROM docs"
