@@ -163,6 +163,14 @@ def minor_units(value, exponent: int, unit: str = "minor units") -> int | None:
     return _scaled(sign, whole, fraction or "", exponent)
 
 
+def count(value) -> int | None:
+    """A vendor count (a JSON integer or its string) as int; ``None``/``""`` -> None; anything else raises."""
+    try:
+        return minor_units(value, 0)
+    except WireValueError:
+        raise WireValueError(f"'{str(value).strip()}' is not a count") from None
+
+
 def _decimal_parts(text: str) -> str:
     return f"regexp_extract(trim({text}), '{PLAIN_DECIMAL}', ['sign', 'whole', 'fraction'])"
 

@@ -171,8 +171,9 @@ def test_each_batch_is_a_payout_that_ties_out_to_its_transactions():
     not_itemised = summary | {"number": BATCH + 1}
     bad_time = summary | {"number": BATCH + 2, "settled": "13/5/2026 8:04:10 PM"}
     bad_net = summary | {"number": BATCH + 3, "net_amount": "1034.555"}
+    bad_count = summary | {"number": BATCH + 4, "transaction_count": "two"}
     conn = load({BATCH: [wire(1, "SALE"), wire(2, "Refund", amount=200), wire(3, "Void", amount=99)]},
-                [summary, not_itemised, bad_time, bad_net])
+                [summary, not_itemised, bad_time, bad_net, bad_count])
     close(conn, "core_settlement_lines")
     valid, rejected = close(conn, "core_payouts")
     assert conn.execute("SELECT * FROM core_payouts ORDER BY payout_id").fetchall() == [
@@ -182,13 +183,16 @@ def test_each_batch_is_a_payout_that_ties_out_to_its_transactions():
         f"PayTrace batch {BATCH + 2} (batch date {DAY}) has no usable settled time ('13/5/2026 8:04:10 PM' is not a "
         "valid date or time): have PayTrace correct it, then re-materialise batch date 2026-10-05",
         f"PayTrace batch {BATCH + 3} (batch date {DAY}) has no usable net_amount (1034.555 is not a whole number of "
-        "cents): have PayTrace correct it, then re-materialise batch date 2026-10-05"]
-    assert [payload["number"] for payload in map(json.loads, rejected["raw_payload"])] == [BATCH + 2, BATCH + 3]
+        "cents): have PayTrace correct it, then re-materialise batch date 2026-10-05",
+        f"PayTrace batch {BATCH + 4} (batch date {DAY}) has no usable transaction_count ('two' is not a count): "
+        "have PayTrace correct it, then re-materialise batch date 2026-10-05"]
+    assert [payload["number"] for payload in map(json.loads, rejected["raw_payload"])] == [
+        BATCH + 2, BATCH + 3, BATCH + 4]
     tie_out_payouts(conn, payouts="core_payouts", lines="core_settlement_lines")
     assert conn.execute("SELECT payout_id, status, lines_net_minor, line_count, itemised_line_count "
                         "FROM payout_tieout ORDER BY payout_id").fetchall() == [
         ("4711", "tied", 103_450, 2, 2), ("4712", "pending", 0, 0, 2)]
-    assert set(quarantined(conn)) == {"81000003", str(BATCH + 2), str(BATCH + 3)}  # the void is no money movement
+    assert set(quarantined(conn)) == {"81000003", *(str(BATCH + n) for n in (2, 3, 4))}  # a void moves no money
 
 
 @pytest.mark.parametrize("settled", [None, "", "  "], ids=["absent", "empty", "blank"])

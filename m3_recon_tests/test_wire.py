@@ -135,6 +135,14 @@ def test_binary_floats_and_booleans_are_never_money():
     assert wire.instant(None, timezone.utc) is None and wire.instant(" ", timezone.utc) is None
 
 
+def test_counts_are_whole_numbers_as_json_integers_or_strings():
+    assert [wire.count(3), wire.count("12"), wire.count(" 0 "), wire.count(""), wire.count(None)] == [3, 12, 0, None, None]
+    for bad, shown in (("two", "two"), (Decimal("3.5"), "3.5"), (2.0, "2.0")):
+        with pytest.raises(wire.WireValueError) as raised:
+            wire.count(bad)
+        assert str(raised.value) == f"'{shown}' is not a count"
+
+
 def test_json_numbers_keep_every_digit_on_the_way_in():
     # A PayTrace amount as a JSON number goes through Decimal, never a float: 0.1 + 0.2 stays 30 cents.
     parsed = decimal_json.loads('{"a": 0.1, "b": 0.2, "c": 12345678901234.57}')

@@ -135,6 +135,10 @@ SELECT 'paytrace' AS processor, CAST(batch.batch_number AS VARCHAR) AS payout_id
            'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no usable '
            || 'net_amount (' || {_defect('batch', 'net_amount')} || '): have PayTrace correct it, then '
            || 're-materialise batch date ' || batch.batch_date
+            WHEN batch.transaction_count IS NULL THEN
+           'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no usable '
+           || 'transaction_count (' || {_defect('batch', 'transaction_count')} || '): have PayTrace correct it, '
+           || 'then re-materialise batch date ' || batch.batch_date
        END AS reject_reason,
        batch.batch_date AS partition_date, CAST(batch.raw AS VARCHAR) AS raw_payload
 FROM batch LEFT JOIN itemised USING (batch_number)

@@ -137,7 +137,7 @@ class _Reader:
         return None
 
     def count(self, record: dict, field: str) -> int | None:
-        return self(field, lambda: wire.minor_units(record.get(field), 0, "units"))
+        return self(field, lambda: wire.count(record.get(field)))
 
     def defects_json(self) -> str | None:
         return decimal_json.dumps(self.defects) if self.defects else None
