@@ -136,7 +136,8 @@ def test_binary_floats_and_booleans_are_never_money():
 
 
 def test_counts_are_whole_numbers_as_json_integers_or_strings():
-    assert [wire.count(3), wire.count("12"), wire.count(" 0 "), wire.count(""), wire.count(None)] == [3, 12, 0, None, None]
+    assert [wire.count(3), wire.count("12"), wire.count(" 0 "), wire.count(""), wire.count(None)] == [
+        3, 12, 0, None, None]
     for bad, shown in (("two", "two"), (Decimal("3.5"), "3.5"), (2.0, "2.0")):
         with pytest.raises(wire.WireValueError) as raised:
             wire.count(bad)
