@@ -4,7 +4,8 @@ generator's truth and M3's resulting state.
 
 Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the UI afterwards. The
 sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
-the demo again re-closes the period against the same M3 — and posts nothing new. Exits non-zero when a
+the demo again re-closes the period against the same M3 — and posts nothing new. A demo with quirks has
+its own M3 ledger and its own warehouse (``data/m3_recon_quirks-<names>.duckdb``). Exits non-zero when a
 run fails or any figure disagrees.
 """
 
@@ -27,6 +28,8 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
+    if quirks:  # another reading of the vendors closes into its own warehouse, as it posts to its own M3 ledger
+        os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
