@@ -59,7 +59,7 @@ class Sandbox:
             "paytrace": PayTraceApp(self.paytrace, self.clock, SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD),
             "heartland": HeartlandApp(self.heartland, self.clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY),
             "m3": M3App(self.m3, self.clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
-                        SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT),
+                        SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT, quirks=self.quirks),
         }
         self._ionapi_dir: Path | None = None
         self.servers: dict[str, VendorServer] = {}

@@ -19,6 +19,7 @@ from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.posting.gates import OVER_ALLOCATED_INVOICES, UNBALANCED_PAYMENTS
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
@@ -71,26 +72,8 @@ def journal_exceptions(conn, first: str, end: str) -> str:
 
 
 def allocation_checks(conn) -> list[dg.AssetCheckResult]:
-    unbalanced = conn.execute("""
-        SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
-               coalesce(any_value(e.unapplied), 0) AS unapplied
-        FROM core_payment_allocations a
-        LEFT JOIN (SELECT processor, source_id, sum(unapplied_minor) AS unapplied FROM core_match_exceptions
-                   WHERE reason_code = 'overpayment' GROUP BY ALL) e USING (processor, source_id)
-        WHERE a.status = 'auto' AND a.line_type = 'charge'
-        GROUP BY a.processor, a.source_id, a.payment_invoice_amount_minor
-        HAVING sum(a.allocated_minor) + coalesce(any_value(e.unapplied), 0) <> a.payment_invoice_amount_minor
-        LIMIT 20""").fetchall()
-    over = conn.execute("""
-        SELECT a.invoice_number, a.invoice_year, sum(a.allocated_minor) AS allocated, any_value(i.outstanding_minor)
-        FROM core_payment_allocations a
-        LEFT JOIN core_open_invoices i USING (invoice_number, invoice_year)
-        WHERE a.status = 'auto' AND a.invoice_number IS NOT NULL
-          AND (a.processor, a.source_id, a.invoice_number, a.invoice_year) NOT IN
-              (SELECT (processor, source_id, invoice_number, invoice_year) FROM applications_in_m3)
-        GROUP BY a.invoice_number, a.invoice_year
-        HAVING sum(a.allocated_minor) > coalesce(any_value(i.outstanding_minor), 0)
-        LIMIT 20""").fetchall()
+    unbalanced = conn.execute(f"SELECT * EXCLUDE (settlement_date) FROM ({UNBALANCED_PAYMENTS}) LIMIT 20").fetchall()
+    over = conn.execute(f"{OVER_ALLOCATED_INVOICES} LIMIT 20").fetchall()
     return [
         dg.AssetCheckResult(check_name="allocations_sum_to_payment", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
