@@ -9,6 +9,7 @@ Serves what m3-recon reads from M3, in the wire format of /work/shared/reference
   Basic (on-premise): v2 ``GET v2/execute/{PROGRAM}/{TRANSACTION}``, v2 bulk ``POST v2/execute``
   and v1 ``GET execute/{PROGRAM}/{TRANSACTION}`` (with ``metadata=true`` field metadata).
 * ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo`` (customer ledger).
+* MRS001MI ``LstTransactions`` (the transactions of a program: MI metadata, read-only).
 * GLS840MI ``AddBatchHead``, ``AddBatchLine`` (a ``PARM`` string of at most 900 characters, cut by
   the interface's GLS850 position template), ``AddBatchLineFld`` (the same line as named fields),
   ``CtrlBatch`` and ``UpdBatch`` (GL interface batches → GL vouchers).
@@ -122,6 +123,8 @@ FIELDS: dict[str, MIField] = {
     "CKNO": MIField("A", 40, "Check number"),  # length UNCONFIRMED; carries a processor's payment id
     "LPDT": MIField("D", 10, "Payment date"),
     "FRDT": MIField("D", 10, "From date"), "TODT": MIField("D", 10, "To date"),
+    "MINM": MIField("A", 10, "Program"), "TRNM": MIField("A", 15, "Transaction"),
+    "TRDS": MIField("A", 60, "Description"),
 }
 
 # M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
@@ -129,7 +132,8 @@ MUST_BE_ENTERED = {"CUNO": "WCU0202", "PYNO": "WPY0202", "CINO": "WCI0202", "INY
                    "YEA4": "WYE0202", "JRNO": "WJR0202", "JSNO": "WJS0202", "KEY1": "WKE0202",
                    "INTN": "WIN0202", "DESC": "WDE0202", "LINE": "WLI0202", "PARM": "WPA0202",
                    "VONO": "WVO0202", "SQRY": "WSQ0202", "PBID": "WPB0202", "BOPE": "WBO0202",
-                   "TRNO": "WTR0202", "PYAM": "WPY0202", "FRDT": "WFR0202", "TODT": "WTO0202"}
+                   "TRNO": "WTR0202", "PYAM": "WPY0202", "FRDT": "WFR0202", "TODT": "WTO0202",
+                   "MINM": "WMI0202"}
 
 KEY_OUT = ("YEA4", "JRNO", "JSNO")
 INVOICE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "TRCD", "PYNO", "CUNO", "CINO", "INYR", "VSER", "VONO",
@@ -185,7 +189,11 @@ ARS040MI = {
                                   ("PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM"), (), False),
     "ControlBatch": MITransaction(("CONO", "DIVI", "PBID"), ("PBID",), (), False),
 }
-PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI}
+MRS001MI = {  # MI metadata; output field names UNCONFIRMED
+    "LstTransactions": MITransaction(("MINM",), ("MINM",), ("MINM", "TRNM", "TRDS"), True),
+}
+PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI,
+            "MRS001MI": MRS001MI}
 SEARCH_FIELDS = ("KEY1", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "AIT1", "CUCD")
 
 
@@ -321,6 +329,7 @@ class M3App(VendorApp):
             ("GLS200MI", "LstVoucherLines"): self._voucher_lines,
             ("GLS200MI", "SearchGenLedger"): self._search_general_ledger,
             ("GLS200MI", "LstVouchersByDt"): self._vouchers_by_date,
+            ("MRS001MI", "LstTransactions"): self._list_transactions,
             ("ARS040MI", "AddBatchHead"): self._add_payment_batch,
             ("ARS040MI", "AddBatchLine"): self._add_payment_line,
             ("ARS040MI", "ControlBatch"): self._control_payment_batch,
@@ -725,6 +734,14 @@ class M3App(VendorApp):
         lines = self.ledger.gl_lines(now) if key is None else self.ledger.gl_lines_of_batch(key, now)
         rows = [self._gl_row(line) for line in lines]
         return [row for row in rows if all(format_value(n, row[n], True) == v for n, v in terms.items())]
+
+    @staticmethod
+    def _list_transactions(values: dict) -> list[dict]:
+        """MRS001MI/LstTransactions: the transactions this M3 serves in a program (metadata only)."""
+        program = values["MINM"].upper()
+        if program not in PROGRAMS:
+            raise MIError(f"Program {program} does not exist", field="MINM")
+        return [{"MINM": program, "TRNM": name, "TRDS": name} for name in sorted(PROGRAMS[program])]
 
     def _vouchers_by_date(self, values: dict) -> list[dict]:
         """Every GL transaction with an accounting date in [FRDT, TODT], by voucher and line."""
