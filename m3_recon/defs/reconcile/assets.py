@@ -51,7 +51,8 @@ def _table(columns: dict[str, str]) -> str:
 
 
 def journal_exceptions(conn, first: str, end: str) -> str:
-    """SQL for held vouchers and posted-voucher conflicts of the window, in the exception register's shape."""
+    """SQL for held vouchers, posted-voucher conflicts and vouchers M3 accepted but that were not read back
+    (``posted_unverified``, alerted until verified) of the window, in the exception register's shape."""
     parts = []
     if table_exists(conn, "core_gl_journal_lines"):
         parts.append(f"""
@@ -68,6 +69,21 @@ def journal_exceptions(conn, first: str, end: str) -> str:
                    'posted_voucher_changed', processor, source_id, accounting_date, currency, amount_minor, NULL,
                    to_json([voucher_key]), detail
             FROM core_journal_conflicts WHERE accounting_date >= DATE '{first}' AND accounting_date < DATE '{end}'""")
+    if table_exists(conn, "out_m3_postings"):
+        sources = [f"SELECT voucher_key, any_value(processor) AS processor FROM {t} GROUP BY 1"
+                   for t in ("core_gl_journal_lines", "core_cash_applications") if table_exists(conn, t)]
+        processors = " UNION ALL ".join(sources) or "SELECT NULL::VARCHAR AS voucher_key, NULL::VARCHAR AS processor"
+        parts.append(f"""
+            SELECT 'EX-' || upper(substr(md5('voucher_unverified|' || o.route || '|' || o.voucher_key), 1, 12))
+                       AS exception_id, 'voucher_unverified' AS reason_code,
+                   coalesce(p.processor, 'unknown') AS processor, o.voucher_key AS source_id,
+                   o.accounting_date AS settlement_date, NULL::VARCHAR AS currency, NULL::BIGINT AS amount_minor,
+                   NULL::BIGINT AS unapplied_minor, to_json([o.m3_batch]) AS candidates,
+                   o.route || ' voucher ' || o.voucher_key || ' (M3 batch ' || o.m3_batch || '): '
+                   || coalesce(o.last_error, 'accepted by M3, not read back yet') AS detail
+            FROM out_m3_postings o LEFT JOIN ({processors}) p USING (voucher_key)
+            WHERE o.status = 'posted_unverified'
+              AND o.accounting_date >= DATE '{first}' AND o.accounting_date < DATE '{end}'""")
     return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
 
 
