@@ -15,7 +15,7 @@ import pytest
 
 from m3_recon.defs.m3.client import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
-from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS
+from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
 from m3_recon.posting.gl import GLRoute
 from m3_recon.posting.layout import LayoutError, ParmLayout
@@ -566,3 +566,42 @@ def test_a_refused_voucher_fails_the_summary_with_the_next_step(sandboxes, wareh
            "GLNOTTHERE does not exist (HTTP 200)) -> next: M3 refused them" in out.getvalue()
     assert "gl                failed                4 vouchers  debits EUR 412.37; USD 2,475.77" in out.getvalue()
     assert "posting: needs a person — 4 failed, 1 held" in out.getvalue()
+
+
+def test_posting_blocks_name_each_failing_check_per_processor_day():
+    """The gate over the close's tables: each failing blocking check lands on the processor-days it concerns."""
+    conn = duckdb.connect()
+    d = lambda day: date(2026, 10, day)  # noqa: E731
+    tables = {
+        "core_payout_reconciliation (processor VARCHAR, payout_id VARCHAR, settlement_date DATE, residue VARCHAR, "
+        "status VARCHAR, payout_status VARCHAR)": [
+            ("heartland", "dep1", d(3), "payout 100 USD vs lines net 95: residue 5 USD", "mismatch", "paid"),
+            ("stripe", "po7", d(7), None, "tied", "paid"), ("paytrace", "b1", d(3), None, "tied", "paid")],
+        "core_settlement_lines (processor VARCHAR, payout_id VARCHAR, settlement_date DATE)": [
+            ("heartland", "dep1", d(2)), ("heartland", "dep1", d(3)), ("paytrace", "b1", d(3))],
+        "journal_lines (voucher_key VARCHAR, currency VARCHAR, amount_minor BIGINT, processor VARCHAR, "
+        "source_date DATE, accounting_date DATE)": [
+            ("GSD20261004", "USD", 100, "stripe", d(4), d(4)), ("GSD20261004", "USD", -99, "stripe", d(4), d(4)),
+            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
+        "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
+        "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
+        "invoice_year INTEGER)": [
+            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026),
+            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026),
+            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026)],
+        "core_match_exceptions (processor VARCHAR, source_id VARCHAR, unapplied_minor BIGINT, reason_code VARCHAR)": [],
+        "core_open_invoices (invoice_number VARCHAR, invoice_year INTEGER, outstanding_minor BIGINT)": [
+            ("I1", 2026, 1000), ("I2", 2026, 200), ("I3", 2026, 300)],
+        "applications_in_m3 (processor VARCHAR, source_id VARCHAR, invoice_number VARCHAR, invoice_year INTEGER)": [],
+        "clearing_residue (processor VARCHAR, payout_id VARCHAR, payout_status VARCHAR, clearing_net_minor BIGINT)": [
+            ("stripe", "po7", "paid", 12)],
+    }
+    for table, rows in tables.items():
+        conn.execute(f"CREATE TABLE {table}")
+        if rows:
+            conn.executemany(f"INSERT INTO {table.split()[0]} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    posting_blocks(conn, "2026-10-01", "2026-10-09")  # day 9 lies outside the window
+    assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
+        ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
+        ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
+        ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
