@@ -605,3 +605,21 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
         ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
         ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
+
+
+def test_the_m3_posting_run_fails_when_m3_refused_a_voucher(sandboxes, warehouse, monkeypatch):
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from m3_recon.defs.m3.resources import M3Resource
+    from m3_recon.defs.post.assets import out_m3_postings
+
+    m3 = sandboxes()
+    resources = {"duckdb": DuckDBResource(database=str(warehouse)),
+                 "m3": M3Resource(ionapi_file=str(m3.ionapi), cono=100, divi="AAA", max_requests_per_second=1_000)}
+    monkeypatch.setenv("M3_GL_INTERFACE", "GLNOTTHERE")
+    refused = dg.materialize([out_m3_postings], resources=resources, raise_on_error=False)
+    assert not refused.success
+    assert "4 voucher(s) failed in M3 this run" in str(refused.get_step_failure_events()[0].event_specific_data.error)
+    monkeypatch.delenv("M3_GL_INTERFACE")
+    assert dg.materialize([out_m3_postings], resources=resources).success  # nothing new fails: the run succeeds

@@ -92,7 +92,7 @@ class GLRoute:
             unseen = []
             for voucher, answer in zip(vouchers, answers):
                 if isinstance(answer, M3Error):
-                    self._search_served = not not_served(answer)
+                    self._search_served &= not not_served(answer)
                     unseen.append(voucher)
                 elif not answer:
                     unseen.append(voucher)
