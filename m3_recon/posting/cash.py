@@ -24,7 +24,7 @@ import duckdb
 from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, minor_units
 from m3_recon.posting.config import PostingConfig
 from m3_recon.posting.outbox import ROUTE_CASH, Voucher
-from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, updated
+from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict
 
 CHECKS = "out_m3_cash_checks"
 CHECKS_DDL = f"""
@@ -79,10 +79,6 @@ class CashRoute:
                 "CKNO": line["source_id"], "LPDT": line["accounting_date"].strftime("%Y%m%d"),
                 **({"AIT1": method.ait1} if method.ait1 else {})}))
         return [head, *lines, ("ControlBatch", {"PBID": batch})]
-
-    def accepted(self, results: list) -> bool:
-        """M3 took the batch: ``ControlBatch`` answered OK, or said the batch was updated already."""
-        return bool(results) and updated(results[-1])
 
     def touches(self, voucher: Voucher) -> set:
         """Invoices it pays: two batches paying one invoice are never in flight together."""

@@ -24,8 +24,7 @@ from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, m3_date, minor
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
 from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher
-from m3_recon.posting.route import (ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, not_served,
-                                    updated)
+from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, not_served
 
 KEY1_LENGTH = 15
 RECORD_TYPE = "I1"
@@ -76,10 +75,6 @@ class GLRoute:
 
     def record_expectations(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher], now: datetime) -> None:
         return None  # the journal lines themselves are the expectation
-
-    def accepted(self, results: list) -> bool:
-        """M3 took the batch: ``UpdBatch`` answered OK, or said the batch was updated already."""
-        return bool(results) and updated(results[-1])
 
     def verify(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]:
         """``SearchGenLedger`` by batch key while M3 serves it; a voucher it cannot show is looked for by

@@ -39,7 +39,7 @@ from m3_recon.posting.cash import CashRoute
 from m3_recon.posting.config import PostingConfig, posting_config_from_env
 from m3_recon.posting.gl import GLRoute
 from m3_recon.posting.outbox import FAILED, HELD, POSTED_UNVERIFIED, SENT, VERIFIED, Voucher
-from m3_recon.posting.route import ABSENT, MICall, PostingRejected, Route, Verdict, first_error
+from m3_recon.posting.route import ABSENT, MICall, PostingRejected, Route, Verdict, accepted, first_error
 from m3_recon.warehouse import naive_utc
 
 T = TypeVar("T")
@@ -135,11 +135,12 @@ class _Run:
         vouchers = outbox.work(self.conn, self.route.route)
         known = [v for v in vouchers if v.status in (SENT, POSTED_UNVERIFIED)]
         found = self._guard(known, lambda: self.route.verify(self.conn, known)) if known else {}
-        self._conclude([(v, found[v.key], []) for v in known
-                        if found[v.key].state != ABSENT or v.status == POSTED_UNVERIFIED])
+        settled = [v for v in known if found[v.key].state != ABSENT or v.status == POSTED_UNVERIFIED]
+        self._conclude([(v, found[v.key], []) for v in settled])
+        settled_keys = {v.key for v in settled}
         queue: list[tuple[Voucher, list[MICall]]] = []
         for voucher in vouchers:
-            if voucher.key in found and (found[voucher.key].state != ABSENT or voucher.status == POSTED_UNVERIFIED):
+            if voucher.key in settled_keys:
                 continue
             try:
                 queue.append((voucher, self.route.calls(voucher)))
@@ -200,7 +201,7 @@ class _Run:
             if verdict.state == VERIFIED:
                 status, error = VERIFIED, None
                 action = POSTED if voucher.status == outbox.PENDING else RESUMED
-            elif verdict.state == ABSENT and (voucher.status == POSTED_UNVERIFIED or self.route.accepted(results)):
+            elif verdict.state == ABSENT and (voucher.status == POSTED_UNVERIFIED or accepted(results)):
                 status, action = POSTED_UNVERIFIED, UNVERIFIED
                 error = verdict.error or (
                     f"M3 accepted batch {voucher.m3_batch} but does not show the voucher yet; it is never sent "

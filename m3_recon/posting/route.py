@@ -4,7 +4,7 @@ A route (``GLRoute`` for GLS840MI, ``CashRoute`` for ARS040MI) turns a voucher i
 transactions of one M3 batch, may check M3 before anything is sent (``before_send``) and record what
 it expects to see afterwards (``record_expectations``, inside the poster's write-ahead transaction),
 and judges from M3's own reads whether a voucher is there (``verify``): ``verified``, ``absent`` or
-``failed``; ``accepted`` says from a batch's answers whether M3 took it (its last transaction, the
+``failed``. ``accepted`` says from a batch's answers whether M3 took it (its last transaction, the
 update or control, answered OK or "already updated"). The poster (``m3_recon.posting.poster``) drives
 routes the same way.
 """
@@ -54,8 +54,6 @@ class Route(Protocol):
 
     def verify(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]: ...
 
-    def accepted(self, results: list) -> bool: ...
-
 
 def not_served(error: M3Error) -> bool:
     """M3 does not offer the transaction to this user (as opposed to refusing this one call)."""
@@ -63,9 +61,13 @@ def not_served(error: M3Error) -> bool:
             or "not authori" in error.message.lower())
 
 
-def updated(result: list[dict] | M3Error) -> bool:
-    """A batch's update / control answered OK, or refused because M3 had already updated the batch."""
-    return not isinstance(result, M3Error) or ALREADY_UPDATED in result.message.lower()
+def accepted(results: list[list[dict] | M3Error]) -> bool:
+    """M3 took the batch: its last transaction (GLS840 ``UpdBatch``, ARS040 ``ControlBatch``) answered OK,
+    or refused because M3 had already updated the batch."""
+    if not results:
+        return False
+    last = results[-1]
+    return not isinstance(last, M3Error) or ALREADY_UPDATED in last.message.lower()
 
 
 def first_error(results: list[list[dict] | M3Error]) -> str | None:
