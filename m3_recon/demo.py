@@ -30,6 +30,9 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
+    if quirks:  # another M3 ledger, so its own warehouse: the outbox must describe the M3 it posted to
+        warehouse = ledger.parent / f"warehouse_seed{seed}_{start}_{days}d{flavour}.duckdb"
+        os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(warehouse))
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
