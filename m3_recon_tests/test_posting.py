@@ -14,6 +14,7 @@ import duckdb
 import pytest
 
 from m3_recon.defs.m3.client import M3Client
+from m3_recon.defs.reconcile.assets import journal_exceptions
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
@@ -514,6 +515,12 @@ def test_a_voucher_m3_accepted_but_does_not_show_yet_is_posted_unverified_never_
     assert print_posting_summary(out) == 1
     assert "4 vouchers posted_unverified (e.g. JV2610020001: M3 accepted batch" in out.getvalue()
     assert "they are never resent" in out.getvalue()
+    with duckdb.connect(str(warehouse)) as conn:  # the next close registers them as exceptions: alerted
+        found = journal_exceptions(conn, "2026-10-01", "2026-10-31")
+        alerted = conn.execute(f"SELECT source_id, processor, detail FROM ({found}) "
+                               "WHERE reason_code = 'voucher_unverified' ORDER BY 1").fetchall()
+    assert [key for key, *_ in alerted] == sorted(unverified) and alerted[0][1] == "stripe"
+    assert "gl voucher JV2610020001 (M3 batch JV2610020001): M3 accepted batch" in alerted[0][2]
 
     again = post(warehouse, m3.client())  # still not readable: stays, and nothing is sent
     assert again.unverified == 4 and ("GLS840MI", "AddBatchHead") not in m3.app.executed[-20:]
