@@ -27,6 +27,8 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
+    if quirks:  # a world of its own, so a warehouse of its own, as its M3 ledger: what one posted binds no other
+        os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
