@@ -184,8 +184,11 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                    USING (invoice_number, invoice_year)""",
         # -- rule 1: exact reference; several payments of one invoice are applied oldest first ----------
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
-            WITH candidates AS (
+            WITH reused AS (  -- numbers of several invoices (years): only their hits need deciding
+                SELECT ref_norm FROM m_inv WHERE ref_norm IS NOT NULL GROUP BY ref_norm HAVING count(*) > 1
+            ), candidates AS MATERIALIZED (
                 SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
+                       p.ref_norm IN (SELECT ref_norm FROM reused) AS reused,
                        coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
             ), hits AS (
@@ -194,7 +197,9 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
                             WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
                        END AS problem
-                FROM ({_deciding_invoices('candidates', 'pid')})
+                FROM (SELECT *, 1 AS n_left FROM candidates WHERE NOT reused
+                      UNION ALL BY NAME
+                      {_deciding_invoices('(SELECT * FROM candidates WHERE reused)', 'pid')})
             ), shared AS (
                 SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
             )
@@ -388,21 +393,23 @@ def _reference_list(rules: MatchingRules) -> list[str]:
     """
     pay_inv = in_invoice_currency("p", "h")
     return [
+        # A table of its own, so only these few references are split (not every payment's).
+        """CREATE OR REPLACE TEMP TABLE m_rl_unresolved AS
+           SELECT pid, customer_ref, invoice_ref FROM m_pay WHERE ref_norm IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)""",
         f"""CREATE OR REPLACE TEMP TABLE m_rl_hits AS
-            WITH listed AS (
+            WITH listed AS MATERIALIZED (
                 SELECT pid, customer_ref, unnest(tokens) AS token FROM (
-                    SELECT pid, customer_ref, {reference_tokens('invoice_ref', rules)} AS tokens FROM m_pay
-                    WHERE ref_norm IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1))
+                    SELECT pid, customer_ref, {reference_tokens('invoice_ref', rules)} AS tokens FROM m_rl_unresolved)
                 WHERE len(tokens) > 1
-            ), candidates AS (
+            ), hit AS MATERIALIZED (
                 SELECT l.pid, l.token, l.customer_ref, i.iid, i.customer, i.currency, i.invoice_date,
-                       i.invoice_number, i.rem, coalesce(i.customer = l.customer_ref, false) AS own,
-                       coalesce(i.rem > 0, false) AS open
-                FROM listed l LEFT JOIN (SELECT iid, ref_norm, invoice_number, r.* EXCLUDE (iid)
-                                         FROM m_inv JOIN m_inv1 r USING (iid)) i ON i.ref_norm = l.token
+                       i.invoice_number, r.rem, coalesce(i.customer = l.customer_ref, false) AS own, r.rem > 0 AS open
+                FROM listed l JOIN m_inv i ON i.ref_norm = l.token JOIN m_inv1 r ON r.iid = i.iid
             )
-            SELECT * FROM ({_deciding_invoices('candidates', 'pid, token')})
-            WHERE pid IN (SELECT pid FROM candidates WHERE iid IS NOT NULL)""",
+            SELECT * FROM ({_deciding_invoices('hit', 'pid, token')})
+            UNION ALL BY NAME  -- numbers naming no invoice, of payments whose other numbers do
+            SELECT pid, token, customer_ref, 0 AS n_left FROM listed
+            WHERE pid IN (SELECT pid FROM hit) AND (pid, token) NOT IN (SELECT (pid, token) FROM hit)""",
         f"""CREATE OR REPLACE TEMP TABLE m_rl AS
             WITH judged AS (
                 SELECT h.pid, h.iid, h.rem, h.invoice_date, h.invoice_number, {pay_inv} AS pay_inv,
