@@ -76,6 +76,8 @@ def cmd_resolve(args) -> int:
         names = json.loads(candidates) if candidates and candidates.startswith("[") else []
         if args.invoice and not invoice:
             raise DecisionError(f"M3 shows no open invoice {args.invoice}; check the number (and --year)")
+        if args.invoice and invoice > 1:
+            raise DecisionError(f"invoice {args.invoice} is open in {invoice} invoice years; name one with --year")
         if args.action == "accept" and not (len(names) == 1 or (args.invoice and args.invoice in names)):
             raise DecisionError("accept takes the suggested invoice: this exception has "
                                 f"{len(names)} candidate(s) {names}; name one with --invoice, or use assign")

@@ -196,3 +196,18 @@ def test_matching_runs_with_no_free_text_rules_and_default_separators(tmp_path):
                [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 200_00)])
     match_payments(conn, rules, lines="lines", invoices="invoices", earlier="earlier")
     assert [row[2] for row in allocations(conn)] == [100_00, 200_00]
+
+
+def test_a_decision_on_a_tie_applies_only_when_it_names_the_year(tmp_path):
+    from m3_recon.reconcile.decisions import apply_decisions, load_decisions, new_decision, record
+    conn = run([line("p1", 125_00, invoice="26000001")], TWO_YEARS)
+    (exception_id,) = conn.execute("SELECT exception_id FROM match_exceptions").fetchone()
+    decisions = tmp_path / "decisions.jsonl"
+    record(new_decision(exception_id, "assign", "ap", "remittance", "26000001"), decisions)
+    load_decisions(conn, decisions)
+    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 0  # which year? not applied
+    record(new_decision(exception_id, "assign", "ap", "remittance says 2026", "26000001", 2026), decisions)
+    load_decisions(conn, decisions)
+    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 1
+    assert allocations_by_year(conn) == [("p1", "26000001", 2026, 125_00, "auto")]
+    assert exceptions(conn) == []

@@ -133,7 +133,9 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
                                                 WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
                                                   AND a.invoice_year = i.invoice_year), 0) AS remaining
         FROM target t JOIN {invoices} i ON i.invoice_number = t.invoice_number
-             AND (t.invoice_year IS NULL OR i.invoice_year = t.invoice_year)""")
+             AND (t.invoice_year IS NULL OR i.invoice_year = t.invoice_year)
+        -- a number open in several years without a year names no one invoice: not applied, stays open
+        QUALIFY count(*) OVER (PARTITION BY t.processor, t.source_id) = 1""")
     rewritten = conn.execute("SELECT count(DISTINCT (processor, source_id)) FROM decided_payments").fetchone()[0]
     if not rewritten:
         return 0
