@@ -186,6 +186,13 @@ pattern = '{pattern}'
         MatchingRules.load(rules_file)
 
 
+def test_list_separators_are_validated(tmp_path):
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(open("data/matching_rules.toml").read().replace("list_separators = '", "list_separators = '(", 1))
+    with pytest.raises(ValueError, match="list_separators"):
+        MatchingRules.load(rules_file)
+
+
 def test_matching_runs_with_no_free_text_rules_and_default_separators(tmp_path):
     text = open("data/matching_rules.toml").read().split("[[free_text]]")[0]
     rules_file = tmp_path / "rules.toml"

@@ -49,6 +49,7 @@ def load_text_references(entries: list[dict], path: Path) -> tuple[TextReference
     """``[[free_text]]`` entries of the rules file, each checked: a known processor, a JSON path, and a
     pattern DuckDB accepts (raises ValueError naming the file and the entry)."""
     rules = []
+    conn = duckdb.connect()
     for number, entry in enumerate(entries, start=1):
         where = f"{path}: [[free_text]] entry {number}"
         try:
@@ -60,11 +61,11 @@ def load_text_references(entries: list[dict], path: Path) -> tuple[TextReference
         if not JSON_PATH.match(rule.field):
             raise ValueError(f"{where}: field must be a JSON path like $.source.description, not {rule.field!r}")
         try:
-            with duckdb.connect() as conn:
-                conn.execute(f"SELECT {rule.sql(_literal('{}'))}").fetchall()
+            conn.execute(f"SELECT {rule.sql(_literal('{}'))}").fetchall()
         except (re.error, duckdb.Error) as exc:
             raise ValueError(f"{where}: pattern {rule.pattern!r} is not a usable regular expression ({exc})") from None
         rules.append(rule)
+    conn.close()
     return tuple(rules)
 
 

@@ -109,6 +109,12 @@ class MatchingRules:
         if not 2 <= rules.max_invoices <= 5 or not 2 <= rules.max_candidates <= 25:
             raise ValueError(f"{path}: multi_invoice.max_invoices must be 2..5 and max_candidates 2..25 "
                              "(the subset search grows combinatorially)")
+        try:
+            with duckdb.connect() as conn:
+                conn.execute(f"SELECT {reference_tokens(chr(39) + 'A, B' + chr(39), rules)}").fetchall()
+        except duckdb.Error as exc:
+            raise ValueError(f"{path}: reference.list_separators {rules.list_separators!r} is not a usable "
+                             f"regular expression ({exc})") from None
         return rules
 
 
