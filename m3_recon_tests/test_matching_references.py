@@ -218,3 +218,18 @@ def test_a_decision_on_a_tie_applies_only_when_it_names_the_year(tmp_path):
     assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 1
     assert allocations_by_year(conn) == [("p1", "26000001", 2026, 125_00, "auto")]
     assert exceptions(conn) == []
+
+
+def test_accepting_a_suggested_list_applies_every_invoice_of_it_oldest_first(tmp_path):
+    from m3_recon.reconcile.decisions import apply_decisions, load_decisions, new_decision, record
+    conn = run([line("p1", 250_00, invoice="26000002, 26000001, 26000099", customer="C1")],
+               [invoice("26000001", "C1", 100_00, day=DAY - timedelta(days=30)),
+                invoice("26000002", "C1", 200_00, day=DAY - timedelta(days=20))])
+    assert {row[4] for row in allocations(conn)} == {"suggested"}
+    (exception_id,) = conn.execute("SELECT exception_id FROM match_exceptions").fetchone()
+    decisions = tmp_path / "decisions.jsonl"
+    record(new_decision(exception_id, "accept", "ap", "the customer mistyped the third number"), decisions)
+    load_decisions(conn, decisions)
+    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 1
+    assert allocations(conn) == [("p1", "26000001", 100_00, "manual", "auto"), ("p1", "26000002", 150_00, "manual", "auto")]
+    assert exceptions(conn) == []
