@@ -11,7 +11,9 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.core.assets import core_payouts, core_settlement_lines
+from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.sandbox import Sandbox
+from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY
 from m3_recon.sandbox.truth import truth_misses
 from m3_recon_tests.conftest import stripe_resource_for
 from m3_recon_tests.test_canonical_heartland import HEARTLAND_ASSETS
@@ -28,8 +30,6 @@ def quirky():
 
 
 def heartland_resource(sandbox):
-    from m3_recon.defs.heartland.resources import HeartlandResource
-    from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY
     return HeartlandResource(app_id=SANDBOX_GP_APP_ID, app_key=SANDBOX_GP_APP_KEY,
                              api_base=f"{sandbox.url('heartland')}/ucp", max_requests_per_second=1000.0)
 
@@ -65,7 +65,7 @@ def test_every_reference_form_lands_where_the_generator_says(quirky, processor, 
     kinds = Counter(t.kind for t in planned)
     # The quirks made each form: lists of invoices (applied as a list), references in free text only,
     # and a tie between two invoice years (suggested with both years as candidates).
-    assert kinds["multi_ref"] >= 2 and rules["reference_list"] >= 2 * 2
+    assert kinds["multi_ref"] >= 2 and rules["reference_list"] >= 4  # allocation rows of two lists at least
     assert kinds["reused_tie"] == 1 and years >= {2025, 2026}
     assert any(t.kind == "multi_ref" and t.expected_reason == "overpayment" for t in quirky.world.payments)
     assert any(len(t.allocations) > 1 and t.allocations[-1].amount_minor < _open(quirky, t.allocations[-1].invoice)
