@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--lines-per-voucher", type=int, default=8)
     parser.add_argument("--no-search", action="store_true",
                         help="M3 without GLS200MI/SearchGenLedger: verify by date and lines (quirk m3_no_search_gen_ledger)")
+    parser.add_argument("--smoke", action="store_true", help="200 lines at 5 ms: proves the benchmark runs, in seconds")
     args = parser.parse_args()
+    if args.smoke:
+        args.lines, args.latency_ms = 200, 5
 
     world = build_world(7, PERIOD)
     clock = SandboxClock(PERIOD.end_epoch + 86_400)
