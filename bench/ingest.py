@@ -4,6 +4,10 @@
     .venv/bin/python bench/ingest.py --charges 50000 --latency-ms 50 --budget 25 --no-reference
     .venv/bin/python bench/ingest.py --smoke              # seconds: proves it still runs (test suite)
 
+Then the PayTrace, GP API and M3 readers read the sandbox's 31-day period at the same latency and
+their default budgets (5, 10 and 10 requests/s); each prints the requests/s it achieved as a share of
+its budget (goal >= 80 %).
+
 The Stripe sandbox runs in its own process (so its CPU is not the client's) with ``--charges``
 charges in one UTC day (plus the refunds, disputes and payouts that follow them) and a fixed latency
 on every request. The timed part is ``StripeResource.balance_transactions`` for that day, exactly as
@@ -81,6 +85,51 @@ def measure(label: str, read, expected: list[str]) -> float:
     return rate
 
 
+READER_SHARE_GOAL = 0.80  # PayTrace, GP API and M3 readers: at least 80 % of their request budgets
+
+
+def readers(latency_ms: int, days: int, m3_bulk_size: int) -> None:
+    """PayTrace, GP API and M3 readers against the sandbox at their default budgets: requests/s achieved
+    (every request the server saw, token calls included; (n - 1) / elapsed) against the budget. Small pages / bulks so each
+    reader makes enough requests to show a rate; the code path is the assets' own."""
+    from datetime import timedelta
+
+    from m3_recon.defs.heartland.resources import HeartlandResource
+    from m3_recon.defs.m3.client import M3Client
+    from m3_recon.defs.paytrace.resources import PayTraceResource
+    from m3_recon.sandbox import Sandbox
+    from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY
+    from m3_recon.sandbox.paytrace_api import SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME
+
+    with Sandbox(days=days) as sandbox:
+        for server in sandbox.servers.values():
+            server.faults.configure(latency_ms=latency_ms)
+        first, last = sandbox.period.start, sandbox.period.start + timedelta(days=days - 1)
+        paytrace = PayTraceResource(username=SANDBOX_PAYTRACE_USERNAME, password=SANDBOX_PAYTRACE_PASSWORD,
+                                    api_base=sandbox.url("paytrace"))
+        gp = HeartlandResource(app_id=SANDBOX_GP_APP_ID, app_key=SANDBOX_GP_APP_KEY,
+                               api_base=f"{sandbox.url('heartland')}/ucp", page_size=20)
+        m3 = M3Client.from_ionapi(sandbox.ionapi_path, 100, "AAA", bulk_size=m3_bulk_size)
+        cases = [
+            ("PayTrace", "paytrace", paytrace.max_requests_per_second,
+             lambda: len(paytrace.batches(first, last)) + len(paytrace.transactions(first, last))),
+            ("GP API", "heartland", gp.max_requests_per_second,
+             lambda: sum(len(read(first, last)) for read in (gp.settlement_transactions, gp.deposits, gp.disputes))),
+            ("M3", "m3", 10.0, lambda: len(m3.open_invoices())),
+        ]
+        for name, server, budget, read in cases:
+            before = sandbox.servers[server].faults.served
+            started = time.perf_counter()
+            rows = read()
+            seconds = time.perf_counter() - started
+            requests = sandbox.servers[server].faults.served - before
+            rate = (requests - 1) / seconds  # n requests span n - 1 budget intervals plus one round trip
+            share = rate / budget
+            print(f"{name:<9} {rows:>6,} rows {requests:>4} requests {seconds:6.2f} s {rate:5.1f} "
+                  f"requests/s of {budget:g}: {share:.0%} (goal >= {READER_SHARE_GOAL:.0%}: "
+                  f"{'met' if share >= READER_SHARE_GOAL else 'NOT met'})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--charges", type=int, default=20_000, help="charges in the day")
@@ -88,6 +137,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=25.0, help="requests/s (STRIPE_MAX_REQUESTS_PER_SECOND)")
     parser.add_argument("--concurrency", type=int, default=4, help="cursor chains at once (STRIPE_CONCURRENCY)")
     parser.add_argument("--no-reference", action="store_true", help="skip the SDK object-path reference")
+    parser.add_argument("--no-readers", action="store_true", help="skip the PayTrace / GP API / M3 readers")
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_CHARGES} charges: proves the benchmark runs")
     args = parser.parse_args()
     if args.smoke:
@@ -124,6 +174,8 @@ def main() -> int:
         server.join(30)
     print(f"HTTP requests served: {served}; client peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    if not args.no_readers:
+        readers(args.latency_ms, *((3, 100) if args.smoke else (31, 5)))
     return 0
 
 
