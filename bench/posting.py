@@ -10,7 +10,7 @@ of ``--lines-per-voucher`` lines (clearing, fees, bank; one in ten in EUR) sprea
 Each run gets a fresh M3. The timed part is one ``post_pending`` call — enqueue, GLS840MI batches in bulk, GLS200MI
 read-back and outbox writes — and the run fails unless every voucher ends ``verified`` and M3
 holds exactly the generated lines. A second ``post_pending`` must post nothing. The same lines are then posted
-the way the poster used to (bulk 150, one wave at a time) as the reference, and the ratio printed.
+the way the poster used to (bulk 150, strictly sequential) as the reference, and the ratio printed.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def generate(conn: duckdb.DuckDBPyConnection, lines: int, per_voucher: int) -> i
 
 
 GOAL_LINES_PER_SECOND = 1_000  # issue 14, at 100 ms per M3 call
-REFERENCE_BULK_SIZE = 150  # the sequential reference: the poster as it was (one wave after another, bulk 150)
+REFERENCE_BULK_SIZE = 150  # the sequential reference: the poster as it was (bulk 150, send, read back, next)
 
 
 def post_once(args, bulk_size: int, concurrency: int) -> dict:
@@ -95,7 +95,7 @@ def post_once(args, bulk_size: int, concurrency: int) -> dict:
         server.stop()
     in_m3 = len(ledger.gl_lines(clock.now()))
     counts = summary.counts()
-    label = f"bulk {bulk_size}, {concurrency} in flight"
+    label = f"bulk {bulk_size}, {concurrency} in flight" if concurrency > 1 else f"bulk {bulk_size}, sequential"
     print(f"{label:<24} {seconds:7.2f} s  {calls:>5} HTTP calls  {args.lines / seconds:>8,.0f} lines/s")
     print(f"{'':<24} outcomes {counts}; M3 holds {in_m3:,} GL lines; second run posted {again.posted}, "
           f"verified {again.verified}")
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--bulk-size", type=int, default=DEFAULT_BULK_SIZE, help="transactions per bulk call (M3_BULK_SIZE)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help="waves in flight at once (M3_POSTING_CONCURRENCY)")
+                        help="M3 exchanges in flight at once (M3_POSTING_CONCURRENCY)")
     parser.add_argument("--lines-per-voucher", type=int, default=8)
     parser.add_argument("--no-search", action="store_true",
                         help="M3 without GLS200MI/SearchGenLedger: verify by date and lines (quirk m3_no_search_gen_ledger)")
@@ -128,7 +128,7 @@ def main() -> None:
     if not args.no_reference:
         reference = post_once(args, REFERENCE_BULK_SIZE, 1)
         print(f"ratio   {result['rate'] / reference['rate']:.1f}x the sequential reference "
-              f"(bulk {REFERENCE_BULK_SIZE}, one wave at a time, same run)")
+              f"(bulk {REFERENCE_BULK_SIZE}, send / read back / next, same run)")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ Read from the environment by ``posting_config_from_env`` (all optional):
 * ``M3_GL_INTERFACE`` — ``INTN`` on ``GLS840MI/AddBatchHead`` (default: the layout file's ``interface``);
 * ``M3_GL_LINE_FORM`` — ``parm`` (``AddBatchLine`` with a PARM string, default) or ``fields``
   (``AddBatchLineFld``, for interfaces of GLS850 usage type 2);
-* ``M3_POSTING_CONCURRENCY`` — bulk sends (waves of vouchers) in flight at once (default 1: one after
-  another in journal order, each wave's read-back overlapping the next send; more sends independent
-  vouchers in parallel, and M3 then numbers them in arrival order). The request budget
-  ``M3_MAX_REQUESTS_PER_SECOND`` still applies.
+* ``M3_POSTING_CONCURRENCY`` — M3 exchanges (a wave's bulk send or its read-back) in flight at once,
+  at most one less of them sends (default 2: each wave read back while the next is sent, sends in
+  journal order; 1: strictly one after another; more: independent waves sent in parallel, numbered by
+  M3 as they arrive). The request budget ``M3_MAX_REQUESTS_PER_SECOND`` still applies.
 
 Cash application is configured beside the GL accounts: ``[payment_methods.<processor>]`` in
 ``data/gl_accounts.toml`` names, per processor, the M3 payment method ``BOPE`` of its ``ARS040MI``
@@ -37,7 +37,7 @@ LINE_FORM_PARM = "parm"
 LINE_FORM_FIELDS = "fields"
 BOPE_LENGTH = 3
 AIT_LENGTH = 10
-DEFAULT_CONCURRENCY = 1
+DEFAULT_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@
    resent and stays ``posted_unverified`` until M3 shows it.
 2. Vouchers go out in waves of at most one bulk call's worth of transactions (``M3_BULK_SIZE``).
    Before a wave's bulk call the wave is marked ``sent`` in DuckDB (write-ahead, one transaction);
-   the call itself carries every batch's head, lines, control and update. A wave's read-back runs
-   while the next wave is sent; ``M3_POSTING_CONCURRENCY`` bulk sends may be in flight at once (default
-   1: strictly in journal order, so M3 numbers vouchers in that order), never two waves that touch the
-   same thing in M3; all DuckDB writes stay on the caller's thread.
+   the call itself carries every batch's head, lines, control and update. ``M3_POSTING_CONCURRENCY``
+   M3 exchanges may be in flight at once (default 2: a wave is read back while the next is sent, sends
+   one at a time in journal order, so M3 numbers vouchers in that order; 1 is strictly sequential),
+   never two waves that touch the same thing in M3; all DuckDB writes stay on the caller's thread.
 3. The wave is verified by reading M3 (GLS200MI for GL, ARS200MI for cash) and only then becomes
    ``verified`` (with the M3 voucher number). A voucher M3 does not show becomes ``posted_unverified``
    when M3 accepted its update / control, and ``failed`` (with M3's reason) when M3 refused it.
@@ -171,19 +171,22 @@ class _Run:
         return waves
 
     def _post_waves(self, waves: list[list[tuple[Voucher, list[MICall]]]]) -> None:
-        """Waves are sent on worker threads, at most ``concurrency`` bulk sends at once (with 1, strictly in
-        order, so M3 numbers the vouchers in journal order), and each wave's read-back runs while the next
-        wave is sent. Everything DuckDB writes (write-ahead ``sent``, outcomes) happens here, on the
-        caller's thread, and a wave is marked ``sent`` before it leaves. A wave waits while one in flight
-        touches the same thing in M3. When M3 cannot be reached no further wave starts; those in flight
-        are concluded, then the run stops."""
+        """Waves are sent and read back on worker threads, at most ``concurrency`` M3 exchanges at once of
+        which at most ``concurrency - 1`` sends: 1 is strictly sequential (send, read back, next wave); 2
+        reads a wave back while the next is sent, sends still one at a time in journal order (so M3 numbers
+        the vouchers in that order); more sends independent waves in parallel. Everything DuckDB writes
+        (write-ahead ``sent``, outcomes) happens here, on the caller's thread, and a wave is marked ``sent``
+        before it leaves. A wave waits while one in flight touches the same thing in M3. When M3 cannot be
+        reached no further wave starts; those in flight are concluded, then the run stops."""
         limit = max(1, self.concurrency)
+        send_limit = max(1, limit - 1)
         pending = list(reversed(waves))
         in_flight: dict[Future, tuple[str, list[tuple[Voucher, list[MICall]]], set]] = {}
         stopped: list[tuple[list[Voucher], VendorError]] = []
-        with ThreadPoolExecutor(max_workers=limit + 1, thread_name_prefix=f"m3-post-{self.route.route}") as pool:
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"m3-post-{self.route.route}") as pool:
             while pending or in_flight:
-                while pending and not stopped and sum(k == _SEND for k, _, _ in in_flight.values()) < limit:
+                while (pending and not stopped and len(in_flight) < limit
+                       and sum(k == _SEND for k, _, _ in in_flight.values()) < send_limit):
                     touches = set().union(*(self.route.touches(v) for v, _ in pending[-1]))
                     if any(touches & touched for _, _, touched in in_flight.values()):
                         break
