@@ -123,6 +123,7 @@ FIELDS: dict[str, MIField] = {
     "TRNO": MIField("N", 7, "Transaction number"), "PYAM": MIField("N", 17, "Payment amount", 2),
     "CUNM": MIField("A", 36, "Customer name"), "CUTP": MIField("N", 1, "Customer type"),
     "STAT": MIField("A", 2, "Status"), "CSCD": MIField("A", 3, "Country"), "LMTS": MIField("N", 18, "Timestamp"),
+    "EMAL": MIField("A", 80, "E-mail address"),
 }
 
 # M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
@@ -186,7 +187,8 @@ ARS040MI = {
 }
 CRS610MI = {
     "LstByNumber": MITransaction(("CONO", "CUNO", "LMTS"), (),
-                                 ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "LMTS"),
+                                 ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "EMAL",
+                                  "LMTS"),
                                  True),
 }
 PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI,
@@ -690,7 +692,7 @@ class M3App(VendorApp):
         start = values.get("CUNO", "")
         return [{"CONO": self.ledger.cono, "CUNO": c.number, "CUNM": c.name, "CUTP": 0,
                  "STAT": CUSTOMER_STATUS_DEFINITE, "CSCD": "DE" if c.currency == "EUR" else "US", "CUCD": c.currency,
-                 "TEPY": PAYMENT_TERMS, "PYNO": c.number, "LMTS": 0}
+                 "TEPY": PAYMENT_TERMS, "PYNO": c.number, "EMAL": c.email, "LMTS": 0}
                 for c in sorted(self.ledger.customers.values(), key=lambda c: c.number) if c.number >= start]
 
     # -- GLS840MI: GL interface batches ----------------------------------------------------------------

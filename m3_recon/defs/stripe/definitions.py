@@ -7,7 +7,8 @@ import os
 import dagster as dg
 
 from m3_recon import settings
-from m3_recon.defs.stripe.assets import raw_stripe_balance_transactions, raw_stripe_payout_lines, raw_stripe_payouts
+from m3_recon.defs.stripe.assets import (raw_stripe_balance_transactions, raw_stripe_customers, raw_stripe_payout_lines,
+                                         raw_stripe_payouts)
 from m3_recon.defs.stripe.resources import StripeResource
 
 stripe_ingest = dg.define_asset_job("stripe_ingest", selection=dg.AssetSelection.groups("stripe"),
@@ -25,7 +26,7 @@ def stripe_resource_from_env() -> StripeResource:
 
 
 defs = dg.Definitions(
-    assets=[raw_stripe_balance_transactions, raw_stripe_payouts, raw_stripe_payout_lines],
+    assets=[raw_stripe_balance_transactions, raw_stripe_payouts, raw_stripe_payout_lines, raw_stripe_customers],
     jobs=[stripe_ingest],
     resources={"stripe": stripe_resource_from_env()},
 )
