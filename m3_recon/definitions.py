@@ -3,6 +3,7 @@
 import dagster as dg
 
 from m3_recon.defs import automation
+from m3_recon.defs.bank import definitions as bank
 from m3_recon.defs.core import definitions as core
 from m3_recon.defs.customers import definitions as customers
 from m3_recon.defs.heartland import definitions as heartland
@@ -20,6 +21,7 @@ defs = dg.Definitions.merge(
     paytrace.defs,
     heartland.defs,
     m3.defs,
+    bank.defs,
     core.defs,
     customers.defs,
     reconcile.defs,

@@ -93,3 +93,18 @@ def bank_dir() -> str:
 def stripe_events_db() -> str:
     """The SQLite file the webhook receiver stores accepted Stripe events in (``M3_RECON_STRIPE_EVENTS_DB``)."""
     return os.environ.get("M3_RECON_STRIPE_EVENTS_DB", str(PROJECT_ROOT / "data" / "stripe_events.sqlite"))
+
+
+def bank_business_days() -> int:
+    """Business days after a payout's arrival within which the bank must show it (``M3_RECON_BANK_BUSINESS_DAYS``)."""
+    return int_setting("M3_RECON_BANK_BUSINESS_DAYS", 3, minimum=0)
+
+
+def bank_descriptors() -> dict[str, str]:
+    """Per processor, the pattern its bank lines carry (``M3_RECON_BANK_DESCRIPTORS``, over the defaults)."""
+    from m3_recon.reconcile.banking import parse_descriptors
+
+    try:
+        return parse_descriptors(os.environ.get("M3_RECON_BANK_DESCRIPTORS"))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc

@@ -100,6 +100,12 @@ class Sandbox:
     def faults(self, vendor: str):
         return self.servers[vendor].faults
 
+    def write_bank_statements(self, folder) -> list[Path]:
+        """The bank's statements for the period up to the day before the clock (BAI2 and camt.053) in ``folder``."""
+        from m3_recon.sandbox.bank_statements import write_statements
+
+        return write_statements(self, folder)
+
     def env(self) -> dict[str, str]:
         """Environment variables that point m3-recon's resources at this sandbox."""
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),

@@ -20,6 +20,8 @@ from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.report import build_report
+from m3_recon.reconcile.banking import (BANK_LINE_COLUMNS, BANK_REASONS, BANKING_COLUMNS, bank_exceptions, bank_status,
+                                        match_bank_lines)
 from m3_recon.reconcile.customers import XREF_REASONS, xref_exceptions
 from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules,
                                          fill_customers_from_xref, match_payments)
@@ -73,6 +75,21 @@ def journal_exceptions(conn, first: str, end: str) -> str:
                    to_json([voucher_key]), detail
             FROM core_journal_conflicts WHERE accounting_date >= DATE '{first}' AND accounting_date < DATE '{end}'""")
     return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
+
+
+def bank_lines_relation(conn) -> str:
+    """The imported bank statement lines, or an empty relation of their shape before the first import."""
+    if table_exists(conn, "raw_bank_statement_lines"):
+        return "raw_bank_statement_lines"
+    return "(SELECT " + ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items()) + " WHERE false)"
+
+
+def match_bank(conn) -> str:
+    """Pair every payout with its bank line (temp table ``bank_matches``); returns the bank-lines relation."""
+    lines = bank_lines_relation(conn)
+    match_bank_lines(conn, payouts="core_payouts", bank_lines=lines, descriptors=settings.bank_descriptors(),
+                     business_days=settings.bank_business_days())
+    return lines
 
 
 def customers_from_xref(conn, *, lines: str, into: str) -> int:
@@ -179,9 +196,10 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_payouts", "core_settlement_lines"],
+    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_payouts", "core_settlement_lines", "raw_bank_statement_lines"],
     description="Per payout / deposit / batch: the sum of its lines against the amount paid out, the difference, "
-                "and a status tied / mismatch / pending / failed, with any residue named.",
+                "and a status tied / mismatch / pending / failed, with any residue named; and whether the bank "
+                "received it (banked, banked_on, bank_line_ref: account/statement/line of the bank statement).",
 )
 def core_payout_reconciliation(context: dg.AssetExecutionContext, config: LookbackConfig,
                                duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -191,15 +209,20 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
         conn.execute(f"CREATE OR REPLACE TEMP VIEW window_payouts AS SELECT * FROM core_payouts "
                      f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
         tie_out_payouts(conn, payouts="window_payouts", lines="core_settlement_lines")
+        match_bank(conn)
+        bank_status(conn, tieout="payout_tieout")
         replace_days(conn, first_day=first, end_day=end, writes=[
-            ("core_payout_reconciliation", RECONCILIATION_COLUMNS, "SELECT * FROM payout_tieout")])
+            ("core_payout_reconciliation", RECONCILIATION_COLUMNS | BANKING_COLUMNS, "SELECT * FROM payout_tieout")])
         by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
+        banked = conn.execute("SELECT count(*) FILTER (banked), count(*) FILTER (NOT banked AND status NOT IN "
+                              "('failed', 'pending')) FROM payout_tieout").fetchone()
         residue = conn.execute("SELECT coalesce(sum(abs(difference_minor)), 0) FROM payout_tieout "
                                "WHERE status = 'mismatch'").fetchone()[0]
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
-        "failed": by_status.get("failed", 0), "mismatch_residue_minor": int(residue)})
+        "failed": by_status.get("failed", 0), "mismatch_residue_minor": int(residue),
+        "banked": banked[0], "not_yet_banked": banked[1]})
 
 
 @dg.asset(
@@ -228,6 +251,10 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                       "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS category")
         unknown_category_exceptions(conn, lines="window_lines", categories=categories,
                                     suspense_account=AccountMap.load().accounts.get("suspense"))
+        bank_lines = match_bank(conn)
+        bank_exceptions(conn, payouts=f"(SELECT * FROM core_payouts WHERE settlement_date >= DATE '{first}' "
+                                      f"AND settlement_date < DATE '{end}')", bank_lines=bank_lines, first_day=first,
+                        end_day=end, business_days=settings.bank_business_days())
         xref_exceptions(conn, conflicts="core_customer_xref_conflicts" if table_exists(
             conn, "core_customer_xref_conflicts") else None, day=(window.end - timedelta(days=1)).date().isoformat())
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
@@ -236,9 +263,11 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
             UNION ALL BY NAME SELECT * FROM anomaly_exceptions
             UNION ALL BY NAME SELECT * FROM category_exceptions
             UNION ALL BY NAME SELECT * FROM xref_exceptions
+            UNION ALL BY NAME SELECT * FROM bank_exceptions
             UNION ALL BY NAME {journal_exceptions(conn, first, end)}""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
-                                     end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS), now=now)
+                                     end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS),
+                                     now=now)
         load_decisions(conn)
         decided = record_decisions(conn)
         unexcepted = conn.execute("""
