@@ -90,3 +90,22 @@ def expected_movements(sandbox) -> dict[str, dict[str, Movement]]:
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return {"stripe": stripe, "paytrace": paytrace,
             "heartland": {source_id: ("USD", net, 0, net) for source_id, net in heartland.items()}}
+
+
+def expected_banking(sandbox) -> tuple[dict[str, set[str]], int]:
+    """Per processor, the period's payouts the sandbox's bank statements show (a deposit of the next period's
+    first days is on the statements too, but belongs to the next close); and how many credits explain nothing."""
+    from m3_recon.sandbox.bank_statements import bank_lines
+
+    period = sandbox.period
+    in_period = {"stripe": set(sandbox.stripe.payouts),
+                 "paytrace": {str(b.number) for b in sandbox.paytrace.batches.values()
+                              if period.start <= b.business_date <= period.end},
+                 "heartland": {d.id for d in sandbox.heartland.deposits.values()
+                               if period.start <= d.deposit_date <= period.end}}
+    lines = bank_lines(sandbox)
+    banked: dict[str, set[str]] = defaultdict(set)
+    for line in lines:
+        if line.processor and line.payout_id in in_period[line.processor]:
+            banked[line.processor].add(line.payout_id)
+    return dict(banked), sum(1 for line in lines if line.processor is None and line.amount_minor > 0)
