@@ -88,14 +88,16 @@ def cmd_backfill(args) -> int:
     ensure_dagster_home()
     from m3_recon.runs import run_after_close, run_payout_close
 
+    from m3_recon.posting.summary import print_posting_summary
+
     result = run_payout_close(args.start, args.end)
     print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     if not result.success or args.no_post:
-        return 0 if result.success else 1
+        return max(0 if result.success else 1, print_posting_summary())
     after = run_after_close()
     for name, run in zip(("m3_posting", "recon_alerts"), after):
         print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
-    return 0 if all(run.success for run in after) else 1
+    return max(0 if all(run.success for run in after) else 1, print_posting_summary())
 
 
 def _start_sandbox(args):

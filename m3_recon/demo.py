@@ -6,7 +6,8 @@ Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the U
 sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
 the demo again re-closes the period against the same M3 — and posts nothing new. A demo with quirks has
 its own M3 ledger and its own warehouse (``data/m3_recon_quirks-<names>.duckdb``). Exits non-zero when a
-run fails or any figure disagrees.
+run fails, any figure disagrees (M3's trial balance: each clearing account holds exactly the payouts
+still in transit) or the posting summary it ends with names something a person must fix.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import time
 
 import duckdb
 
+from m3_recon.posting.summary import print_posting_summary
 from m3_recon.sandbox import Sandbox
+from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
 
@@ -49,15 +52,16 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
         posting, alerts = run_after_close()
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
               f"{'succeeded' if alerts.success else 'FAILED'}")
-        if not (posting.success and alerts.success):
-            return 1
-        this_run = posting.get_asset_materialization_events()[0].materialization.metadata
+        events = posting.get_asset_materialization_events()
+        this_run = events[0].materialization.metadata if events else {}
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = (report(conn, sandbox) & report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
-                  & report_loop(conn, sandbox))
+            ok = report(conn, sandbox) & report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
+            ok &= print_trial_balance(conn, sandbox)
+            ok &= report_loop(conn, sandbox)
         print(f"\nWarehouse: {settings.duckdb_path()}. Total {time.monotonic() - began:.1f} s. "
               "Browse the run and lineage with `make ui`.")
-    return 0 if ok else 1
+    postings_ok = print_posting_summary() == 0
+    return 0 if ok and posting.success and alerts.success and postings_ok else 1
 
 
 def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
@@ -123,7 +127,7 @@ def report_m3(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox, this_run: dict)
         "GROUP BY 1").fetchall()}
     in_m3: dict[str, int] = {}
     for line in sandbox.m3.gl_lines(now):
-        if line.amount_minor > 0:
+        if line.amount_minor > 0 and line.batch_key:  # GLS840 vouchers (payment vouchers have no batch key)
             in_m3[line.batch_key] = in_m3.get(line.batch_key, 0) + line.amount_minor
     gl_ok = in_m3 == gl_sent
     applied = dict(((n, y), a) for n, y, a in conn.execute(

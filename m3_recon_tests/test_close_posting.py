@@ -39,7 +39,8 @@ def m3_state(sandbox):
     now = sandbox.clock.now()
     gl = {}
     for line in sandbox.m3.gl_lines(now):
-        gl.setdefault(line.batch_key, []).append((line.ait1, line.amount_minor))
+        if line.batch_key:  # GLS840 vouchers; ARS040 payment vouchers reach the GL without a batch key
+            gl.setdefault(line.batch_key, []).append((line.ait1, line.amount_minor))
     paid = {(t.line.invoice, t.line.invoice_year): t.paid_minor for t in sandbox.m3.totals(now).values() if t.paid_minor}
     return {k: sorted(v) for k, v in gl.items()}, paid
 

@@ -63,6 +63,8 @@ REASON_CODES = {
     "unknown_category": "a processor category the mapping does not know: booked to suspense (or held without one)",
     "voucher_held": "a voucher cannot be posted (see its reason); map the account and rerun",
     "posted_voucher_changed": "something M3 already holds would have to change; correct it in M3 by hand",
+    "voucher_unverified": "M3 accepted the voucher but it was not read back yet; never resent, verified again by "
+                          "the next posting run",
 }
 
 
