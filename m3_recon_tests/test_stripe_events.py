@@ -1,4 +1,5 @@
-"""Stripe events: the webhook receiver (signature, staleness, durability) and the events sensor (one close per batch)."""
+"""Stripe events: the webhook receiver (signature, staleness, durability) and the events sensor (one close
+per batch)."""
 
 import json
 import socket

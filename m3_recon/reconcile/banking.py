@@ -134,12 +134,14 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
               AND as_of_bd.bd - due_bd.bd > {int(business_days)}
               AND (p.processor, p.payout_id) NOT IN (SELECT (processor, payout_id) FROM bank_matches)
         )
-        SELECT 'EX-' || upper(substr(md5('payout_not_banked|' || processor || '|' || payout_id), 1, 12)) AS exception_id,
+        SELECT 'EX-' || upper(substr(md5('payout_not_banked|' || processor || '|' || payout_id), 1, 12))
+                   AS exception_id,
                'payout_not_banked' AS reason_code, processor, payout_id AS source_id, settlement_date, currency,
                amount_minor, NULL::BIGINT AS unapplied_minor, to_json([]) AS candidates,
                processor || ' payout ' || payout_id || ' of ' || amount_minor || ' ' || currency || ' due ' || due
                || ' is on no bank statement although the statements run to ' || as_of || ' (more than '
-               || {int(business_days)} || ' business days later): ask the processor for its trace and the bank' AS detail
+               || {int(business_days)} || ' business days later): ask the processor for its trace and the bank'
+                   AS detail
         FROM unbanked
         UNION ALL
         SELECT 'EX-' || upper(substr(md5('unexplained_bank_credit|' || b.bank_account || '|' || b.statement_id || '|'

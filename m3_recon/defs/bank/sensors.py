@@ -11,8 +11,9 @@ from m3_recon import settings
 from m3_recon.defs.bank.assets import raw_bank_statement_lines, statement_files
 from m3_recon.defs.bank.statements import file_hash
 
-bank_import = dg.define_asset_job("bank_import", selection=[raw_bank_statement_lines],
-                                  description="Import bank statement files (BAI2, camt.053) into raw_bank_statement_lines.")
+bank_import = dg.define_asset_job(
+    "bank_import", selection=[raw_bank_statement_lines],
+    description="Import bank statement files (BAI2, camt.053) into raw_bank_statement_lines.")
 
 
 @dg.sensor(job=bank_import, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)

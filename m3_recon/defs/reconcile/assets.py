@@ -98,7 +98,8 @@ def bank_lines_relation(conn) -> str:
     """The imported bank statement lines, or an empty relation of their shape before the first import."""
     if table_exists(conn, "raw_bank_statement_lines"):
         return "raw_bank_statement_lines"
-    return "(SELECT " + ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items()) + " WHERE false)"
+    columns = ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
+    return f"(SELECT {columns} WHERE false)"
 
 
 def match_bank(conn) -> str:

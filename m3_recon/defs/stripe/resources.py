@@ -1,8 +1,9 @@
 """The Stripe connector: the official ``stripe`` SDK behind a request budget and bounded retries.
 
-Reads (and, only when asked, writes an M3 customer number into a customer's metadata). Every page request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live,
-25 in test mode) and ``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff,
-honours ``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
+Reads (and, only when asked, writes an M3 customer number into a customer's metadata). Every
+request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live, 25 in test mode) and
+``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff, honours
+``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
 Returns plain JSON objects exactly as Stripe sent them.
 """
 
