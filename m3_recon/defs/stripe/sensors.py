@@ -12,6 +12,7 @@ ids and the waiting days.
 """
 
 import json
+from fnmatch import fnmatchcase
 from datetime import datetime, timedelta, timezone
 from hashlib import sha256
 
@@ -32,7 +33,8 @@ def _day(epoch: int | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(int(epoch), tz=timezone.utc).date().isoformat()
 
 
-def plan_closes(cursor: dict, api_events: list[dict], stored, last_day: str | None) -> tuple[list[dg.RunRequest], dict]:
+def plan_closes(cursor: dict, api_events: list[dict], stored,
+                last_day: str | None) -> tuple[list[dg.RunRequest], dict]:
     """The runs a batch of events asks for, and the next cursor (pure: no I/O)."""
     seen_order = list(cursor.get("seen", []))
     seen = set(seen_order)
@@ -43,8 +45,10 @@ def plan_closes(cursor: dict, api_events: list[dict], stored, last_day: str | No
         touched = {_day(event["created"]), _day(((event.get("data") or {}).get("object") or {}).get("created"))}
         fresh.setdefault(event["id"], (int(event["created"]), touched))
     for event in stored:
-        fresh.setdefault(event.id, (event.created, {_day(event.created), _day(event.object_created)}))
         seq = max(seq, event.seq)
+        if not any(fnmatchcase(event.type, pattern) for pattern in EVENT_TYPES):
+            continue  # the endpoint may send other types too; they move no money
+        fresh.setdefault(event.id, (event.created, {_day(event.created), _day(event.object_created)}))
     for event_id, (when, days) in fresh.items():
         created = max(created, when)
         if event_id in seen:
