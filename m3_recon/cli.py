@@ -104,6 +104,7 @@ def _start_sandbox(args):
     from m3_recon.sandbox import Sandbox
 
     sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks).start(SANDBOX_PORTS)
+    sandbox.write_bank_statements()  # the sandbox bank's statements, in the folder env() names
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
     return sandbox
