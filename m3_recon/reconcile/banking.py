@@ -5,7 +5,9 @@ text carries the processor's descriptor (``DEFAULT_DESCRIPTORS``, regular expres
 and whose booking date lies from one calendar day before the payout's arrival date (its settlement
 date when the processor gives none) to ``business_days`` business days (Mon–Fri) after it. Each line
 explains at most one payout and each payout is banked by at most one line: the closest date wins,
-ties broken by the payout's and the line's ids, in rounds until nothing more pairs.
+ties broken by the payout's and the line's ids, in rounds until nothing more pairs; a payout left
+without its line because a nearer equal payout took it gets it back when that payout has another
+line free (an augmenting swap).
 
 ``bank_exceptions`` raises ``payout_not_banked`` for a payout (neither failed nor pending) that no
 line explains although the statements already run ``business_days`` business days past its arrival
@@ -87,26 +89,61 @@ def match_bank_lines(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_line
         WHERE b.booking_date >= e.due - INTERVAL 1 DAY AND c.bd - e.due_bd <= {int(business_days)}""")
     conn.execute("CREATE OR REPLACE TEMP TABLE bank_matches AS SELECT * EXCLUDE (distance) FROM bank_candidates "
                  "WHERE false")
-    for _ in range(MAX_ROUNDS):  # mutual best pairs; a round only ever adds pairs, so a few rounds settle it
-        added = conn.execute("""
-            INSERT INTO bank_matches
-            WITH open AS (
-                SELECT * FROM bank_candidates c
-                WHERE (processor, payout_id) NOT IN (SELECT (processor, payout_id) FROM bank_matches)
-                  AND (bank_account, statement_id, line_ref) NOT IN
-                      (SELECT (bank_account, statement_id, line_ref) FROM bank_matches)
-            ), ranked AS (
-                SELECT *, row_number() OVER (PARTITION BY processor, payout_id
-                                             ORDER BY distance, booking_date, bank_account, statement_id, line_ref)
-                              AS by_payout,
-                          row_number() OVER (PARTITION BY bank_account, statement_id, line_ref
-                                             ORDER BY distance, processor, payout_id) AS by_line
-                FROM open
-            )
-            SELECT processor, payout_id, bank_account, statement_id, line_ref, booking_date
-            FROM ranked WHERE by_payout = 1 AND by_line = 1""").fetchone()[0]
-        if not added:
+    for _ in range(MAX_ROUNDS):
+        added = conn.execute(MUTUAL_BEST_SQL).fetchone()[0]
+        swapped = _augment(conn)
+        if not added and not swapped:
             break
+
+
+LINE = "bank_account, statement_id, line_ref"
+# Pairs that are each other's closest open candidate (ties: ids), added to bank_matches.
+MUTUAL_BEST_SQL = f"""
+    INSERT INTO bank_matches
+    WITH open AS (
+        SELECT * FROM bank_candidates c
+        WHERE (processor, payout_id) NOT IN (SELECT (processor, payout_id) FROM bank_matches)
+          AND ({LINE}) NOT IN (SELECT ({LINE}) FROM bank_matches)
+    ), ranked AS (
+        SELECT *, row_number() OVER (PARTITION BY processor, payout_id ORDER BY distance, booking_date, {LINE})
+                      AS by_payout,
+                  row_number() OVER (PARTITION BY {LINE} ORDER BY distance, processor, payout_id) AS by_line
+        FROM open
+    )
+    SELECT processor, payout_id, {LINE}, booking_date FROM ranked WHERE by_payout = 1 AND by_line = 1"""
+
+
+def _augment(conn: duckdb.DuckDBPyConnection) -> int:
+    """Where an unbanked payout P's line L went to payout Q that has another free line L2, give L to P and L2
+    to Q (e.g. two equal payouts two days apart whose lines were taken by the nearer one). Returns swaps."""
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE bank_swaps AS
+        WITH unbanked AS (
+            SELECT * FROM bank_candidates
+            WHERE (processor, payout_id) NOT IN (SELECT (processor, payout_id) FROM bank_matches)
+        ), taken AS (
+            SELECT u.processor AS p_processor, u.payout_id AS p_payout, m.processor AS q_processor,
+                   m.payout_id AS q_payout, m.bank_account, m.statement_id, m.line_ref, m.booking_date
+            FROM unbanked u JOIN bank_matches m USING ({LINE})
+        )
+        SELECT t.*, c.bank_account AS alt_account, c.statement_id AS alt_statement, c.line_ref AS alt_line,
+               c.booking_date AS alt_booking_date
+        FROM taken t JOIN bank_candidates c ON c.processor = t.q_processor AND c.payout_id = t.q_payout
+        WHERE (c.{LINE.replace(', ', ', c.')}) NOT IN (SELECT ({LINE}) FROM bank_matches)
+        QUALIFY row_number() OVER (PARTITION BY p_processor, p_payout ORDER BY c.distance, alt_line) = 1
+            AND row_number() OVER (PARTITION BY q_processor, q_payout ORDER BY c.distance, p_payout) = 1
+            AND row_number() OVER (PARTITION BY t.{LINE.replace(', ', ', t.')} ORDER BY c.distance, p_payout) = 1
+            AND row_number() OVER (PARTITION BY alt_account, alt_statement, alt_line ORDER BY p_payout) = 1""")
+    swaps = conn.execute("SELECT count(*) FROM bank_swaps").fetchone()[0]
+    if swaps:
+        conn.execute("DELETE FROM bank_matches WHERE (processor, payout_id) IN "
+                     "(SELECT (q_processor, q_payout) FROM bank_swaps)")
+        conn.execute(f"""
+            INSERT INTO bank_matches
+            SELECT p_processor, p_payout, {LINE}, booking_date FROM bank_swaps
+            UNION ALL
+            SELECT q_processor, q_payout, alt_account, alt_statement, alt_line, alt_booking_date FROM bank_swaps""")
+    return swaps
 
 
 def bank_status(conn: duckdb.DuckDBPyConnection, *, tieout: str) -> None:
