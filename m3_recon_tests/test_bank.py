@@ -127,3 +127,19 @@ def test_a_credit_nobody_explains_is_an_exception_and_a_wrong_descriptor_explain
         bank_exceptions(conn, payouts="payouts", bank_lines="lines", first_day="2026-10-01", end_day="2026-10-31")
         found = conn.execute("SELECT reason_code, source_id FROM bank_exceptions").fetchall()
     assert found == [("unexplained_bank_credit", "acct/s1/r1")]
+
+
+def test_equal_payouts_days_apart_each_keep_their_own_line():
+    """A (due Mon 5th, banked Wed 7th) and B (due Wed 7th, banked Fri 9th) share an amount: the nearer-date
+    rule alone gives B the 7th and leaves A without a line in its window; the swap gives each its own."""
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE lines AS SELECT * FROM (VALUES ('acct', 's7', 'r7', DATE '2026-10-07', "
+                     "500::BIGINT, 'USD', 'STRIPE TRANSFER'), ('acct', 's9', 'r9', DATE '2026-10-09', 500::BIGINT, "
+                     "'USD', 'STRIPE TRANSFER')) t(bank_account, statement_id, line_ref, booking_date, amount_minor, "
+                     "currency, description)")
+        _payouts(conn, [("stripe", "po_a", "USD", 500, date(2026, 10, 4), date(2026, 10, 5), "paid"),
+                        ("stripe", "po_b", "USD", 500, date(2026, 10, 6), date(2026, 10, 7), "paid")])
+        match_bank_lines(conn, payouts="payouts", bank_lines="lines", descriptors=DEFAULT_DESCRIPTORS,
+                         business_days=2)
+        assert sorted(conn.execute("SELECT payout_id, line_ref FROM bank_matches").fetchall()) == [
+            ("po_a", "r7"), ("po_b", "r9")]
