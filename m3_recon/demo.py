@@ -11,10 +11,13 @@ run fails or any figure disagrees.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import duckdb
 
+from m3_recon.preflight import PreflightError, input_problems, period_problems
+from m3_recon.progress import summary
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.truth import expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
@@ -24,6 +27,9 @@ PROCESSORS = ("stripe", "paytrace", "heartland")
 
 def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) -> int:
     began = time.monotonic()
+    problems = input_problems()
+    if problems:
+        raise PreflightError(problems)
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -34,17 +40,21 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
         from m3_recon.runs import run_after_close, run_payout_close
 
         period = sandbox.period
+        problems = period_problems(period.start, period.end)
+        if problems:
+            raise PreflightError(problems)
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
               + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
-        result = run_payout_close(period.start, period.end)
+        result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
             return 1
-        posting, alerts = run_after_close()
+        posting, alerts = run_after_close(out=sys.stdout)
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
               f"{'succeeded' if alerts.success else 'FAILED'}")
+        print(summary([result, posting, alerts]))
         if not (posting.success and alerts.success):
             return 1
         this_run = posting.get_asset_materialization_events()[0].materialization.metadata
