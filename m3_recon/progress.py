@@ -111,7 +111,9 @@ class RunWatch:
         if not pools:
             return
         holders = [h for h in run_guard.slot_holders(self.instance, exclude_run=self.run_id) if h.pool in pools]
-        held = "; ".join(h.describe() for h in holders) or "no run holds it (a slot is being handed over)"
+        if not holders:  # a slot being handed over between two steps
+            return
+        held = "; ".join(h.describe() for h in holders)
         self._say(f"  waiting  for pool {', '.join(pools)}: held by {held}", always=True)
         if any(h.stale for h in holders):
             for line in run_guard.reap_dead_runs(self.instance):

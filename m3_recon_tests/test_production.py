@@ -37,15 +37,12 @@ from m3_recon import settings, storage
 from m3_recon.cli import INSTANCE_TEMPLATES, ensure_dagster_home
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.truth import judge
+from m3_recon_tests.compare import assert_same_rows, file_rows, m3_postings, warehouse_rows
 from m3_recon_tests.conftest import close_definitions, run_close
 
 ADMIN_URL = os.environ.get("M3_RECON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
 LOCATION = "m3_recon"
-# Columns that differ between any two runs: the wall-clock time, the run that wrote a row, and the voucher
-# number M3 assigns in posting order.
-VOLATILE_COLUMNS = {"loaded_at_utc", "dagster_run_id", "taken_at_utc", "quarantined_at_utc", "first_seen_at_utc",
-                    "last_seen_at_utc", "updated_at_utc", "sent_at_utc", "m3_voucher_number"}
 LOCK_ERRORS = ("Could not set lock on file", "database is locked")
 RUN_TIMEOUT_SECONDS = 420
 TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -97,38 +94,6 @@ def production_home(postgres_url, tmp_path, monkeypatch):
     ensure_dagster_home()
     assert (home / "dagster.yaml").read_bytes() == INSTANCE_TEMPLATES["postgres"].read_bytes()
     return home
-
-
-# -- the warehouse, compared ------------------------------------------------------------------------------
-def warehouse_rows(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
-    """Every table of the connection's default catalog, rows sorted, without the volatile columns."""
-    rows = {}
-    tables = conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-                          "AND schema_name = current_schema() ORDER BY 1").fetchall()
-    for (table,) in tables:
-        columns = [name for (name,) in conn.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND "
-            "schema_name = current_schema() AND table_name = ? ORDER BY column_index", [table]).fetchall()
-            if name not in VOLATILE_COLUMNS]
-        rows[table] = conn.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY ALL").fetchall()
-    return rows
-
-
-def file_rows(path: str) -> dict[str, list[tuple]]:
-    with duckdb.connect(path, read_only=True) as conn:
-        return warehouse_rows(conn)
-
-
-def assert_same_rows(actual: dict, expected: dict) -> None:
-    assert sorted(actual) == sorted(expected)
-    differing = {}
-    for table, rows in expected.items():
-        if actual[table] != rows:
-            only_actual, only_expected = set(actual[table]) - set(rows), set(rows) - set(actual[table])
-            differing[table] = {"rows": (len(actual[table]), len(rows)), "only here": sorted(only_actual)[:2],
-                                "only in the reference": sorted(only_expected)[:2]}
-    assert not differing, f"tables differing: {differing}"
-    assert sum(len(rows) for rows in expected.values()) > 1000
 
 
 def sandbox_environment_for(sandbox: Sandbox, monkeypatch) -> None:
@@ -255,16 +220,6 @@ def overlapping_runs(instance: dg.DagsterInstance, run_ids) -> list[tuple[str, s
     records = sorted((instance.get_run_record_by_id(run_id) for run_id in run_ids), key=lambda r: r.start_time)
     return [(a.dagster_run.run_id[:8], b.dagster_run.run_id[:8]) for a, b in zip(records, records[1:])
             if b.start_time < a.end_time]
-
-
-def m3_postings(vendors: Sandbox) -> tuple[list, list]:
-    """What M3 holds: GL transactions and customer-ledger lines, without the numbers M3 assigns in posting order."""
-    now = vendors.clock.now()
-    gl = sorted((line.batch_key, line.accounting_date, line.accounts, line.currency, line.amount_minor, line.rate,
-                 line.local_minor, line.text) for line in vendors.m3.gl_lines(now))
-    ledger = sorted((line.trcd, line.payer, line.customer, line.invoice, line.invoice_year, line.currency,
-                     line.amount_minor, line.local_minor, line.accounting_date) for line in vendors.m3.lines(now))
-    return gl, ledger
 
 
 def last_tick(cron_hour: int, now: datetime) -> datetime:
