@@ -9,14 +9,22 @@ from m3_recon.sandbox import Sandbox
 # number M3 assigns in posting order.
 VOLATILE_COLUMNS = {"loaded_at_utc", "dagster_run_id", "taken_at_utc", "quarantined_at_utc", "first_seen_at_utc",
                     "last_seen_at_utc", "updated_at_utc", "sent_at_utc", "raised_at_utc", "m3_voucher_number"}
+# M3's open invoices as each close read them. Posting applies cash in M3, so a close that ran after some posting
+# (the posting sensor acting between parallel closes, or a crash in the middle of posting) reads other balances
+# than one before any; what M3 holds in the end is compared instead (``m3_postings``).
+M3_SNAPSHOTS = frozenset({"raw_m3_open_invoices", "core_open_invoices"})
 
 
-def warehouse_rows(conn: duckdb.DuckDBPyConnection, ignore: frozenset[str] = frozenset()) -> dict[str, list[tuple]]:
-    """Every table of the connection's default catalog, rows sorted, without the volatile columns (and ``ignore``)."""
+def warehouse_rows(conn: duckdb.DuckDBPyConnection, ignore: frozenset[str] = frozenset(),
+                   skip_tables: frozenset[str] = frozenset()) -> dict[str, list[tuple]]:
+    """Every table of the connection's default catalog but ``skip_tables``, rows sorted, without the volatile
+    columns (and ``ignore``)."""
     rows = {}
     tables = conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
                           "AND schema_name = current_schema() ORDER BY 1").fetchall()
     for (table,) in tables:
+        if table in skip_tables:
+            continue
         columns = [name for (name,) in conn.execute(
             "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND "
             "schema_name = current_schema() AND table_name = ? ORDER BY column_index", [table]).fetchall()
@@ -25,9 +33,10 @@ def warehouse_rows(conn: duckdb.DuckDBPyConnection, ignore: frozenset[str] = fro
     return rows
 
 
-def file_rows(path: str, ignore: frozenset[str] = frozenset()) -> dict[str, list[tuple]]:
+def file_rows(path: str, ignore: frozenset[str] = frozenset(),
+              skip_tables: frozenset[str] = frozenset()) -> dict[str, list[tuple]]:
     with duckdb.connect(path, read_only=True) as conn:
-        return warehouse_rows(conn, ignore)
+        return warehouse_rows(conn, ignore, skip_tables)
 
 
 def assert_same_rows(actual: dict, expected: dict, at_least: int = 1000) -> None:

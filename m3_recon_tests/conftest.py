@@ -1,7 +1,30 @@
-"""Shared fixtures: one seeded sandbox for the session, DuckDB files in tmp, resources pointed at them."""
+"""Shared fixtures: one seeded sandbox for the session, DuckDB files in tmp, resources pointed at them.
+
+The suite never touches the working copy's state: before anything of m3_recon is imported, every path
+setting (warehouse, analysts' copy, reports, decisions file, DuckLake data, DAGSTER_HOME) points into a
+temporary directory, an audit hook fails any test that opens a file under ``data/`` (other than the
+configuration files in git) or ``.dagster_home/``, and the session fails if either changed. No process
+outlives the suite: the session fixture ``no_process_left_behind`` fails when a process it started is
+still running at the end (orphans are re-parented to pytest, which is made a child subreaper).
+"""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
+SUITE_STATE = Path(tempfile.mkdtemp(prefix="m3-recon-tests-"))
+ISOLATED = {"DAGSTER_HOME": SUITE_STATE / "dagster_home", "M3_RECON_DUCKDB_PATH": SUITE_STATE / "m3_recon.duckdb",
+            "M3_RECON_ANALYST_DUCKDB_PATH": SUITE_STATE / "m3_recon_analyst.duckdb",
+            "M3_RECON_REPORTS_PATH": SUITE_STATE / "reports",
+            "M3_RECON_DECISIONS_FILE": SUITE_STATE / "exception_decisions.jsonl",
+            "M3_RECON_DUCKLAKE_DATA_PATH": SUITE_STATE / "lake"}
+for _variable, _path in ISOLATED.items():
+    os.environ[_variable] = str(_path)
+ISOLATED["DAGSTER_HOME"].mkdir()
 os.environ.setdefault("M3_RECON_START_DATE", "2026-10-01")  # before m3_recon.partitions is imported
 
 import pytest
@@ -9,6 +32,101 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.sandbox import SANDBOX_STRIPE_KEY, Sandbox
+
+
+from m3_recon.settings import PROJECT_ROOT  # noqa: E402
+
+WORKING_STATE = (PROJECT_ROOT / "data", PROJECT_ROOT / ".dagster_home")
+CONFIGURATION = {PROJECT_ROOT / name for name in subprocess.run(
+    ["git", "ls-files", "data"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split()}
+HANG_CEILING_SECONDS = 60  # a process still running this long after the suite is not winding down
+_opened_working_state: list[str] = []
+
+
+def _watch_opens(event: str, args: tuple) -> None:
+    if event != "open" or not isinstance(args[0], (str, os.PathLike)):
+        return
+    path = Path(os.path.abspath(args[0]))
+    if path not in CONFIGURATION and any(path.is_relative_to(root) for root in WORKING_STATE):
+        _opened_working_state.append(str(path))
+
+
+sys.addaudithook(_watch_opens)
+
+
+def _snapshot(roots) -> dict[str, tuple[int, int]]:
+    found = {}
+    for root in roots:
+        for path in root.rglob("*") if root.exists() else ():
+            if path.is_file():
+                stat = path.stat()
+                found[str(path)] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def _descendants() -> dict[int, str]:
+    """Processes below this one (orphans included, as it is their subreaper), zombies reaped first."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                break
+        except ChildProcessError:
+            break
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    mine, todo = {}, [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in mine:
+                mine[pid] = commands[pid]
+                todo.append(pid)
+    # multiprocessing's resource tracker lives exactly as long as this process.
+    return {pid: command for pid, command in mine.items() if "resource_tracker" not in command}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fails the session if a process started by a test is still running after every test has finished."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us, not to init
+    before = set(_descendants())
+    yield
+    deadline = time.monotonic() + HANG_CEILING_SECONDS
+    while (left := {p: c for p, c in _descendants().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    _descendants()
+    assert not left, f"processes outlived the suite (now killed): {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_copy_untouched():
+    """The working copy's data/ and .dagster_home/ are the same after the suite as before it."""
+    before = _snapshot(WORKING_STATE)
+    yield
+    assert _snapshot(WORKING_STATE) == before, "the suite changed the working copy's data/ or .dagster_home/"
+    shutil.rmtree(SUITE_STATE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_working_state_opened():
+    del _opened_working_state[:]
+    yield
+    assert not _opened_working_state, f"the test opened the working copy's state: {sorted(set(_opened_working_state))}"
 
 
 @pytest.fixture(scope="session")

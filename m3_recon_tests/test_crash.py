@@ -20,20 +20,16 @@ import pytest
 from m3_recon.cli import INSTANCE_TEMPLATES
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT
-from m3_recon_tests.compare import assert_same_rows, file_rows, m3_postings
+from m3_recon_tests.compare import M3_SNAPSHOTS, assert_same_rows, file_rows, m3_postings
 
 DAYS = 5  # the size proves nothing here; each stage needs a few vouchers
 HANG_CEILING_SECONDS = 900  # only a hang gets here
 # The outbox records how a voucher got to M3 (attempts, resumed after a crash); what M3 holds is compared instead.
 HOW_IT_GOT_THERE = frozenset({"attempts", "last_error"})
-# M3's open invoices as the last close read them: after a crash during posting, that close saw part of the cash
-# already applied, an uninterrupted close saw none of it. What M3 holds in the end is compared instead.
-M3_SNAPSHOTS = ("raw_m3_open_invoices", "core_open_invoices")
 
 
 def comparable_rows(path: str) -> dict:
-    rows = file_rows(path, HOW_IT_GOT_THERE)
-    return {table: found for table, found in rows.items() if table not in M3_SNAPSHOTS}
+    return file_rows(path, HOW_IT_GOT_THERE, M3_SNAPSHOTS)
 
 
 class World:

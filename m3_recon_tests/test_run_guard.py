@@ -105,3 +105,17 @@ def test_the_summary_names_matches_exceptions_and_vouchers():
         "  payments: 97 in the period, 84 matched, 0 suggested, 13 unmatched",
         "  exceptions: 16 opened, 2 cleared, 16 open",
         "  M3: 34 posted, 33 verified, 1 held, 0 failed"]
+
+
+def test_the_daemon_reaps_a_dead_cli_run_so_its_queued_runs_go_ahead(instance):
+    from m3_recon.definitions import defs
+
+    dead = run_holding_the_slot(instance, {**run_guard.process_tags(), run_guard.PID_TAG: str(dead_pid())})
+    sensor = defs.resolve_sensor_def("dead_run_reaper")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    skip = sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).skip_message
+    assert dead[:8] in skip and "marked failed" in skip
+    assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
+    assert sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).skip_message == \
+        "no run left behind by a dead process"
