@@ -25,6 +25,10 @@ ISOLATED = {"DAGSTER_HOME": SUITE_STATE / "dagster_home", "M3_RECON_DUCKDB_PATH"
 for _variable, _path in ISOLATED.items():
     os.environ[_variable] = str(_path)
 ISOLATED["DAGSTER_HOME"].mkdir()
+# The sandbox on loopback has no rate limit: clients built from the environment need not pace themselves (tests
+# of pacing build their budgets explicitly).
+for _vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):
+    os.environ[f"{_vendor}_MAX_REQUESTS_PER_SECOND"] = "1000"
 os.environ.setdefault("M3_RECON_START_DATE", "2026-10-01")  # before m3_recon.partitions is imported
 
 import pytest
