@@ -1,7 +1,6 @@
 """Shared fixtures: one seeded sandbox for the session, DuckDB files in tmp, resources pointed at them.
 
-The suite never touches the working copy's state: before anything of m3_recon is imported, every path
-setting (warehouse, analysts' copy, reports, decisions file, DuckLake data, DAGSTER_HOME) points into a
+The suite never touches the working copy's state: before any test is collected, every path setting (warehouse, analysts' copy, reports, decisions file, DuckLake data, DAGSTER_HOME) points into a
 temporary directory, an audit hook fails any test that opens a file under ``data/`` (other than the
 configuration files in git) or ``.dagster_home/``, and the session fails if either changed. No process
 outlives the suite: the session fixture ``no_process_left_behind`` fails when a process it started is
@@ -16,19 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SUITE_STATE = Path(tempfile.mkdtemp(prefix="m3-recon-tests-"))
-ISOLATED = {"DAGSTER_HOME": SUITE_STATE / "dagster_home", "M3_RECON_DUCKDB_PATH": SUITE_STATE / "m3_recon.duckdb",
-            "M3_RECON_ANALYST_DUCKDB_PATH": SUITE_STATE / "m3_recon_analyst.duckdb",
-            "M3_RECON_REPORTS_PATH": SUITE_STATE / "reports",
-            "M3_RECON_DECISIONS_FILE": SUITE_STATE / "exception_decisions.jsonl",
-            "M3_RECON_DUCKLAKE_DATA_PATH": SUITE_STATE / "lake"}
-for _variable, _path in ISOLATED.items():
-    os.environ[_variable] = str(_path)
-ISOLATED["DAGSTER_HOME"].mkdir()
-# The sandbox on loopback has no rate limit: clients built from the environment need not pace themselves (tests
-# of pacing build their budgets explicitly).
-for _vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):
-    os.environ[f"{_vendor}_MAX_REQUESTS_PER_SECOND"] = "1000"
 os.environ.setdefault("M3_RECON_START_DATE", "2026-10-01")  # before m3_recon.partitions is imported
 
 import pytest
@@ -36,9 +22,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.sandbox import SANDBOX_STRIPE_KEY, Sandbox
-
-
-from m3_recon.settings import PROJECT_ROOT  # noqa: E402
+from m3_recon.settings import PROJECT_ROOT
 
 WORKING_STATE = (PROJECT_ROOT / "data", PROJECT_ROOT / ".dagster_home")
 CONFIGURATION = {PROJECT_ROOT / name for name in subprocess.run(
@@ -55,7 +39,25 @@ def _watch_opens(event: str, args: tuple) -> None:
         _opened_working_state.append(str(path))
 
 
-sys.addaudithook(_watch_opens)
+SUITE_STATE = Path(tempfile.gettempdir())  # the session's own directory, made by pytest_configure
+
+
+def pytest_configure(config):
+    """Point every path setting into the session's directory and watch what tests open. Here rather than at
+    import: processes a test starts import this module too (for its helpers) and inherit the settings instead."""
+    global SUITE_STATE
+    SUITE_STATE = Path(tempfile.mkdtemp(prefix="m3-recon-tests-"))
+    isolated = {"DAGSTER_HOME": "dagster_home", "M3_RECON_DUCKDB_PATH": "m3_recon.duckdb",
+                "M3_RECON_ANALYST_DUCKDB_PATH": "m3_recon_analyst.duckdb", "M3_RECON_REPORTS_PATH": "reports",
+                "M3_RECON_DECISIONS_FILE": "exception_decisions.jsonl", "M3_RECON_DUCKLAKE_DATA_PATH": "lake"}
+    for variable, name in isolated.items():
+        os.environ[variable] = str(SUITE_STATE / name)
+    (SUITE_STATE / "dagster_home").mkdir()
+    # The sandbox on loopback has no rate limit: clients built from the environment need not pace themselves
+    # (tests of pacing build their budgets explicitly).
+    for vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):
+        os.environ[f"{vendor}_MAX_REQUESTS_PER_SECOND"] = "1000"
+    sys.addaudithook(_watch_opens)
 
 
 def _snapshot(roots) -> dict[str, tuple[int, int]]:
@@ -186,12 +188,13 @@ def close_definitions(database: str):
     from m3_recon.defs.m3.definitions import m3_resource_from_env
     from m3_recon.defs.paytrace.definitions import paytrace_resource_from_env
     from m3_recon.defs.stripe.definitions import stripe_resource_from_env
+    from m3_recon.storage import WarehouseFileResource
 
     return dg.Definitions(assets=list(defs.assets), jobs=[payout_close, recon_alerts, m3_posting], resources={
         "alert_webhook": AlertWebhook(url=os.environ.get("M3_RECON_ALERT_WEBHOOK_URL")),
         "stripe": stripe_resource_from_env(), "paytrace": paytrace_resource_from_env(),
         "heartland": heartland_resource_from_env(), "m3": m3_resource_from_env(),
-        "duckdb": DuckDBResource(database=database)})
+        "duckdb": WarehouseFileResource(database=database)})
 
 
 def run_close(definitions, first_day: str, last_day: str, instance=None):

@@ -419,6 +419,8 @@ def _error_chain(error) -> str:
 def test_ducklake_takes_concurrent_writers_and_holds_what_the_duckdb_file_holds(
         production_home, postgres_url, sandbox, tmp_path, monkeypatch, capsys):
     sandbox_environment_for(sandbox, monkeypatch)
+    for vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):  # production pacing: unpaced loads in lockstep
+        monkeypatch.delenv(f"{vendor}_MAX_REQUESTS_PER_SECOND")  # conflict on every commit, and back off for minutes
     days = ["2026-10-08", "2026-10-09", "2026-10-10", "2026-10-11"]
     reference_file = str(tmp_path / "reference.duckdb")
     monkeypatch.setenv("M3_RECON_DUCKDB_PATH", reference_file)
@@ -475,7 +477,7 @@ def test_the_warehouse_backend_is_chosen_by_one_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(storage.WAREHOUSE_VARIABLE, raising=False)
     monkeypatch.setenv("M3_RECON_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
     embedded = storage.warehouse_resource_from_env()
-    assert type(embedded) is DuckDBResource and embedded.database == str(tmp_path / "w.duckdb")
+    assert type(embedded) is storage.WarehouseFileResource and embedded.database == str(tmp_path / "w.duckdb")
 
     monkeypatch.setenv(storage.WAREHOUSE_VARIABLE, "ducklake")
     monkeypatch.delenv(storage.CATALOG_VARIABLE, raising=False)
