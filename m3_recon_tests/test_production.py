@@ -419,8 +419,8 @@ def _error_chain(error) -> str:
 def test_ducklake_takes_concurrent_writers_and_holds_what_the_duckdb_file_holds(
         production_home, postgres_url, sandbox, tmp_path, monkeypatch, capsys):
     sandbox_environment_for(sandbox, monkeypatch)
-    for vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):  # production pacing: unpaced loads in lockstep
-        monkeypatch.delenv(f"{vendor}_MAX_REQUESTS_PER_SECOND")  # conflict on every commit, and back off for minutes
+    for vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):  # vendors at their production pace, as in a deployment:
+        monkeypatch.delenv(f"{vendor}_MAX_REQUESTS_PER_SECOND")  # the loads' commits interleave as they would there
     days = ["2026-10-08", "2026-10-09", "2026-10-10", "2026-10-11"]
     reference_file = str(tmp_path / "reference.duckdb")
     monkeypatch.setenv("M3_RECON_DUCKDB_PATH", reference_file)
