@@ -9,11 +9,11 @@ and their pool slots freed before it starts (``run_guard``); ``out`` receives it
 from __future__ import annotations
 
 import sys
+import uuid
 from datetime import date
 from typing import TextIO
 
 import dagster as dg
-from dagster._core.utils import make_new_run_id
 
 from m3_recon.progress import RunWatch
 from m3_recon.run_guard import process_tags, reap_dead_runs
@@ -38,7 +38,7 @@ def _execute(job: str, tags: dict[str, str], log_level: str, out: TextIO | None)
     instance = dg.DagsterInstance.get()
     for line in reap_dead_runs(instance):
         print(f"before {job}: {line}", file=out or sys.stderr, flush=True)
-    run_id = make_new_run_id()
+    run_id = str(uuid.uuid4())  # known before the run starts, so its progress can be followed
     if out is not None:
         print(f"{job} (run {run_id[:8]})", file=out, flush=True)
     with RunWatch(instance, run_id, out):
