@@ -73,8 +73,8 @@ def writes_the_warehouse() -> dg.MaterializeResult:
 def test_a_run_waiting_for_a_dead_runs_slot_says_who_holds_it_and_goes_ahead(instance, monkeypatch):
     monkeypatch.setattr(progress, "WAIT_REPORT_SECONDS", 0.5)
     dead = run_holding_the_slot(instance, {**run_guard.process_tags(), run_guard.PID_TAG: str(dead_pid())})
-    job = dg.Definitions(assets=[writes_the_warehouse], jobs=[dg.define_asset_job("close", dg.AssetSelection.all())]).resolve_job_def(
-        "close")
+    job = dg.Definitions(assets=[writes_the_warehouse],
+                         jobs=[dg.define_asset_job("close", dg.AssetSelection.all())]).resolve_job_def("close")
     run_id, out = make_new_run_id(), io.StringIO()
     with progress.RunWatch(instance, run_id, out):
         result = job.execute_in_process(instance=instance, run_id=run_id, tags=run_guard.process_tags())
