@@ -85,18 +85,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
+    from m3_recon.preflight import check_close
+    from m3_recon.progress import summary
+
+    first, last = check_close(args.start, args.end)
     ensure_dagster_home()
     from m3_recon.runs import run_after_close, run_payout_close
 
     from m3_recon.posting.summary import print_posting_summary
 
-    result = run_payout_close(args.start, args.end)
-    print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+    result = run_payout_close(first, last, out=sys.stdout)
+    print(f"payout_close {first}..{last}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     if not result.success or args.no_post:
+        print(summary([result]))
         return max(0 if result.success else 1, print_posting_summary())
-    after = run_after_close()
+    after = run_after_close(out=sys.stdout)
     for name, run in zip(("m3_posting", "recon_alerts"), after):
         print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
+    print(summary([result, *after]))
     return max(0 if all(run.success for run in after) else 1, print_posting_summary())
 
 
@@ -160,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     _sandbox_args(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
     backfill = sub.add_parser("backfill", help="run the payout close for a period (vendors from the environment)")
-    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
-    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day (inclusive)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day (inclusive)")
     backfill.add_argument("--no-post", action="store_true", help="close only; leave posting to the sensor")
     backfill.set_defaults(func=cmd_backfill)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
@@ -174,7 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     doctor = sub.add_parser("doctor", help="check every configured vendor, the warehouse and the Dagster instance")
     doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from m3_recon.preflight import PreflightError
+
+    try:
+        return args.func(args)
+    except PreflightError as exc:  # bad input: one line each, no traceback, nothing called
+        for problem in exc.problems:
+            print(f"m3-recon {args.command}: {problem}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"m3-recon {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

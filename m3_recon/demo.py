@@ -13,11 +13,14 @@ still in transit) or the posting summary it ends with names something a person m
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import duckdb
 
 from m3_recon.posting.summary import print_posting_summary
+from m3_recon.preflight import PreflightError, input_problems, period_problems
+from m3_recon.progress import summary
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
@@ -28,6 +31,9 @@ PROCESSORS = ("stripe", "paytrace", "heartland")
 
 def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) -> int:
     began = time.monotonic()
+    problems = input_problems()
+    if problems:
+        raise PreflightError(problems)
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -41,17 +47,21 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
         from m3_recon.runs import run_after_close, run_payout_close
 
         period = sandbox.period
+        problems = period_problems(period.start, period.end)
+        if problems:
+            raise PreflightError(problems)
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
               + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
-        result = run_payout_close(period.start, period.end)
+        result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
             return 1
-        posting, alerts = run_after_close()
+        posting, alerts = run_after_close(out=sys.stdout)
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
               f"{'succeeded' if alerts.success else 'FAILED'}")
+        print(summary([result, posting, alerts]))
         events = posting.get_asset_materialization_events()
         this_run = events[0].materialization.metadata if events else {}
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:

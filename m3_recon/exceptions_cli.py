@@ -65,6 +65,11 @@ def cmd_resolve(args) -> int:
     with _register() as conn:
         found = conn.execute("SELECT reason_code, status, unapplied_minor, candidates FROM out_recon_exceptions "
                              "WHERE exception_id = ?", [args.exception_id]).fetchone()
+        # A suggested list of invoices (one reference naming several) is accepted as a whole: each number once.
+        listed = conn.execute("SELECT count(*) > 0 AND count(*) = count(DISTINCT a.invoice_number) "
+                              "FROM core_payment_allocations a JOIN out_recon_exceptions e USING (processor, source_id) "
+                              "WHERE e.exception_id = ? AND a.rule = 'reference_list' AND a.status = 'suggested'",
+                              [args.exception_id]).fetchone()[0]
         invoice = None
         if args.invoice:
             invoice = conn.execute("SELECT count(*) FROM core_open_invoices WHERE invoice_number = ? "
@@ -76,7 +81,10 @@ def cmd_resolve(args) -> int:
         names = json.loads(candidates) if candidates and candidates.startswith("[") else []
         if args.invoice and not invoice:
             raise DecisionError(f"M3 shows no open invoice {args.invoice}; check the number (and --year)")
-        if args.action == "accept" and not (len(names) == 1 or (args.invoice and args.invoice in names)):
+        if args.invoice and invoice > 1:
+            raise DecisionError(f"invoice {args.invoice} is open in {invoice} invoice years; name one with --year")
+        if args.action == "accept" and not (len(names) == 1 or (args.invoice and args.invoice in names)
+                                            or (listed and not args.invoice)):
             raise DecisionError("accept takes the suggested invoice: this exception has "
                                 f"{len(names)} candidate(s) {names}; name one with --invoice, or use assign")
         if args.action == "write_off":

@@ -48,7 +48,7 @@ class Sandbox:
             raise QuirkError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
         self.quirks = frozenset(quirks)
         self.period = Period(start, days)
-        self.world = build_world(seed, self.period)
+        self.world = build_world(seed, self.period, quirks=self.quirks)
         self.stripe = build_stripe_ledger(self.world, self.quirks)
         self.paytrace = build_paytrace_ledger(self.world)
         self.heartland = build_heartland_ledger(self.world)
