@@ -55,9 +55,13 @@ def _post(url: str, payload: str, header: str | None) -> requests.Response:
 def test_signed_events_are_stored_once_and_forged_or_replayed_ones_rejected(small_sandbox, receiver):
     url, store = receiver
     app = small_sandbox.apps["stripe"]
-    delivered = deliver_webhooks(app, url, SECRET)
+    # The running sandbox delivers every event so far, signed, through its control path.
+    answer = requests.post(small_sandbox.url("stripe") + "/_sandbox/webhooks", json={"url": url, "secret": SECRET},
+                           timeout=60).json()
     events = app.events_until(small_sandbox.clock.now())
-    assert len(delivered) == len(events) > 0 and {status for _, status in delivered} == {200}
+    assert answer == {"delivered": len(events), "accepted": len(events)} and events
+    assert requests.post(small_sandbox.url("stripe") + "/_sandbox/webhooks", timeout=5,
+                         json={"url": "http://example.com/hook", "secret": SECRET}).status_code == 400
     assert [e.id for e in store.after(0)] == [e.id for e in events]
 
     again = deliver_webhooks(app, url, SECRET)  # Stripe redelivers: acknowledged, stored nowhere twice

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import itertools
 import re
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
 from m3_recon.sandbox.customer_master import StripeCustomer
-from m3_recon.sandbox.stripe_events import Event, ledger_events, render_event
+from m3_recon.sandbox.stripe_events import Event, deliver_webhooks, ledger_events, render_event
 from m3_recon.sandbox.stripe_ledger import RECONCILIATION_DELAY, BalanceTxn, Charge, Dispute, Payout, Refund, StripeLedger
 
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
@@ -116,6 +116,19 @@ class StripeApp(VendorApp):
         response = error.response(self._request_id())
         response.headers.update(headers)
         return response
+
+    def control(self, request: Request) -> Response | None:
+        """``POST /_sandbox/webhooks`` JSON ``{"url": …, "secret": "whsec_…", "created_gt": 0}``: deliver every
+        event so far (after ``created_gt``) to a loopback URL, signed like Stripe."""
+        if request.path != "/_sandbox/webhooks" or request.method != "POST":
+            return None
+        payload = request.json()
+        url, secret = str(payload.get("url", "")), str(payload.get("secret", ""))
+        if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1") or not secret:
+            return Response.json(400, {"error": "give a loopback url (http://127.0.0.1:…) and the endpoint secret"})
+        delivered = deliver_webhooks(self, url, secret, created_gt=int(payload.get("created_gt", -1)))
+        return Response.json(200, {"delivered": len(delivered),
+                                   "accepted": sum(1 for _, status in delivered if status == 200)})
 
     def _request_id(self) -> str:
         return f"req_sandbox{next(self._request_ids):08d}"
