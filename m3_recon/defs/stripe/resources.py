@@ -91,8 +91,8 @@ class StripeResource(dg.ConfigurableResource):
                 status=exc.http_status, request_id=exc.request_id) from None
         except stripe.PermissionError as exc:
             raise VendorAuthError(
-                "Stripe", "the key lacks a permission needed to read balance transactions and payouts; "
-                "grant read access to them (and balance_transaction_source_read) to the key in "
+                "Stripe", f"the key lacks a permission needed for {endpoint}; grant read access to balance "
+                "transactions (and balance_transaction_source_read), payouts, customers and events to the key in "
                 "STRIPE_API_KEY.", status=exc.http_status, request_id=exc.request_id) from None
         except stripe.APIConnectionError as exc:
             raise VendorUnavailableError(
