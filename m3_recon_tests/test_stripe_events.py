@@ -121,3 +121,20 @@ def test_an_event_delivered_twice_triggers_one_close(small_sandbox, tmp_path, mo
         assert len(days) == len(set(days)) and set(days) == touched & set(days) and _utc_day(event.created) in days
         assert len({r.run_key for r in full.run_requests}) == len(days)
         assert not tick(full.cursor).run_requests
+
+
+def test_a_day_that_has_not_ended_waits_in_the_cursor_and_closes_once_it_has():
+    from m3_recon.defs.stripe.sensors import plan_closes
+    from m3_recon.stripe_events import StoredEvent
+
+    late = int(datetime(2026, 10, 3, 23, 0, tzinfo=timezone.utc).timestamp())
+    charge = {"id": "evt_1", "created": late, "data": {"object": {"created": late}}}
+    refund = StoredEvent(7, "evt_2", "charge.refunded", late + 7200, late)  # the refund happened on the 4th
+    other = StoredEvent(8, "evt_3", "customer.updated", late + 7300, late)  # moves no money
+    requests, cursor = plan_closes({}, [charge], [refund, other], last_day="2026-10-03")
+    assert [r.partition_key for r in requests] == ["2026-10-03"] and cursor["waiting"] == {"2026-10-04": ["evt_2"]}
+    assert cursor["seq"] == 8 and cursor["created"] == late + 7200
+    again, cursor = plan_closes(cursor, [charge], [], last_day="2026-10-03")  # the 4th has not ended yet
+    assert again == [] and cursor["waiting"] == {"2026-10-04": ["evt_2"]}
+    later, cursor = plan_closes(cursor, [charge], [], last_day="2026-10-04")
+    assert [r.partition_key for r in later] == ["2026-10-04"] and cursor["waiting"] == {}
