@@ -143,3 +143,28 @@ def test_equal_payouts_days_apart_each_keep_their_own_line():
                          business_days=2)
         assert sorted(conn.execute("SELECT payout_id, line_ref FROM bank_matches").fetchall()) == [
             ("po_a", "r7"), ("po_b", "r9")]
+
+
+def test_a_bad_file_in_the_folder_never_holds_up_the_close(tmp_path, monkeypatch):
+    """The folder scan imports what it can read and fails a (warning) check naming the bad file, which stays;
+    once the file is whole, the next scan imports it."""
+    from dagster_duckdb import DuckDBResource
+
+    from m3_recon.defs.bank.assets import raw_bank_statement_lines
+
+    folder = tmp_path / "bank"
+    folder.mkdir()
+    monkeypatch.setenv("M3_RECON_BANK_DIR", str(folder))
+    (folder / "good.bai2").write_text(bai2_file(date(2026, 10, 2), [STRIPE_LINE]))
+    whole = camt053(date(2026, 10, 5), [WIRE_LINE], "08")
+    (folder / "copying.xml").write_text(whole[: len(whole) // 2])
+    resources = {"duckdb": DuckDBResource(database=str(tmp_path / "w.duckdb"))}
+    result = dg.materialize([raw_bank_statement_lines], resources=resources)
+    (check,) = result.get_asset_check_evaluations()
+    assert result.success and not check.passed and "copying.xml: not well-formed XML" in str(check.metadata)
+    assert (folder / "copying.xml").exists()
+    (folder / "copying.xml").write_text(whole)
+    result = dg.materialize([raw_bank_statement_lines], resources=resources)
+    assert result.get_asset_check_evaluations()[0].passed
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_bank_statement_lines").fetchone() == (2,)

@@ -4,8 +4,11 @@
 lines once: a file whose content hash was imported before is skipped whole, and a line is unique by
 bank account + statement id + line reference (a statement re-sent under another file name adds
 nothing). All files of one call are read before anything is written, and are written in one
-transaction, so an unreadable file stops the import loudly with nothing half-stored. The asset
-imports the files named in its config, else every file in the bank folder (``M3_RECON_BANK_DIR``).
+transaction. Files named explicitly (``m3-recon bank import``, a sensor run) must all be readable, or
+nothing is imported and the error names each bad file. A scan of the bank folder (``M3_RECON_BANK_DIR``,
+as every close does) imports the readable files and leaves an unreadable one where it is (a file still
+being copied is read complete next time), failing the asset check ``statement_files_readable`` with
+its name and defect, so one bad file never holds up the close.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
@@ -38,6 +41,7 @@ class ImportResult:
     lines: int
     new_lines: int
     duplicate_file: bool
+    error: str | None = None  # why the file could not be read (then nothing of it was imported)
 
 
 def statement_files(folder: str | Path) -> list[Path]:
@@ -53,7 +57,9 @@ def statement_files(folder: str | Path) -> list[Path]:
     return found
 
 
-def import_statements(conn, paths: list[str | Path]) -> list[ImportResult]:
+def import_statements(conn, paths: list[str | Path], skip_unreadable: bool = False) -> list[ImportResult]:
+    """Import ``paths``; returns one result per file. An unreadable file raises ``StatementError`` (nothing
+    imported) unless ``skip_unreadable``, when its result carries the defect in ``error``."""
     conn.execute(FILES_DDL)
     columns = ", ".join(f"{c} {t}" for c, t in BANK_LINE_COLUMNS.items())
     conn.execute(f"CREATE TABLE IF NOT EXISTS raw_bank_statement_lines ({columns}, "
@@ -71,7 +77,9 @@ def import_statements(conn, paths: list[str | Path]) -> list[ImportResult]:
             parsed.append((path, digest, read_statement(data, path.name)))
         except StatementError as exc:
             errors.append(str(exc))
-    if errors:
+            known.discard(digest)
+            results.append(ImportResult(str(path), digest, 0, 0, False, str(exc)))
+    if errors and not skip_unreadable:
         raise StatementError("nothing imported; fix or remove these files:\n  " + "\n  ".join(errors))
     now = naive_utc(datetime.now(timezone.utc))
     conn.execute("BEGIN TRANSACTION")
@@ -112,6 +120,8 @@ class BankImportConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"duckdb"}, pool="duckdb_writer",
+    check_specs=[dg.AssetCheckSpec("statement_files_readable", asset="raw_bank_statement_lines",
+                                   description="Every statement file in the bank folder could be read.")],
     description="Bank statement lines from BAI2 and ISO 20022 camt.053 files (the bank folder, "
                 "M3_RECON_BANK_DIR, or the files in run config): account, statement, the bank's line reference, "
                 "booking date, signed amount in minor units, text. Each file once by content hash; each line once "
@@ -121,12 +131,20 @@ def raw_bank_statement_lines(context: dg.AssetExecutionContext, config: BankImpo
                              duckdb: DuckDBResource) -> dg.MaterializeResult:
     paths = config.files or statement_files(settings.bank_dir())
     with duckdb.get_connection() as conn:
-        results = import_statements(conn, paths)
+        results = import_statements(conn, paths, skip_unreadable=not config.files)
         total, accounts, last = conn.execute("SELECT count(*), count(DISTINCT bank_account), max(booking_date) "
                                              "FROM raw_bank_statement_lines").fetchone()
-    fresh = [r for r in results if not r.duplicate_file]
-    context.log.info(f"{len(fresh)} new statement file(s), {len(results) - len(fresh)} already imported")
-    return dg.MaterializeResult(metadata={
-        "files_imported": len(fresh), "files_already_imported": len(results) - len(fresh),
+    unreadable = [r for r in results if r.error]
+    fresh = [r for r in results if not r.duplicate_file and not r.error]
+    context.log.info(f"{len(fresh)} new statement file(s), {len(results) - len(fresh) - len(unreadable)} already "
+                     f"imported, {len(unreadable)} unreadable")
+    for result in unreadable:
+        context.log.warning(f"not imported: {result.error}")
+    readable = dg.AssetCheckResult(
+        check_name="statement_files_readable", passed=not unreadable, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"unreadable": len(unreadable), "files": dg.MetadataValue.json([r.error for r in unreadable])})
+    return dg.MaterializeResult(check_results=[readable], metadata={
+        "files_imported": len(fresh), "files_already_imported": len(results) - len(fresh) - len(unreadable),
+        "files_unreadable": len(unreadable),
         "lines_read": sum(r.lines for r in fresh), "lines_added": sum(r.new_lines for r in fresh),
         "lines_total": total, "bank_accounts": accounts, "statements_through": str(last)})
