@@ -1,4 +1,5 @@
-"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill``, ``ui``, ``exceptions`` and ``doctor``."""
+"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill``, ``ui``, ``exceptions``, ``doctor``, ``bank``,
+``webhooks`` and ``customers``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from m3_recon.exceptions_cli import add_commands as add_exception_commands
+from m3_recon.loop_cli import add_commands as add_loop_commands
 from m3_recon.settings import PROJECT_ROOT, SettingsError
 
 SANDBOX_PORTS = {"stripe": 12111, "paytrace": 12112, "heartland": 12113, "m3": 12114}
@@ -83,18 +85,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
+    from m3_recon.preflight import check_close
+    from m3_recon.progress import summary
+
+    first, last = check_close(args.start, args.end)
     ensure_dagster_home()
     from m3_recon.runs import run_after_close, run_payout_close
 
     from m3_recon.posting.summary import print_posting_summary
 
-    result = run_payout_close(args.start, args.end)
-    print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+    result = run_payout_close(first, last, out=sys.stdout)
+    print(f"payout_close {first}..{last}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     if not result.success or args.no_post:
+        print(summary([result]))
         return max(0 if result.success else 1, print_posting_summary())
-    after = run_after_close()
+    after = run_after_close(out=sys.stdout)
     for name, run in zip(("m3_posting", "recon_alerts"), after):
         print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
+    print(summary([result, *after]))
     return max(0 if all(run.success for run in after) else 1, print_posting_summary())
 
 
@@ -102,6 +110,7 @@ def _start_sandbox(args):
     from m3_recon.sandbox import Sandbox
 
     sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks).start(SANDBOX_PORTS)
+    sandbox.write_bank_statements()  # the sandbox bank's statements, in the folder env() names
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
     return sandbox
@@ -157,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     _sandbox_args(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
     backfill = sub.add_parser("backfill", help="run the payout close for a period (vendors from the environment)")
-    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
-    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day (inclusive)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day (inclusive)")
     backfill.add_argument("--no-post", action="store_true", help="close only; leave posting to the sensor")
     backfill.set_defaults(func=cmd_backfill)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
@@ -167,10 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--no-sandbox", action="store_true", help="use the vendor URLs from the environment")
     ui.set_defaults(func=cmd_ui)
     add_exception_commands(sub)
+    add_loop_commands(sub)
     doctor = sub.add_parser("doctor", help="check every configured vendor, the warehouse and the Dagster instance")
     doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from m3_recon.preflight import PreflightError
+
+    try:
+        return args.func(args)
+    except PreflightError as exc:  # bad input: one line each, no traceback, nothing called
+        for problem in exc.problems:
+            print(f"m3-recon {args.command}: {problem}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"m3-recon {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

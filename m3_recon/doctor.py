@@ -284,14 +284,16 @@ def _check_duckdb_file(path: str) -> Check:
             return Check("warehouse", "ok", f"DuckDB file {path} does not exist yet; the first run creates it")
         return Check("warehouse", "fail", f"cannot create the DuckDB file {path} ({existing} is not writable)",
                      "set M3_RECON_DUCKDB_PATH to a writable location")
+    from m3_recon.storage import WarehouseLockedError, connect_file
+
     try:
-        with duckdb.connect(path) as conn:
+        with connect_file(path, wait_seconds=0) as conn:
             tables = conn.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0]
+    except WarehouseLockedError as exc:
+        return Check("warehouse", "fail", str(exc),
+                     "close the program holding it (an analyst's DuckDB or BI session blocks every write), "
+                     "or switch to M3_RECON_WAREHOUSE=ducklake")
     except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            return Check("warehouse", "fail", f"DuckDB file {path} is held open by another process ({exc})",
-                         "close the program holding it (an analyst's DuckDB or BI session blocks every write), "
-                         "or switch to M3_RECON_WAREHOUSE=ducklake")
         return Check("warehouse", "fail", f"DuckDB file {path}: {exc}", "set M3_RECON_DUCKDB_PATH to a writable file")
     except duckdb.Error as exc:
         return Check("warehouse", "fail", f"DuckDB file {path}: {exc}",
@@ -337,6 +339,7 @@ def check_instance() -> list[Check]:
         checks = [Check("dagster instance", "ok", f"{kind} storage for {home} reachable "
                         f"({instance.get_runs_count()} runs recorded)")]
         checks.append(_check_writer_pool(instance))
+        checks.extend(_check_held_slots(instance))
         checks.append(_check_daemon(instance))
     return checks
 
@@ -379,6 +382,21 @@ def _check_writer_pool(instance: dg.DagsterInstance) -> Check:
                      "in its own process, so steps of one run contend for the DuckDB file",
                      "give the code location executor=dg.in_process_executor (m3_recon/definitions.py)")
     return Check("writer pool", "ok", f"pool {WRITER_POOL}: {limit} writer {'run' if per_run else 'step'}(s) at a time")
+
+
+def _check_held_slots(instance: dg.DagsterInstance) -> list[Check]:
+    """Who holds a pool slot now; a slot held by a dead or ended run blocks every later writer."""
+    from m3_recon.run_guard import slot_holders
+
+    checks = []
+    for holder in slot_holders(instance):
+        if holder.stale:
+            checks.append(Check("pool slot", "fail", f"{holder.pool} held by {holder.describe()}",
+                                "the next `m3-recon backfill` frees it before starting, or free it in the UI "
+                                "(Deployment > Concurrency)"))
+        else:
+            checks.append(Check("pool slot", "ok", f"{holder.pool} held by {holder.describe()}"))
+    return checks
 
 
 def _close_executor() -> str:

@@ -3,8 +3,10 @@
 * ``payout_close`` — everything from staging to journals for a day (or, as a backfill, a period);
 * ``nightly_payout_close`` — at 02:00 in ``M3_RECON_TIMEZONE``, the last UTC day that has ended;
 * ``m3_posting_sensor`` — after each new set of journals, a run of ``m3_posting`` (out_m3_postings);
-* ``recon_alert_sensor`` — after each new exception register, a run of ``recon_alerts`` (out_alerts).
-Sensors only look at Dagster's event log (never at the warehouse), so they cannot contend with a run.
+* ``recon_alert_sensor`` — after each new exception register, a run of ``recon_alerts`` (out_alerts);
+* ``dead_run_reaper`` — runs the ``m3-recon`` command started on this host whose process died are marked
+  failed and their pool slots freed, so runs the daemon launches never wait behind them.
+Sensors only look at Dagster's instance (never at the warehouse), so they cannot contend with a run.
 """
 
 from datetime import timedelta, timezone
@@ -12,6 +14,7 @@ from datetime import timedelta, timezone
 import dagster as dg
 
 from m3_recon import settings
+from m3_recon.run_guard import reap_dead_runs
 
 POSTING = dg.AssetSelection.assets("out_m3_postings")
 ALERTS = dg.AssetSelection.assets("out_alerts")
@@ -51,5 +54,15 @@ def m3_posting_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Event
     yield dg.RunRequest(run_key=f"post:{asset_event.run_id}:{asset_event.timestamp}")
 
 
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Runs whose recorded process is gone (killed, out of memory, rebooted) are marked failed and their
+    ``duckdb_writer`` slots freed; runs the daemon launched are watched by Dagster's run monitoring."""
+    reaped = reap_dead_runs(context.instance)
+    for line in reaped:
+        context.log.warning(line)
+    return dg.SkipReason("; ".join(reaped) or "no run left behind by a dead process")
+
+
 defs = dg.Definitions(jobs=[payout_close, recon_alerts, m3_posting], schedules=[nightly_payout_close],
-                      sensors=[recon_alert_sensor, m3_posting_sensor])
+                      sensors=[recon_alert_sensor, m3_posting_sensor, dead_run_reaper])
