@@ -57,6 +57,7 @@ CHANGED = "changed"  # changed after it was sent: a conflict for a person
 INTERRUPTED = "interrupted"  # M3 could not be reached; the next run resumes it
 UNVERIFIED = "unverified"  # M3 accepted it but does not show it yet: never resent, verified again next run
 ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED, UNVERIFIED)
+_SEND, _READ_BACK = "send", "read back"  # the two M3 exchanges of a wave
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,11 @@ class _Run:
                     touches = set().union(*(self.route.touches(v) for v, _ in pending[-1]))
                     if any(touches & touched for _, _, touched in in_flight.values()):
                         break
+                    wave = pending.pop()
                     try:
-                        wave = self._start_wave(pending.pop())
-                    except _Stopped as exc:
-                        stopped.append((exc.vouchers, exc.error))
+                        wave = self._start_wave(wave)
+                    except VendorError as exc:  # M3 could not be reached while checking the wave (before_send)
+                        stopped.append(([v for v, _ in wave], exc))
                         break
                     if wave:
                         in_flight[pool.submit(self._send, wave)] = (_SEND, wave, touches)
@@ -212,15 +214,12 @@ class _Run:
                     else:
                         self._conclude(outcome)
         if stopped:
-            raise self._interrupted(stopped)
+            raise self._interrupted(stopped) from stopped[0][1]
 
     def _start_wave(self, wave: list[tuple[Voucher, list[MICall]]]) -> list[tuple[Voucher, list[MICall]]]:
         """Checks before sending, then the write-ahead: the wave's vouchers are ``sent`` (one transaction)."""
         vouchers = [v for v, _ in wave]
-        try:
-            refused = self.route.before_send(vouchers)
-        except VendorError as exc:
-            raise _Stopped(vouchers, exc) from exc
+        refused = self.route.before_send(vouchers)
         self._conclude([(v, Verdict(FAILED, error=refused[v.key]), []) for v in vouchers if v.key in refused])
         wave = [(v, calls) for v, calls in wave if v.key not in refused]
         vouchers = [v for v, _ in wave]
@@ -300,14 +299,3 @@ class _Run:
             f"M3 posting stopped at {count} {self.route.route} voucher(s): {exc}. "
             f"{self.summary.verified} voucher(s) were verified before; the next run resumes the rest "
             "without posting any twice"))
-
-
-_SEND, _READ_BACK = "send", "read back"
-
-
-class _Stopped(Exception):
-    """M3 could not be reached while checking a wave before it was sent."""
-
-    def __init__(self, vouchers: list[Voucher], error: VendorError):
-        super().__init__(str(error))
-        self.vouchers, self.error = vouchers, error
