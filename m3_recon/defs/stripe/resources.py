@@ -4,7 +4,9 @@ Reads (and, only when asked, writes an M3 customer number into a customer's meta
 request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live, 25 in test mode) and
 ``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff, honours
 ``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
-Returns plain JSON objects exactly as Stripe sent them.
+Returns plain JSON objects exactly as Stripe sent them: list pages come through the SDK's
+``raw_request`` (its auth, API version and error mapping, no ``StripeObject`` per row), and a day of
+balance transactions is read as disjoint ``created`` slices paged concurrently (``list_created``).
 """
 
 from __future__ import annotations
