@@ -98,3 +98,12 @@ def test_unreachable_api_names_the_base_url_variable():
     resource = StripeResource(api_key="sk_test_x", api_base="http://127.0.0.1:9", max_attempts=1, timeout_seconds=1)
     with pytest.raises(VendorUnavailableError, match="STRIPE_API_BASE"):
         resource.payouts(0, 1)
+
+
+@pytest.mark.parametrize("start, end, count", [(0, 86_400, 8), (100, 103, 8), (5, 6, 4), (7, 7, 8), (0, 10, 3)])
+def test_time_slices_cover_the_window_once_newest_first(start, end, count):
+    slices = _slices(start, end, count)
+    assert len(slices) == max(1, min(count, end - start))
+    assert slices[0][1] == end and slices[-1][0] == start
+    assert all(later[0] == earlier[1] for later, earlier in zip(slices, slices[1:]))  # adjacent, no gap or overlap
+    assert all(gte < lt for gte, lt in slices) or end == start
