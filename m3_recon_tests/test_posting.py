@@ -272,6 +272,28 @@ def test_a_poster_killed_anywhere_finishes_on_rerun_with_the_fault_free_m3_state
     assert summary.count("resumed") >= 1 and summary.failed == 0
 
 
+def _unnumbered(state: tuple[list, list]) -> tuple[list, list]:
+    """M3 state without the numbers M3 hands out in arrival order (voucher, journal, journal sequence)."""
+    gl, cash = state
+    return (sorted(r[:1] + r[6:] for r in gl), sorted(r[:3] + r[6:] for r in cash))
+
+
+@pytest.mark.parametrize("lost", [None, ("GLS840MI", "UpdBatch", 1), ("GLS200MI", "SearchGenLedger", 1)])
+def test_parallel_sends_post_every_voucher_exactly_once(sandboxes, warehouse, reference, lost):
+    m3 = sandboxes()
+    parallel = replace(CONFIG, concurrency=3)
+    if lost:
+        m3.app.lose_response(*lost[:2], skip=lost[2])
+        with pytest.raises(PostingInterrupted):
+            post(warehouse, m3.client(max_attempts=1), parallel)
+    post(warehouse, m3.client(), parallel)
+    again = post(warehouse, m3.client(), parallel)
+    assert _unnumbered(m3.state()) == _unnumbered(reference[0])
+    assert len({r[3] for r in m3.state()[0]}) == len({r[3] for r in reference[0][0]})  # one voucher per batch
+    assert [r[:3] for r in outbox_state(warehouse)] == [r[:3] for r in reference[1]]
+    assert (again.posted, again.verified, again.failed) == (0, 0, 0)
+
+
 def test_a_timeout_after_m3_did_the_work_is_resumed_not_repeated(sandboxes, warehouse, reference):
     m3 = sandboxes()
     m3.app.lose_response("GLS840MI", "CtrlBatch", skip=1, stall_seconds=1.0)  # the caller gives up first

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from m3_recon.defs.stripe.resources import _slices
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
 from m3_recon.sandbox.server import Fault
 from m3_recon.sandbox.world import day_start_epoch
@@ -16,10 +17,14 @@ def test_every_transaction_arrives_exactly_once_across_pages(sandbox):
     period = sandbox.period
     before = sandbox.faults("stripe").served
     rows = resource.balance_transactions(period.start_epoch, period.end_epoch)
+    slices = _slices(period.start_epoch, period.end_epoch, resource.window_slices)
+    assert len(slices) > 1
     ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids))
     assert set(ids) == set(sandbox.stripe.balance_transactions)
-    assert sandbox.faults("stripe").served - before == -(-len(ids) // 7)  # one request per page
+    # one request per page of each time slice (a slice with nothing in it still costs its one request)
+    per_slice = Counter(next(i for i, (gte, lt) in enumerate(slices) if gte <= row["created"] < lt) for row in rows)
+    assert sandbox.faults("stripe").served - before == sum(max(1, -(-per_slice[i] // 7)) for i in range(len(slices)))
 
 
 def test_every_transaction_lands_in_exactly_one_utc_day(sandbox):
@@ -93,3 +98,12 @@ def test_unreachable_api_names_the_base_url_variable():
     resource = StripeResource(api_key="sk_test_x", api_base="http://127.0.0.1:9", max_attempts=1, timeout_seconds=1)
     with pytest.raises(VendorUnavailableError, match="STRIPE_API_BASE"):
         resource.payouts(0, 1)
+
+
+@pytest.mark.parametrize("start, end, count", [(0, 86_400, 8), (100, 103, 8), (5, 6, 4), (7, 7, 8), (0, 10, 3)])
+def test_time_slices_cover_the_window_once_newest_first(start, end, count):
+    slices = _slices(start, end, count)
+    assert len(slices) == max(1, min(count, end - start))
+    assert slices[0][1] == end and slices[-1][0] == start
+    assert all(later[0] == earlier[1] for later, earlier in zip(slices, slices[1:]))  # adjacent, no gap or overlap
+    assert all(gte < lt for gte, lt in slices) or end == start

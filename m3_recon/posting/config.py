@@ -6,7 +6,11 @@ Read from the environment by ``posting_config_from_env`` (all optional):
   ``data/gls840_layout.toml``, the GLUPLOAD layout);
 * ``M3_GL_INTERFACE`` — ``INTN`` on ``GLS840MI/AddBatchHead`` (default: the layout file's ``interface``);
 * ``M3_GL_LINE_FORM`` — ``parm`` (``AddBatchLine`` with a PARM string, default) or ``fields``
-  (``AddBatchLineFld``, for interfaces of GLS850 usage type 2).
+  (``AddBatchLineFld``, for interfaces of GLS850 usage type 2);
+* ``M3_POSTING_CONCURRENCY`` — M3 exchanges (a wave's bulk send or its read-back) in flight at once,
+  at most one less of them sends (default 2: each wave read back while the next is sent, sends in
+  journal order; 1: strictly one after another; more: independent waves sent in parallel, numbered by
+  M3 as they arrive). The request budget ``M3_MAX_REQUESTS_PER_SECOND`` still applies.
 
 Cash application is configured beside the GL accounts: ``[payment_methods.<processor>]`` in
 ``data/gl_accounts.toml`` names, per processor, the M3 payment method ``BOPE`` of its ``ARS040MI``
@@ -33,6 +37,7 @@ LINE_FORM_PARM = "parm"
 LINE_FORM_FIELDS = "fields"
 BOPE_LENGTH = 3
 AIT_LENGTH = 10
+DEFAULT_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,14 @@ class PostingConfig:
     interface: str  # GLS840 INTN
     line_form: str = LINE_FORM_PARM
     payment_methods: Mapping[str, PaymentMethod] = field(default_factory=dict)  # processor -> ARS040 BOPE/AIT1
+    concurrency: int = DEFAULT_CONCURRENCY  # waves in flight at once
 
     def __post_init__(self):
         if self.line_form not in (LINE_FORM_PARM, LINE_FORM_FIELDS):
             raise SettingsError(f"M3_GL_LINE_FORM must be {LINE_FORM_PARM!r} or {LINE_FORM_FIELDS!r}, "
                                 f"got {self.line_form!r}")
+        if self.concurrency < 1:
+            raise SettingsError(f"M3_POSTING_CONCURRENCY must be at least 1, got {self.concurrency}")
         if not 1 <= len(self.interface) <= 15 or " " in self.interface:
             raise SettingsError(f"M3_GL_INTERFACE must be an M3 interface name of 1-15 characters, "
                                 f"got {self.interface!r}")
@@ -93,4 +101,14 @@ def posting_config_from_env(environ: Mapping[str, str] = os.environ) -> PostingC
     return PostingConfig.for_layout(
         layout, interface=environ.get("M3_GL_INTERFACE", "").strip(),
         line_form=environ.get("M3_GL_LINE_FORM", LINE_FORM_PARM).strip().lower(),
-        payment_methods=load_payment_methods())
+        payment_methods=load_payment_methods(), concurrency=_concurrency(environ))
+
+
+def _concurrency(environ: Mapping[str, str]) -> int:
+    raw = environ.get("M3_POSTING_CONCURRENCY", "").strip()
+    if not raw:
+        return DEFAULT_CONCURRENCY
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"M3_POSTING_CONCURRENCY must be a whole number, got {raw!r}") from None

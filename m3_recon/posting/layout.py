@@ -102,7 +102,8 @@ class ParmLayout:
 
     def build(self, values: Mapping[str, object]) -> str:
         """One PARM string; a value for a field the layout lacks, or one too wide for its field, is an error."""
-        unknown = [name for name, value in values.items() if value not in (None, "") and name not in self.names]
+        names = set(self.names)  # once per line, not once per value
+        unknown = [name for name, value in values.items() if value not in (None, "") and name not in names]
         if unknown:
             raise LayoutError(f"interface {self.interface} has no position for {', '.join(unknown)} "
                               f"({LAYOUT_VARIABLE}: {self.source})")

@@ -10,7 +10,10 @@
    resent and stays ``posted_unverified`` until M3 shows it.
 2. Vouchers go out in waves of at most one bulk call's worth of transactions (``M3_BULK_SIZE``).
    Before a wave's bulk call the wave is marked ``sent`` in DuckDB (write-ahead, one transaction);
-   the call itself carries every batch's head, lines, control and update.
+   the call itself carries every batch's head, lines, control and update. ``M3_POSTING_CONCURRENCY``
+   M3 exchanges may be in flight at once (default 2: a wave is read back while the next is sent, sends
+   one at a time in journal order, so M3 numbers vouchers in that order; 1 is strictly sequential),
+   never two waves that touch the same thing in M3; all DuckDB writes stay on the caller's thread.
 3. The wave is verified by reading M3 (GLS200MI for GL, ARS200MI for cash) and only then becomes
    ``verified`` (with the M3 voucher number). A voucher M3 does not show becomes ``posted_unverified``
    when M3 accepted its update / control, and ``failed`` (with M3's reason) when M3 refused it.
@@ -26,6 +29,7 @@ holds and finishes them, never posting one twice. When M3 stays unreachable the 
 
 from __future__ import annotations
 
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, TypeVar
@@ -53,6 +57,7 @@ CHANGED = "changed"  # changed after it was sent: a conflict for a person
 INTERRUPTED = "interrupted"  # M3 could not be reached; the next run resumes it
 UNVERIFIED = "unverified"  # M3 accepted it but does not show it yet: never resent, verified again next run
 ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED, UNVERIFIED)
+_SEND, _READ_BACK = "send", "read back"  # the two M3 exchanges of a wave
 
 
 @dataclass(frozen=True)
@@ -120,15 +125,17 @@ def post_pending(conn: duckdb.DuckDBPyConnection, client: M3Client,
     for route, key, reason in outbox.held(conn):
         summary.outcomes.append(VoucherOutcome(route, key, HELD, KEPT, error=reason))
     for route in (GLRoute(client, config), CashRoute(client, config)):
-        _Run(conn, client, route, summary).post()
+        _Run(conn, client, route, summary, config.concurrency).post()
     return summary
 
 
 class _Run:
     """One route's share of a run."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, client: M3Client, route: Route, summary: PostingSummary):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, client: M3Client, route: Route, summary: PostingSummary,
+                 concurrency: int = 1):
         self.conn, self.client, self.route, self.summary = conn, client, route, summary
+        self.concurrency = concurrency
         self._sent: set[str] = set()  # marked sent in this run
 
     def post(self) -> None:
@@ -146,8 +153,7 @@ class _Run:
                 queue.append((voucher, self.route.calls(voucher)))
             except PostingRejected as exc:
                 self._conclude([(voucher, Verdict(FAILED, error=str(exc)), [])])
-        for wave in self._waves(queue):
-            self._post_wave(wave)
+        self._post_waves(self._waves(queue))
 
     def _waves(self, queue: list[tuple[Voucher, list[MICall]]]) -> list[list[tuple[Voucher, list[MICall]]]]:
         """At most one bulk call of transactions per wave (a bigger voucher alone), and no two vouchers
@@ -165,14 +171,60 @@ class _Run:
             waves.append(current)
         return waves
 
-    def _post_wave(self, wave: list[tuple[Voucher, list[MICall]]]) -> None:
+    def _post_waves(self, waves: list[list[tuple[Voucher, list[MICall]]]]) -> None:
+        """Waves are sent and read back on worker threads, at most ``concurrency`` M3 exchanges at once of
+        which at most ``concurrency - 1`` sends: 1 is strictly sequential (send, read back, next wave); 2
+        reads a wave back while the next is sent, sends still one at a time in journal order (so M3 numbers
+        the vouchers in that order); more sends independent waves in parallel. Everything DuckDB writes
+        (write-ahead ``sent``, outcomes) happens here, on the caller's thread, and a wave is marked ``sent``
+        before it leaves. A wave waits while one in flight touches the same thing in M3. When M3 cannot be
+        reached no further wave starts; those in flight are concluded, then the run stops."""
+        limit = max(1, self.concurrency)
+        send_limit = max(1, limit - 1)
+        pending = list(reversed(waves))
+        in_flight: dict[Future, tuple[str, list[tuple[Voucher, list[MICall]]], set]] = {}
+        stopped: list[tuple[list[Voucher], VendorError]] = []
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"m3-post-{self.route.route}") as pool:
+            while pending or in_flight:
+                while (pending and not stopped and len(in_flight) < limit
+                       and sum(k == _SEND for k, _, _ in in_flight.values()) < send_limit):
+                    touches = set().union(*(self.route.touches(v) for v, _ in pending[-1]))
+                    if any(touches & touched for _, _, touched in in_flight.values()):
+                        break
+                    wave = pending.pop()
+                    try:
+                        wave = self._start_wave(wave)
+                    except VendorError as exc:  # M3 could not be reached while checking the wave (before_send)
+                        stopped.append(([v for v, _ in wave], exc))
+                        break
+                    if wave:
+                        in_flight[pool.submit(self._send, wave)] = (_SEND, wave, touches)
+                if not in_flight:
+                    break
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    kind, wave, touches = in_flight.pop(future)
+                    try:
+                        outcome = future.result()
+                    except VendorError as exc:
+                        stopped.append(([v for v, _ in wave], exc))
+                        continue
+                    if kind == _SEND:
+                        in_flight[pool.submit(self._read_back, wave, outcome)] = (_READ_BACK, wave, touches)
+                    else:
+                        self._conclude(outcome)
+        if stopped:
+            raise self._interrupted(stopped) from stopped[0][1]
+
+    def _start_wave(self, wave: list[tuple[Voucher, list[MICall]]]) -> list[tuple[Voucher, list[MICall]]]:
+        """Checks before sending, then the write-ahead: the wave's vouchers are ``sent`` (one transaction)."""
         vouchers = [v for v, _ in wave]
-        refused = self._guard(vouchers, lambda: self.route.before_send(vouchers))
+        refused = self.route.before_send(vouchers)
         self._conclude([(v, Verdict(FAILED, error=refused[v.key]), []) for v in vouchers if v.key in refused])
         wave = [(v, calls) for v, calls in wave if v.key not in refused]
         vouchers = [v for v, _ in wave]
         if not wave:
-            return
+            return wave
         now = _now()
         self.conn.execute("BEGIN TRANSACTION")
         try:
@@ -183,14 +235,25 @@ class _Run:
             self.conn.execute("ROLLBACK")
             raise
         self._sent.update(v.key for v in vouchers)
-        calls = [call for _, voucher_calls in wave for call in voucher_calls]
-        results = self._guard(vouchers, lambda: self.client.execute_each(self.route.program, calls))
-        verdicts = self._guard(vouchers, lambda: self.route.verify(self.conn, vouchers))
-        concluded, start = [], 0
-        for voucher, voucher_calls in wave:
-            concluded.append((voucher, verdicts[voucher.key], results[start:start + len(voucher_calls)]))
-            start += len(voucher_calls)
-        self._conclude(concluded)
+        return wave
+
+    def _send(self, wave: list[tuple[Voucher, list[MICall]]]) -> list:
+        """On a worker thread: the wave's bulk call(s); every transaction's answer, in order."""
+        return self.client.execute_each(self.route.program, [call for _, calls in wave for call in calls])
+
+    def _read_back(self, wave: list[tuple[Voucher, list[MICall]]],
+                   results: list) -> list[tuple[Voucher, Verdict, list]]:
+        """On a worker thread: M3's read-back of a sent wave (DuckDB read on its own cursor), judged per voucher."""
+        cursor = self.conn.cursor()
+        try:
+            verdicts = self.route.verify(cursor, [v for v, _ in wave])
+        finally:
+            cursor.close()
+        judged, start = [], 0
+        for voucher, calls in wave:
+            judged.append((voucher, verdicts[voucher.key], results[start:start + len(calls)]))
+            start += len(calls)
+        return judged
 
     def _conclude(self, judged: list[tuple[Voucher, Verdict, list]]) -> None:
         """Record verified / posted_unverified / failed vouchers. One that M3 does not show is
@@ -220,13 +283,19 @@ class _Run:
         try:
             return call()
         except VendorError as exc:
+            raise self._interrupted([(vouchers, exc)]) from exc
+
+    def _interrupted(self, stopped: list[tuple[list[Voucher], VendorError]]) -> PostingInterrupted:
+        """Note on each voucher the error that stopped its exchange with M3; the run's ``PostingInterrupted``."""
+        for vouchers, exc in stopped:
             message = f"stopped before M3 confirmed this voucher: {exc}"
             outbox.note_error(self.conn, vouchers, message, _now())
             for voucher in vouchers:
                 status = SENT if voucher.key in self._sent else voucher.status
                 self.summary.outcomes.append(VoucherOutcome(voucher.route, voucher.key, status, INTERRUPTED,
                                                             error=message))
-            raise PostingInterrupted(self.summary, (
-                f"M3 posting stopped at {len(vouchers)} {self.route.route} voucher(s): {exc}. "
-                f"{self.summary.verified} voucher(s) were verified before; the next run resumes the rest "
-                "without posting any twice")) from exc
+        count, exc = sum(len(vouchers) for vouchers, _ in stopped), stopped[0][1]
+        return PostingInterrupted(self.summary, (
+            f"M3 posting stopped at {count} {self.route.route} voucher(s): {exc}. "
+            f"{self.summary.verified} voucher(s) were verified before; the next run resumes the rest "
+            "without posting any twice"))

@@ -192,21 +192,25 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
     pay_inv = in_invoice_currency("p", "i")
     return [
         # -- inputs ---------------------------------------------------------------------------------
+        # The normalising regular expressions run in parallel in a materialised CTE; the numbering after
+        # it (row_number() OVER () streams on one thread) only counts rows, in the input's order.
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            SELECT row_number() OVER () AS pid, processor, source_id, line_type, settlement_date, occurred_at_utc,
-                   customer_ref, invoice_ref,
-                   {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
-                   presentment_currency, presentment_amount_minor
-            FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
+            WITH normalised AS MATERIALIZED (
+                SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+                       {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
+                       presentment_currency, presentment_amount_minor
+                FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0)
+            SELECT row_number() OVER () AS pid, * FROM normalised""",
         f"""CREATE OR REPLACE TEMP TABLE m_inv AS
-            SELECT row_number() OVER () AS iid,
-                   i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
-                   {normalised('i.invoice_number', rules)} AS ref_norm,
-                   i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
-            FROM {invoices} i
-            LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
-                       WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
-                   USING (invoice_number, invoice_year)""",
+            WITH normalised AS MATERIALIZED (
+                SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
+                       {normalised('i.invoice_number', rules)} AS ref_norm,
+                       i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
+                FROM {invoices} i
+                LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
+                           WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
+                       USING (invoice_number, invoice_year))
+            SELECT row_number() OVER () AS iid, * FROM normalised""",
         # -- rule 1: exact reference; several payments of one invoice are applied oldest first ----------
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
             WITH reused AS (  -- numbers of several invoices (years): only their hits need deciding

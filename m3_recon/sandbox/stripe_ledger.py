@@ -329,13 +329,16 @@ class _Builder:
         payout.failure_code = "account_closed"
 
 
-def build_stripe_ledger(world: World, quirks: frozenset[str] = frozenset()) -> StripeLedger:
+def build_stripe_ledger(world: World, quirks: frozenset[str] = frozenset(),
+                        charges_per_day: int | None = None) -> StripeLedger:
     """Generate the period's Stripe activity; the last day always has a charge at 23:59:59 UTC.
-    ``quirks``: ``stripe_unknown_category`` adds settlement credits in a category no mapping knows."""
+    ``quirks``: ``stripe_unknown_category`` adds settlement credits in a category no mapping knows.
+    ``charges_per_day``: that many charges every day (benchmarks) instead of 6-12."""
     builder = _Builder(world)
     rng, period = builder.rng, world.period
     for day in period.dates():
-        seconds = sorted(rng.randrange(DAY) for _ in range(rng.randint(6, 12)))
+        count = rng.randint(6, 12) if charges_per_day is None else charges_per_day
+        seconds = sorted(rng.randrange(DAY) for _ in range(count))
         if day == period.end:
             seconds[-1] = DAY - 1
         for second in seconds:

@@ -237,6 +237,11 @@ class BasicAuth:
         return None  # nothing to renew: a second 401 becomes a VendorAuthError naming M3_USERNAME / M3_PASSWORD
 
 
+# Transactions per bulk POST. M3 documents no cap; the public clients send 150 (inforion) and 500, and
+# 500 is the most this project sends (M3_BULK_SIZE may lower it).
+DEFAULT_BULK_SIZE = MAX_BULK_SIZE = 500
+
+
 # -- the client ---------------------------------------------------------------------------------------
 @dataclass
 class M3Client:
@@ -247,7 +252,7 @@ class M3Client:
     divi: str
     page_size: int = 500  # maxrecs per list page
     max_pages: int = 200  # a list longer than page_size * max_pages is an error, never an endless loop
-    bulk_size: int = 150  # transactions per bulk POST
+    bulk_size: int = DEFAULT_BULK_SIZE  # transactions per bulk POST
     open_items_paging: str = "payer"  # one of OPEN_ITEMS_PAGING
 
     def __post_init__(self) -> None:
@@ -257,7 +262,7 @@ class M3Client:
 
     @classmethod
     def from_ionapi(cls, path: str | Path, cono: int, divi: str, *, page_size: int = 500, max_pages: int = 200,
-                    bulk_size: int = 150, open_items_paging: str = "payer", **session_options) -> "M3Client":
+                    bulk_size: int = DEFAULT_BULK_SIZE, open_items_paging: str = "payer", **session_options) -> "M3Client":
         """Through the ION API gateway, as the backend service of an ``.ionapi`` file."""
         config = IonApiConfig.load(path)
         hint = f"saak/sask and ci/cs in the .ionapi file named by {IONAPI_VARIABLE}"
@@ -269,7 +274,7 @@ class M3Client:
 
     @classmethod
     def on_premise(cls, base_url: str, username: str, password: str, cono: int, divi: str, *,
-                   page_size: int = 500, max_pages: int = 200, bulk_size: int = 150,
+                   page_size: int = 500, max_pages: int = 200, bulk_size: int = DEFAULT_BULK_SIZE,
                    open_items_paging: str = "payer", **session_options) -> "M3Client":
         """Directly to an on-premise M3 (``https://host:port``) with HTTP Basic."""
         if not base_url:

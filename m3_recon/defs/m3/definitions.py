@@ -8,6 +8,7 @@ import dagster as dg
 
 from m3_recon import settings
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_customers, raw_m3_open_invoices
+from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE
 from m3_recon.defs.m3.resources import M3Resource
 
 m3_ingest = dg.define_asset_job("m3_ingest", selection=dg.AssetSelection.groups("m3"),
@@ -29,7 +30,7 @@ def m3_resource_from_env() -> M3Resource:
         timeout_seconds=float(os.environ.get("M3_TIMEOUT_SECONDS", "60")),
         page_size=settings.int_setting("M3_PAGE_SIZE", 500, minimum=1),
         max_pages=settings.int_setting("M3_MAX_PAGES", 200, minimum=1),
-        bulk_size=settings.int_setting("M3_BULK_SIZE", 150, minimum=1),
+        bulk_size=settings.int_setting("M3_BULK_SIZE", DEFAULT_BULK_SIZE, minimum=1),
         open_items_paging=os.environ.get("M3_OPEN_ITEMS_PAGING", "payer"),
         **credentials,
     )

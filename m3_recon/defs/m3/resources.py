@@ -13,7 +13,7 @@ import threading
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from m3_recon.defs.m3.client import OPEN_ITEMS_PAGING, VENDOR, M3Client
+from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE, MAX_BULK_SIZE, OPEN_ITEMS_PAGING, VENDOR, M3Client
 from m3_recon.errors import VendorAuthError
 
 
@@ -31,7 +31,7 @@ class M3Resource(dg.ConfigurableResource):
     timeout_seconds: float = Field(default=60.0, description="M3_TIMEOUT_SECONDS per request")
     page_size: int = Field(default=500, ge=1, le=10_000, description="M3_PAGE_SIZE: maxrecs per list page")
     max_pages: int = Field(default=200, ge=1, description="M3_MAX_PAGES: list pages before giving up")
-    bulk_size: int = Field(default=150, ge=1, le=500, description="M3_BULK_SIZE: transactions per bulk call")
+    bulk_size: int = Field(default=DEFAULT_BULK_SIZE, ge=1, le=MAX_BULK_SIZE, description="M3_BULK_SIZE: transactions per bulk call")
     open_items_paging: str = Field(default="payer", description=f"M3_OPEN_ITEMS_PAGING: how open items are read, "
                                    f"one of {', '.join(OPEN_ITEMS_PAGING)}")
 

@@ -23,6 +23,7 @@ def stripe_resource_from_env() -> StripeResource:
         max_requests_per_second=float(os.environ.get("STRIPE_MAX_REQUESTS_PER_SECOND", "25")),
         max_attempts=settings.int_setting("STRIPE_MAX_ATTEMPTS", 5, minimum=1),
         timeout_seconds=float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "30")),
+        concurrency=settings.int_setting("STRIPE_CONCURRENCY", 4, minimum=1),
     )
 
 

@@ -4,11 +4,15 @@ Reads (and, only when asked, writes an M3 customer number into a customer's meta
 request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live, 25 in test mode) and
 ``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff, honours
 ``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
-Returns plain JSON objects exactly as Stripe sent them.
+Returns plain JSON objects exactly as Stripe sent them: list pages come through the SDK's
+``raw_request`` (its auth, API version and error mapping, no ``StripeObject`` per row), and a day of
+balance transactions is read as disjoint ``created`` slices paged concurrently (``list_created``).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import dagster as dg
@@ -59,6 +63,9 @@ class StripeResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=5, description="STRIPE_MAX_ATTEMPTS: tries per request")
     timeout_seconds: float = Field(default=30.0, description="STRIPE_TIMEOUT_SECONDS per request")
     page_size: int = Field(default=100, ge=1, le=100)
+    concurrency: int = Field(default=4, ge=1, description="STRIPE_CONCURRENCY: list cursor chains paged at once "
+                             "(never more than the request budget per second)")
+    window_slices: int = Field(default=8, ge=1, description="sub-windows a created-time window is cut into")
 
     _client: stripe.StripeClient | None = PrivateAttr(default=None)
 
@@ -76,11 +83,13 @@ class StripeResource(dg.ConfigurableResource):
 
     # -- paging ---------------------------------------------------------------------------------
     def _list_page(self, service: str, params: dict) -> dict:
+        """One list page as the JSON Stripe sent: the SDK's ``raw_request`` (its requestor, auth, API
+        version and error mapping) without turning every object into a ``StripeObject``."""
         endpoint = f"GET /v1/{service}"
-        list_method = getattr(self.client().v1, service).list
+        client = self.client()
 
         def call() -> dict:
-            return list_method(params).last_response.data
+            return client.raw_request("get", f"/v1/{service}", **params).data
 
         try:
             return retry_call(call, classify_stripe_error, RetryPolicy(max_attempts=self.max_attempts))
@@ -110,23 +119,49 @@ class StripeResource(dg.ConfigurableResource):
             raise VendorRequestError("Stripe", f"{endpoint} was rejected: {message}",
                                      status=exc.http_status, request_id=exc.request_id) from None
 
-    def list_all(self, service: str, params: dict) -> Iterator[dict]:
-        """Every object of a list endpoint, newest first, following ``has_more`` with ``starting_after``."""
+    def list_all(self, service: str, params: dict, until: threading.Event | None = None) -> Iterator[dict]:
+        """Every object of a list endpoint, newest first, following ``has_more`` with ``starting_after``
+        (stopping early, incomplete, once ``until`` is set: a sibling chain failed and the caller raises)."""
         params = {**params, "limit": self.page_size}
-        while True:
+        while until is None or not until.is_set():
             page = self._list_page(service, params)
             yield from page["data"]
             if not page["has_more"] or not page["data"]:
                 return
             params = {**params, "starting_after": page["data"][-1]["id"]}
 
+    def list_created(self, service: str, created_gte: int, created_lt: int, params: dict | None = None) -> list[dict]:
+        """Every object created in [gte, lt), newest first. The window is cut into ``window_slices``
+        disjoint sub-windows of whole seconds, each paged to its end by its own cursor chain, at most
+        ``concurrency`` chains at once (never more than the request budget allows per second); each
+        chain is complete on its own, so together they are the whole window exactly once."""
+        bounds = _slices(created_gte, created_lt, self.window_slices)
+        params = params or {}
+        self.client()  # one client (and one request budget) shared by every chain
+
+        failed = threading.Event()  # one chain failed: the others ask for no further page
+
+        def chain(bound: tuple[int, int]) -> list[dict]:
+            try:
+                return list(self.list_all(service, {**params, "created": {"gte": bound[0], "lt": bound[1]}},
+                                          until=failed))
+            except BaseException:
+                failed.set()
+                raise
+
+        workers = max(1, min(len(bounds), self.concurrency, int(self.max_requests_per_second)))
+        if workers == 1:
+            return [obj for bound in bounds for obj in chain(bound)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"stripe-{service}") as pool:
+            return [obj for objects in pool.map(chain, bounds) for obj in objects]
+
     # -- what the assets read -------------------------------------------------------------------
     def balance_transactions(self, created_gte: int, created_lt: int) -> list[dict]:
         """Balance transactions created in [gte, lt), with their source (charge, refund…) expanded."""
-        return list(self.list_all("balance_transactions", {
-            "created": {"gte": created_gte, "lt": created_lt}, "expand": ["data.source"]}))
+        return self.list_created("balance_transactions", created_gte, created_lt, {"expand": ["data.source"]})
 
     def payouts(self, created_gte: int, created_lt: int) -> list[dict]:
+        """Payouts created in [gte, lt): about one a day, so one cursor chain."""
         return list(self.list_all("payouts", {"created": {"gte": created_gte, "lt": created_lt}}))
 
     def customers(self) -> list[dict]:
@@ -146,3 +181,10 @@ class StripeResource(dg.ConfigurableResource):
     def payout_lines(self, payout_id: str) -> list[dict]:
         """The balance transactions an automatic payout settled, including its own ``type=payout`` line."""
         return list(self.list_all("balance_transactions", {"payout": payout_id}))
+
+
+def _slices(start: int, end: int, count: int) -> list[tuple[int, int]]:
+    """[start, end) cut into at most ``count`` disjoint half-open windows of whole seconds, newest first."""
+    count = max(1, min(count, end - start))
+    edges = [start + (end - start) * i // count for i in range(count + 1)]
+    return [(edges[i], edges[i + 1]) for i in reversed(range(count))]
