@@ -33,3 +33,15 @@ def run_after_close(log_level: str = "WARNING") -> list[dg.ExecuteInProcessResul
     return [defs.resolve_job_def(job).execute_in_process(
         instance=dg.DagsterInstance.get(), run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         tags={"m3_recon/trigger": "cli"}, raise_on_error=False) for job in ("m3_posting", "recon_alerts")]
+
+
+def run_report(first_day: date, last_day: date, log_level: str = "WARNING") -> dg.ExecuteInProcessResult:
+    """The reconciliation report for a period, after posting (what ``reconciliation_report_sensor`` launches)."""
+    from m3_recon.definitions import defs
+
+    return defs.resolve_job_def("reconciliation_report").execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        tags={"dagster/asset_partition_range_start": first_day.isoformat(),
+              "dagster/asset_partition_range_end": last_day.isoformat(), "m3_recon/trigger": "cli"},
+        raise_on_error=False)

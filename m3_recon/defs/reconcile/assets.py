@@ -19,6 +19,7 @@ from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.money import money, money_by_currency
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
@@ -289,20 +290,42 @@ def out_analyst_warehouse(duckdb: DuckDBResource) -> dg.MaterializeResult:
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb", "html", "csv"}, pool="duckdb_writer",
-    deps=[out_recon_exceptions, "core_gl_journal_lines", core_payout_reconciliation, core_payment_allocations],
-    description="The period's reconciliation report for controllers and auditors (control totals, payments by "
-                "status, payouts with tie-out, journals with M3 voucher numbers, open exceptions) as CSV files "
-                "and one HTML page under data/reports/<first>_<last>/.",
+    kinds={"duckdb", "html", "csv", "excel"}, pool="duckdb_writer",
+    deps=[out_recon_exceptions, "core_gl_journal_lines", "core_cash_applications", core_payout_reconciliation,
+          core_payment_allocations, "out_m3_postings"],
+    description="The payout reconciliation report a controller signs, written after posting: per processor and "
+                "currency the clearing balance roll-forward (opening + charges − refunds − disputes − fees ± "
+                "adjustments − payouts = closing, against the ledger), every payout and its lines with customer and "
+                "invoice, open exceptions aged from the payment date, and the vouchers with their M3 status and "
+                "number — as report.html, report.xlsx (one sheet per section) and CSV files under "
+                "data/reports/<first>_<last>/.",
 )
 def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = context.partition_time_window
     first, last = window.start.date(), (window.end - timedelta(days=1)).date()
     directory = Path(settings.reports_path()) / f"{first}_{last}"
     with duckdb.get_connection() as conn:
-        paths = build_report(conn, first, last, directory, naive_utc(datetime.now(timezone.utc)), context.run.run_id)
+        paths, sections = build_report(conn, first, last, directory, naive_utc(datetime.now(timezone.utc)),
+                                       context.run.run_id)
+    roll_forward, journals = sections[0], next(s for s in sections if s.key == "journals")
+    rows = [dict(zip(roll_forward.columns, row)) for row in roll_forward.rows]
+    statuses: dict[str, int] = {}
+    for row in journals.rows:
+        status = row[journals.columns.index("m3_status")]
+        statuses[status] = statuses.get(status, 0) + 1
     return dg.MaterializeResult(metadata={
+        "period": f"{first} to {last}",
+        "roll_forward_closes": all(r["difference_minor"] == 0 for r in rows),
+        "roll_forward": dg.MetadataValue.md(
+            "| processor | opening | charges | refunds | disputes | fees | adjustments | payouts | closing | "
+            "ledger | difference |\n|---|" + "---:|" * 10 + "\n" + "\n".join(
+                f"| {r['processor']} | " + " | ".join(money(r[c], r["currency"]) for c in (
+                    "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor",
+                    "adjustments_minor", "payouts_minor", "closing_minor", "ledger_closing_minor",
+                    "difference_minor")) + " |" for r in rows)),
+        "vouchers_by_m3_status": dg.MetadataValue.json(statuses),
         "report": dg.MetadataValue.path(str(paths["html"])),
         "report_url": dg.MetadataValue.url(paths["html"].resolve().as_uri()),
-        **{f"csv_{key}": dg.MetadataValue.path(str(path)) for key, path in paths.items() if key != "html"},
+        "workbook": dg.MetadataValue.path(str(paths["xlsx"])),
+        **{f"csv_{key}": dg.MetadataValue.path(str(path)) for key, path in paths.items() if key not in ("html", "xlsx")},
     })
