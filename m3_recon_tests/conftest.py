@@ -113,6 +113,16 @@ class ClosedBooks:
         return (run_close(definitions, self.first, self.last), run_job(definitions, "m3_posting"),
                 run_job(definitions, "reconciliation_report", self.first, self.last))
 
+    def copy(self, directory) -> "ClosedBooks":
+        """The same closed books (warehouse and analysts' copy) in ``directory``, for a test that changes them; M3 is
+        the shared sandbox's."""
+        import shutil
+
+        copied = ClosedBooks(self.sandbox, directory, self.first, self.last)
+        for name in ("work.duckdb", "analyst.duckdb"):
+            shutil.copyfile(self.directory / name, directory / name)
+        return copied
+
     @property
     def report_directory(self):
         return self.directory / "reports" / f"{self.first}_{self.last}"

@@ -23,7 +23,7 @@ from m3_recon.money import money, money_by_currency
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
-from m3_recon.reconcile.decisions import apply_decisions, load_decisions
+from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow, load_decisions
 from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
 from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
 from m3_recon.journals import AccountMap
@@ -215,15 +215,16 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                       "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS category")
         unknown_category_exceptions(conn, lines="window_lines", categories=categories,
                                     suspense_account=AccountMap.load().accounts.get("suspense"))
+        load_decisions(conn)
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
             UNION ALL BY NAME SELECT * FROM payout_exceptions
             UNION ALL BY NAME SELECT * FROM anomaly_exceptions
             UNION ALL BY NAME SELECT * FROM category_exceptions
-            UNION ALL BY NAME {journal_exceptions(conn, first, end)}""")
+            UNION ALL BY NAME {journal_exceptions(conn, first, end)}
+            UNION ALL BY NAME SELECT * FROM ({decisions_m3_cannot_follow(conn, first, end)})""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
                                      end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS), now=now)
-        load_decisions(conn)
         decided = record_decisions(conn)
         unexcepted = conn.execute("""
             SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
