@@ -64,6 +64,8 @@ def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days in the period (default %(default)s)")
     parser.add_argument("--quirks", type=_quirks, default=frozenset(), metavar="NAME[,NAME…]|all",
                         help="serve alternative vendor shapes (see README, 'Quirks')")
+    parser.add_argument("--reset", action="store_true",
+                        help="start over: a fresh sandbox M3 ledger (data/sandbox/) and warehouse")
 
 
 def _quirks(text: str) -> frozenset[str]:
@@ -79,7 +81,7 @@ def cmd_demo(args) -> int:
     ensure_dagster_home()
     from m3_recon.demo import run_demo
 
-    return run_demo(args.seed, args.start, args.days, args.quirks)
+    return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset)
 
 
 def cmd_backfill(args) -> int:
@@ -97,9 +99,16 @@ def cmd_backfill(args) -> int:
 
 
 def _start_sandbox(args):
-    from m3_recon.sandbox import Sandbox
+    """The sandbox on its fixed ports, serving the same persisted M3 ledger as the demo."""
+    from m3_recon.sandbox import Sandbox, persisted_ledger_path, reset_sandbox_state
 
-    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks).start(SANDBOX_PORTS)
+    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks)
+    if args.reset:
+        print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks,
+                      m3_ledger_path=ledger).start(SANDBOX_PORTS)
+    print(f"M3 ledger: {ledger} (shared with `make demo`; --reset starts over)")
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
     return sandbox

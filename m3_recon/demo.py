@@ -1,31 +1,35 @@
-"""The demo: start the sandbox, run the payout close over its whole period, post to M3 and raise alerts
-(as the sensors would), print what a controller would ask, and check every figure against the sandbox
+"""The demo: start the sandbox, run the payout close over its whole period, post to M3, raise alerts and
+write the reconciliation report (as the sensors would), print what a controller would ask, and check every figure against the sandbox
 generator's truth and M3's resulting state.
 
 Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the UI afterwards. The
 sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
-the demo again re-closes the period against the same M3 — and posts nothing new. Exits non-zero when a
-run fails or any figure disagrees.
+the demo again re-closes the period against the same M3 — and posts nothing new (``make ui`` and
+``m3-recon sandbox`` serve that same ledger; ``--reset`` starts over). Exits non-zero when a run fails or
+any figure disagrees, saying how to recover when M3 and the warehouse have drifted apart.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import time
+from pathlib import Path
 
 import duckdb
 
-from m3_recon.sandbox import Sandbox
+from m3_recon.money import money
+from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
 from m3_recon.sandbox.truth import expected_movements, judge
-from m3_recon.settings import PROJECT_ROOT
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) -> int:
+def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False) -> int:
     began = time.monotonic()
-    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
-    ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
+    ledger = persisted_ledger_path(seed, start, days, quirks)
+    if reset:
+        print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
@@ -47,12 +51,42 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
               f"{'succeeded' if alerts.success else 'FAILED'}")
         if not (posting.success and alerts.success):
             return 1
+        if not report_written(period):
+            return 1
         this_run = posting.get_asset_materialization_events()[0].materialization.metadata
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = report(conn, sandbox) & report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
+            ok = report(conn, sandbox)
+            in_step = report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
+        if not in_step:
+            print("\n" + RECOVERY_HINT.format(ledger=ledger, warehouse=settings.duckdb_path()))
+        ok &= in_step
         print(f"\nWarehouse: {settings.duckdb_path()}. Total {time.monotonic() - began:.1f} s. "
               "Browse the run and lineage with `make ui`.")
     return 0 if ok else 1
+
+
+def report_written(period) -> bool:
+    """The reconciliation report after posting (as the sensor would launch it), with its roll-forward."""
+    from m3_recon.runs import run_report
+
+    result = run_report(period.start, period.end)
+    if not result.success:
+        print(f"reconciliation_report: FAILED (run {result.run_id})")
+        return False
+    metadata = {k: v.value for k, v in result.get_asset_materialization_events()[-1].materialization.metadata.items()}
+    print(f"\nPayout reconciliation report: {metadata['report']} (and report.xlsx beside it)")
+    print(f"  {'processor':<10} {'opening':>16} {'charges':>18} {'refunds':>16} {'disputes':>14} {'fees':>16} "
+          f"{'adjustments':>14} {'payouts':>18} {'closing':>16}  closes")
+    csv_rows = Path(metadata["csv_roll_forward"]).read_text(encoding="utf-8").splitlines()
+    for row in csv.DictReader(csv_rows):
+        if row["processor"] == "Total":
+            continue
+        print(f"  {row['processor']:<10} " + " ".join(f"{row[c]:>{w}}" for c, w in (
+            ("opening", 16), ("charges", 18), ("refunds", 16), ("disputes", 14), ("fees", 16), ("adjustments", 14),
+            ("payouts", 18), ("closing", 16))) + ("  yes" if row["difference_minor"] == "0" else
+                                                  f"  NO ({row['difference']})"))
+    print(f"  vouchers by M3 status: {metadata['vouchers_by_m3_status']}")
+    return bool(metadata["roll_forward_closes"])
 
 
 def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
@@ -70,8 +104,8 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
             total = totals.setdefault(currency, [0, 0])
             total[0] += amount
             total[1] += net
-        money = "; ".join(f"{c} gross {a / 100:,.2f} net {n / 100:,.2f}" for c, (a, n) in sorted(totals.items()))
-        print(f"  {processor:<10} {len(rows):>5} lines  {'= generator' if same else '!= GENERATOR'}  {money}")
+        shown = "; ".join(f"gross {money(a, c)} net {money(n, c)}" for c, (a, n) in sorted(totals.items()))
+        print(f"  {processor:<10} {len(rows):>5} lines  {'= generator' if same else '!= GENERATOR'}  {shown}")
     quarantined, without_reason = conn.execute(
         "SELECT count(*), count(*) FILTER (coalesce(reason, '') = '') FROM core_quarantine").fetchone()
     ok &= without_reason == 0
