@@ -1,7 +1,7 @@
 """One sandbox M3: the demo, the UI and ``m3-recon sandbox`` share one persisted ledger per seed and period, and
 ``--reset`` starts over (the ledger and the warehouse that posted into it, never finance's decisions)."""
 
-from datetime import date
+from datetime import date, datetime, timezone
 
 from m3_recon.sandbox import SANDBOX_DATA, persisted_ledger_path, reset_sandbox_state
 
@@ -25,3 +25,15 @@ def test_reset_removes_the_ledger_and_the_warehouse_but_keeps_decisions(tmp_path
     assert sorted(p.name for p in removed) == ["analyst.duckdb", "ledger.sqlite", "work.duckdb", "work.duckdb.wal"]
     assert [p.name for p in tmp_path.iterdir()] == ["decisions.jsonl"]
     assert reset_sandbox_state(files["ledger.sqlite"]) == []  # nothing left to remove
+
+
+def test_partitions_end_at_the_last_complete_day_or_the_sandbox_period(sandbox, monkeypatch):
+    from m3_recon.partitions import build_daily_partitions
+
+    for key, value in sandbox.env().items():
+        monkeypatch.setenv(key, value)
+    keys = build_daily_partitions().get_partition_keys()
+    assert (keys[0], keys[-1], len(keys)) == ("2026-10-01", "2026-10-31", 31)  # a closed month is all there is
+    monkeypatch.delenv("M3_RECON_END_DATE")
+    keys = build_daily_partitions().get_partition_keys(current_time=datetime(2026, 11, 3, 1, tzinfo=timezone.utc))
+    assert keys[-1] == "2026-11-02"  # the last day that has ended

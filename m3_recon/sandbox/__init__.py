@@ -129,4 +129,4 @@ class Sandbox:
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
                 **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
                 **m3_env(self.url("m3"), self.ionapi_path),
-                "M3_RECON_START_DATE": self.period.start.isoformat()}
+                "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_END_DATE": self.period.end.isoformat()}

@@ -146,19 +146,23 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
             ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
         ])
-        payments, auto, suggested, unmatched, unmatched_amount = conn.execute("""
+        payments, auto, suggested, unmatched = conn.execute("""
             SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
                    count(DISTINCT source_id) FILTER (status = 'suggested'),
-                   count(DISTINCT source_id) FILTER (status = 'unmatched'),
-                   coalesce(sum(payment_amount_minor) FILTER (status = 'unmatched'), 0)
+                   count(DISTINCT source_id) FILTER (status = 'unmatched')
             FROM match_allocations WHERE line_type = 'charge'""").fetchone()
+        unmatched_amount = conn.execute("""
+            SELECT payment_currency, sum(amount) FROM (
+                SELECT DISTINCT processor, source_id, payment_currency, payment_amount_minor AS amount
+                FROM match_allocations WHERE line_type = 'charge' AND status = 'unmatched') GROUP BY 1""").fetchall()
         by_reason = conn.execute("SELECT reason_code, count(*) FROM match_exceptions GROUP BY 1 ORDER BY 2 DESC").fetchall()
         checks = allocation_checks(conn)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
         "applied_by_decision": decided, "kept_as_posted": frozen,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
-        "unmatched_amount_minor": int(unmatched_amount),
+        "unmatched_amount": money_by_currency(unmatched_amount),
+        "unmatched_amount_minor": dg.MetadataValue.json({c: int(a) for c, a in unmatched_amount}),
         "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
             f"| {code} | {n} |" for code, n in by_reason)),
     }, check_results=checks)
@@ -181,12 +185,13 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
         replace_days(conn, first_day=first, end_day=end, writes=[
             ("core_payout_reconciliation", RECONCILIATION_COLUMNS, "SELECT * FROM payout_tieout")])
         by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
-        residue = conn.execute("SELECT coalesce(sum(abs(difference_minor)), 0) FROM payout_tieout "
-                               "WHERE status = 'mismatch'").fetchone()[0]
+        residue = conn.execute("SELECT currency, sum(abs(difference_minor)) FROM payout_tieout "
+                               "WHERE status = 'mismatch' GROUP BY 1").fetchall()
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
-        "failed": by_status.get("failed", 0), "mismatch_residue_minor": int(residue)})
+        "failed": by_status.get("failed", 0), "mismatch_residue": money_by_currency(residue),
+        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue})})
 
 
 @dg.asset(
@@ -230,8 +235,11 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
             SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
                 SELECT 1 FROM out_recon_exceptions e WHERE e.reason_code = 'payout_mismatch' AND e.status = 'open'
                   AND e.processor = t.processor AND e.source_id = t.payout_id)""").fetchall()
-        open_by_reason = conn.execute("SELECT reason_code, count(*), sum(amount_minor) FROM out_recon_exceptions "
-                                      "WHERE status = 'open' GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        open_by_reason = [(r, int(n), money_by_currency([(x["c"], x["a"]) for x in amounts if x["c"]]))
+                          for r, n, amounts in conn.execute(
+            "SELECT reason_code, sum(n), list(struct_pack(c := currency, a := amount)) FROM (SELECT reason_code, "
+            "currency, count(*) AS n, coalesce(sum(amount_minor), 0) AS amount FROM out_recon_exceptions "
+            "WHERE status = 'open' GROUP BY ALL) GROUP BY 1 ORDER BY 2 DESC").fetchall()]
         top = conn.execute("SELECT exception_id, reason_code, processor, source_id, settlement_date, amount_minor, "
                            "currency FROM out_recon_exceptions WHERE status = 'open' "
                            "ORDER BY abs(amount_minor) DESC NULLS LAST LIMIT 10").fetchall()
@@ -242,7 +250,7 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
             f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),
         "top_open_exceptions": dg.MetadataValue.md(
             "| id | reason | processor | source | day | amount |\n|---|---|---|---|---|---:|\n" + "\n".join(
-                f"| {i} | {r} | {p} | {s} | {d} | {a} {c} |" for i, r, p, s, d, a, c in top)),
+                f"| {i} | {r} | {p} | {s} | {d} | {money(a, c)} |" for i, r, p, s, d, a, c in top)),
     }, check_results=[dg.AssetCheckResult(
         check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mismatched_without_exception": len(unexcepted)})])
