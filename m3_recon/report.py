@@ -130,7 +130,7 @@ SECTIONS = {
         )
         SELECT v.voucher_key, v.route, v.accounting_date, v.processor, v.currency, v.lines, v.debits_minor,
                coalesce(p.status, CASE WHEN v.held_reason IS NOT NULL THEN 'held' ELSE 'not sent' END) AS m3_status,
-               p.m3_voucher_number, v.held_reason
+               p.m3_voucher_number, p.m3_batch, v.held_reason
         FROM vouchers v LEFT JOIN {postings} p ON p.voucher_key = v.voucher_key
              AND p.route = CASE v.route WHEN 'GLS840MI' THEN 'gl' ELSE 'cash_application' END
         ORDER BY v.accounting_date, v.route DESC, v.voucher_key"""),
@@ -144,7 +144,8 @@ SECTIONS = {
 }
 COUNTED = {"lines", "payouts"}  # integer columns that add up in a totals row besides the amounts
 POSTINGS_COLUMNS = "SELECT NULL::VARCHAR AS voucher_key, NULL::VARCHAR AS route, NULL::VARCHAR AS status, " \
-                   "NULL::VARCHAR AS m3_voucher_number WHERE false"
+                   "NULL::VARCHAR AS m3_voucher_number, NULL::VARCHAR AS m3_batch WHERE false"
+WRAPPED = {"detail", "residue", "held_reason"}  # free text: wraps in the HTML; every other cell stays on one line
 
 
 @dataclass
@@ -272,8 +273,12 @@ def _roll_forward_html(section: Section) -> str:
     closes = all(r["difference_minor"] == 0 for r in records)
     verdict = ("Every roll-forward closes to the cent on the ledger." if closes else
                "A roll-forward does NOT close on the ledger: see the difference line.")
-    return (f"<h2>{html.escape(section.title)}</h2><p class='{'ok' if closes else 'bad'}'>{verdict}</p>"
+    return (f"<h2 id='{section.key}'>{html.escape(section.title)}</h2><p class='{'ok' if closes else 'bad'}'>{verdict}</p>"
             f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _css(column: str) -> str:
+    return " class=n" if column.endswith("_minor") else " class=w" if column in WRAPPED else ""
 
 
 def _html_table(section: Section) -> str:
@@ -283,19 +288,18 @@ def _html_table(section: Section) -> str:
 
     def line(row, css=""):
         cells = section.readable(row)[:len(section.columns)]
-        return (f"<tr{css}>" + "".join(f"<td{' class=n' if c.endswith('_minor') else ''}>{_cell(v)}</td>"
-                                        for c, v in zip(shown, cells)) + "</tr>")
+        return (f"<tr{css}>" + "".join(f"<td{_css(c)}>{_cell(v)}</td>" for c, v in zip(shown, cells)) + "</tr>")
 
     body = "".join(line(row) for row in section.rows)
     foot = "".join(line(row, " class=strong") for row in section.totals())
-    return (f"<h2>{html.escape(section.title)} <small>({len(section.rows)} rows)</small></h2>"
+    return (f"<h2 id='{section.key}'>{html.escape(section.title)} <small>({len(section.rows)} rows)</small></h2>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>")
 
 
 def _html_page(first: date, last: date, generated_at: datetime, run_id: str, sections: list[Section]) -> str:
     style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
              "margin-bottom:2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-             "th{background:#f3f3f3}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+             "th{background:#f3f3f3}td{white-space:nowrap;vertical-align:top}td.w{white-space:normal;min-width:28em}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
              "tr.strong td{font-weight:600;background:#fafafa}p.ok{color:#17612b}p.bad{color:#b00020;font-weight:600}")
     parts = [_roll_forward_html(s) if s.key == "roll_forward" else _html_table(s) for s in sections]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Payout reconciliation {first} to {last}</title>"
