@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("M3_RECON_START_DATE", "2026-10-01")  # before m3_recon.partitions is imported
+import m3_recon.partitions  # noqa: E402,F401  fixed now, so no sandbox's M3_RECON_END_DATE set later can shorten them
 
 import pytest
 from dagster_duckdb import DuckDBResource
