@@ -66,13 +66,16 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--bulk-size", type=int, default=150, help="transactions per bulk call (M3_BULK_SIZE)")
     parser.add_argument("--lines-per-voucher", type=int, default=8)
+    parser.add_argument("--no-search", action="store_true",
+                        help="M3 without GLS200MI/SearchGenLedger: verify by date and lines (quirk m3_no_search_gen_ledger)")
     args = parser.parse_args()
 
     world = build_world(7, PERIOD)
     clock = SandboxClock(PERIOD.end_epoch + 86_400)
     ledger = M3Ledger(world)
     app = M3App(ledger, clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
-                SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
+                SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT,
+                quirks=frozenset({"m3_no_search_gen_ledger"} if args.no_search else ()))
     server = VendorServer(app, clock).start()
     server.faults.configure(latency_ms=args.latency_ms)
     conn = duckdb.connect()
@@ -93,7 +96,7 @@ def main() -> None:
     in_m3 = len(ledger.gl_lines(clock.now()))
     counts = summary.counts()
     print(f"lines {args.lines:,} in {vouchers:,} vouchers | latency {args.latency_ms} ms/call | "
-          f"bulk size {args.bulk_size}")
+          f"bulk size {args.bulk_size}" + (" | no SearchGenLedger" if args.no_search else ""))
     print(f"posted and verified in {seconds:.2f} s with {calls} HTTP calls: {args.lines / seconds:,.0f} lines/s")
     print(f"outcomes {counts}; M3 holds {in_m3:,} GL lines; second run {again.counts()}")
     if counts["verified"] != vouchers or counts["failed"] or in_m3 != args.lines or again.posted or again.verified:

@@ -85,17 +85,27 @@ def cmd_demo(args) -> int:
 
 
 def cmd_backfill(args) -> int:
-    ensure_dagster_home()
-    from m3_recon.runs import run_after_close, run_payout_close
+    from m3_recon.preflight import check_close
+    from m3_recon.progress import summary
 
-    result = run_payout_close(args.start, args.end)
-    print(f"payout_close {args.start}..{args.end}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+    first, last = check_close(args.start, args.end)
+    ensure_dagster_home()
+    from m3_recon.runs import run_after_close, run_payout_close, run_report
+
+    from m3_recon.posting.summary import print_posting_summary
+
+    result = run_payout_close(first, last, out=sys.stdout)
+    print(f"payout_close {first}..{last}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     if not result.success or args.no_post:
-        return 0 if result.success else 1
-    after = run_after_close()
-    for name, run in zip(("m3_posting", "recon_alerts"), after):
+        print(summary([result]))
+        return max(0 if result.success else 1, print_posting_summary())
+    after = run_after_close(out=sys.stdout)
+    if after[0].success:  # the report states what M3 holds, so it follows posting
+        after.append(run_report(first, last, out=sys.stdout))
+    for name, run in zip(("m3_posting", "recon_alerts", "reconciliation_report"), after):
         print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
-    return 0 if all(run.success for run in after) else 1
+    print(summary([result, *after]))
+    return max(0 if all(run.success for run in after) else 1, print_posting_summary())
 
 
 def _start_sandbox(args):
@@ -164,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     _sandbox_args(sandbox)
     sandbox.set_defaults(func=cmd_sandbox)
     backfill = sub.add_parser("backfill", help="run the payout close for a period (vendors from the environment)")
-    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="first day, YYYY-MM-DD")
-    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="last day (inclusive)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day (inclusive)")
     backfill.add_argument("--no-post", action="store_true", help="close only; leave posting to the sensor")
     backfill.set_defaults(func=cmd_backfill)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) with the sandbox behind it")
@@ -177,7 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     doctor = sub.add_parser("doctor", help="check every configured vendor, the warehouse and the Dagster instance")
     doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from m3_recon.preflight import PreflightError
+
+    try:
+        return args.func(args)
+    except PreflightError as exc:  # bad input: one line each, no traceback, nothing called
+        for problem in exc.problems:
+            print(f"m3-recon {args.command}: {problem}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"m3-recon {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,33 +1,49 @@
-"""The demo: start the sandbox, run the payout close over its whole period, post to M3, raise alerts and
-write the reconciliation report (as the sensors would), print what a controller would ask, and check every figure against the sandbox
+"""The demo: start the sandbox, run the payout close over its whole period, post to M3 and raise alerts
+(as the sensors would), print what a controller would ask, and check every figure against the sandbox
 generator's truth and M3's resulting state.
 
 Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the UI afterwards. The
 sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
 the demo again re-closes the period against the same M3 — and posts nothing new (``make ui`` and
-``m3-recon sandbox`` serve that same ledger; ``--reset`` starts over). Exits non-zero when a run fails or
-any figure disagrees, saying how to recover when M3 and the warehouse have drifted apart.
+``m3-recon sandbox`` serve that same ledger; ``--reset`` starts over). A demo with quirks has
+its own M3 ledger and its own warehouse (``data/m3_recon_quirks-<names>.duckdb``). Exits non-zero when a
+run fails, any figure disagrees (M3's trial balance: each clearing account holds exactly the payouts
+still in transit) or the posting summary it ends with names something a person must fix; when M3 and the
+warehouse have drifted apart it says how to start both over. After posting it writes the reconciliation
+report (as ``reconciliation_report_sensor`` would) and prints its clearing roll-forward.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import time
 from pathlib import Path
 
 import duckdb
 
 from m3_recon.money import money
+from m3_recon.posting.summary import print_posting_summary
+from m3_recon.preflight import PreflightError, input_problems, period_problems
+from m3_recon.progress import summary
 from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
+from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_movements, judge
+from m3_recon.settings import PROJECT_ROOT
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
 def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False) -> int:
     began = time.monotonic()
+    problems = input_problems()
+    if problems:
+        raise PreflightError(problems)
+    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
     ledger = persisted_ledger_path(seed, start, days, quirks)
+    if quirks:  # another reading of the vendors closes into its own warehouse, as it posts to its own M3 ledger
+        os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
     if reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -38,31 +54,35 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         from m3_recon.runs import run_after_close, run_payout_close
 
         period = sandbox.period
+        problems = period_problems(period.start, period.end)
+        if problems:
+            raise PreflightError(problems)
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
               + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
-        result = run_payout_close(period.start, period.end)
+        result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
             return 1
-        posting, alerts = run_after_close()
+        posting, alerts = run_after_close(out=sys.stdout)
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
               f"{'succeeded' if alerts.success else 'FAILED'}")
-        if not (posting.success and alerts.success):
-            return 1
-        if not report_written(period):
-            return 1
-        this_run = posting.get_asset_materialization_events()[0].materialization.metadata
+        print(summary([result, posting, alerts]))
+        reported = posting.success and report_written(period)
+        events = posting.get_asset_materialization_events()
+        this_run = events[0].materialization.metadata if events else {}
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = report(conn, sandbox)
+            ok = report(conn, sandbox) & reported
             in_step = report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
+            in_step &= print_trial_balance(conn, sandbox)
         if not in_step:
             print("\n" + RECOVERY_HINT.format(ledger=ledger, warehouse=settings.duckdb_path()))
         ok &= in_step
         print(f"\nWarehouse: {settings.duckdb_path()}. Total {time.monotonic() - began:.1f} s. "
               "Browse the run and lineage with `make ui`.")
-    return 0 if ok else 1
+    postings_ok = print_posting_summary() == 0
+    return 0 if ok and posting.success and alerts.success and postings_ok else 1
 
 
 def report_written(period) -> bool:
@@ -152,7 +172,7 @@ def report_m3(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox, this_run: dict)
         "GROUP BY 1").fetchall()}
     in_m3: dict[str, int] = {}
     for line in sandbox.m3.gl_lines(now):
-        if line.amount_minor > 0:
+        if line.amount_minor > 0 and line.batch_key:  # GLS840 vouchers (payment vouchers have no batch key)
             in_m3[line.batch_key] = in_m3.get(line.batch_key, 0) + line.amount_minor
     gl_ok = in_m3 == gl_sent
     applied = dict(((n, y), a) for n, y, a in conn.execute(

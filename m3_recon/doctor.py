@@ -4,13 +4,15 @@ Vendors are checked through the same resources the pipeline uses, built from the
 (``*_resource_from_env``), with few attempts and a short timeout so a wrong URL fails in seconds:
 Stripe (key accepted, test or live mode, balance transactions and payouts readable), PayTrace (OAuth
 token, a batch export), GP API (access token, the settlement-reporting account, a deposit list) and
-Infor M3 (sign-in, company/division access, and that every MI program the pipeline calls answers).
+Infor M3 (sign-in, company/division access, and every MI transaction posting and verification use).
 Then the storage: the warehouse (DuckDB file writable and not locked, or the DuckLake catalog
 attached) and the Dagster instance (storage reachable, pool limits, daemon heartbeat).
 
 A vendor whose variables are not set is reported as not configured and does not fail the doctor.
-Checks only read; M3 programs that write are probed with their mandatory key left out, which M3
-rejects before doing anything. Messages never contain credentials.
+Checks only read and never write to M3: read transactions are called (without their key where they
+need one, so M3 answers "… must be entered"), and the transactions that write (GLS840MI, ARS040MI) are
+looked up in M3's own program metadata (``MRS001MI/LstTransactions``) rather than called. Messages
+never contain credentials.
 """
 
 from __future__ import annotations
@@ -31,15 +33,17 @@ DOCTOR_ATTEMPTS = 2
 DOCTOR_TIMEOUT_SECONDS = 10.0
 WRITER_POOL = "duckdb_writer"
 DAEMON_HEARTBEAT_STALE_SECONDS = 120
-# (program, transaction probed, what the pipeline needs it for). Transactions are called without
-# their mandatory key, so M3 answers "… must be entered" without reading or writing anything.
+READ_PREFIXES = ("Get", "Lst", "Sel", "Search")
+# (program, transactions the pipeline runs, what for). Read transactions are called (without their key
+# where they need one); writing ones are only looked up in MRS001MI/LstTransactions.
 M3_PROGRAMS = (
-    ("ARS200MI", "GetInvTotInfo", "open customer invoices"),
-    ("CRS610MI", "LstByNumber", "the customer master, whose payers the open-item read goes through"),
-    ("GLS840MI", "CtrlBatch", "posting GL vouchers"),
-    ("GLS200MI", "GetVoucherHead", "verifying posted vouchers"),
-    ("ARS040MI", "ControlBatch", "cash application"),
+    ("ARS200MI", ("GetInvTotInfo",), "open customer invoices and confirming cash application"),
+    ("CRS610MI", ("LstByNumber",), "the customer master, whose payers the open-item read goes through"),
+    ("GLS840MI", ("AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"), "posting GL vouchers"),
+    ("GLS200MI", ("SearchGenLedger", "LstVouchersByDt", "LstVoucherLines"), "verifying posted vouchers"),
+    ("ARS040MI", ("AddBatchHead", "AddBatchLine", "ControlBatch"), "cash application"),
 )
+FALLBACK_FOR = {"SearchGenLedger": "verification finds vouchers by date and lines instead"}
 
 
 @dataclass(frozen=True)
@@ -171,23 +175,60 @@ def check_heartland() -> list[Check]:
                            f"deposit(s) on {day})")]
 
 
-def _m3_program_check(client, program: str, transaction: str, purpose: str) -> Check:
+def _read_probe(client, program: str, transaction: str) -> None:
+    """Call a read transaction with harmless inputs (nothing, or yesterday's date range)."""
+    day = _yesterday().strftime("%Y%m%d")
+    fields = {"SearchGenLedger": {"SQRY": "KEY1:M3RECONDOCTOR"},
+              "LstVouchersByDt": {"FRDT": day, "TODT": day}}.get(transaction, {})
+    client.execute(program, transaction, maxrecs=1, **fields)
+
+
+def _m3_program_check(client, program: str, transactions: tuple[str, ...], purpose: str) -> Check:
+    """Every transaction of ``program`` the pipeline runs, probed without writing anything."""
     from m3_recon.defs.m3.client import M3Error
+    from m3_recon.posting.config import LINE_FORM_FIELDS, posting_config_from_env
+    from m3_recon.posting.route import not_served
 
     name = f"m3 {program}"
+    if posting_config_from_env().line_form == LINE_FORM_FIELDS:
+        transactions = tuple("AddBatchLineFld" if t == "AddBatchLine" and program == "GLS840MI" else t
+                             for t in transactions)
+    notes = []
     try:
-        client.execute(program, transaction, maxrecs=1)
+        writes = [t for t in transactions if not t.startswith(READ_PREFIXES)]
+        if writes:
+            listed = {row.get("TRNM", "") for row in client.execute("MRS001MI", "LstTransactions", maxrecs=0,
+                                                                    MINM=program)}
+            missing = [t for t in writes if t not in listed]
+            if missing:
+                return Check(name, "fail", f"M3 does not list {', '.join(missing)} in {program}",
+                             f"ask the M3 administrator to make {program} {', '.join(missing)} available to the "
+                             f"API user (needed for {purpose})")
+        for transaction in transactions:
+            if transaction in writes:
+                continue
+            try:
+                _read_probe(client, program, transaction)
+            except M3Error as exc:
+                if exc.code and not not_served(exc):
+                    continue  # "… must be entered": the transaction is there
+                if transaction in FALLBACK_FOR and exc.code:
+                    notes.append(f"{transaction} not served ({exc.code}): {FALLBACK_FOR[transaction]}")
+                    continue
+                raise
     except M3Error as exc:
-        if exc.code.startswith("XAU"):
+        if exc.code.startswith("XAU") or not_served(exc):
             return Check(name, "fail", f"not authorized ({exc.message})",
-                         f"grant the M3 user {program} in company {client.cono} (needed for {purpose})")
-        if not exc.code:
-            return Check(name, "fail", f"{program}/{transaction} does not answer: {exc.message}",
-                         f"ask the M3 administrator to make {program} available to the API user "
+                         f"grant the M3 user {exc.program}/{exc.transaction} in company {client.cono} "
                          f"(needed for {purpose})")
+        return Check(name, "fail", f"{exc.program}/{exc.transaction} does not answer: {exc.message}",
+                     f"ask the M3 administrator to make {program} available to the API user (needed for {purpose})")
     except VendorError as exc:
         return Check(name, "fail", str(exc), "see the m3 sign-in check above")
-    return Check(name, "ok", f"answers ({purpose})")
+    if notes:
+        return Check(name, "warn", f"answers ({purpose}); " + "; ".join(notes),
+                     "nothing to do unless you want the faster search: grant the API user GLS200MI/SearchGenLedger")
+    return Check(name, "ok", f"{', '.join(transactions)} answer ({purpose}; probed without writing)")
 
 
 def check_m3() -> list[Check]:
@@ -243,14 +284,16 @@ def _check_duckdb_file(path: str) -> Check:
             return Check("warehouse", "ok", f"DuckDB file {path} does not exist yet; the first run creates it")
         return Check("warehouse", "fail", f"cannot create the DuckDB file {path} ({existing} is not writable)",
                      "set M3_RECON_DUCKDB_PATH to a writable location")
+    from m3_recon.storage import WarehouseLockedError, connect_file
+
     try:
-        with duckdb.connect(path) as conn:
+        with connect_file(path, wait_seconds=0) as conn:
             tables = conn.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0]
+    except WarehouseLockedError as exc:
+        return Check("warehouse", "fail", str(exc),
+                     "close the program holding it (an analyst's DuckDB or BI session blocks every write), "
+                     "or switch to M3_RECON_WAREHOUSE=ducklake")
     except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            return Check("warehouse", "fail", f"DuckDB file {path} is held open by another process ({exc})",
-                         "close the program holding it (an analyst's DuckDB or BI session blocks every write), "
-                         "or switch to M3_RECON_WAREHOUSE=ducklake")
         return Check("warehouse", "fail", f"DuckDB file {path}: {exc}", "set M3_RECON_DUCKDB_PATH to a writable file")
     except duckdb.Error as exc:
         return Check("warehouse", "fail", f"DuckDB file {path}: {exc}",
@@ -296,6 +339,7 @@ def check_instance() -> list[Check]:
         checks = [Check("dagster instance", "ok", f"{kind} storage for {home} reachable "
                         f"({instance.get_runs_count()} runs recorded)")]
         checks.append(_check_writer_pool(instance))
+        checks.extend(_check_held_slots(instance))
         checks.append(_check_daemon(instance))
     return checks
 
@@ -338,6 +382,21 @@ def _check_writer_pool(instance: dg.DagsterInstance) -> Check:
                      "in its own process, so steps of one run contend for the DuckDB file",
                      "give the code location executor=dg.in_process_executor (m3_recon/definitions.py)")
     return Check("writer pool", "ok", f"pool {WRITER_POOL}: {limit} writer {'run' if per_run else 'step'}(s) at a time")
+
+
+def _check_held_slots(instance: dg.DagsterInstance) -> list[Check]:
+    """Who holds a pool slot now; a slot held by a dead or ended run blocks every later writer."""
+    from m3_recon.run_guard import slot_holders
+
+    checks = []
+    for holder in slot_holders(instance):
+        if holder.stale:
+            checks.append(Check("pool slot", "fail", f"{holder.pool} held by {holder.describe()}",
+                                "the next `m3-recon backfill` frees it before starting, or free it in the UI "
+                                "(Deployment > Concurrency)"))
+        else:
+            checks.append(Check("pool slot", "ok", f"{holder.pool} held by {holder.describe()}"))
+    return checks
 
 
 def _close_executor() -> str:

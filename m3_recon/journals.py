@@ -15,6 +15,8 @@ construction (two lines per entry), and a voucher with any unmapped account is h
 line whose processor category the mapping does not know (``unknown_category``) goes to the suspense
 account, so its payout ties and the amount stays visible on the books; with no suspense account
 mapped its voucher is held like any other unmapped account.
+Every line's voucher text starts with its voucher key, so M3's GL shows which voucher a line belongs to
+(and the poster can find a voucher by its lines where M3 offers no search by batch key).
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
                                                 r.amount_minor) AS INTEGER) AS line_number,
                r.accounting_date, coalesce(r.account, '?' || r.account_key) AS ait1,
                d.ait2, d.ait3, d.ait4, d.ait5, d.ait6, d.ait7, r.currency, r.amount_minor,
-               left(r.entry || ' ' || coalesce(r.source_id, r.payout_id), 40) AS voucher_text,
+               left(r.voucher_key || ' ' || r.entry || ' ' || coalesce(r.source_id, r.payout_id), 40) AS voucher_text,
                r.processor, r.payout_id, r.source_id, r.entry, 'gl' AS route, h.held_reason, r.source_date
         FROM resolved r LEFT JOIN held h USING (voucher_key) LEFT JOIN gl_dimension d USING (processor)
         WHERE r.amount_minor <> 0""")
@@ -292,7 +294,8 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
                             FROM revision_lines WHERE amount_minor < 0""")
             conn.execute("DELETE FROM revision_lines WHERE amount_minor < 0")
         revisions += conn.execute("SELECT count(DISTINCT voucher_key) FROM revision_lines").fetchone()[0]
-        numbered = ("left('correction ' || entry || ' ' || coalesce(source_id, payout_id, ''), 40) AS voucher_text, "
+        numbered = ("left(voucher_key || ' correction ' || entry || ' ' || coalesce(source_id, payout_id, ''), 40) "
+                    "AS voucher_text, "
                     "CAST(NULL AS VARCHAR) AS held_reason" if route == "gl" else "")
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE {derived}_next AS

@@ -6,7 +6,9 @@ holds the warehouse tables:
 
 * ``duckdb`` (default): the file at ``M3_RECON_DUCKDB_PATH``. One writing process at a time, and a
   reader holding the file open blocks every writer; fine on a laptop, with the ``duckdb_writer`` pool
-  at 1.
+  at 1. A lock that is still held after a few seconds fails the step at once, naming the process that
+  holds it (``WarehouseLockedError``), instead of DuckDBResource's ~100 s of retries: a lock held by an
+  analyst's session does not go away by itself.
 * ``ducklake``: an in-memory DuckDB with a DuckLake attached and made the default catalog
   (``USE lake``). The catalog lives in PostgreSQL (``M3_RECON_DUCKLAKE_CATALOG``), the data as Parquet
   files under ``M3_RECON_DUCKLAKE_DATA_PATH``. Any number of processes, on any number of machines,
@@ -21,6 +23,7 @@ extensions are loaded from the PyPI wheels that bundle them (``duckdb-extension-
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -47,6 +50,9 @@ BUNDLED_EXTENSIONS = (("postgres_scanner", "duckdb_extension_postgres_scanner"),
                       ("ducklake", "duckdb_extension_ducklake"))
 OFFLINE = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 ATTACH_ATTEMPTS = 5
+# Another writer of ours finishing a commit lets go of the file well within this; anything holding it longer
+# is a session that will not let go by itself.
+LOCK_WAIT_SECONDS = 5.0
 
 
 class WarehouseUnavailableError(RuntimeError):
@@ -78,6 +84,55 @@ def libpq_url(url: str) -> str:
 
 def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+class WarehouseLockedError(WarehouseUnavailableError):
+    """Another process holds the DuckDB warehouse file; the message names it and where analysts should read."""
+
+
+def lock_holder(error_text: str) -> str:
+    """The process DuckDB's lock error names ("Conflicting lock is held in <program> (PID n)")."""
+    found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", error_text)
+    return f"pid {found.group(2)} ({found.group(1)})" if found else "unknown (DuckDB did not say)"
+
+
+def locked_message(path: str, error_text: str) -> str:
+    return (f"the warehouse file {path} is held open by another process, {lock_holder(error_text)}. Close that "
+            f"session; analysts should query the read-only copy {settings.analyst_duckdb_path()} "
+            "(M3_RECON_ANALYST_DUCKDB_PATH), which each close replaces, never the working file (or set "
+            f"{WAREHOUSE_VARIABLE}=ducklake for concurrent readers)")
+
+
+def connect_file(path: str, config: dict | None = None, read_only: bool = False,
+                 wait_seconds: float = LOCK_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, waiting at most ``wait_seconds`` for a lock held by another process."""
+    deadline, delay = time.monotonic() + wait_seconds, 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only, config=config or {})
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseLockedError(locked_message(path, str(exc))) from None
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+            delay = min(delay * 2, 1.0)
+
+
+class WarehouseFileResource(DuckDBResource):
+    """The warehouse as one DuckDB file; a lock held by another process fails within seconds, naming it."""
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        conn = connect_file(self.database, {"custom_user_agent": "m3-recon", **self.connection_config})
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 class DuckLakeResource(DuckDBResource):
@@ -174,7 +229,7 @@ def ducklake_data_path() -> str:
 def warehouse_resource_from_env() -> DuckDBResource:
     """The warehouse the environment asks for, as the resource the assets know as ``duckdb``."""
     if warehouse_backend() == "duckdb":
-        return DuckDBResource(database=settings.duckdb_path())
+        return WarehouseFileResource(database=settings.duckdb_path())
     if not os.environ.get(CATALOG_VARIABLE):
         raise SettingsError(f"{WAREHOUSE_VARIABLE}=ducklake needs {CATALOG_VARIABLE}: the PostgreSQL database for "
                             "the DuckLake catalog, e.g. postgresql://m3recon@db.internal:5432/m3_recon_lake")

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import requests
 
+from m3_recon import decimal_json
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
 from m3_recon.resilience import RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call
 
@@ -117,10 +118,11 @@ class VendorSession:
             return response
 
     def json(self, method: str, path: str, **kwargs):
-        """``request`` and decode JSON; a body that is not JSON is a clear error, not a crash later."""
+        """``request`` and decode JSON (fractional numbers as ``Decimal``, never floats); a body that is not
+        JSON is a clear error, not a crash later."""
         response = self.request(method, path, **kwargs)
         try:
-            return response.json()
+            return decimal_json.loads(response.content)
         except ValueError:
             raise VendorRequestError(self.vendor, f"{method} {path} answered with something that is not JSON: "
                                      f"{short_text(response)}", status=response.status_code) from None

@@ -7,13 +7,14 @@ columns are projected from the vendor's raw JSON in SQL (set-based), with the JS
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+
+from m3_recon import decimal_json
 
 
 QUARANTINE_DDL = """
@@ -77,7 +78,7 @@ def documents_table(objects: list[dict], run_id: str, **extra_columns: pa.Array)
     loaded_at = naive_utc(datetime.now(timezone.utc))
     n = len(objects)
     return pa.table({
-        "raw": pa.array([json.dumps(obj, separators=(",", ":")) for obj in objects], pa.string()),
+        "raw": pa.array([decimal_json.dumps(obj) for obj in objects], pa.string()),
         "loaded_at_utc": pa.array([loaded_at] * n, pa.timestamp("us")),
         "dagster_run_id": pa.array([run_id] * n, pa.string()),
         **extra_columns,

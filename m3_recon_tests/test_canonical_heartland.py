@@ -197,6 +197,25 @@ def test_a_deposit_is_the_sum_of_its_lines_and_refunds_and_disputes_inherit_the_
     assert conn.execute("SELECT status, difference_minor FROM payout_tieout").fetchall() == [("tied", 0)]
 
 
+def test_gp_amounts_as_json_numbers_and_times_in_any_iso_8601_form_read_exactly():
+    sale = transaction(1, "SALE", 25000, time_created="2026-10-02T15:01:00Z")  # a JSON number, no millis
+    refund = transaction(2, "REFUND", "7500", time_created="2026-10-02T08:02:00.123-07:00",
+                         parent_resource_id="TRN_0001")
+    chargeback = dispute(1, "CHARGEBACK", "DEBIT", 5000, arn_of=1, stage_time_created="2026-10-02T16:00:00.000Z")
+    the_deposit = deposit(sales=(1, "25000"), refunds=(1, "-7500"), chargebacks=(1, "-5000"), fees="-300")
+    the_deposit |= {"amount": int(the_deposit["amount"]), "time_created": "2026-10-05T00:00:00.000Z"}
+    conn, _ = stage_raw([sale, refund], [chargeback], [the_deposit])
+    lines, rejected, payouts, rejected_payouts = canonical(conn)
+    assert rejected.empty and rejected_payouts.empty
+    assert conn.execute("SELECT source_id, net_minor, occurred_at_utc FROM core_settlement_lines "
+                        "WHERE line_type <> 'fee' ORDER BY source_id").fetchall() == [
+        ("DIS_0001:CHARGEBACK", -5000, datetime(2026, 10, 2, 16)),
+        ("TRN_0001", 25000, datetime(2026, 10, 2, 15, 1)),
+        ("TRN_0002", -7500, datetime(2026, 10, 2, 15, 2, 0, 123_000))]
+    assert conn.execute("SELECT payout_id, amount_minor, settlement_date FROM core_payouts").fetchall() == [
+        ("DEP_0000000001", 12200, DEPOSIT_DAY)]
+
+
 def test_a_refund_in_a_later_deposit_still_links_to_its_sale():
     later = FetchWindow(WINDOW.start + timedelta(days=2), WINDOW.end + timedelta(days=2))
     conn, _ = stage_raw([transaction(1)])
@@ -228,10 +247,15 @@ def test_an_object_delivered_twice_is_one_line_and_one_payout():
                      f"{MAPPING_FILE} once finance has decided how it is booked"),
     ({"amount": ""}, f"GP sent no amount: {REPULL}"),
     ({"amount": None}, f"GP sent no amount: {REPULL}"),
-    ({"amount": "12.50"}, f"GP amount '12.50' is not a whole number of minor units: {REPULL}"),
-    ({"amount": "1e3"}, f"GP amount '1e3' is not a whole number of minor units: {REPULL}"),
+    ({"amount": "12.50"}, f"GP amount 12.50 is not a whole number of cents: {REPULL}"),
+    ({"amount": "8084.5"}, f"GP amount 8084.5 is not a whole number of cents: {REPULL}"),
+    ({"amount": "1e3"}, f"GP amount '1e3' is not an amount: {REPULL}"),
+    ({"amount": "99999999999999999999"},
+     f"GP amount 99999999999999999999 is too large: m3-recon stores amounts as 64-bit cents: {REPULL}"),
     ({"time_created": "yesterday"},
-     f"GP time_created 'yesterday' is not a UTC time like 2026-10-05T14:03:11.000Z: {REPULL}"),
+     f"GP time_created 'yesterday' is not a time (expected ISO 8601 like 2026-10-05T14:03:11.000Z): {REPULL}"),
+    ({"time_created": "2026-10-02T24:30:00Z"},
+     f"GP time_created '2026-10-02T24:30:00Z' is not a valid date or time: {REPULL}"),
     ({"time_created": ""}, f"GP sent no time_created: {REPULL}"),
     ({"description": "Customer " + "C" * 70}, 'customer_ref failed str_length(1, 64) (value "' + "C" * 70 + '")'),
 ])
@@ -264,9 +288,10 @@ def test_a_transaction_without_a_deposit_date_is_quarantined_at_the_raw_layer(br
     ({"funding_type": "NONE"}, "GP dispute funding_type 'NONE' is neither DEBIT nor CREDIT, so the direction of the "
                                f"money is unknown: ask Global Payments, then map it in DISPUTE_FUNDING_LINE_TYPES in "
                                f"{MAPPING_FILE}"),
-    ({"amount": "99.5"}, f"GP amount '99.5' is not a whole number of minor units: {REPULL}"),
-    ({"stage_time_created": "2026-10-02 16:00"},
-     f"GP stage_time_created '2026-10-02 16:00' is not a UTC time like 2026-10-05T14:03:11: {REPULL}"),
+    ({"amount": "99.5"}, f"GP amount 99.5 is not a whole number of cents: {REPULL}"),
+    ({"stage_time_created": "2026-10-02 16:00 PDT"},
+     f"GP stage_time_created '2026-10-02 16:00 PDT' is not a time (expected ISO 8601 like 2026-10-05T14:03:11.000Z)"
+     f": {REPULL}"),
 ])
 def test_unusable_disputes_are_quarantined_with_the_reason(broken, reason):
     conn, _ = stage_raw([transaction(1)], [dispute(1), dispute(2) | broken])
@@ -276,6 +301,12 @@ def test_unusable_disputes_are_quarantined_with_the_reason(broken, reason):
     assert quarantined(conn) == [(source_id, "core_settlement_lines", DEPOSIT_DAY.isoformat(), reason)]
 
 
+# 10000 sales less 260 discounts less 10 fees is 9730; fees of 20 tie with neither sign.
+UNTIED = ("GP deposit DEP_0000000001 amount 9730 does not equal sales − refunds − chargebacks + reversals − discounts "
+          "− fees + tax with discounts and fees of either sign (sales 10000, refunds 0, chargebacks 0, reversals 0, "
+          f"discounts -260, fees -20, tax 0): {REPULL}")
+
+
 @pytest.mark.parametrize("broken,reasons", [
     ({"status": "FROZEN"}, [("DEP_0000000001", "core_payouts", "unknown GP deposit status 'FROZEN': add it to "
                              f"DEPOSIT_STATUSES in {MAPPING_FILE} once finance has decided whether the money reached "
@@ -283,16 +314,40 @@ def test_unusable_disputes_are_quarantined_with_the_reason(broken, reason):
     ({"funding_type": "NONE"}, [("DEP_0000000001", "core_payouts", "GP deposit funding_type 'NONE' is neither CREDIT "
                                  "nor DEBIT, so the sign of the deposit is unknown: ask Global Payments")]),
     ({"amount": "97.30"}, [("DEP_0000000001", "core_payouts",
-                            f"GP amount '97.30' is not a whole number of minor units: {REPULL}")]),
+                            f"GP amount 97.30 is not a whole number of cents: {REPULL}")]),
     ({"fees": {"amount": "-0.10"}},
      [("DEP_0000000001:FEES", "core_settlement_lines",
-       f"GP deposit fees.amount '-0.10' is not a whole number of minor units: {REPULL}")]),
+       f"GP deposit fees.amount -0.10 is not a whole number of cents: {REPULL}")]),
+    ({"fees": {"amount": "-20"}}, [(f"DEP_0000000001{suffix}", table, UNTIED) for suffix, table in (
+        ("", "core_payouts"), (":DISCOUNTS", "core_settlement_lines"), (":FEES", "core_settlement_lines"))]),
 ])
 def test_unusable_deposits_are_quarantined_with_the_reason(broken, reasons):
     conn, _ = stage_raw([transaction(1)], deposits=[deposit(sales=(1, "10000"), discounts=(1, "-260"), fees="-10")
                                                     | broken])
     canonical(conn)
     assert [(s, t, r) for s, t, _, r in quarantined(conn)] == reasons
+    assert conn.execute("SELECT DISTINCT raw_payload->>'$.id' FROM core_quarantine").fetchall() == [("DEP_0000000001",)]
+
+
+@pytest.mark.parametrize("discounts,fees,signs", [
+    ("-650", "-2520", "as sent"), ("650", "2520", "both negated"), ("650", "-2520", "discounts negated"),
+    ("-650", "2520", "fees negated"), (650, 2520, "both negated")],
+    ids=["gp-convention", "both-positive", "discounts-positive", "fees-positive", "json-numbers"])
+def test_discounts_and_fees_take_the_sign_the_deposit_identity_chooses(discounts, fees, signs):
+    # deposit 25000 − 7500 − 650 − 2520 = 14330, however GP signed the discounts and fees
+    the_deposit = deposit(sales=(2, "25000"), refunds=(1, "-7500"), discounts=(2, "-650"), fees="-2520")
+    the_deposit["discounts"]["amount"], the_deposit["fees"]["amount"] = discounts, fees
+    assert the_deposit["amount"] == "14330"
+    conn, _ = stage_raw([transaction(1, "SALE", "25000"), transaction(2, "REFUND", "7500")], deposits=[the_deposit])
+    assert conn.execute(f"SELECT discounts_amount, fees_amount, fee_signs FROM {DEPOSITS_TABLE}").fetchall() == [
+        (-650, -2520, signs)]
+    lines, rejected, payouts, rejected_payouts = canonical(conn)
+    assert rejected.empty and rejected_payouts.empty
+    assert conn.execute("SELECT source_id, net_minor FROM core_settlement_lines WHERE line_type = 'fee' "
+                        "ORDER BY source_id").fetchall() == [("DEP_0000000001:DISCOUNTS", -650),
+                                                            ("DEP_0000000001:FEES", -2520)]
+    tie_out_payouts(conn, payouts="core_payouts", lines="core_settlement_lines")
+    assert conn.execute("SELECT status, payout_amount_minor FROM payout_tieout").fetchall() == [("tied", 14330)]
 
 
 # -- the whole period: sandbox → GP API → staging → canonical ------------------------------------------------
@@ -311,10 +366,15 @@ def ledger(world) -> HeartlandLedger:
     return build_heartland_ledger(world)
 
 
-@pytest.fixture(scope="module")
-def gp(ledger):
+@pytest.fixture(scope="module", params=["", "gp_millis_z", "gp_positive_fees"],
+                ids=["documented", "gp_millis_z", "gp_positive_fees"])
+def gp(ledger, request):
+    """GP API as documented, and the same world with dispute times as ``…sssZ`` or positive discounts/fees."""
     clock = SandboxClock(PERIOD.end_epoch + 10 * DAY)  # every deposit posted, the held one released
-    server = VendorServer(HeartlandApp(ledger, clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY), clock).start()
+    quirks = frozenset({request.param} - {""})
+    server = VendorServer(HeartlandApp(ledger, clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, quirks=quirks),
+                          clock).start()
+    server.quirks = quirks
     yield server
     server.stop()
 
@@ -375,6 +435,20 @@ def test_the_period_maps_to_the_generators_lines_ties_out_and_matches_as_planned
         assert len(tieout) == len(ledger.deposits) and {status for _, status, _, _ in tieout} == {"tied"}
         assert all(lines == itemised for _, _, lines, itemised in tieout)
 
+        # Each dispute movement happened when the generator says, whichever ISO 8601 form GP wrote it in.
+        assert dict(conn.execute("SELECT source_id, occurred_at_utc FROM core_settlement_lines "
+                                 "WHERE line_type LIKE 'dispute%'").fetchall()) == {
+            f"{d.id}:{a.stage}": datetime.fromtimestamp(a.created, timezone.utc).replace(tzinfo=None)
+            for d in ledger.disputes.values() for a in d.adjustments}
+        millis_z, positive_fees = "gp_millis_z" in gp.quirks, "gp_positive_fees" in gp.quirks
+        wire_shapes = conn.execute(
+            f"SELECT DISTINCT raw->>'$.stage_time_created' LIKE '%.000Z' FROM {DISPUTES_TABLE}").fetchall()
+        assert wire_shapes == [(millis_z,)]
+        assert dict(conn.execute(f"SELECT fee_signs, count(*) FROM {DEPOSITS_TABLE} GROUP BY ALL").fetchall()) == {
+            "both negated" if positive_fees else "as sent": len(ledger.deposits)}
         judged, misses = truth_misses(conn, world, "heartland", "core_settlement_lines")
     assert judged == sum(t.type == "SALE" for t in ledger.transactions.values()) and misses == []
+    resigned = {m.metadata["deposits_with_fee_signs_chosen_by_identity"].value
+                for m in result.asset_materializations_for_node("raw_heartland_deposits")}
+    assert resigned == {len(ledger.deposits) if positive_fees else 0}
     assert {t.payment_id for t in world.payments} == {t.id for t in ledger.transactions.values() if t.type == "SALE"}

@@ -2,6 +2,7 @@
 dedupe, batch payouts, and a sandbox period end to end (raw assets → core tables) judged against the
 generator's truth."""
 
+import json
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -10,6 +11,7 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
+from m3_recon import decimal_json
 from m3_recon.canonical import paytrace as paytrace_mapping
 from m3_recon.canonical.model import (PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS,
                                       SETTLEMENT_LINE_SCHEMA, split_valid)
@@ -17,7 +19,8 @@ from m3_recon.defs.core.assets import core_payouts, core_settlement_lines, load_
 from m3_recon.defs.paytrace.assets import batch_row, store_window, transaction_row
 from m3_recon.partitions import FetchWindow
 from m3_recon.reconcile.tieout import tie_out_payouts
-from m3_recon.sandbox.paytrace_ledger import PACIFIC
+from m3_recon.sandbox import Sandbox
+from m3_recon.sandbox.paytrace_ledger import AUTO_SETTLE_SECOND, PACIFIC, local_epoch
 from m3_recon.sandbox.truth import truth_misses
 from m3_recon_tests.test_paytrace import PAYTRACE_ASSETS, resource_for
 
@@ -114,34 +117,43 @@ def test_every_known_transaction_type_has_a_line_type_or_is_never_booked():
         ("core_settlement_lines", DAY)]
 
 
+NOT_A_TIME = "is not a time (expected ISO 8601 like 2026-10-05T14:03:11.000Z)"
+
+
+def unusable(what: str, defect: str) -> str:
+    return (f"{named(2)} has no usable {what} ({defect}): have PayTrace correct it, then re-materialise batch date "
+            "2026-10-05")
+
+
 @pytest.mark.parametrize("broken,reason", [
     (wire(2, "ADJUSTMENT"), f"unknown PayTrace transaction_type 'ADJUSTMENT' on {named(2)}: add it to "
                             "m3_recon/canonical/paytrace.py once finance has decided how it is booked"),
     (wire(2, None), f"unknown PayTrace transaction_type null on {named(2)}: add it to "
                     "m3_recon/canonical/paytrace.py once finance has decided how it is booked"),
-    ({k: v for k, v in wire(2, "SALE").items() if k != "amount"},
-     f"{named(2)} has no usable amount (PayTrace sent nothing): have PayTrace correct it, then re-materialise "
-     "batch date 2026-10-05"),
-    (wire(2, "SALE", amount=Decimal("12.345")),
-     f"{named(2)} has no usable amount (PayTrace sent '12.345'): have PayTrace correct it, then re-materialise "
-     "batch date 2026-10-05"),
+    ({k: v for k, v in wire(2, "SALE").items() if k != "amount"}, unusable("amount", "PayTrace sent nothing")),
+    (wire(2, "SALE", amount=Decimal("12.345")), unusable("amount", "12.345 is not a whole number of cents")),
+    (wire(2, "SALE", amount="80.845"), unusable("amount", "80.845 is not a whole number of cents")),
+    (wire(2, "SALE", amount="12,50"), unusable("amount", "'12,50' is not an amount")),
+    (wire(2, "SALE", amount=Decimal("92233720368547758.08")),
+     unusable("amount", "92233720368547758.08 is too large: m3-recon stores amounts as 64-bit cents")),
     (wire(2, "SALE", created={"through": "API", "at": "yesterday"}),
-     f"{named(2)} has no usable created.at time (PayTrace sent 'yesterday'; expected M/D/YYYY h:mm:ss AM/PM): "
-     "have PayTrace correct it, then re-materialise batch date 2026-10-05"),
-    (wire(2, "Refund", created={"through": "API", "at": "2026-10-05 09:02:00"}),
-     f"{named(2)} has no usable created.at time (PayTrace sent '2026-10-05 09:02:00'; expected M/D/YYYY "
-     "h:mm:ss AM/PM): have PayTrace correct it, then re-materialise batch date 2026-10-05"),
+     unusable("created.at time", f"'yesterday' {NOT_A_TIME}")),
+    (wire(2, "Refund", created={"through": "API", "at": "10/32/2026 9:02:00 AM"}),
+     unusable("created.at time", "'10/32/2026 9:02:00 AM' is not a valid date or time")),
     (wire(2, "SALE", settled=""),
      f"{named(2)} has no settled time (PayTrace sent ''): an unsettled transaction has moved no money yet; it is "
      "booked when a load within the look-back shows it settled"),
-], ids=["unknown-type", "no-type", "no-amount", "amount-not-cents", "bad-date", "iso-date", "unsettled"])
+    (wire(2, "SALE", settled="tonight"), unusable("settled time", f"'tonight' {NOT_A_TIME}")),
+], ids=["unknown-type", "no-type", "no-amount", "amount-not-cents", "string-not-cents", "not-an-amount",
+        "beyond-bigint", "bad-date", "bad-us-date", "unsettled", "bad-settled"])
 def test_a_row_that_cannot_be_a_money_movement_is_quarantined_with_its_reason(broken, reason):
     conn = load({BATCH: [wire(1, "SALE"), broken]})
     valid, rejected = close(conn, "core_settlement_lines")
     assert list(valid["source_id"]) == ["81000001"]
-    rows = conn.execute("SELECT source_id, table_name, partition_date, reason, raw_payload->>'$.transaction_id' "
+    rows = conn.execute("SELECT source_id, table_name, partition_date, reason, CAST(raw_payload AS VARCHAR) "
                         "FROM core_quarantine").fetchall()
-    assert rows == [("81000002", "core_settlement_lines", DAY, reason, "81000002")]
+    assert [row[:4] for row in rows] == [("81000002", "core_settlement_lines", DAY, reason)]
+    assert decimal_json.loads(rows[0][4]) == broken  # the payload as PayTrace sent it, digit for digit
 
 
 def test_a_transaction_delivered_twice_is_one_line():
@@ -157,25 +169,61 @@ def test_each_batch_is_a_payout_that_ties_out_to_its_transactions():
                "sales_amount": Decimal("1234.5"), "refund_count": 1, "refund_amount": 200,
                "net_amount": Decimal("1034.5")}
     not_itemised = summary | {"number": BATCH + 1}
-    still_open = summary | {"number": BATCH + 2, "settled": ""}
+    bad_time = summary | {"number": BATCH + 2, "settled": "13/5/2026 8:04:10 PM"}
+    bad_net = summary | {"number": BATCH + 3, "net_amount": "1034.555"}
+    bad_count = summary | {"number": BATCH + 4, "transaction_count": "two"}
     conn = load({BATCH: [wire(1, "SALE"), wire(2, "Refund", amount=200), wire(3, "Void", amount=99)]},
-                [summary, not_itemised, still_open])
+                [summary, not_itemised, bad_time, bad_net, bad_count])
     close(conn, "core_settlement_lines")
     valid, rejected = close(conn, "core_payouts")
     assert conn.execute("SELECT * FROM core_payouts ORDER BY payout_id").fetchall() == [
         ("paytrace", "4711", "USD", 103_450, datetime(2026, 10, 6, 3, 4, 10), DAY, None, "paid", True, 2),
         ("paytrace", "4712", "USD", 103_450, datetime(2026, 10, 6, 3, 4, 10), DAY, None, "paid", False, 2)]
     assert list(rejected["reason"]) == [
-        f"PayTrace batch {BATCH + 2} (batch date {DAY}) has no settled time (PayTrace sent ''): an open batch is no "
-        "payout yet; it is loaded again by the next run within the look-back"]
+        f"PayTrace batch {BATCH + 2} (batch date {DAY}) has no usable settled time ('13/5/2026 8:04:10 PM' is not a "
+        "valid date or time): have PayTrace correct it, then re-materialise batch date 2026-10-05",
+        f"PayTrace batch {BATCH + 3} (batch date {DAY}) has no usable net_amount (1034.555 is not a whole number of "
+        "cents): have PayTrace correct it, then re-materialise batch date 2026-10-05",
+        f"PayTrace batch {BATCH + 4} (batch date {DAY}) has no usable transaction_count ('two' is not a count): "
+        "have PayTrace correct it, then re-materialise batch date 2026-10-05"]
+    assert [payload["number"] for payload in map(json.loads, rejected["raw_payload"])] == [
+        BATCH + 2, BATCH + 3, BATCH + 4]
     tie_out_payouts(conn, payouts="core_payouts", lines="core_settlement_lines")
     assert conn.execute("SELECT payout_id, status, lines_net_minor, line_count, itemised_line_count "
                         "FROM payout_tieout ORDER BY payout_id").fetchall() == [
         ("4711", "tied", 103_450, 2, 2), ("4712", "pending", 0, 0, 2)]
-    assert set(quarantined(conn)) == {"81000003", str(BATCH + 2)}  # the void is no money movement
+    assert set(quarantined(conn)) == {"81000003", *(str(BATCH + n) for n in (2, 3, 4))}  # a void moves no money
 
 
-def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(sandbox, tmp_path):
+@pytest.mark.parametrize("settled", [None, "", "  "], ids=["absent", "empty", "blank"])
+def test_a_batch_without_a_settlement_time_settled_at_its_8pm_cutoff(settled):
+    summary = {"number": BATCH, "transaction_count": 1, "sales_count": 1, "sales_amount": "1234.50",
+               "refund_count": 0, "refund_amount": "0.00", "net_amount": "1234.50"}
+    if settled is not None:
+        summary["settled"] = settled
+    conn = load({BATCH: [wire(1, "SALE", amount="1234.50")]}, [summary])
+    assert conn.execute("SELECT settled_at_utc, settled_time_assumed, net_amount_cents, defects "
+                        "FROM raw_paytrace_batches").fetchall() == [(datetime(2026, 10, 6, 3, 0), True, 123_450, None)]
+    close(conn, "core_settlement_lines")
+    valid, rejected = close(conn, "core_payouts")
+    assert rejected.empty
+    assert conn.execute("SELECT * FROM core_payouts").fetchall() == [
+        ("paytrace", "4711", "USD", 123_450, datetime(2026, 10, 6, 3, 0), DAY, None, "paid", True, 1)]
+
+
+@pytest.fixture(scope="module", params=["", "paytrace_no_settle_time", "amounts_as_strings"],
+                ids=["documented", "paytrace_no_settle_time", "amounts_as_strings"])
+def paytrace_sandbox(request):
+    """The shared sandbox as documented, and one serving the same world in each of PayTrace's quirky shapes."""
+    if not request.param:
+        yield request.getfixturevalue("sandbox")
+        return
+    with Sandbox(quirks=frozenset({request.param})) as quirky:
+        yield quirky
+
+
+def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(paytrace_sandbox, tmp_path):
+    sandbox = paytrace_sandbox
     db = str(tmp_path / "w.duckdb")
     ledger = sandbox.paytrace
     # Sales after 8 p.m. Pacific on the period's last day settle in the next day's batch: load through it.
@@ -214,6 +262,20 @@ def test_a_sandbox_period_lands_in_the_core_tables_as_the_generator_made_it(sand
         assert conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY ALL").fetchall() == [
             ("tied", len(ledger.batches))]
         judged, misses = truth_misses(conn, sandbox.world, "paytrace", "core_settlement_lines")
+        # Without settlement times every batch settled at its 8 p.m. Pacific cut-off, and says so.
+        no_settle_time, strings = ("paytrace_no_settle_time" in sandbox.quirks, "amounts_as_strings" in sandbox.quirks)
+        assert dict(conn.execute("SELECT payout_id, created_at_utc FROM core_payouts").fetchall()) == {
+            str(b.number): datetime.fromtimestamp(local_epoch(b.business_date, AUTO_SETTLE_SECOND) if no_settle_time
+                                                  else b.settled_at, timezone.utc).replace(tzinfo=None)
+            for b in ledger.batches.values()}
+        assert conn.execute("SELECT DISTINCT settled_time_assumed, json_type(raw, '$.settled'), "
+                            "json_type(raw, '$.net_amount') = 'VARCHAR' FROM raw_paytrace_batches").fetchall() == [
+            (True, None, strings) if no_settle_time else (False, "VARCHAR", strings)]
+        assert conn.execute("SELECT DISTINCT json_type(raw, '$.amount') = 'VARCHAR' "
+                            "FROM raw_paytrace_transactions").fetchall() == [(strings,)]
+    assumed = {m.metadata["batches_settled_time_assumed"].value  # one run: the same figure on every partition
+               for m in result.asset_materializations_for_node("raw_paytrace_batches")}
+    assert assumed == {len(ledger.batches) if no_settle_time else 0}
     assert judged == sum(1 for t in txns if t.type == "SALE") and misses == []
     checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert len(checks) == 2 and all(e.event_specific_data.passed for e in checks)

@@ -34,7 +34,7 @@ def load(objects: list[dict]):
     stored = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
                             insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, "test-run"),
                             window_column="created_at_utc", start=WINDOW.start, end=WINDOW.end,
-                            rejection=rejection("balance transaction"), run_id="test-run")
+                            rejection=rejection("balance transaction", ("amount", "fee", "net")), run_id="test-run")
     candidates = load_candidates(conn, WINDOW, lambda m: m.settlement_lines_sql, lambda m: m.settlement_line_deps)
     valid, rejected = split_valid(candidates, SETTLEMENT_LINE_SCHEMA)
     replace_canonical(conn, table="core_settlement_lines", columns=SETTLEMENT_LINE_COLUMNS, window=WINDOW,
@@ -98,8 +98,6 @@ def test_a_row_without_a_category_is_quarantined_with_an_actionable_reason():
 
 
 @pytest.mark.parametrize("broken,reason_part", [
-    ({"amount": None, "net": 0}, "amount_minor failed not_nullable"),
-    ({"amount": "12.50"}, "amount_minor failed not_nullable"),
     ({"net": 1}, "net_minor must equal amount_minor - fee_minor"),
     ({"currency": "us dollars"}, "currency must be an upper-case ISO 4217 code"),
     ({"source": {"object": "charge", "id": "ch_1", "amount": 100, "currency": "usd", "metadata": {},
@@ -115,6 +113,29 @@ def test_malformed_rows_are_quarantined_never_dropped(broken, reason_part):
     source_id, table, partition_date, reason = quarantined[0]
     assert (source_id, table, str(partition_date)) == ("txn_0002", "core_settlement_lines", "2026-10-05")
     assert reason_part in reason
+
+
+@pytest.mark.parametrize("broken,reason", [
+    ({"amount": None, "net": 0}, "the balance transaction has no amount"),
+    ({"amount": 8084.5}, "the balance transaction amount 8084.5 is not a whole number of minor units"),
+    ({"fee": "12.50"}, "the balance transaction fee 12.50 is not a whole number of minor units"),
+    ({"net": "lots"}, "the balance transaction net 'lots' is not an amount"),
+    ({"amount": 10**20, "net": 10**20},
+     "the balance transaction amount 100000000000000000000 is too large: m3-recon stores amounts as 64-bit "
+     "minor units"),
+], ids=["no-amount", "fraction", "fee-string-fraction", "not-a-number", "beyond-bigint"])
+def test_an_unreadable_amount_is_quarantined_naming_the_defect_and_keeping_the_payload(broken, reason):
+    conn, stored, valid, _ = load([txn(1, "charge", 1000, 59, "charge"), txn(2, "charge", 2000, 88, "charge") | broken])
+    assert stored == 1 and list(valid["source_id"]) == ["txn_0001"]
+    rows = conn.execute("SELECT source_id, table_name, reason, raw_payload->>'$.id' FROM core_quarantine").fetchall()
+    assert rows == [("txn_0002", "raw_stripe_balance_transactions", reason, "txn_0002")]
+
+
+def test_amounts_sent_as_integer_strings_are_read_exactly():
+    as_strings = txn(1, "charge", 1000, 59, "charge") | {"amount": "1000", "fee": "59", "net": "941"}
+    conn, stored, valid, rejected = load([as_strings])
+    assert stored == 1 and rejected.empty
+    assert list(zip(valid["amount_minor"], valid["fee_minor"], valid["net_minor"])) == [(1000, 59, 941)]
 
 
 def test_unparseable_created_is_quarantined_at_the_raw_layer():

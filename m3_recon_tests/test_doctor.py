@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from m3_recon.doctor import run_doctor
+from m3_recon.doctor import READ_PREFIXES, run_doctor
 from m3_recon.sandbox import m3_api
 
 WRONG_STRIPE_KEY = "sk_live_wrongwrongwrong0000000000000042"
@@ -112,3 +112,28 @@ def test_an_unreachable_postgres_instance_is_named_without_its_password(doctor_e
     assert lines["dagster instance"].startswith("FAIL") and "PostgreSQL refused the connection" in \
         lines["dagster instance"] and "fix: check M3_RECON_DAGSTER_POSTGRES_URL" in lines["dagster instance"]
     assert "s3cret" not in output
+
+
+
+def test_the_doctor_probes_every_posting_transaction_without_writing_to_m3(doctor_environment, sandbox):
+    """It asks M3 about exactly what posting and verification run, and M3 records no write at all."""
+    app = sandbox.apps["m3"]
+    before = len(app.executed)
+    code, lines, _ = doctor()
+    ran = app.executed[before:]
+    assert code == 0
+    assert [t for _, t in ran if not t.startswith(READ_PREFIXES)] == []  # reads only
+    assert set(ran) >= {("ARS200MI", "LstInvByDivi"), ("ARS200MI", "GetInvTotInfo"), ("GLS200MI", "SearchGenLedger"),
+                        ("GLS200MI", "LstVouchersByDt"), ("GLS200MI", "LstVoucherLines"),
+                        ("MRS001MI", "LstTransactions")}
+    for program, transactions in (("GLS840MI", "AddBatchHead, AddBatchLine, CtrlBatch, UpdBatch"),
+                                  ("ARS040MI", "AddBatchHead, AddBatchLine, ControlBatch")):
+        assert lines[f"m3 {program}"].startswith("OK ") and transactions in lines[f"m3 {program}"]
+
+
+def test_without_search_gen_ledger_the_doctor_warns_and_names_the_fallback(doctor_environment, sandbox, monkeypatch):
+    monkeypatch.setattr(sandbox.apps["m3"], "quirks", frozenset({"m3_no_search_gen_ledger"}))
+    code, lines, _ = doctor()
+    assert code == 0
+    assert lines["m3 GLS200MI"].startswith("WARN") and "SearchGenLedger not served (XTR0001)" in lines["m3 GLS200MI"]
+    assert "by date and lines" in lines["m3 GLS200MI"]

@@ -106,7 +106,8 @@ def test_an_unknown_category_goes_to_suspense_so_its_payout_nets_to_zero_and_wit
     derive(conn)
     assert conn.execute("SELECT ait1, amount_minor, voucher_text, held_reason FROM journal_lines "
                         "WHERE entry = 'unknown_category' ORDER BY ait1").fetchall() == [
-        ("1191", 2_345, "unknown_category txn_new", None), ("2990", -2_345, "unknown_category txn_new", None)]
+        ("1191", 2_345, "GSD20261001 unknown_category txn_new", None),
+        ("2990", -2_345, "GSD20261001 unknown_category txn_new", None)]
     assert balances(conn)["1010"] == 17_734
     clearing_by_payout(conn)
     assert conn.execute("SELECT clearing_net_minor FROM clearing_by_payout").fetchall() == [(0,)]

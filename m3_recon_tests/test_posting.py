@@ -3,7 +3,9 @@ batches, read-back verification, and identical final M3 state after kills, lost 
 
 from __future__ import annotations
 
+import io
 import threading
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -12,12 +14,15 @@ import duckdb
 import pytest
 
 from m3_recon.defs.m3.client import M3Client
-from m3_recon.posting.config import PostingConfig, posting_config_from_env
+from m3_recon.defs.reconcile.assets import journal_exceptions
+from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
+from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
 from m3_recon.posting.gl import GLRoute
 from m3_recon.posting.layout import LayoutError, ParmLayout
 from m3_recon.posting.outbox import ROUTE_CASH, ROUTE_GL, Voucher
 from m3_recon.posting.poster import PostingInterrupted, post_pending
+from m3_recon.posting.summary import print_posting_summary
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
@@ -45,8 +50,10 @@ def world():
 class M3Sandbox:
     """One M3 sandbox (ledger, clock, server) for one test; restartable when its ledger is a file."""
 
-    def __init__(self, world, folder: Path, ledger_path: Path | None = None, **ledger_options):
+    def __init__(self, world, folder: Path, ledger_path: Path | None = None, quirks: frozenset[str] = frozenset(),
+                 **ledger_options):
         self.world, self.folder, self.ledger_path, self.ledger_options = world, folder, ledger_path, ledger_options
+        self.quirks = quirks
         folder.mkdir(parents=True, exist_ok=True)
         self.start()
 
@@ -54,7 +61,7 @@ class M3Sandbox:
         self.ledger = M3Ledger(self.world, self.ledger_path, **self.ledger_options)
         self.clock = SandboxClock(NOW)
         self.app = M3App(self.ledger, self.clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET,
-                         SANDBOX_M3_USERNAME, SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT)
+                         SANDBOX_M3_USERNAME, SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT, quirks=self.quirks)
         self.server = VendorServer(self.app, self.clock).start()
         self.ionapi = write_ionapi_file(self.folder / "m3.ionapi", self.server.url)
 
@@ -185,7 +192,7 @@ def test_every_voucher_is_posted_once_verified_in_m3_and_a_rerun_posts_nothing(w
     m3 = sandboxes()
     summary = post(warehouse, m3.client())
     assert summary.counts() == {"posted": 7, "verified": 7, "resumed": 0, "failed": 0, "held": 1, "changed": 0,
-                                "interrupted": 0}
+                                "interrupted": 0, "unverified": 0}
     outcomes = {o.voucher_key: o for o in summary.outcomes}
     assert {k: o.m3_voucher_number for k, o in outcomes.items() if o.route == ROUTE_GL} == {
         BIG: "2026-GL-1", "JV2610030001": "2026-GL-2", HELD: None, "JV2610050001": "2026-GL-3",
@@ -221,7 +228,7 @@ def test_every_voucher_is_posted_once_verified_in_m3_and_a_rerun_posts_nothing(w
     state, served = m3.state(), m3.server.faults.served
     again = post(warehouse, m3.client())
     assert again.counts() == {"posted": 0, "verified": 0, "resumed": 0, "failed": 0, "held": 1, "changed": 0,
-                              "interrupted": 0}
+                              "interrupted": 0, "unverified": 0}
     assert m3.state() == state and m3.server.faults.served == served  # not a single call to M3
 
 
@@ -421,4 +428,205 @@ def test_posting_to_an_interface_m3_does_not_know_fails_every_gl_voucher_with_m3
     assert failed.keys() == {BIG, "JV2610030001", "JV2610050001", "JV2610060001"}
     assert all("Interface GLNOTTHERE does not exist" in error for error in failed.values())
     assert summary.posted == 3  # the cash route is unaffected
-    assert m3.state()[0] == []
+    assert [line for line in m3.state()[0] if line[2] == "GL"] == []  # only the payment vouchers (series PY)
+
+
+# -- cash on the processor's clearing account -----------------------------------------------------------------
+def test_cash_batches_carry_the_processors_payment_method_payment_id_and_date(world, sandboxes, tmp_path):
+    """M3 debits a payment line's AIT1, else its batch's payment method account, else its default account."""
+    m3 = sandboxes()
+    gl, cash = journal_rows(world)
+    for row in cash:
+        row["processor"] = {SPLIT: "stripe", "CA2610070002": "paytrace", "CA2610080001": "heartland"}[row["voucher_key"]]
+    path = tmp_path / "cash.duckdb"
+    write_journals(path, gl, cash)
+    config = replace(CONFIG, payment_methods={"stripe": PaymentMethod("STR"), "paytrace": PaymentMethod("PYT", "1199"),
+                                              "heartland": PaymentMethod("ZZZ")})
+    assert post(path, m3.client(), config).failed == 0
+    batches = {b.batch_type: b for b in m3.ledger._payment_batches.values()}
+    assert set(batches) == {"STR", "PYT", "ZZZ"}  # one batch per processor, each with its payment method
+    split = next(iter(b for b in batches.values() if len(b.lines) == 7))
+    expected = {(row["line_number"], row["source_id"], row["accounting_date"]) for row in cash if row["voucher_key"] == SPLIT}
+    assert {(n, ln.check_number, ln.payment_date) for n, ln in split.lines.items()} == expected  # CKNO, LPDT
+    debits: dict[str, int] = {}
+    for line in m3.ledger.gl_lines(NOW):
+        if line.voucher_series == "PY":
+            debits[line.ait1] = debits.get(line.ait1, 0) + line.local_minor
+    applied = {key: sum(r["amount_minor"] for r in cash if r["voucher_key"] == key) for key in (SPLIT, "CA2610070002")}
+    assert debits["1191"] == applied[SPLIT]  # STR: stripe's clearing account
+    assert debits["1199"] == applied["CA2610070002"]  # the explicit AIT1 wins over PYT's account
+    assert debits["1999"] > 0  # a payment method M3 has no account for: its default account
+    assert sum(debits.values()) == 0 and debits["1510"] < 0  # against receivables
+
+    del config.payment_methods["heartland"]
+    write_journals(tmp_path / "again.duckdb", gl, cash)
+    outcomes = {o.voucher_key: o for o in post(tmp_path / "again.duckdb", sandboxes().client(), config).outcomes}
+    assert outcomes["CA2610080001"].status == "failed"
+    assert "no M3 payment method (BOPE) for heartland" in outcomes["CA2610080001"].error
+
+
+# -- verification without SearchGenLedger, crashes, posted_unverified ------------------------------------------
+NO_SEARCH = frozenset({"m3_no_search_gen_ledger"})
+
+
+def test_without_search_gen_ledger_every_voucher_is_verified_by_date_and_lines(sandboxes, warehouse, reference,
+                                                                                monkeypatch):
+    m3 = sandboxes(quirks=NO_SEARCH)
+    summary = post(warehouse, m3.client())
+    assert (summary.posted, summary.failed, summary.unverified) == (7, 0, 0)
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]  # same vouchers, same numbers
+    assert ("GLS200MI", "LstVouchersByDt") in m3.app.executed and ("GLS200MI", "LstVoucherLines") in m3.app.executed
+    assert m3.app.executed.count(("GLS200MI", "SearchGenLedger")) <= BULK  # refused once per bulk call, then left
+    monkeypatch.setenv("M3_RECON_DUCKDB_PATH", str(warehouse))
+    monkeypatch.delenv("M3_RECON_WAREHOUSE", raising=False)
+    out = io.StringIO()
+    assert print_posting_summary(out) == 1  # the held voucher needs a person
+    assert "1 voucher held: no account mapped for category adjustment -> next:" in out.getvalue()
+    assert "gl                verified" in out.getvalue()
+
+
+@pytest.mark.parametrize("quirks", [frozenset(), NO_SEARCH])
+@pytest.mark.parametrize("crash", ["before AddBatchHead", "between UpdBatch and read-back"])
+def test_a_crash_ends_verified_next_run_without_a_second_voucher(sandboxes, warehouse, reference, quirks, crash):
+    m3 = sandboxes(quirks=quirks)
+    if crash == "before AddBatchHead":  # marked sent, then the first bulk call never reaches M3
+        m3.server.faults.configure(faults=[Fault(status=503, count=1, path_prefix=API)])
+    else:
+        m3.app.lose_response("GLS840MI", "UpdBatch")
+    with pytest.raises(PostingInterrupted):
+        post(warehouse, m3.client(max_attempts=1))
+    assert ("sent" in {status for _, _, status, *_ in outbox_state(warehouse)})
+    summary = post(warehouse, m3.client())
+    assert summary.failed == 0 and summary.count("resumed") >= 1
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]  # one voucher per batch
+
+
+def test_a_voucher_m3_accepted_but_does_not_show_yet_is_posted_unverified_never_resent(
+        sandboxes, warehouse, reference, monkeypatch):
+    m3 = sandboxes(quirks=NO_SEARCH)
+    monkeypatch.setattr(m3.ledger, "gl_lines", lambda now: [])  # M3's GL reads lag behind its updates
+    summary = post(warehouse, m3.client())
+    unverified = {o.voucher_key for o in summary.outcomes if o.status == "posted_unverified"}
+    assert unverified == {BIG, "JV2610030001", "JV2610050001", "JV2610060001"} and summary.failed == 0
+    assert all("never sent again" in o.error for o in summary.outcomes if o.status == "posted_unverified")
+    monkeypatch.setenv("M3_RECON_DUCKDB_PATH", str(warehouse))
+    monkeypatch.delenv("M3_RECON_WAREHOUSE", raising=False)
+    out = io.StringIO()
+    assert print_posting_summary(out) == 1
+    assert "4 vouchers posted_unverified (e.g. JV2610020001: M3 accepted batch" in out.getvalue()
+    assert "they are never resent" in out.getvalue()
+    with duckdb.connect(str(warehouse)) as conn:  # the next close registers them as exceptions: alerted
+        found = journal_exceptions(conn, "2026-10-01", "2026-10-31")
+        alerted = conn.execute(f"SELECT source_id, processor, detail FROM ({found}) "
+                               "WHERE reason_code = 'voucher_unverified' ORDER BY 1").fetchall()
+    assert [key for key, *_ in alerted] == sorted(unverified) and alerted[0][1] == "stripe"
+    assert "gl voucher JV2610020001 (M3 batch JV2610020001): M3 accepted batch" in alerted[0][2]
+
+    again = post(warehouse, m3.client())  # still not readable: stays, and nothing is sent
+    assert again.unverified == 4 and ("GLS840MI", "AddBatchHead") not in m3.app.executed[-20:]
+    monkeypatch.undo()
+    sent_before = m3.app.executed.count(("GLS840MI", "AddBatchHead"))
+    final = post(warehouse, m3.client())
+    assert final.count("resumed") == 4 and final.unverified == 0
+    assert m3.app.executed.count(("GLS840MI", "AddBatchHead")) == sent_before  # verified, never resent
+    assert m3.state() == reference[0] and outbox_state(warehouse) == reference[1]
+
+
+# -- blocking checks hold their processor-day -------------------------------------------------------------------
+def test_a_failing_blocking_check_holds_only_its_processor_days_vouchers(sandboxes, warehouse, monkeypatch):
+    m3 = sandboxes()
+    with duckdb.connect(str(warehouse)) as conn:
+        conn.execute(f"CREATE TABLE {BLOCKS} ({', '.join(f'{c} {t}' for c, t in BLOCK_COLUMNS.items())})")
+        conn.executemany(f"INSERT INTO {BLOCKS} VALUES (?, ?, ?, ?)", [
+            ("stripe", date(2026, 10, 3), "payout_ties_out", "payout po_1: residue 5 USD"),
+            ("stripe", date(2026, 10, 8), "no_invoice_over_allocated", "invoice 1/2026 is allocated more than it has open"),
+            ("paytrace", date(2026, 10, 5), "vouchers_balance", "voucher GPD20261005 does not balance in USD by 1")])
+    summary = post(warehouse, m3.client())
+    held = {o.voucher_key: o.error for o in summary.outcomes if o.status == "held"}
+    assert held.keys() == {HELD, "JV2610030001", "CA2610080001"}
+    assert held["JV2610030001"] == ("blocking check payout_ties_out failed: stripe 2026-10-03: "
+                                    "payout po_1: residue 5 USD")
+    assert summary.posted == 5  # stripe's other days, and stripe's 2026-10-05 despite paytrace's block that day
+    assert m3.ledger.gl_lines_of_batch("JV2610030001", NOW) == []
+    monkeypatch.setenv("M3_RECON_DUCKDB_PATH", str(warehouse))
+    monkeypatch.delenv("M3_RECON_WAREHOUSE", raising=False)
+    out = io.StringIO()
+    assert print_posting_summary(out) == 1
+    assert "1 voucher held: blocking check payout_ties_out failed -> next: resolve what the check found" in \
+        out.getvalue()
+    assert "1 voucher held: blocking check no_invoice_over_allocated failed" in out.getvalue()
+
+    with duckdb.connect(str(warehouse)) as conn:  # the next close finds the checks passing
+        conn.execute(f"DELETE FROM {BLOCKS}")
+    after = post(warehouse, m3.client())
+    assert {o.voucher_key for o in after.outcomes if o.action == "posted"} == {"JV2610030001", "CA2610080001"}
+
+
+def test_a_refused_voucher_fails_the_summary_with_the_next_step(sandboxes, warehouse, monkeypatch):
+    m3 = sandboxes()
+    post(warehouse, m3.client(), posting_config_from_env({"M3_GL_INTERFACE": "GLNOTTHERE"}))
+    monkeypatch.setenv("M3_RECON_DUCKDB_PATH", str(warehouse))
+    monkeypatch.delenv("M3_RECON_WAREHOUSE", raising=False)
+    out = io.StringIO()
+    assert print_posting_summary(out) == 1
+    assert "4 vouchers failed (e.g. JV2610020001: M3: GLS840MI/AddBatchHead answered NOK in field INTN: Interface " \
+           "GLNOTTHERE does not exist (HTTP 200)) -> next: M3 refused them" in out.getvalue()
+    assert "gl                failed                4 vouchers  debits EUR 412.37; USD 2,475.77" in out.getvalue()
+    assert "posting: needs a person — 4 failed, 1 held" in out.getvalue()
+
+
+def test_posting_blocks_name_each_failing_check_per_processor_day():
+    """The gate over the close's tables: each failing blocking check lands on the processor-days it concerns."""
+    conn = duckdb.connect()
+    d = lambda day: date(2026, 10, day)  # noqa: E731
+    tables = {
+        "core_payout_reconciliation (processor VARCHAR, payout_id VARCHAR, settlement_date DATE, residue VARCHAR, "
+        "status VARCHAR, payout_status VARCHAR)": [
+            ("heartland", "dep1", d(3), "payout 100 USD vs lines net 95: residue 5 USD", "mismatch", "paid"),
+            ("stripe", "po7", d(7), None, "tied", "paid"), ("paytrace", "b1", d(3), None, "tied", "paid")],
+        "core_settlement_lines (processor VARCHAR, payout_id VARCHAR, settlement_date DATE)": [
+            ("heartland", "dep1", d(2)), ("heartland", "dep1", d(3)), ("paytrace", "b1", d(3))],
+        "journal_lines (voucher_key VARCHAR, currency VARCHAR, amount_minor BIGINT, processor VARCHAR, "
+        "source_date DATE, accounting_date DATE)": [
+            ("GSD20261004", "USD", 100, "stripe", d(4), d(4)), ("GSD20261004", "USD", -99, "stripe", d(4), d(4)),
+            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
+        "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
+        "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
+        "invoice_year INTEGER)": [
+            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026),
+            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026),
+            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026)],
+        "core_match_exceptions (processor VARCHAR, source_id VARCHAR, unapplied_minor BIGINT, reason_code VARCHAR)": [],
+        "core_open_invoices (invoice_number VARCHAR, invoice_year INTEGER, outstanding_minor BIGINT)": [
+            ("I1", 2026, 1000), ("I2", 2026, 200), ("I3", 2026, 300)],
+        "applications_in_m3 (processor VARCHAR, source_id VARCHAR, invoice_number VARCHAR, invoice_year INTEGER)": [],
+        "clearing_residue (processor VARCHAR, payout_id VARCHAR, payout_status VARCHAR, clearing_net_minor BIGINT)": [
+            ("stripe", "po7", "paid", 12)],
+    }
+    for table, rows in tables.items():
+        conn.execute(f"CREATE TABLE {table}")
+        if rows:
+            conn.executemany(f"INSERT INTO {table.split()[0]} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    posting_blocks(conn, "2026-10-01", "2026-10-09")  # day 9 lies outside the window
+    assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
+        ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
+        ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
+        ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
+
+
+def test_the_m3_posting_run_fails_when_m3_refused_a_voucher(sandboxes, warehouse, monkeypatch):
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from m3_recon.defs.m3.resources import M3Resource
+    from m3_recon.defs.post.assets import out_m3_postings
+
+    m3 = sandboxes()
+    resources = {"duckdb": DuckDBResource(database=str(warehouse)),
+                 "m3": M3Resource(ionapi_file=str(m3.ionapi), cono=100, divi="AAA", max_requests_per_second=1_000)}
+    monkeypatch.setenv("M3_GL_INTERFACE", "GLNOTTHERE")
+    refused = dg.materialize([out_m3_postings], resources=resources, raise_on_error=False)
+    assert not refused.success
+    assert "4 voucher(s) failed in M3 this run" in str(refused.get_step_failure_events()[0].event_specific_data.error)
+    monkeypatch.delenv("M3_GL_INTERFACE")
+    assert dg.materialize([out_m3_postings], resources=resources).success  # nothing new fails: the run succeeds

@@ -3,6 +3,7 @@ processor's raw assets to the journals and postings, grouped by stage, with the 
 launched from the Launchpad (``resolve_exception``) is applied by the next close."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import requests
 from m3_recon.settings import PROJECT_ROOT
 from m3_recon_tests.conftest import close_definitions, run_close
 
-STARTUP_SECONDS = 120
+HANG_CEILING_SECONDS = 600  # only a hang gets here; a busy machine may take minutes to load the code location
 
 QUERY = """{ assetNodes { assetKey { path } groupName description
     dependencyKeys { path } assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"""
@@ -27,7 +28,6 @@ run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
 """
-RUN_SECONDS = 120
 
 
 @pytest.fixture(scope="module")
@@ -44,27 +44,36 @@ def webserver(tmp_path_factory, books):
     home = tmp_path_factory.mktemp("dagster_home")
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text() + IMMEDIATE_RUNS)
     env = {**os.environ, **books.env, "DAGSTER_HOME": str(home)}
+    # Its own session: the webserver starts a code server process, and both are stopped together at the end.
     process = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                                 "-h", "127.0.0.1", "-p", str(port)], cwd=PROJECT_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
+    deadline = time.monotonic() + HANG_CEILING_SECONDS
     try:
-        while time.monotonic() < deadline:
+        while True:
+            assert process.poll() is None, f"the webserver exited with {process.returncode}"
             try:
-                if requests.get(f"{url}/server_info", timeout=2).ok:
-                    nodes = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=30).json()
+                if requests.get(f"{url}/server_info", timeout=5).ok:
+                    nodes = requests.post(f"{url}/graphql", json={"query": QUERY}, timeout=60).json()
                     if nodes.get("data", {}).get("assetNodes"):
                         break
             except requests.RequestException:
                 pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"the webserver did not serve the code location within {STARTUP_SECONDS} s")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the webserver did not serve the code location within {HANG_CEILING_SECONDS} s")
+            time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        process.wait(30)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(HANG_CEILING_SECONDS)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is still there
+            except ProcessLookupError:
+                pass
+            process.wait()
 
 
 def graph(url):
@@ -122,14 +131,14 @@ def launch_resolution(url, **config) -> str:
     launched = answer["data"]["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + RUN_SECONDS
+    deadline = time.monotonic() + HANG_CEILING_SECONDS
     while time.monotonic() < deadline:
         status = requests.post(f"{url}/graphql", json={"query": STATUS, "variables": {"runId": run_id}},
                                timeout=30).json()["data"]["runOrError"]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             return status
         time.sleep(0.5)
-    pytest.fail(f"run {run_id} of resolve_exception did not finish within {RUN_SECONDS} s")
+    pytest.fail(f"run {run_id} of resolve_exception did not finish within {HANG_CEILING_SECONDS} s")
 
 
 def test_a_decision_launched_from_the_launchpad_is_applied_by_the_next_close(webserver, books, monkeypatch):

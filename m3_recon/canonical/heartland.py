@@ -15,6 +15,8 @@ The lines of a deposit are every money movement it carried:
 
 So sum(net) of a deposit's lines is the deposited amount (GP's identity: net = sales + refunds +
 discounts + tax + fees + chargebacks + reversals, with money out negative in the deposit's groups).
+GP readings differ on the sign of discounts and fees: the staging table keeps the sign that makes this
+identity hold, and a deposit that ties with neither sign is quarantined with its components named.
 ``core_payouts`` has one row per deposit: its signed net, its status, and ``line_count`` = the lines
 GP itemised for it (its transaction and dispute counts plus one per non-zero total above).
 
@@ -28,6 +30,7 @@ are not guessed at: the row is rejected with a reason and lands in ``core_quaran
 
 from __future__ import annotations
 
+from m3_recon import wire
 from m3_recon.canonical.model import ProcessorMapping
 
 TRANSACTION_LINE_TYPES = {"SALE": "charge", "REFUND": "refund"}
@@ -64,16 +67,20 @@ def _quoted(expr: str) -> str:
     return f"coalesce('''' || ({expr}) || '''', 'null')"
 
 
-def _unusable(row: str, column: str, field: str, problem: str) -> str:
-    """Reason SQL when ``row.column`` (parsed from GP's ``field``) is NULL: GP sent none, or ``problem``."""
+def _unusable(row: str, column: str, field: str, defect) -> str:
+    """Reason SQL when ``row.column`` (read from GP's ``field``) is NULL: GP sent none, or what ``defect``
+    (a ``m3_recon.wire`` defect SQL builder) says is wrong with what it sent."""
     got = f"{row}.raw->>'$.{field}'"
     return (f"CASE WHEN {row}.{column} IS NULL THEN CASE WHEN coalesce({got}, '') = '' THEN 'GP sent no {field}' "
-            f"ELSE 'GP {field} ' || {_quoted(got)} || ' {problem}' END || ': {REPULL}' END")
+            f"ELSE 'GP {field} ' || {defect(got)} END || ': {REPULL}' END")
 
 
-NOT_MINOR_UNITS = "is not a whole number of minor units"
-TRANSACTION_TIME = "is not a UTC time like 2026-10-05T14:03:11.000Z"
-DISPUTE_TIME = "is not a UTC time like 2026-10-05T14:03:11"  # GP's settlement dispute times: no zone, no millis
+def _not_cents(text: str) -> str:
+    """Reason SQL: what is wrong with the GP minor-unit amount in SQL text ``text``."""
+    return wire.amount_defect_sql(text, 0, "cents")
+
+
+IDENTITY = "sales − refunds − chargebacks + reversals − discounts − fees + tax"
 
 
 def _latest(table: str, key: str, where: str | None = None) -> str:
@@ -91,6 +98,16 @@ COMPONENT_AMOUNT = "CASE component " + " ".join(
     f"WHEN '{suffix}' THEN {column}" for suffix, column, *_ in DEPOSIT_COMPONENTS) + " END"
 COMPONENT_FIELD = "CASE component " + " ".join(
     f"WHEN '{suffix}' THEN '{field}'" for suffix, _, field, *_ in DEPOSIT_COMPONENTS) + " END"
+COMPONENTS_READ = " AND ".join(f"component.{c} IS NOT NULL" for c in (
+    "net_amount", "sales_amount", "refunds_amount", "chargebacks_amount", "reversals_amount", "discounts_amount",
+    "fees_amount", "tax_amount"))
+# Why a deposit whose discounts and fees tie with no sign is quarantined (see FEE_SIGNS in the GP assets).
+UNTIED = ("'GP deposit ' || component.id || ' amount ' || component.net_amount || ' does not equal " + IDENTITY
+          + " with discounts and fees of either sign (sales ' || component.sales_amount || ', refunds ' || "
+          "-component.refunds_amount || ', chargebacks ' || -component.chargebacks_amount || ', reversals ' || "
+          "component.reversals_amount || ', discounts ' || coalesce(component.raw->>'$.discounts.amount', 'none') "
+          "|| ', fees ' || coalesce(component.raw->>'$.fees.amount', 'none') || ', tax ' || component.tax_amount "
+          f"|| '): {REPULL}'")
 COMPONENTS_ITEMISED = " + ".join(
     f"CAST({column} IS DISTINCT FROM 0 AS INTEGER)" for _, column, *_ in DEPOSIT_COMPONENTS)
 
@@ -125,8 +142,8 @@ SELECT
         CASE WHEN txn_type.line_type IS NULL THEN 'unknown GP settlement transaction type ' || {_quoted('txn.type')}
              || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
         END,
-        {_unusable('txn', 'signed_amount', 'amount', NOT_MINOR_UNITS)},
-        {_unusable('txn', 'created_at_utc', 'time_created', TRANSACTION_TIME)}
+        {_unusable('txn', 'signed_amount', 'amount', _not_cents)},
+        {_unusable('txn', 'created_at_utc', 'time_created', wire.instant_defect_sql)}
     ) AS reject_reason,
     txn.deposit_date AS partition_date, CAST(txn.raw AS VARCHAR) AS raw_payload
 FROM txn
@@ -152,8 +169,8 @@ SELECT
              || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
              || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
         END,
-        {_unusable('dispute', 'signed_amount', 'amount', NOT_MINOR_UNITS)},
-        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', DISPUTE_TIME)}
+        {_unusable('dispute', 'signed_amount', 'amount', _not_cents)},
+        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', wire.instant_defect_sql)}
     ) AS reject_reason,
     dispute.deposit_date AS partition_date, CAST(dispute.raw AS VARCHAR) AS raw_payload
 FROM dispute
@@ -173,7 +190,9 @@ SELECT
     CAST(NULL AS VARCHAR) AS card_brand, CAST(NULL AS VARCHAR) AS card_last4,
     component.label || ' in deposit ' || component.id AS description,
     CASE WHEN {COMPONENT_AMOUNT} IS NULL THEN 'GP deposit ' || {COMPONENT_FIELD} || ' '
-        || {_quoted(f"json_extract_string(component.raw, '$.' || {COMPONENT_FIELD})")} || ' {NOT_MINOR_UNITS}: {REPULL}'
+        || {_not_cents(f"json_extract_string(component.raw, '$.' || {COMPONENT_FIELD})")} || ': {REPULL}'
+         WHEN component.fee_signs IS NULL AND component.component IN ('DISCOUNTS', 'FEES') AND {COMPONENTS_READ}
+             THEN {UNTIED}
     END AS reject_reason,
     component.deposit_date AS partition_date, CAST(component.raw AS VARCHAR) AS raw_payload
 FROM component WHERE {COMPONENT_AMOUNT} IS DISTINCT FROM 0
@@ -198,7 +217,9 @@ SELECT 'heartland' AS processor, deposit.id AS payout_id, deposit.id AS source_i
             WHEN deposit.funding_type NOT IN {_in(DEPOSIT_FUNDING_TYPES)} OR deposit.funding_type IS NULL
                  THEN 'GP deposit funding_type ' || {_quoted('deposit.funding_type')}
                  || ' is neither CREDIT nor DEBIT, so the sign of the deposit is unknown: ask Global Payments'
-            ELSE {_unusable('deposit', 'net_amount', 'amount', NOT_MINOR_UNITS)}
+            WHEN deposit.net_amount IS NULL THEN {_unusable('deposit', 'net_amount', 'amount', _not_cents)}
+            WHEN deposit.fee_signs IS NULL AND {COMPONENTS_READ.replace('component.', 'deposit.')}
+                 THEN {UNTIED.replace('component.', 'deposit.')}
        END AS reject_reason,
        deposit.deposit_date AS partition_date, CAST(deposit.raw AS VARCHAR) AS raw_payload
 FROM deposit LEFT JOIN status ON status.gp_status = deposit.status

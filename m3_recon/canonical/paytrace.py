@@ -54,6 +54,11 @@ def _sent(alias: str, path: str) -> str:
     return f"coalesce('''' || json_extract_string({alias}.raw, '{path}') || '''', 'nothing')"
 
 
+def _defect(alias: str, field: str) -> str:
+    """SQL: what is wrong with ``field`` of the row (as the loader read it), else what PayTrace sent."""
+    return f"coalesce({alias}.defects->>'$.\"{field}\"', 'PayTrace sent ' || {_sent(alias, '$.' + field)})"
+
+
 SETTLEMENT_LINES_SQL = f"""
 WITH txn AS (
     SELECT *, CAST(transaction_id AS VARCHAR) AS source_id,
@@ -87,16 +92,18 @@ SELECT
         WHEN kind.line_type IS NULL THEN
             txn.named || ' is a ' || kind.transaction_type || ' row: ' || kind.not_booked
             || {_quoted(NOT_BOOKED_ADVICE)}
+        WHEN txn.settled_at_utc IS NULL AND (txn.defects->>'$.settled') IS NOT NULL THEN
+            txn.named || ' has no usable settled time (' || {_defect('txn', 'settled')} || '): have PayTrace '
+            || 'correct it, then re-materialise batch date ' || txn.batch_date
         WHEN txn.settled_at_utc IS NULL THEN
             txn.named || ' has no settled time (PayTrace sent ' || {_sent('txn', '$.settled')} || '): an unsettled '
             || 'transaction has moved no money yet; it is booked when a load within the look-back shows it settled'
         WHEN txn.amount_cents IS NULL THEN
-            txn.named || ' has no usable amount (PayTrace sent ' || {_sent('txn', '$.amount')} || '): have PayTrace '
+            txn.named || ' has no usable amount (' || {_defect('txn', 'amount')} || '): have PayTrace '
             || 'correct it, then re-materialise batch date ' || txn.batch_date
         WHEN txn.created_at_utc IS NULL THEN
-            txn.named || ' has no usable created.at time (PayTrace sent ' || {_sent('txn', '$.created.at')}
-            || '; expected M/D/YYYY h:mm:ss AM/PM): have PayTrace correct it, then re-materialise batch date '
-            || txn.batch_date
+            txn.named || ' has no usable created.at time (' || {_defect('txn', 'created.at')}
+            || '): have PayTrace correct it, then re-materialise batch date ' || txn.batch_date
     END AS reject_reason,
     txn.batch_date AS partition_date,
     CAST(txn.raw AS VARCHAR) AS raw_payload
@@ -121,9 +128,17 @@ SELECT 'paytrace' AS processor, CAST(batch.batch_number AS VARCHAR) AS payout_id
        batch.batch_date AS settlement_date, CAST(NULL AS DATE) AS arrival_date, 'paid' AS status,
        itemised.batch_number IS NOT NULL AS itemised, CAST(batch.transaction_count AS BIGINT) AS line_count,
        CASE WHEN batch.settled_at_utc IS NULL THEN
-           'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no settled '
-           || 'time (PayTrace sent ' || {_sent('batch', '$.settled')} || '): an open batch is no payout yet; '
-           || 'it is loaded again by the next run within the look-back'
+           'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no usable '
+           || 'settled time (' || {_defect('batch', 'settled')} || '): have PayTrace correct it, then '
+           || 're-materialise batch date ' || batch.batch_date
+            WHEN batch.net_amount_cents IS NULL THEN
+           'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no usable '
+           || 'net_amount (' || {_defect('batch', 'net_amount')} || '): have PayTrace correct it, then '
+           || 're-materialise batch date ' || batch.batch_date
+            WHEN batch.transaction_count IS NULL THEN
+           'PayTrace batch ' || batch.batch_number || ' (batch date ' || batch.batch_date || ') has no usable '
+           || 'transaction_count (' || {_defect('batch', 'transaction_count')} || '): have PayTrace correct it, '
+           || 'then re-materialise batch date ' || batch.batch_date
        END AS reject_reason,
        batch.batch_date AS partition_date, CAST(batch.raw AS VARCHAR) AS raw_payload
 FROM batch LEFT JOIN itemised USING (batch_number)

@@ -7,8 +7,10 @@
 * ``reconciliation_report_sensor`` — after each posting run, the report for the last close's period
   (``reconciliation_report``), so the report states what M3 holds;
 * ``resolve_exception`` — finance records a decision on an exception from the Launchpad (see
-  ``m3_recon.defs.reconcile.resolve``).
-Sensors only look at Dagster's event log (never at the warehouse), so they cannot contend with a run.
+  ``m3_recon.defs.reconcile.resolve``);
+* ``dead_run_reaper`` — runs the ``m3-recon`` command started on this host whose process died are marked
+  failed and their pool slots freed, so runs the daemon launches never wait behind them.
+Sensors only look at Dagster's instance (never at the warehouse), so they cannot contend with a run.
 """
 
 from datetime import timedelta, timezone
@@ -16,6 +18,7 @@ from datetime import timedelta, timezone
 import dagster as dg
 
 from m3_recon import settings
+from m3_recon.run_guard import reap_dead_runs
 
 POSTING = dg.AssetSelection.assets("out_m3_postings")
 ALERTS = dg.AssetSelection.assets("out_alerts")
@@ -78,6 +81,16 @@ def reconciliation_report_sensor(context: dg.SensorEvaluationContext, asset_even
                          tags=dict(zip(PARTITION_RANGE_TAGS, (first, last))))
 
 
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Runs whose recorded process is gone (killed, out of memory, rebooted) are marked failed and their
+    ``duckdb_writer`` slots freed; runs the daemon launched are watched by Dagster's run monitoring."""
+    reaped = reap_dead_runs(context.instance)
+    for line in reaped:
+        context.log.warning(line)
+    return dg.SkipReason("; ".join(reaped) or "no run left behind by a dead process")
+
+
 defs = dg.Definitions(jobs=[payout_close, recon_alerts, m3_posting, reconciliation_report],
                       schedules=[nightly_payout_close],
-                      sensors=[recon_alert_sensor, m3_posting_sensor, reconciliation_report_sensor])
+                      sensors=[recon_alert_sensor, m3_posting_sensor, reconciliation_report_sensor, dead_run_reaper])

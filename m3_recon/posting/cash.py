@@ -1,8 +1,11 @@
 """Cash applications to M3 as ARS040MI payment batches, confirmed by the invoices' outstanding amounts.
 
-One voucher is one payment batch (``PBID`` from the outbox): ``AddBatchHead`` with the accounting
-date, one ``AddBatchLine`` per application naming ``CINO``, ``INYR``, ``CUNO`` and ``PYAM``, and
-``ControlBatch``, which books the batch. Before a batch is first sent, ``ARS200MI/GetInvTotInfo``
+One voucher is one payment batch (``PBID`` from the outbox) of one processor and day:
+``AddBatchHead`` with the accounting date and the processor's payment method ``BOPE`` (whose
+accounting in M3 debits that processor's clearing account), one ``AddBatchLine`` per application
+naming ``CINO``, ``INYR``, ``CUNO`` and ``PYAM``, the processor's payment id as ``CKNO``, the payment
+date as ``LPDT`` and, when configured, the debit account ``AIT1``; and ``ControlBatch``, which books
+the batch. Before a batch is first sent, ``ARS200MI/GetInvTotInfo``
 gives each invoice's outstanding amount; it is stored in ``out_m3_cash_checks`` together with the
 amount applied, in the same transaction that marks the voucher ``sent``. Arrival is then judged by
 reading the invoices again: every one down by exactly what was applied means verified, every one
@@ -53,7 +56,16 @@ class CashRoute:
 
     def calls(self, voucher: Voucher) -> list[MICall]:
         batch = voucher.m3_batch
-        head = ("AddBatchHead", {"PBID": batch, "BOPE": self.config.payment_batch_type,
+        processors = sorted({line["processor"] for line in voucher.lines})
+        if len(processors) != 1:
+            raise PostingRejected(f"payment batch {batch} mixes processors ({', '.join(processors)}); "
+                                  "a batch carries one processor's payment method")
+        method = self.config.payment_methods.get(processors[0])
+        if method is None:
+            raise PostingRejected(f"no M3 payment method (BOPE) for {processors[0]}: add [payment_methods."
+                                  f"{processors[0]}] to data/gl_accounts.toml, or M3 books the cash on its default "
+                                  "account instead of the processor's clearing account")
+        head = ("AddBatchHead", {"PBID": batch, "BOPE": method.bope,
                                  "ACDT": voucher.accounting_date.strftime("%Y%m%d")})
         lines = []
         for line in voucher.lines:
@@ -63,7 +75,9 @@ class CashRoute:
             lines.append(("AddBatchLine", {
                 "PBID": batch, "TRNO": line["line_number"], "CINO": line["invoice_number"],
                 "INYR": line["invoice_year"], "CUNO": line["customer"],
-                "PYAM": format(m3_amount(line["amount_minor"], line["currency"]), "f"), "CUCD": line["currency"]}))
+                "PYAM": format(m3_amount(line["amount_minor"], line["currency"]), "f"), "CUCD": line["currency"],
+                "CKNO": line["source_id"], "LPDT": line["accounting_date"].strftime("%Y%m%d"),
+                **({"AIT1": method.ait1} if method.ait1 else {})}))
         return [head, *lines, ("ControlBatch", {"PBID": batch})]
 
     def touches(self, voucher: Voucher) -> set:

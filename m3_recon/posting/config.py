@@ -1,4 +1,4 @@
-"""How the poster talks to a given M3 site: GL interface, PARM layout, line form, payment batch type.
+"""How the poster talks to a given M3 site: GL interface, PARM layout, line form, payment methods.
 
 Read from the environment by ``posting_config_from_env`` (all optional):
 
@@ -6,23 +6,65 @@ Read from the environment by ``posting_config_from_env`` (all optional):
   ``data/gls840_layout.toml``, the GLUPLOAD layout);
 * ``M3_GL_INTERFACE`` — ``INTN`` on ``GLS840MI/AddBatchHead`` (default: the layout file's ``interface``);
 * ``M3_GL_LINE_FORM`` — ``parm`` (``AddBatchLine`` with a PARM string, default) or ``fields``
-  (``AddBatchLineFld``, for interfaces of GLS850 usage type 2);
-* ``M3_PAYMENT_BATCH_TYPE`` — ``BOPE`` on ``ARS040MI/AddBatchHead`` (default ``1``; the values are
-  defined per site).
+  (``AddBatchLineFld``, for interfaces of GLS850 usage type 2).
+
+Cash application is configured beside the GL accounts: ``[payment_methods.<processor>]`` in
+``data/gl_accounts.toml`` names, per processor, the M3 payment method ``BOPE`` of its ``ARS040MI``
+batches (e.g. ``STR``, set up in M3 to debit that processor's clearing account) and optionally an
+explicit ``ait1`` for every payment line.
+A processor without a payment method gets no cash batch (its vouchers fail with the reason): M3
+would debit its default account instead of the processor's clearing account.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
+import tomllib
+from pathlib import Path
+
 from m3_recon.posting.layout import DEFAULT_LAYOUT_FILE, LAYOUT_VARIABLE, ParmLayout
+from m3_recon.journals import DEFAULT_ACCOUNTS_FILE
 from m3_recon.settings import SettingsError
 
 LINE_FORM_PARM = "parm"
 LINE_FORM_FIELDS = "fields"
-DEFAULT_PAYMENT_BATCH_TYPE = "1"
+BOPE_LENGTH = 3
+AIT_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    """How one processor's cash reaches M3: the ARS040 batch payment type and an optional line account."""
+
+    bope: str  # BOPE on ARS040MI/AddBatchHead; M3's accounting for it debits the processor's clearing account
+    ait1: str = ""  # AIT1 on every ARS040MI/AddBatchLine (overrides the payment method's account in M3)
+
+    def __post_init__(self):
+        if not 1 <= len(self.bope) <= BOPE_LENGTH or " " in self.bope:
+            raise SettingsError(f"a payment method (BOPE) is 1-{BOPE_LENGTH} characters without blanks, "
+                                f"got {self.bope!r}")
+        if len(self.ait1) > AIT_LENGTH or " " in self.ait1:
+            raise SettingsError(f"ait1 is an M3 account of at most {AIT_LENGTH} characters, got {self.ait1!r}")
+
+
+def load_payment_methods(path: str | Path = DEFAULT_ACCOUNTS_FILE) -> dict[str, PaymentMethod]:
+    """``[payment_methods.<processor>]`` (``bope``, optional ``ait1``) of the account file, by processor."""
+    with open(path, "rb") as handle:
+        raw = tomllib.load(handle).get("payment_methods", {})
+    methods = {}
+    for processor, entry in raw.items():
+        unknown = set(entry) - {"bope", "ait1"}
+        if unknown or "bope" not in entry:
+            raise SettingsError(f"{path}: [payment_methods.{processor}] takes bope (required) and ait1, "
+                                f"not {', '.join(sorted(unknown)) or 'nothing'}")
+        try:
+            methods[processor] = PaymentMethod(str(entry["bope"]).strip(), str(entry.get("ait1", "")).strip())
+        except SettingsError as exc:
+            raise SettingsError(f"{path}: [payment_methods.{processor}]: {exc}") from None
+    return methods
 
 
 @dataclass(frozen=True)
@@ -30,7 +72,7 @@ class PostingConfig:
     layout: ParmLayout
     interface: str  # GLS840 INTN
     line_form: str = LINE_FORM_PARM
-    payment_batch_type: str = DEFAULT_PAYMENT_BATCH_TYPE  # ARS040 BOPE
+    payment_methods: Mapping[str, PaymentMethod] = field(default_factory=dict)  # processor -> ARS040 BOPE/AIT1
 
     def __post_init__(self):
         if self.line_form not in (LINE_FORM_PARM, LINE_FORM_FIELDS):
@@ -39,8 +81,6 @@ class PostingConfig:
         if not 1 <= len(self.interface) <= 15 or " " in self.interface:
             raise SettingsError(f"M3_GL_INTERFACE must be an M3 interface name of 1-15 characters, "
                                 f"got {self.interface!r}")
-        if not 1 <= len(self.payment_batch_type) <= 3:
-            raise SettingsError(f"M3_PAYMENT_BATCH_TYPE must be 1-3 characters, got {self.payment_batch_type!r}")
 
     @classmethod
     def for_layout(cls, layout: ParmLayout, **options) -> "PostingConfig":
@@ -53,4 +93,4 @@ def posting_config_from_env(environ: Mapping[str, str] = os.environ) -> PostingC
     return PostingConfig.for_layout(
         layout, interface=environ.get("M3_GL_INTERFACE", "").strip(),
         line_form=environ.get("M3_GL_LINE_FORM", LINE_FORM_PARM).strip().lower(),
-        payment_batch_type=environ.get("M3_PAYMENT_BATCH_TYPE", DEFAULT_PAYMENT_BATCH_TYPE).strip())
+        payment_methods=load_payment_methods())

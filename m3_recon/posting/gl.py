@@ -4,10 +4,14 @@ One voucher is one GLS840 batch whose ``KEY1`` is the voucher key: ``AddBatchHea
 interface), one ``AddBatchLine`` per journal line with a PARM string cut to the layout file (or
 ``AddBatchLineFld`` with the same values as fields), ``CtrlBatch`` and ``UpdBatch``, all in one voucher
 group so M3 makes exactly one voucher. Whether it arrived is asked of the general ledger, never
-assumed: ``GLS200MI/SearchGenLedger`` for the batch key must return the voucher's lines — same
-accounts, currency, amount, date and text, line by line — and gives the M3 voucher number
-(``<year>-<series>-<number>``). Because the key is unique in M3, sending a batch again answers
-``XRE0104`` instead of posting twice.
+assumed: ``GLS200MI/SearchGenLedger`` for the batch key (that its index knows ``KEY1`` is
+UNCONFIRMED) must return the voucher's lines — same accounts, currency, amount, date and text, line
+by line — and gives the M3 voucher number (``<year>-<series>-<number>``). Where M3 does not serve
+the search (``XTR0001``, not authorised) or it shows nothing for a batch, the voucher is looked for
+among the GL vouchers of its accounting date (``LstVouchersByDt``), each candidate read with
+``LstVoucherLines`` and matched line for line; the journal's voucher texts carry the voucher key,
+so the match is unique. Because the key is unique in M3, sending a batch again answers ``XRE0104``
+instead of posting twice.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import duckdb
 from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, m3_date, minor_units
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
-from m3_recon.posting.outbox import ROUTE_GL, Voucher
-from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict
+from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher
+from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, not_served
 
 KEY1_LENGTH = 15
 RECORD_TYPE = "I1"
@@ -35,6 +39,7 @@ class GLRoute:
 
     def __init__(self, client: M3Client, config: PostingConfig):
         self.client, self.config = client, config
+        self._search_served = True  # until M3 says SearchGenLedger is not served to this user
 
     def calls(self, voucher: Voucher) -> list[MICall]:
         key = voucher.m3_batch
@@ -72,28 +77,109 @@ class GLRoute:
         return None  # the journal lines themselves are the expectation
 
     def verify(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]:
-        answers = self.client.execute_each(
-            "GLS200MI", [("SearchGenLedger", {"SQRY": f"KEY1:{v.m3_batch}"}) for v in vouchers])
-        return {v.key: self._judge(v, answer) for v, answer in zip(vouchers, answers)}
+        """``SearchGenLedger`` by batch key while M3 serves it; a voucher it cannot show is looked for by
+        accounting date and lines (``LstVouchersByDt`` + ``LstVoucherLines``)."""
+        verdicts: dict[str, Verdict] = {}
+        unseen = list(vouchers)
+        if self._search_served:
+            answers = self.client.execute_each(
+                "GLS200MI", [("SearchGenLedger", {"SQRY": f"KEY1:{v.m3_batch}"}) for v in vouchers])
+            unseen = []
+            for voucher, answer in zip(vouchers, answers):
+                if isinstance(answer, M3Error):
+                    self._search_served &= not not_served(answer)
+                    unseen.append(voucher)
+                elif not answer:
+                    unseen.append(voucher)
+                else:
+                    verdicts[voucher.key] = self._judge(voucher, answer)
+        if unseen:
+            verdicts.update(self._find_by_date(conn, unseen))
+        return verdicts
+
+    def _find_by_date(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]:
+        """Each voucher among the GL vouchers of its accounting date whose lines are its lines, line for
+        line (accounts, currency, amount, date and the text that carries the voucher key). A voucher number
+        another outbox row already holds is not a candidate; two candidates prove nothing."""
+        days = sorted({v.accounting_date for v in vouchers})
+        listed = self.client.execute_each("GLS200MI", [
+            ("LstVouchersByDt", {"FRDT": day.strftime("%Y%m%d"), "TODT": day.strftime("%Y%m%d")}) for day in days])
+        by_day: dict = {}
+        for day, rows in zip(days, listed):
+            if isinstance(rows, M3Error):
+                raise rows  # neither read is served: M3 cannot confirm anything, so the run stops
+            grouped: dict[tuple[str, str, str], list[dict]] = {}
+            for row in rows:
+                grouped.setdefault((row["YEA4"], row["VSER"], row["VONO"]), []).append(row)
+            by_day[day] = grouped
+        claimed = _claimed_numbers(conn, [v.key for v in vouchers])
+        wanted = {v.key: [number for number, rows in by_day[v.accounting_date].items()
+                          if _number(number) not in claimed and _may_be(v, rows)] for v in vouchers}
+        numbers = list(dict.fromkeys(n for candidates in wanted.values() for n in candidates))
+        lines = self.client.execute_each("GLS200MI", [
+            ("LstVoucherLines", {"YEA4": year, "VSER": series, "VONO": number}) for year, series, number in numbers])
+        voucher_lines = {}
+        for number, rows in zip(numbers, lines):
+            if isinstance(rows, M3Error):
+                raise rows
+            voucher_lines[number] = rows
+        verdicts = {}
+        for voucher in vouchers:
+            matches = [n for n in wanted[voucher.key] if _differs(voucher, voucher_lines[n]) is None]
+            if len(matches) == 1:
+                verdicts[voucher.key] = Verdict(VERIFIED, m3_voucher_number=_number(matches[0]))
+            else:
+                verdicts[voucher.key] = Verdict(ABSENT, error=(
+                    f"{len(matches)} M3 vouchers of {voucher.accounting_date} carry exactly the lines of batch "
+                    f"{voucher.m3_batch}: ({', '.join(_number(n) for n in matches)})") if matches else None)
+        return verdicts
 
     @staticmethod
-    def _judge(voucher: Voucher, answer: list[dict] | M3Error) -> Verdict:
+    def _judge(voucher: Voucher, answer: list[dict]) -> Verdict:
         batch = voucher.m3_batch
-        if isinstance(answer, M3Error):
-            return Verdict(FAILED, error=f"GLS200MI could not search for batch {batch}: {answer}")
-        if not answer:
-            return Verdict(ABSENT)
         numbers = sorted({f"{r['YEA4']}-{r['VSER']}-{r['VONO']}" for r in answer})
         if len(numbers) != 1:
             return Verdict(FAILED, error=f"batch {batch} made {len(numbers)} vouchers in M3 ({', '.join(numbers)}); "
                                          "expected one")
-        in_m3 = [(m3_date(r["ACDT"]), tuple(r[name.upper()] for name in ACCOUNTS), r["CUCD"],
-                  minor_units(r["CUAM"], r["CUCD"]), r["VTXT"]) for r in sorted(answer, key=lambda r: int(r["JSNO"]))]
-        expected = [(ln["accounting_date"], tuple((ln[name] or "").strip() for name in ACCOUNTS), ln["currency"],
-                     ln["amount_minor"], ln["voucher_text"].rstrip()) for ln in voucher.lines]
-        if in_m3 != expected:
-            differ = next((i for i, (a, b) in enumerate(zip(in_m3, expected)) if a != b), min(len(in_m3), len(expected)))
-            return Verdict(FAILED, error=(
-                f"M3 voucher {numbers[0]} of batch {batch} differs from the journal at line {differ + 1} "
-                f"({len(in_m3)} lines in M3, {len(expected)} in the journal); it is not the voucher that was meant"))
+        difference = _differs(voucher, answer)
+        if difference is not None:
+            return Verdict(FAILED, error=f"M3 voucher {numbers[0]} of batch {batch} {difference}; it is not the "
+                                         "voucher that was meant")
         return Verdict(VERIFIED, m3_voucher_number=numbers[0])
+
+
+def _in_m3(rows: list[dict]) -> list[tuple]:
+    return [(m3_date(r["ACDT"]), tuple(r[name.upper()] for name in ACCOUNTS), r["CUCD"],
+             minor_units(r["CUAM"], r["CUCD"]), r["VTXT"]) for r in sorted(rows, key=lambda r: int(r["JSNO"]))]
+
+
+def _expected(voucher: Voucher) -> list[tuple]:
+    return [(ln["accounting_date"], tuple((ln[name] or "").strip() for name in ACCOUNTS), ln["currency"],
+             ln["amount_minor"], ln["voucher_text"].rstrip()) for ln in voucher.lines]
+
+
+def _differs(voucher: Voucher, rows: list[dict]) -> str | None:
+    """How M3's lines of a voucher differ from the journal's, or None when they are the same line for line."""
+    in_m3, expected = _in_m3(rows), _expected(voucher)
+    if in_m3 == expected:
+        return None
+    differ = next((i for i, (a, b) in enumerate(zip(in_m3, expected)) if a != b), min(len(in_m3), len(expected)))
+    return (f"differs from the journal at line {differ + 1} ({len(in_m3)} lines in M3, {len(expected)} in the "
+            "journal)")
+
+
+def _may_be(voucher: Voucher, rows: list[dict]) -> bool:
+    """A listed M3 voucher can be this one: where M3 lists line texts, one of them is one of the voucher's."""
+    texts = {row["VTXT"].rstrip() for row in rows if "VTXT" in row}
+    return not texts or bool(texts & {ln["voucher_text"].rstrip() for ln in voucher.lines})
+
+
+def _number(key: tuple[str, str, str]) -> str:
+    return "-".join(key)
+
+
+def _claimed_numbers(conn: duckdb.DuckDBPyConnection, keys: list[str]) -> set[str]:
+    """M3 voucher numbers other GL vouchers of the outbox were verified as."""
+    return {n for (n,) in conn.execute(
+        f"SELECT m3_voucher_number FROM {OUTBOX} WHERE route = ? AND m3_voucher_number IS NOT NULL "
+        f"AND voucher_key NOT IN (SELECT unnest(?))", [ROUTE_GL, keys]).fetchall()}

@@ -3,7 +3,8 @@
 ``enqueue`` reconciles the outbox with ``core_gl_journal_lines`` (route ``gl``) and
 ``core_cash_applications`` (route ``cash_application``) in one transaction:
 
-* a new voucher becomes ``pending``, or ``held`` when any of its lines carries a ``held_reason``;
+* a new voucher becomes ``pending``, or ``held`` when any of its lines carries a ``held_reason`` or a
+  blocking check failed for the processor-day of any of its lines (``core_posting_blocks``);
 * a voucher M3 has never seen (``sent_at_utc`` NULL) follows its source: new content, held or not,
   and it leaves the outbox when it leaves the journals;
 * a voucher that was sent keeps the content hash of what was sent. If its lines change or vanish
@@ -13,7 +14,9 @@
 Each voucher is assigned its M3 batch when it is first seen: the GLS840 ``KEY1`` is the voucher key
 itself; the ARS040 payment batch number (``PBID``, ten digits) is derived from the voucher key and
 made unique among the outbox's batches. The poster marks a voucher ``sent`` (write-ahead) before its
-first M3 call, then ``verified`` or ``failed``. Deleting a ``failed`` row makes the next run enqueue
+first M3 call, then ``verified`` (read back from M3), ``posted_unverified`` (M3 accepted the batch
+but the voucher could not be read back yet: never resent, verified again by the next run) or
+``failed`` (M3 refused it). Deleting a ``failed`` row makes the next run enqueue
 it again and resume whatever M3 already holds for its batch.
 """
 
@@ -26,6 +29,7 @@ from datetime import date, datetime
 import duckdb
 
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS, POSTING_COLUMNS
+from m3_recon.posting.gates import BLOCKS, held_reasons_sql
 from m3_recon.warehouse import table_exists
 
 OUTBOX = "out_m3_postings"
@@ -35,6 +39,7 @@ ROUTE_GL = "gl"
 ROUTE_CASH = "cash_application"
 SOURCES = {ROUTE_GL: GL_SOURCE, ROUTE_CASH: CASH_SOURCE}
 PENDING, SENT, VERIFIED, FAILED, HELD = "pending", "sent", "verified", "failed", "held"
+POSTED_UNVERIFIED = "posted_unverified"  # M3 accepted the batch; the voucher was not read back yet
 PBID_FIRST, PBID_SPAN = 1_000_000_000, 9_000_000_000  # ten-digit payment batch numbers
 
 OUTBOX_DDL = f"CREATE TABLE IF NOT EXISTS {OUTBOX} ({', '.join(f'{c} {t}' for c, t in POSTING_COLUMNS.items())})"
@@ -52,7 +57,7 @@ class Voucher:
 
     route: str
     key: str
-    status: str  # at the start of the run: pending, or sent (resumed)
+    status: str  # at the start of the run: pending, sent (resumed) or posted_unverified (to verify again)
     m3_batch: str
     accounting_date: date
     lines: tuple[dict, ...]
@@ -87,6 +92,7 @@ def _digest_sql(columns: tuple[str, ...], nullable: set[str]) -> str:
 def _source_sql(conn: duckdb.DuckDBPyConnection) -> str:
     """One row per voucher in the journals: key, route, date, line count, content hash, held reasons."""
     parts = []
+    gated = table_exists(conn, BLOCKS)
     if table_exists(conn, GL_SOURCE):
         nullable = {c for c, t in GL_JOURNAL_LINE_COLUMNS.items() if "NOT NULL" not in t}
         parts.append(f"""
@@ -94,6 +100,9 @@ def _source_sql(conn: duckdb.DuckDBPyConnection) -> str:
                    count(*) AS line_count, {_digest_sql(_GL_HASHED, nullable)} AS content_hash,
                    string_agg(DISTINCT held_reason, '; ' ORDER BY held_reason) AS held_reason
             FROM {GL_SOURCE} WHERE route = '{ROUTE_GL}' GROUP BY voucher_key""")
+        if gated:
+            parts[-1] = _with_blocks(parts[-1], held_reasons_sql(
+                f"(SELECT * FROM {GL_SOURCE} WHERE route = '{ROUTE_GL}')", "coalesce(l.source_date, l.accounting_date)"))
     if table_exists(conn, CASH_SOURCE):
         nullable = {c for c, t in CASH_APPLICATION_COLUMNS.items() if "NOT NULL" not in t}
         parts.append(f"""
@@ -101,10 +110,19 @@ def _source_sql(conn: duckdb.DuckDBPyConnection) -> str:
                    count(*) AS line_count, {_digest_sql(_CASH_HASHED, nullable)} AS content_hash,
                    NULL::VARCHAR AS held_reason
             FROM {CASH_SOURCE} GROUP BY voucher_key""")
+        if gated:
+            parts[-1] = _with_blocks(parts[-1], held_reasons_sql(CASH_SOURCE, "l.accounting_date"))
     if not parts:
         return ("SELECT NULL::VARCHAR AS voucher_key, NULL::VARCHAR AS route, NULL::DATE AS accounting_date, "
                 "NULL::INTEGER AS line_count, NULL::VARCHAR AS content_hash, NULL::VARCHAR AS held_reason LIMIT 0")
     return " UNION ALL ".join(parts)
+
+
+def _with_blocks(vouchers: str, blocks: str) -> str:
+    """``vouchers`` with the reasons blocking checks hold them added to their ``held_reason``."""
+    return f"""
+        SELECT v.* REPLACE (nullif(concat_ws('; ', v.held_reason, b.block_reason), '') AS held_reason)
+        FROM ({vouchers}) v LEFT JOIN ({blocks}) b USING (voucher_key)"""
 
 
 def enqueue(conn: duckdb.DuckDBPyConnection, now: datetime) -> list[Conflict]:
@@ -165,7 +183,7 @@ def _flag_conflicts(conn: duckdb.DuckDBPyConnection, now: datetime) -> list[Conf
                 f"left {SOURCES[route]} after it was sent to M3 as batch {batch}")
         message = (f"voucher {key} {what}: M3 keeps what was sent and nothing is posted again; correct it in M3 "
                    "or with a new voucher")
-        new_status = VERIFIED if status == VERIFIED else FAILED
+        new_status = status if status in (VERIFIED, POSTED_UNVERIFIED) else FAILED
         conn.execute(f"UPDATE {OUTBOX} SET status = ?, last_error = ?, updated_at_utc = ? "
                      "WHERE route = ? AND voucher_key = ? AND (status <> ? OR last_error IS DISTINCT FROM ?)",
                      [new_status, message, now, route, key, new_status, message])
@@ -197,11 +215,13 @@ def held(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
 
 
 def work(conn: duckdb.DuckDBPyConnection, route: str) -> list[Voucher]:
-    """The route's vouchers to post: ``sent`` ones (to resume) first, then ``pending``, oldest first."""
+    """The route's vouchers to post: ``posted_unverified`` (to verify again) and ``sent`` ones (to resume)
+    first, then ``pending``, oldest first."""
     heads = conn.execute(f"""
         SELECT voucher_key, status, m3_batch, accounting_date FROM {OUTBOX}
-        WHERE route = ? AND status IN (?, ?)
-        ORDER BY status = ? DESC, accounting_date, voucher_key""", [route, PENDING, SENT, SENT]).fetchall()
+        WHERE route = ? AND status IN (?, ?, ?)
+        ORDER BY status = ?, accounting_date, voucher_key""",
+                         [route, PENDING, SENT, POSTED_UNVERIFIED, PENDING]).fetchall()
     if not heads:
         return []
     source = SOURCES[route]
@@ -209,8 +229,8 @@ def work(conn: duckdb.DuckDBPyConnection, route: str) -> list[Voucher]:
     filter_route = f"AND l.route = '{ROUTE_GL}'" if route == ROUTE_GL else ""
     cursor = conn.execute(f"""
         SELECT {', '.join('l.' + c for c in columns)} FROM {source} l
-        JOIN {OUTBOX} o ON o.voucher_key = l.voucher_key AND o.route = ? AND o.status IN (?, ?)
-        WHERE true {filter_route} ORDER BY l.voucher_key, l.line_number""", [route, PENDING, SENT])
+        JOIN {OUTBOX} o ON o.voucher_key = l.voucher_key AND o.route = ? AND o.status IN (?, ?, ?)
+        WHERE true {filter_route} ORDER BY l.voucher_key, l.line_number""", [route, PENDING, SENT, POSTED_UNVERIFIED])
     names = [d[0] for d in cursor.description]
     lines: dict[str, list[dict]] = {}
     for row in cursor.fetchall():

@@ -3,13 +3,17 @@
 ``post_pending(conn, client, config)`` first brings ``out_m3_postings`` in line with the journals
 (``outbox.enqueue``), then for each route (GL through GLS840MI, cash application through ARS040MI):
 
-1. Vouchers left ``sent`` by an earlier run that stopped are looked up in M3 first. Those M3 already
-   has are verified without sending anything; the rest are sent again from the start.
+1. Vouchers left ``sent`` by an earlier run that stopped, and ``posted_unverified`` ones, are looked up
+   in M3 first. Those M3 already has are verified without sending anything. A ``sent`` one M3 does not
+   show is sent again from the start, which asks M3 whether its batch exists: a batch M3 holds
+   answers ``XRE0104`` and is resumed, an updated one says so; a ``posted_unverified`` one is never
+   resent and stays ``posted_unverified`` until M3 shows it.
 2. Vouchers go out in waves of at most one bulk call's worth of transactions (``M3_BULK_SIZE``).
    Before a wave's bulk call the wave is marked ``sent`` in DuckDB (write-ahead, one transaction);
    the call itself carries every batch's head, lines, control and update.
 3. The wave is verified by reading M3 (GLS200MI for GL, ARS200MI for cash) and only then becomes
-   ``verified`` (with the M3 voucher number) or ``failed`` (with M3's reason).
+   ``verified`` (with the M3 voucher number). A voucher M3 does not show becomes ``posted_unverified``
+   when M3 accepted its update / control, and ``failed`` (with M3's reason) when M3 refused it.
 
 Exactly once rests on three facts: the batch key (GLS840 ``KEY1`` = the voucher key, ARS040 ``PBID``
 from the outbox) is fixed before the first call; M3 refuses a second batch, line or update under a
@@ -34,8 +38,8 @@ from m3_recon.posting import outbox
 from m3_recon.posting.cash import CashRoute
 from m3_recon.posting.config import PostingConfig, posting_config_from_env
 from m3_recon.posting.gl import GLRoute
-from m3_recon.posting.outbox import FAILED, HELD, SENT, VERIFIED, Voucher
-from m3_recon.posting.route import ABSENT, MICall, PostingRejected, Route, Verdict, first_error
+from m3_recon.posting.outbox import FAILED, HELD, POSTED_UNVERIFIED, SENT, VERIFIED, Voucher
+from m3_recon.posting.route import ABSENT, MICall, PostingRejected, Route, Verdict, accepted, first_error
 from m3_recon.warehouse import naive_utc
 
 T = TypeVar("T")
@@ -47,7 +51,8 @@ NOT_POSTED = "failed"  # M3 refused it, it could not be sent, or M3 shows someth
 KEPT = "held"  # held: never posted
 CHANGED = "changed"  # changed after it was sent: a conflict for a person
 INTERRUPTED = "interrupted"  # M3 could not be reached; the next run resumes it
-ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED)
+UNVERIFIED = "unverified"  # M3 accepted it but does not show it yet: never resent, verified again next run
+ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED, UNVERIFIED)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,10 @@ class PostingSummary:
     @property
     def held(self) -> int:
         return self.count(KEPT)
+
+    @property
+    def unverified(self) -> int:
+        return self.count(UNVERIFIED)
 
     def counts(self) -> dict[str, int]:
         return {"posted": self.posted, "verified": self.verified, **{a: self.count(a) for a in ACTIONS[1:]}}
@@ -124,12 +133,14 @@ class _Run:
 
     def post(self) -> None:
         vouchers = outbox.work(self.conn, self.route.route)
-        resumed = [v for v in vouchers if v.resumed]
-        found = self._guard(resumed, lambda: self.route.verify(self.conn, resumed)) if resumed else {}
-        self._conclude([(v, found[v.key], []) for v in resumed if found[v.key].state != ABSENT])
+        known = [v for v in vouchers if v.status in (SENT, POSTED_UNVERIFIED)]
+        found = self._guard(known, lambda: self.route.verify(self.conn, known)) if known else {}
+        settled = [v for v in known if found[v.key].state != ABSENT or v.status == POSTED_UNVERIFIED]
+        self._conclude([(v, found[v.key], []) for v in settled])
+        settled_keys = {v.key for v in settled}
         queue: list[tuple[Voucher, list[MICall]]] = []
         for voucher in vouchers:
-            if voucher.key in found and found[voucher.key].state != ABSENT:
+            if voucher.key in settled_keys:
                 continue
             try:
                 queue.append((voucher, self.route.calls(voucher)))
@@ -182,13 +193,19 @@ class _Run:
         self._conclude(concluded)
 
     def _conclude(self, judged: list[tuple[Voucher, Verdict, list]]) -> None:
-        """Record verified / failed vouchers; one that M3 does not show after its batch went out failed
+        """Record verified / posted_unverified / failed vouchers. One that M3 does not show is
+        ``posted_unverified`` when M3 accepted its batch (now or in an earlier run), otherwise failed
         with the first refusal M3 gave for it."""
         rows = []
         for voucher, verdict, results in judged:
             if verdict.state == VERIFIED:
                 status, error = VERIFIED, None
-                action = RESUMED if voucher.resumed else POSTED
+                action = POSTED if voucher.status == outbox.PENDING else RESUMED
+            elif verdict.state == ABSENT and (voucher.status == POSTED_UNVERIFIED or accepted(results)):
+                status, action = POSTED_UNVERIFIED, UNVERIFIED
+                error = verdict.error or (
+                    f"M3 accepted batch {voucher.m3_batch} but does not show the voucher yet; it is never sent "
+                    "again and the next posting run looks for it again")
             else:
                 status, action = FAILED, NOT_POSTED
                 error = verdict.error or first_error(results) or (

@@ -4,7 +4,9 @@ A route (``GLRoute`` for GLS840MI, ``CashRoute`` for ARS040MI) turns a voucher i
 transactions of one M3 batch, may check M3 before anything is sent (``before_send``) and record what
 it expects to see afterwards (``record_expectations``, inside the poster's write-ahead transaction),
 and judges from M3's own reads whether a voucher is there (``verify``): ``verified``, ``absent`` or
-``failed``. The poster (``m3_recon.posting.poster``) drives routes the same way.
+``failed``. ``accepted`` says from a batch's answers whether M3 took it (its last transaction, the
+update or control, answered OK or "already updated"). The poster (``m3_recon.posting.poster``) drives
+routes the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from m3_recon.defs.m3.client import M3Error
 from m3_recon.posting.outbox import Voucher
 
 RECORD_ALREADY_EXISTS = "XRE0104"
+NOT_SERVED_CODES = ("XTR0001",)  # the transaction is not available to this user
+ALREADY_UPDATED = "already updated"  # M3's words for a batch updated before (UNCONFIRMED wording)
 VERIFIED, ABSENT, FAILED = "verified", "absent", "failed"
 
 MICall = tuple[str, dict[str, object]]
@@ -49,6 +53,21 @@ class Route(Protocol):
                             now: datetime) -> None: ...
 
     def verify(self, conn: duckdb.DuckDBPyConnection, vouchers: list[Voucher]) -> dict[str, Verdict]: ...
+
+
+def not_served(error: M3Error) -> bool:
+    """M3 does not offer the transaction to this user (as opposed to refusing this one call)."""
+    return (error.code in NOT_SERVED_CODES or error.code.startswith("XAU")
+            or "not authori" in error.message.lower())
+
+
+def accepted(results: list[list[dict] | M3Error]) -> bool:
+    """M3 took the batch: its last transaction (GLS840 ``UpdBatch``, ARS040 ``ControlBatch``) answered OK,
+    or refused because M3 had already updated the batch."""
+    if not results:
+        return False
+    last = results[-1]
+    return not isinstance(last, M3Error) or ALREADY_UPDATED in last.message.lower()
 
 
 def first_error(results: list[list[dict] | M3Error]) -> str | None:

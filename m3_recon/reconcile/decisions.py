@@ -6,7 +6,8 @@ rewritten, so reruns cannot lose one. Actions:
 
 * ``assign`` — apply the payment to a named invoice (``invoice_number``, optional ``invoice_year``);
 * ``accept`` — accept the suggestion: apply the payment to its single candidate invoice (or to the
-  named one among several candidates);
+  named one among several candidates); a suggested list of invoices (one reference naming several)
+  is accepted as a whole, oldest invoice first;
 * ``write_off`` — book a payment's unapplied excess (an overpayment) to the write-off account instead
   of unapplied cash, within the tolerance in ``data/gl_accounts.toml``;
 * ``dismiss`` — close the exception without booking anything different, with a reason.
@@ -151,7 +152,16 @@ def decide(register: duckdb.DuckDBPyConnection, decision: Decision, write_off_li
             [decision.invoice_number, decision.invoice_year, decision.invoice_year]).fetchone()[0]
         if not open_invoices:
             raise DecisionError(f"M3 shows no open invoice {decision.invoice_number}; check the number (and the year)")
-    if action == "accept" and not (len(names) == 1 or (decision.invoice_number and decision.invoice_number in names)):
+        if open_invoices > 1:
+            raise DecisionError(f"invoice {decision.invoice_number} is open in {open_invoices} invoice years; "
+                                "name one with --year")
+    # A suggested list of invoices (one reference naming several) is accepted as a whole: each number once.
+    listed = register.execute(
+        "SELECT count(*) > 0 AND count(*) = count(DISTINCT a.invoice_number) FROM core_payment_allocations a "
+        "WHERE a.processor = ? AND a.source_id = ? AND a.rule = 'reference_list' AND a.status = 'suggested'",
+        [processor, source_id]).fetchone()[0]
+    if action == "accept" and not (len(names) == 1 or (decision.invoice_number and decision.invoice_number in names)
+                                   or (listed and not decision.invoice_number)):
         raise DecisionError("accept takes the suggested invoice: this exception has "
                             f"{len(names)} candidate(s) {names}; name one with --invoice, or use assign")
     if action == "write_off":
@@ -208,33 +218,54 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
                    coalesce(d.invoice_number, CASE WHEN json_array_length(d.candidates) = 1
                                                    THEN d.candidates->>0 END) AS invoice_number, d.invoice_year
             FROM decided d
+            UNION  -- accepting a suggested list of invoices (rule reference_list) takes every invoice of it
+            SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year
+            FROM decided d JOIN match_allocations a USING (processor, source_id)
+            WHERE d.action = 'accept' AND d.invoice_number IS NULL AND a.rule = 'reference_list'
+              AND a.status = 'suggested'
+        ), named AS (
+            SELECT t.processor, t.source_id, i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
+                   i.outstanding_minor - coalesce((SELECT sum(allocated_minor) FROM match_allocations a
+                                                    WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
+                                                      AND a.invoice_year = i.invoice_year
+                                                      AND (a.processor, a.source_id) <> (t.processor, t.source_id)), 0)
+                                        - coalesce((SELECT sum(allocated_minor) FROM {earlier} a
+                                                    WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
+                                                      AND a.invoice_year = i.invoice_year), 0) AS remaining,
+                   count(*) OVER (PARTITION BY t.processor, t.source_id, t.invoice_number) AS years
+            FROM target t JOIN {invoices} i ON i.invoice_number = t.invoice_number
+                 AND (t.invoice_year IS NULL OR i.invoice_year = t.invoice_year)
         )
-        SELECT t.processor, t.source_id, i.invoice_number, i.invoice_year, i.customer, i.currency,
-               i.outstanding_minor - coalesce((SELECT sum(allocated_minor) FROM match_allocations a
-                                                WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
-                                                  AND a.invoice_year = i.invoice_year
-                                                  AND (a.processor, a.source_id) <> (t.processor, t.source_id)), 0)
-                                    - coalesce((SELECT sum(allocated_minor) FROM {earlier} a
-                                                WHERE a.status = 'auto' AND a.invoice_number = i.invoice_number
-                                                  AND a.invoice_year = i.invoice_year), 0) AS remaining
-        FROM target t JOIN {invoices} i ON i.invoice_number = t.invoice_number
-             AND (t.invoice_year IS NULL OR i.invoice_year = t.invoice_year)""")
+        -- a number open in several years without a year names no one invoice: not applied, stays open
+        SELECT * EXCLUDE (years) FROM named QUALIFY max(years) OVER (PARTITION BY processor, source_id) = 1""")
     rewritten = conn.execute("SELECT count(DISTINCT (processor, source_id)) FROM decided_payments").fetchone()[0]
     if not rewritten:
         return 0
+    # Several decided invoices (an accepted list) take the payment oldest first, as the matcher would.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE decided_rows AS
-        SELECT DISTINCT ON (a.processor, a.source_id)
-               a.processor, a.source_id, a.line_type, a.settlement_date, d.customer, d.invoice_number, d.invoice_year,
-               d.currency AS invoice_currency, a.payment_currency, a.payment_amount_minor, p.pay_inv,
-               greatest(least(p.pay_inv, d.remaining), 0) AS allocated_minor, 'manual' AS rule,
-               CAST(1 AS DECIMAL(4, 3)) AS confidence, 'auto' AS status, a.linked_source_id
-        FROM match_allocations a JOIN decided_payments d USING (processor, source_id)
-        JOIN (SELECT p.processor, p.source_id,
-                     CASE WHEN i.currency = p.presentment_currency THEN p.presentment_amount_minor
-                          WHEN i.currency = p.currency THEN p.amount_minor END AS pay_inv
-              FROM m_pay p JOIN decided_payments i USING (processor, source_id)) p USING (processor, source_id)
-        WHERE p.pay_inv IS NOT NULL""")
+        WITH payment AS (
+            SELECT DISTINCT ON (processor, source_id) processor, source_id, line_type, settlement_date,
+                   payment_currency, payment_amount_minor, linked_source_id
+            FROM match_allocations WHERE (processor, source_id) IN (SELECT (processor, source_id) FROM decided_payments)
+        ), priced AS (
+            SELECT a.*, d.customer, d.invoice_number, d.invoice_year, d.currency AS invoice_currency, d.invoice_date,
+                   greatest(d.remaining, 0) AS remaining,
+                   CASE WHEN d.currency = p.presentment_currency THEN p.presentment_amount_minor
+                        WHEN d.currency = p.currency THEN p.amount_minor END AS pay_inv
+            FROM payment a JOIN decided_payments d USING (processor, source_id) JOIN m_pay p USING (processor, source_id)
+        )
+        SELECT processor, source_id, line_type, settlement_date, customer, invoice_number, invoice_year,
+               invoice_currency, payment_currency, payment_amount_minor, pay_inv,
+               greatest(least(remaining, pay_inv - coalesce(sum(remaining) OVER (
+                   PARTITION BY processor, source_id ORDER BY invoice_date, invoice_number, invoice_year
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS allocated_minor,
+               'manual' AS rule, CAST(1 AS DECIMAL(4, 3)) AS confidence, 'auto' AS status, linked_source_id
+        FROM priced WHERE pay_inv IS NOT NULL""")
+    # An invoice of an accepted list that nothing is left for gets no allocation (unless it is the only one).
+    conn.execute("""DELETE FROM decided_rows d WHERE allocated_minor = 0 AND EXISTS (
+                        SELECT 1 FROM decided_rows o WHERE (o.processor, o.source_id) = (d.processor, d.source_id)
+                        AND o.allocated_minor > 0)""")
     conn.execute("DELETE FROM match_allocations WHERE (processor, source_id) IN "
                  "(SELECT (processor, source_id) FROM decided_rows)")
     conn.execute("""INSERT INTO match_allocations BY NAME
@@ -245,15 +276,18 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
                     FROM decided_rows""")
     conn.execute("DELETE FROM match_exceptions WHERE (processor, source_id) IN "
                  "(SELECT (processor, source_id) FROM decided_rows)")
-    # What the decided invoice could not absorb stays unapplied, as an overpayment exception.
+    # What the decided invoices could not absorb stays unapplied, as an overpayment exception.
     conn.execute("""INSERT INTO match_exceptions BY NAME
                     SELECT 'EX-' || upper(substr(md5('overpayment|' || d.processor || '|' || d.source_id), 1, 12))
                                AS exception_id, 'overpayment' AS reason_code, d.processor, d.source_id,
-                           d.settlement_date, d.payment_currency AS currency, d.payment_amount_minor AS amount_minor,
-                           d.pay_inv - d.allocated_minor AS unapplied_minor, to_json([d.invoice_number]) AS candidates,
+                           any_value(d.settlement_date) AS settlement_date, any_value(d.payment_currency) AS currency,
+                           any_value(d.payment_amount_minor) AS amount_minor,
+                           any_value(d.pay_inv) - sum(d.allocated_minor) AS unapplied_minor,
+                           to_json(list(d.invoice_number ORDER BY d.invoice_number)) AS candidates,
                            'the decided invoice had less outstanding than the payment; the excess is unapplied'
                                AS detail
-                    FROM decided_rows d WHERE d.allocated_minor < d.pay_inv""")
+                    FROM decided_rows d GROUP BY d.processor, d.source_id
+                    HAVING sum(d.allocated_minor) < any_value(d.pay_inv)""")
     return rewritten
 
 

@@ -5,7 +5,12 @@ lines, the open invoices, and allocations already made by earlier windows and no
 creates two temp tables, ``match_allocations`` and ``match_exceptions``. Rules (``data/matching_rules.toml``):
 
 1. exact invoice reference (customer must agree when both are known); payments for one invoice are
-   applied oldest first, so instalments leave the residual open and an excess is an overpayment;
+   applied oldest first, so instalments leave the residual open and an excess is an overpayment. A
+   number open in several invoice years is decided by the customer the payment names, else by the only
+   open one; only a real tie is suggested;
+1b. a reference naming several invoices ("2601831, 2601832 and 2601840"): applied oldest first, the last
+   one partly when the payment is smaller, the excess an overpayment when it is larger; suggested when
+   any named invoice cannot be told (see ``_reference_list``);
 2. customer + exactly the outstanding amount within a date window: one candidate is applied,
    several are suggested, and a second payment for an invoice already claimed is an exception;
 3. one payment for several invoices of one customer summing exactly to it (bounded subset search);
@@ -20,12 +25,14 @@ suggestion. Everything not applied becomes an exception with a reason code.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from m3_recon.canonical.references import TextReference, load_text_references
 from m3_recon.settings import PROJECT_ROOT
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "matching_rules.toml"
@@ -55,6 +62,7 @@ REASON_CODES = {
     "invoice_claimed": "another payment was already applied to the only invoice with this amount",
     "ambiguous_invoice_group": "several groups of the customer's invoices add up to the payment",
     "competing_payments": "several payments would be applied to the same invoices",
+    "invoice_list_unresolved": "the reference names several invoices and at least one is not an open invoice",
     "invoice_not_found": "the reference names no open invoice",
     "no_reference": "the payment names neither an invoice nor a customer",
     "no_matching_invoice": "no open invoice or group of invoices of the customer matches the amount",
@@ -63,12 +71,20 @@ REASON_CODES = {
     "unknown_category": "a processor category the mapping does not know: booked to suspense (or held without one)",
     "voucher_held": "a voucher cannot be posted (see its reason); map the account and rerun",
     "posted_voucher_changed": "something M3 already holds would have to change; correct it in M3 by hand",
+    "voucher_unverified": "M3 accepted the voucher but it was not read back yet; never resent, verified again by "
+                          "the next posting run",
 }
+
+
+# Where one reference names several invoices: commas, semicolons, slashes, ampersands, plus signs, "and", spaces.
+DEFAULT_LIST_SEPARATORS = r"\s*(?:[,;/&+]|\bAND\b)\s*|\s+"
 
 
 @dataclass(frozen=True)
 class MatchingRules:
     strip_prefixes: tuple[str, ...] = ("INV", "INVOICE")
+    list_separators: str = DEFAULT_LIST_SEPARATORS
+    text_references: tuple[TextReference, ...] = ()
     days_before_payment: int = 120
     days_after_payment: int = 3
     max_candidates: int = 10
@@ -83,6 +99,8 @@ class MatchingRules:
             raw = tomllib.load(handle)
         rules = cls(
             strip_prefixes=tuple(raw["reference"]["strip_prefixes"]),
+            list_separators=str(raw["reference"].get("list_separators", DEFAULT_LIST_SEPARATORS)),
+            text_references=load_text_references(raw.get("free_text", []), path),
             days_before_payment=int(raw["customer_amount"]["days_before_payment"]),
             days_after_payment=int(raw["customer_amount"]["days_after_payment"]),
             max_candidates=int(raw["multi_invoice"]["max_candidates"]),
@@ -94,14 +112,33 @@ class MatchingRules:
         if not 2 <= rules.max_invoices <= 5 or not 2 <= rules.max_candidates <= 25:
             raise ValueError(f"{path}: multi_invoice.max_invoices must be 2..5 and max_candidates 2..25 "
                              "(the subset search grows combinatorially)")
+        try:
+            with duckdb.connect() as conn:
+                conn.execute(f"SELECT {reference_tokens(chr(39) + 'A, B' + chr(39), rules)}").fetchall()
+        except duckdb.Error as exc:
+            raise ValueError(f"{path}: reference.list_separators {rules.list_separators!r} is not a usable "
+                             f"regular expression ({exc})") from None
         return rules
 
 
 def normalised(expr: str, rules: MatchingRules) -> str:
-    """SQL for a reference compared loosely: upper case, no punctuation, no INV prefix, no leading zeros."""
-    prefixes = "|".join(sorted(rules.strip_prefixes, key=len, reverse=True))
+    """SQL for a reference compared loosely: upper case, no punctuation, no INV prefix, no leading zeros.
+
+    A prefix is compared as the reference is (upper case, letters and digits only) and is escaped, so
+    "INV." strips "INV" and no prefix can act as a regular expression or break the statement."""
+    prefixes = {re.sub(r"[^A-Z0-9]", "", prefix.upper()) for prefix in rules.strip_prefixes} - {""}
     cleaned = f"regexp_replace(upper({expr}), '[^A-Z0-9]', '', 'g')"
-    return f"nullif(ltrim(regexp_replace({cleaned}, '^({prefixes})', ''), '0'), '')"
+    if prefixes:
+        alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
+        cleaned = f"regexp_replace({cleaned}, '^({alternatives})', '')"
+    return f"nullif(ltrim({cleaned}, '0'), '')"
+
+
+def reference_tokens(expr: str, rules: MatchingRules) -> str:
+    """SQL: the distinct normalised references a reference text names, split at the list separators."""
+    separators = rules.list_separators.replace("'", "''")
+    return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), '{separators}'), "
+            f"t -> {normalised('t', rules)}), t -> t IS NOT NULL))")
 
 
 # The payment's amount in the invoice's currency: its presentment amount if the customer paid in the
@@ -141,7 +178,7 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
         # -- inputs ---------------------------------------------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
             SELECT row_number() OVER () AS pid, processor, source_id, line_type, settlement_date, occurred_at_utc,
-                   customer_ref,
+                   customer_ref, invoice_ref,
                    {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
                    presentment_currency, presentment_amount_minor
             FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
@@ -156,15 +193,22 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                    USING (invoice_number, invoice_year)""",
         # -- rule 1: exact reference; several payments of one invoice are applied oldest first ----------
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
-            WITH duplicate_ref AS (
+            WITH reused AS (  -- numbers of several invoices (years): only their hits need deciding
                 SELECT ref_norm FROM m_inv WHERE ref_norm IS NOT NULL GROUP BY ref_norm HAVING count(*) > 1
-            ), hits AS (
-                SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv,
-                       CASE WHEN p.ref_norm IN (SELECT ref_norm FROM duplicate_ref) THEN 'ambiguous_reference'
-                            WHEN {pay_inv} IS NULL THEN 'currency_mismatch'
-                            WHEN p.customer_ref IS NOT NULL AND p.customer_ref <> i.customer THEN 'customer_mismatch'
-                       END AS problem
+            ), candidates AS MATERIALIZED (
+                SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
+                       p.ref_norm IN (SELECT ref_norm FROM reused) AS reused,
+                       coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
+            ), hits AS (
+                SELECT pid, iid, remaining, pay_inv,
+                       CASE WHEN n_left > 1 THEN 'ambiguous_reference'
+                            WHEN pay_inv IS NULL THEN 'currency_mismatch'
+                            WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
+                       END AS problem
+                FROM (SELECT *, 1 AS n_left FROM candidates WHERE NOT reused
+                      UNION ALL BY NAME
+                      {_deciding_invoices('(SELECT * FROM candidates WHERE reused)', 'pid')})
             ), shared AS (
                 SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
             )
@@ -180,10 +224,12 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
            SELECT i.iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
            FROM m_inv i LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r1 WHERE problem IS NULL GROUP BY iid) r
                 USING (iid)""",
+        *_reference_list(rules),
         # -- rule 2: customer + exact outstanding amount ----------------------------------------------
         f"""CREATE OR REPLACE TEMP TABLE m_r2 AS
             WITH open_pay AS (
                 SELECT * FROM m_pay WHERE customer_ref IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)
+                  AND pid NOT IN (SELECT pid FROM m_rl)
             ), cand AS (
                 SELECT p.pid, i.iid, {pay_inv} AS pay_inv
                 FROM open_pay p JOIN m_inv1 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
@@ -209,6 +255,7 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
             WITH open_pay AS (
                 SELECT * FROM m_pay WHERE customer_ref IS NOT NULL
                   AND pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
+                  AND pid NOT IN (SELECT pid FROM m_rl)
             ), cand AS (
                 SELECT p.pid, i.iid, i.currency AS invoice_currency, i.rem, {pay_inv} AS pay_inv,
                        row_number() OVER (PARTITION BY p.pid ORDER BY i.invoice_date, i.iid) AS rk
@@ -242,6 +289,9 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                             WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
                             ELSE 'unmatched' END AS status
                 FROM m_r1
+                UNION ALL
+                SELECT pid, iid, pay_inv, allocated, 'reference_list',
+                       CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
                 UNION ALL
                 SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
                        CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
@@ -298,13 +348,15 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                 UNION ALL
                 SELECT pid, problem, 0, list(DISTINCT iid) FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
                 UNION ALL
+                SELECT * FROM m_rl_exceptions
+                UNION ALL
                 SELECT pid, any_value(problem), 0, list(DISTINCT iid) FROM m_r3 WHERE problem IS NOT NULL GROUP BY pid
                 UNION ALL
                 SELECT pid, CASE WHEN ref_norm IS NOT NULL THEN 'invoice_not_found'
                                  WHEN customer_ref IS NULL THEN 'no_reference' ELSE 'no_matching_invoice' END,
                        amount_minor, []
                 FROM m_pay WHERE pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
-                             AND pid NOT IN (SELECT pid FROM m_r3)
+                             AND pid NOT IN (SELECT pid FROM m_r3) AND pid NOT IN (SELECT pid FROM m_rl)
             ), candidate_numbers AS (
                 SELECT c.pid, c.reason_code, list(i.invoice_number ORDER BY i.invoice_number) AS numbers
                 FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c JOIN m_inv i USING (iid)
@@ -324,6 +376,92 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                    to_json(coalesce(candidates, [])) AS candidates,
                    CASE reason_code {_reason_texts()} END AS detail
             FROM named""",
+    ]
+
+
+def _deciding_invoices(candidates: str, key: str) -> str:
+    """SQL: of the invoices one reference hits (rows of ``candidates`` per ``key``, with booleans ``own`` and
+    ``open``), those that decide it — the named customer's when the payment names the owner of one, else
+    the open ones when any is open — each with ``n_left``, how many are left (more than one: a real tie)."""
+    return f"""SELECT *, count(*) OVER (PARTITION BY {key}) AS n_left FROM (
+                   SELECT * FROM (SELECT * FROM {candidates} QUALIFY own = max(own) OVER (PARTITION BY {key}))
+                   QUALIFY open = max(open) OVER (PARTITION BY {key}))"""
+
+
+def _reference_list(rules: MatchingRules) -> list[str]:
+    """Rule 1b: one payment whose reference names several invoices ("2601831, 2601832 and 2601840").
+
+    Only payments whose whole reference hit no invoice in rule 1 and that name at least two references,
+    one of them an invoice. Each named number is decided as in rule 1 (the named customer, else the only
+    open one). When every number names one invoice of the payment's customer in the payment's currency,
+    the payment is applied oldest invoice first: the last one partly when the payment is smaller than their
+    remaining amounts, the excess an overpayment when it is larger. Otherwise the payment is suggested
+    (reason of its first problem); two such payments naming the same invoice are ``competing_payments``.
+    Creates ``m_rl`` (pid, iid, pay_inv, allocated, problem, status) and ``m_rl_exceptions`` (the shape of
+    the exception union) and takes what it applies off ``m_inv1``.
+    """
+    pay_inv = in_invoice_currency("p", "h")
+    return [
+        # A table of its own, so only these few references are split (not every payment's).
+        """CREATE OR REPLACE TEMP TABLE m_rl_unresolved AS
+           SELECT pid, customer_ref, invoice_ref FROM m_pay WHERE ref_norm IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)""",
+        f"""CREATE OR REPLACE TEMP TABLE m_rl_hits AS
+            WITH listed AS MATERIALIZED (
+                SELECT pid, customer_ref, unnest(tokens) AS token FROM (
+                    SELECT pid, customer_ref, {reference_tokens('invoice_ref', rules)} AS tokens FROM m_rl_unresolved)
+                WHERE len(tokens) > 1
+            ), hit AS MATERIALIZED (
+                SELECT l.pid, l.token, l.customer_ref, i.iid, i.customer, i.currency, i.invoice_date,
+                       i.invoice_number, r.rem, coalesce(i.customer = l.customer_ref, false) AS own, r.rem > 0 AS open
+                FROM listed l JOIN m_inv i ON i.ref_norm = l.token JOIN m_inv1 r ON r.iid = i.iid
+            )
+            SELECT * FROM ({_deciding_invoices('hit', 'pid, token')})
+            UNION ALL BY NAME  -- numbers naming no invoice, of payments whose other numbers do
+            SELECT pid, token, customer_ref, 0 AS n_left FROM listed
+            WHERE pid IN (SELECT pid FROM hit) AND (pid, token) NOT IN (SELECT (pid, token) FROM hit)""",
+        f"""CREATE OR REPLACE TEMP TABLE m_rl AS
+            WITH judged AS (
+                SELECT h.pid, h.iid, h.rem, h.invoice_date, h.invoice_number, {pay_inv} AS pay_inv,
+                       CASE WHEN h.iid IS NULL THEN 'invoice_list_unresolved'
+                            WHEN h.n_left > 1 THEN 'ambiguous_reference'
+                            WHEN {pay_inv} IS NULL THEN 'currency_mismatch'
+                            WHEN h.customer_ref IS NOT NULL AND h.customer_ref <> h.customer THEN 'customer_mismatch'
+                       END AS problem
+                FROM m_rl_hits h JOIN m_pay p USING (pid)
+            ), payment AS (
+                SELECT pid, coalesce(min(problem), CASE WHEN count(DISTINCT pay_inv) > 1 THEN 'currency_mismatch' END)
+                           AS problem
+                FROM judged GROUP BY pid
+            ), contested AS (
+                SELECT iid FROM judged JOIN payment USING (pid) WHERE payment.problem IS NULL
+                GROUP BY iid HAVING count(DISTINCT pid) > 1
+            ), flagged AS (
+                SELECT j.pid, j.iid, j.rem, j.invoice_date, j.invoice_number, j.pay_inv,
+                       coalesce(pp.problem, CASE WHEN bool_or(c.iid IS NOT NULL) OVER (PARTITION BY j.pid)
+                                                 THEN 'competing_payments' END) AS problem
+                FROM judged j JOIN payment pp USING (pid) LEFT JOIN contested c USING (iid)
+                WHERE j.iid IS NOT NULL
+            ), allocated AS (
+                SELECT pid, iid, pay_inv, problem,
+                       greatest(least(greatest(rem, 0), pay_inv - coalesce(sum(greatest(rem, 0)) OVER (
+                           PARTITION BY pid ORDER BY invoice_date, invoice_number, iid
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0) AS allocated
+                FROM flagged
+            )
+            SELECT *, CASE WHEN problem IS NOT NULL THEN 'suggested'
+                           WHEN sum(allocated) OVER (PARTITION BY pid) = 0 THEN 'unmatched' ELSE 'auto' END AS status
+            FROM allocated""",
+        "DELETE FROM m_rl WHERE status = 'auto' AND allocated = 0",  # named, but nothing left for it
+        """CREATE OR REPLACE TEMP TABLE m_rl_exceptions AS
+           SELECT pid, any_value(problem) AS reason_code, 0 AS unapplied_minor, list(DISTINCT iid) AS candidates
+           FROM m_rl WHERE problem IS NOT NULL GROUP BY pid
+           UNION ALL
+           SELECT pid, CASE WHEN sum(allocated) = 0 THEN 'invoice_already_paid' ELSE 'overpayment' END,
+                  any_value(pay_inv) - sum(allocated), list(DISTINCT iid)
+           FROM m_rl WHERE problem IS NULL GROUP BY pid HAVING sum(allocated) < any_value(pay_inv)""",
+        """UPDATE m_inv1 SET rem = m_inv1.rem - r.used
+           FROM (SELECT iid, sum(allocated) AS used FROM m_rl WHERE status = 'auto' GROUP BY iid) r
+           WHERE m_inv1.iid = r.iid""",
     ]
 
 

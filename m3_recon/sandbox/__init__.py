@@ -74,7 +74,7 @@ class Sandbox:
             raise QuirkError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
         self.quirks = frozenset(quirks)
         self.period = Period(start, days)
-        self.world = build_world(seed, self.period)
+        self.world = build_world(seed, self.period, quirks=self.quirks)
         self.stripe = build_stripe_ledger(self.world, self.quirks)
         self.paytrace = build_paytrace_ledger(self.world)
         self.heartland = build_heartland_ledger(self.world)
@@ -82,8 +82,10 @@ class Sandbox:
         self.clock = SandboxClock(now if now is not None else self.period.end_epoch + SETTLE_DAYS * DAY)
         self.apps = {
             "stripe": StripeApp(self.stripe, self.clock, SANDBOX_STRIPE_KEY),
-            "paytrace": PayTraceApp(self.paytrace, self.clock, SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD),
-            "heartland": HeartlandApp(self.heartland, self.clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY),
+            "paytrace": PayTraceApp(self.paytrace, self.clock, SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD,
+                                    quirks=self.quirks),
+            "heartland": HeartlandApp(self.heartland, self.clock, SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY,
+                                      quirks=self.quirks),
             "m3": M3App(self.m3, self.clock, SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_USERNAME,
                         SANDBOX_M3_PASSWORD, SANDBOX_M3_TENANT, quirks=self.quirks),
         }

@@ -19,7 +19,9 @@ merchant's local time in ``time_created_reference``; deposit dates are bank busi
 a time. A settlement dispute is listed once per money movement (its CHARGEBACK debit and, if won,
 its REVERSAL credit, each with its own deposit) because GP lists "disputes that affected the bank
 account" by deposit date; that per-stage listing is this sandbox's reading of an UNCONFIRMED detail,
-as is the exact error code for a too-large ``page_size``.
+as is the exact error code for a too-large ``page_size``. Quirks (``m3_recon.sandbox.quirks``):
+``gp_millis_z`` writes the settlement dispute times as ``…sssZ`` too; ``gp_positive_fees`` writes a
+deposit's discounts and fees as positive numbers (money out, as the deposit identity shows).
 """
 
 from __future__ import annotations
@@ -207,8 +209,10 @@ class HeartlandApp(VendorApp):
     name = "heartland"
 
     def __init__(self, ledger: HeartlandLedger, clock: SandboxClock, app_id: str, app_key: str,
-                 token_ttl_seconds: int = DEFAULT_TOKEN_TTL_SECONDS):
+                 token_ttl_seconds: int = DEFAULT_TOKEN_TTL_SECONDS, quirks: frozenset[str] = frozenset()):
         self.ledger = ledger
+        self.settlement_time = gp_timestamp if "gp_millis_z" in quirks else gp_settlement_timestamp
+        self.fee_sign = 1 if "gp_positive_fees" in quirks else -1
         self.clock = clock
         self.app_id = app_id
         self.app_key = app_key
@@ -395,8 +399,7 @@ class HeartlandApp(VendorApp):
             "merchant_amount": minor(txn.amount), "merchant_currency": CURRENCY,
         }
 
-    @staticmethod
-    def render_deposit(deposit: Deposit, now: int) -> dict:
+    def render_deposit(self, deposit: Deposit, now: int) -> dict:
         d = deposit
         return {
             "id": d.id, "time_created": d.deposit_date.isoformat(), "status": d.status_at(now),
@@ -406,13 +409,14 @@ class HeartlandApp(VendorApp):
             "system": {key: MERCHANT[key] for key in ("mid", "hierarchy", "name", "dba")},
             "sales": {"count": d.sales_count, "amount": minor(d.sales_amount, d.sales_count)},
             "refunds": {"count": d.refunds_count, "amount": minor(-d.refunds_amount, d.refunds_count)},
-            "discounts": {"count": d.discounts_count, "amount": minor(-d.discounts_amount, d.discounts_count)},
+            "discounts": {"count": d.discounts_count,
+                          "amount": minor(self.fee_sign * d.discounts_amount, d.discounts_count)},
             "tax": {"count": 0, "amount": ""},
             "disputes": {"chargebacks": {"count": d.chargebacks_count,
                                          "amount": minor(-d.chargebacks_amount, d.chargebacks_count)},
                          "reversals": {"count": d.reversals_count,
                                        "amount": minor(d.reversals_amount, d.reversals_count)}},
-            "fees": {"amount": minor(-d.fees_amount, d.fees_amount)},
+            "fees": {"amount": minor(self.fee_sign * d.fees_amount, d.fees_amount)},
         }
 
     def render_dispute(self, dispute: Dispute, adjustment: DisputeAdjustment, now: int) -> dict:
@@ -423,18 +427,18 @@ class HeartlandApp(VendorApp):
         card = sale.card
         return {
             "id": dispute.id, "status": status, "stage": adjustment.stage,
-            "stage_time_created": gp_settlement_timestamp(adjustment.created),
+            "stage_time_created": self.settlement_time(adjustment.created),
             "amount": minor(dispute.amount), "currency": CURRENCY, "funding_type": adjustment.funding_type,
             "reason_code": dispute.reason_code, "reason_description": dispute.reason_description,
-            "time_to_respond_by": gp_settlement_timestamp(dispute.respond_by), "result": result,
+            "time_to_respond_by": self.settlement_time(dispute.respond_by), "result": result,
             "deposit_id": deposit.id if deposit else "",
             "deposit_time_created": deposit.deposit_date.isoformat() if deposit else "",
             "last_adjustment_amount": minor(dispute.amount), "last_adjustment_currency": CURRENCY,
             "last_adjustment_funding": latest.funding_type,
-            "last_adjustment_time_created": gp_settlement_timestamp(latest.created),
+            "last_adjustment_time_created": self.settlement_time(latest.created),
             "system": dict(MERCHANT),
             "transaction": {
-                "time_created": gp_settlement_timestamp(sale.created),
+                "time_created": self.settlement_time(sale.created),
                 "merchant_time_created": gp_local_timestamp(sale.created)[:19], "type": sale.type,
                 "amount": minor(sale.amount), "currency": CURRENCY, "reference": sale.reference,
                 "payment_method": {"card": {"masked_number_first6last4": card.masked_number, "arn": card.arn,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from m3_recon.sandbox.world import Customer, PaymentPlanner, World, day_start_epoch, stable_id
+from m3_recon.sandbox.world import Customer, PaymentPlanner, World, day_start_epoch, reference_text, stable_id
 
 MERCHANT_TIMEZONE = ZoneInfo("America/New_York")
 BATCH_CUTOFF = time(22, 0)  # terminal auto-close, merchant local time
@@ -207,8 +207,11 @@ class _Builder:
         cust = rng.choice(self.planner.customers)
         plan = self.planner.plan(cust, business_date(created))
         card = self.card(cust)
+        description = payment_description(plan.customer_ref)
+        if plan.free_text:  # quirk free_text_refs: the invoices only after the customer in the description
+            description += " - " + reference_text(plan.invoice_ref)
         txn = SettlementTxn(id=stable_id(rng, "TRN", 30), type="SALE", amount=plan.amount_minor, created=created,
-                            reference=plan.invoice_ref or "", description=payment_description(plan.customer_ref),
+                            reference="" if plan.free_text else plan.invoice_ref or "", description=description,
                             card=card, batch=self.batch_for(created).id,
                             discount=discount_fee(plan.amount_minor, card.brand))
         self.ledger.transactions[txn.id] = txn

@@ -10,15 +10,22 @@ Serves what m3-recon reads from M3, in the wire format of /work/shared/reference
   and v1 ``GET execute/{PROGRAM}/{TRANSACTION}`` (with ``metadata=true`` field metadata).
 * ARS200MI ``LstInvoices``, ``LstInvByDivi``, ``GetInvoice`` and ``GetInvTotInfo`` (customer ledger).
 * CRS610MI ``LstByNumber``: the customer master in customer-number order from the start key ``CUNO``.
+* MRS001MI ``LstTransactions`` (the transactions of a program: MI metadata, read-only).
 * GLS840MI ``AddBatchHead``, ``AddBatchLine`` (a ``PARM`` string of at most 900 characters, cut by
   the interface's GLS850 position template), ``AddBatchLineFld`` (the same line as named fields),
   ``CtrlBatch`` and ``UpdBatch`` (GL interface batches → GL vouchers).
-* GLS200MI ``GetVoucherHead``, ``LstVoucherLines`` (by year and voucher number) and
-  ``SearchGenLedger``. Its search query is a conjunction of ``FIELD:value`` terms over ``KEY1`` (the
+* GLS200MI ``GetVoucherHead``, ``LstVoucherLines`` (by year and voucher number), ``LstVouchersByDt``
+  (every GL transaction with an accounting date from ``FRDT`` to ``TODT``) and ``SearchGenLedger``. Its search query is a conjunction of ``FIELD:value`` terms over ``KEY1`` (the
   GLS840 batch a transaction came from), ``YEA4``, ``VSER``, ``VONO``, ``JRNO``, ``ACDT``, ``AIT1`` and
   ``CUCD``; that the search index knows the batch key is this sandbox's reading (UNCONFIRMED).
-* ARS040MI ``AddBatchHead``, ``AddBatchLine`` (CINO, INYR, CUNO, PYAM) and ``ControlBatch``, which here
-  controls and books the whole payment batch as one payment voucher, so ARS200MI shows the drop.
+* ARS040MI ``AddBatchHead`` (PBID, BOPE), ``AddBatchLine`` (CINO, INYR, CUNO, PYAM; CKNO, LPDT, AIT1) and
+  ``ControlBatch``, which here controls and books the whole payment batch as one payment voucher, so
+  ARS200MI shows the drop and the GL the debit (line AIT1, else the payment method's account, else the
+  default account) against receivables.
+
+With the quirk ``m3_no_search_gen_ledger`` this M3 does not serve ``SearchGenLedger`` (``XTR0001``, not
+authorised). ``M3App.executed`` records every transaction run, as (program, transaction), so tests can
+prove a caller only read.
 
 M3 conventions kept: output values are strings (alphanumeric ones right-padded to the field length
 unless ``righttrim=true``, dates ``yyyyMMdd`` with ``0`` for none), control parameters are lower
@@ -123,6 +130,11 @@ FIELDS: dict[str, MIField] = {
     "TRNO": MIField("N", 7, "Transaction number"), "PYAM": MIField("N", 17, "Payment amount", 2),
     "CUNM": MIField("A", 36, "Customer name"), "CUTP": MIField("N", 1, "Customer type"),
     "STAT": MIField("A", 2, "Status"), "CSCD": MIField("A", 3, "Country"), "LMTS": MIField("N", 18, "Timestamp"),
+    "CKNO": MIField("A", 40, "Check number"),  # length UNCONFIRMED; carries a processor's payment id
+    "LPDT": MIField("D", 10, "Payment date"),
+    "FRDT": MIField("D", 10, "From date"), "TODT": MIField("D", 10, "To date"),
+    "MINM": MIField("A", 10, "Program"), "TRNM": MIField("A", 15, "Transaction"),
+    "TRDS": MIField("A", 60, "Description"),
 }
 
 # M3 message IDs for "must be entered" on the mandatory fields of the served transactions.
@@ -130,7 +142,8 @@ MUST_BE_ENTERED = {"CUNO": "WCU0202", "PYNO": "WPY0202", "CINO": "WCI0202", "INY
                    "YEA4": "WYE0202", "JRNO": "WJR0202", "JSNO": "WJS0202", "KEY1": "WKE0202",
                    "INTN": "WIN0202", "DESC": "WDE0202", "LINE": "WLI0202", "PARM": "WPA0202",
                    "VONO": "WVO0202", "SQRY": "WSQ0202", "PBID": "WPB0202", "BOPE": "WBO0202",
-                   "TRNO": "WTR0202", "PYAM": "WPY0202"}
+                   "TRNO": "WTR0202", "PYAM": "WPY0202", "FRDT": "WFR0202", "TODT": "WTO0202",
+                   "MINM": "WMI0202"}
 
 KEY_OUT = ("YEA4", "JRNO", "JSNO")
 INVOICE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "TRCD", "PYNO", "CUNO", "CINO", "INYR", "VSER", "VONO",
@@ -176,11 +189,13 @@ GLS200MI = {
                                     ("CONO", "DIVI", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "DSUM", "CSUM",
                                      "CUCD"), False),
     "LstVoucherLines": MITransaction(("CONO", "DIVI", "YEA4", "VONO", "VSER"), ("YEA4", "VONO"), GL_LINE_OUT, True),
+    "LstVouchersByDt": MITransaction(("CONO", "DIVI", "FRDT", "TODT"), ("FRDT", "TODT"), GL_LINE_OUT, True),
     "SearchGenLedger": MITransaction(("SQRY",), ("SQRY",), GL_LINE_OUT, True),
 }
 ARS040MI = {
     "AddBatchHead": MITransaction(("CONO", "DIVI", "PBID", "BOPE", "ACDT"), ("PBID", "BOPE"), ("PBID",), False),
-    "AddBatchLine": MITransaction(("CONO", "DIVI", "PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM", "PYNO", "CUCD"),
+    "AddBatchLine": MITransaction(("CONO", "DIVI", "PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM", "PYNO", "CUCD",
+                                   "CKNO", "LPDT", "AIT1"),
                                   ("PBID", "TRNO", "CINO", "INYR", "CUNO", "PYAM"), (), False),
     "ControlBatch": MITransaction(("CONO", "DIVI", "PBID"), ("PBID",), (), False),
 }
@@ -189,8 +204,11 @@ CRS610MI = {
                                  ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "LMTS"),
                                  True),
 }
+MRS001MI = {  # MI metadata; output field names UNCONFIRMED
+    "LstTransactions": MITransaction(("MINM",), ("MINM",), ("MINM", "TRNM", "TRDS"), True),
+}
 PROGRAMS = {"ARS200MI": ARS200MI, "GLS840MI": GLS840MI, "GLS200MI": GLS200MI, "ARS040MI": ARS040MI,
-            "CRS610MI": CRS610MI}
+            "CRS610MI": CRS610MI, "MRS001MI": MRS001MI}
 CUSTOMER_STATUS_DEFINITE = "20"
 KEYS_AS_FILTERS = "m3_keys_as_filters"
 SEARCH_FIELDS = ("KEY1", "YEA4", "VSER", "VONO", "JRNO", "ACDT", "AIT1", "CUCD")
@@ -306,8 +324,9 @@ class M3App(VendorApp):
 
     def __init__(self, ledger: M3Ledger, clock: SandboxClock, client_id: str, client_secret: str,
                  username: str, password: str, tenant: str, quirks: frozenset[str] = frozenset()):
-        self.ledger, self.clock = ledger, clock
+        self.ledger, self.clock, self.quirks = ledger, clock, frozenset(quirks)
         self.keys_as_filters = KEYS_AS_FILTERS in quirks
+        self.executed: list[tuple[str, str]] = []  # every transaction run, in order
         self.client_id, self.client_secret = client_id, client_secret
         self.username, self.password, self.tenant = username, password, tenant
         self._lock = threading.Lock()
@@ -327,6 +346,8 @@ class M3App(VendorApp):
             ("GLS200MI", "GetVoucherHead"): self._voucher_head,
             ("GLS200MI", "LstVoucherLines"): self._voucher_lines,
             ("GLS200MI", "SearchGenLedger"): self._search_general_ledger,
+            ("GLS200MI", "LstVouchersByDt"): self._vouchers_by_date,
+            ("MRS001MI", "LstTransactions"): self._list_transactions,
             ("ARS040MI", "AddBatchHead"): self._add_payment_batch,
             ("ARS040MI", "AddBatchLine"): self._add_payment_line,
             ("ARS040MI", "ControlBatch"): self._control_payment_batch,
@@ -531,6 +552,8 @@ class M3App(VendorApp):
         spec = PROGRAMS[program].get(transaction)
         if spec is None:
             raise MIError(f"Transaction {transaction} does not exist in {program}")
+        with self._lock:
+            self.executed.append((program, transaction))
         values = self._inputs(spec, record)
         self._company(values, control)
         try:
@@ -736,6 +759,8 @@ class M3App(VendorApp):
         return [self._gl_row(line) for line in self._voucher(values)]
 
     def _search_general_ledger(self, values: dict) -> list[dict]:
+        if "m3_no_search_gen_ledger" in self.quirks:
+            raise MIError("Not authorized to transaction SearchGenLedger in GLS200MI", "XTR0001")
         terms: dict[str, str] = {}
         for term in values["SQRY"].split():
             name, colon, value = term.partition(":")
@@ -748,6 +773,21 @@ class M3App(VendorApp):
         lines = self.ledger.gl_lines(now) if key is None else self.ledger.gl_lines_of_batch(key, now)
         rows = [self._gl_row(line) for line in lines]
         return [row for row in rows if all(format_value(n, row[n], True) == v for n, v in terms.items())]
+
+    @staticmethod
+    def _list_transactions(values: dict) -> list[dict]:
+        """MRS001MI/LstTransactions: the transactions this M3 serves in a program (metadata only)."""
+        program = values["MINM"].upper()
+        if program not in PROGRAMS:
+            raise MIError(f"Program {program} does not exist", field="MINM")
+        return [{"MINM": program, "TRNM": name, "TRDS": name} for name in sorted(PROGRAMS[program])]
+
+    def _vouchers_by_date(self, values: dict) -> list[dict]:
+        """Every GL transaction with an accounting date in [FRDT, TODT], by voucher and line."""
+        lines = [line for line in self.ledger.gl_lines(self.clock.now())
+                 if values["FRDT"] <= line.accounting_date <= values["TODT"]]
+        lines.sort(key=lambda ln: (ln.year, ln.voucher_series, ln.voucher, ln.journal, ln.journal_seq))
+        return [self._gl_row(line) for line in lines]
 
     @staticmethod
     def _gl_row(line: GLLine) -> dict:
@@ -777,7 +817,7 @@ class M3App(VendorApp):
             raise MIError("Payment amount must be entered", MUST_BE_ENTERED["PYAM"], "PYAM")
         self.ledger.add_payment_line(values["PBID"], PaymentLine(
             values["TRNO"], values["CUNO"], values.get("PYNO", ""), values["CINO"], values["INYR"], paid,
-            values.get("CUCD", "")))
+            values.get("CUCD", ""), values.get("CKNO", ""), values.get("LPDT"), values.get("AIT1", "")))
         return []
 
     def _control_payment_batch(self, values: dict) -> list[dict]:

@@ -13,9 +13,13 @@ GL interface batches follow GLS840: a head per ``KEY1`` (unique in the division,
 interface), lines stored as entered (a position-based ``PARM`` string cut by the interface's GLS850
 template, or named fields), a control that checks every line and the balance of each voucher group
 per currency, and an update that turns each voucher group into a GL voucher (series ``GL``) whose
-lines remember the batch key. Payment batches follow ARS040: a head per payment batch number, lines
-naming invoice, invoice year, customer and payment amount, and a control that books them all as one
-payment voucher (series ``PY``) or none of them.
+lines remember the batch key. Payment batches follow ARS040: a head per payment batch number with its
+payment method (``BOPE``), lines naming invoice, invoice year, customer and payment amount (plus the
+payment id ``CKNO``, payment date ``LPDT`` and an optional account ``AIT1``), and a control that books
+them all as one payment voucher (series ``PY``) or none of them. The payment voucher reaches the
+general ledger as M3 books it: each line debits its ``AIT1``, else the account set up for the batch's
+payment method (``PAYMENT_METHOD_ACCOUNTS``, this site's configuration), else the default cash account,
+and credits accounts receivable, at the invoice's booked local value.
 
 Amounts are integer minor units (every currency the world uses has two decimals); foreign amounts
 carry a rate (ARAT) and their local (USD) amount. Everything lives in memory, or in a SQLite file when
@@ -56,6 +60,12 @@ ACCOUNT_DIMENSIONS = 7  # AIT1..AIT7
 ACCOUNT_LENGTH = 10
 VOUCHER_TEXT_LENGTH = 40
 BATCH_ENTERED, BATCH_REJECTED, BATCH_CONTROLLED, BATCH_UPDATED = 1, 2, 3, 9
+# This M3 site's accounting of customer payments: the debit account per payment method (BOPE), the
+# account a payment method without one falls back to, and the receivable the payment credits.
+PAYMENT_METHOD_ACCOUNTS = {"STR": "1191", "PYT": "1192", "HLD": "1193"}
+DEFAULT_CASH_ACCOUNT = "1999"
+RECEIVABLE_ACCOUNT = "1510"
+LEDGER_FORMAT = "2"  # payment lines carry CKNO, LPDT and AIT1; payment vouchers reach the GL
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,9 @@ class PaymentLine:
     invoice_year: int  # INYR
     amount_minor: int  # PYAM, in the invoice currency
     currency: str  # CUCD (blank = the invoice's currency)
+    check_number: str = ""  # CKNO: the payment's id at the payer's side (here: the processor's payment id)
+    payment_date: date | None = None  # LPDT
+    account: str = ""  # AIT1: the debit account of this line, overriding the payment method's
 
 
 @dataclass
@@ -228,7 +241,8 @@ CREATE TABLE IF NOT EXISTS fglinl (key1, line, content, PRIMARY KEY (key1, line)
 CREATE TABLE IF NOT EXISTS payment_batch_head (batch_id PRIMARY KEY, batch_type, accounting_date, registered,
     status);
 CREATE TABLE IF NOT EXISTS payment_batch_line (batch_id, transaction_number, customer, payer, invoice,
-    invoice_year, amount_minor, currency, PRIMARY KEY (batch_id, transaction_number));
+    invoice_year, amount_minor, currency, check_number, payment_date, account,
+    PRIMARY KEY (batch_id, transaction_number));
 """
 
 
@@ -284,7 +298,8 @@ class M3Ledger:
         self._lock = threading.Lock()
         self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
-                      "period_days": str(world.period.days), "cono": str(cono), "divi": divi}
+                      "period_days": str(world.period.days), "cono": str(cono), "divi": divi,
+                      "format": LEDGER_FORMAT}
         self._db = self._connect() if self.path is not None else None
         self._lines: list[LedgerLine] = []
         self._gl_lines: list[GLLine] = []
@@ -396,7 +411,7 @@ class M3Ledger:
                 batch_id, batch_type, date.fromisoformat(accounting_date) if accounting_date else None,
                 registered, status)
         for row in query("SELECT * FROM payment_batch_line ORDER BY rowid"):
-            self._payment_batches[row[0]].lines[row[1]] = PaymentLine(*row[1:])
+            self._payment_batches[row[0]].lines[row[1]] = _payment_line(row[1:])
         return True
 
     # -- reading as of a moment -------------------------------------------------------------------
@@ -663,7 +678,7 @@ class M3Ledger:
             batch = self._open_payment_batch(batch_id)
             if line.transaction in batch.lines:
                 raise record_exists(f"Line {line.transaction} of payment batch {batch_id}")
-            self._write([(self._insert("payment_batch_line", 8), (batch_id, *astuple(line)))])
+            self._write([(self._insert("payment_batch_line", 11), (batch_id, *_to_row(line)))])
             batch.lines[line.transaction] = line
 
     def _open_payment_batch(self, batch_id: int) -> PaymentBatch:
@@ -692,10 +707,39 @@ class M3Ledger:
                                       f"{line.currency}", field="CUCD")
                 payments.append((inv, line.amount_minor))
             lines, applied = self._payment_voucher(payments, batch.accounting_date or utc_day(now), now)
+            gl_lines = self._payment_gl_lines(batch, lines)
             self._book(lines, applied,
-                       [("UPDATE payment_batch_head SET status = ? WHERE batch_id = ?", (BATCH_UPDATED, batch_id))])
+                       [("UPDATE payment_batch_head SET status = ? WHERE batch_id = ?", (BATCH_UPDATED, batch_id)),
+                        (self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in gl_lines])])
             batch.status = BATCH_UPDATED
+            self._gl_lines.extend(gl_lines)
+            for line in gl_lines:
+                self._index_gl(line)
             return lines
+
+    def _payment_gl_lines(self, batch: PaymentBatch, lines: list[LedgerLine]) -> list[GLLine]:
+        """The payment voucher in the general ledger: per payment line a debit on the line's AIT1, else the
+        payment method's account, else the default cash account, and a credit on receivables, both at the
+        booked local value (the FSLEDG line's own journal and voucher). Caller holds the lock."""
+        method_account = PAYMENT_METHOD_ACCOUNTS.get(batch.batch_type, DEFAULT_CASH_ACCOUNT)
+        gl, seq = [], len(lines)
+        for ledger_line, number in zip(lines, sorted(batch.lines)):
+            entered = batch.lines[number]
+            text = (f"{batch.batch_id} {entered.check_number or ledger_line.invoice}")[:VOUCHER_TEXT_LENGTH]
+            for account, sign in ((entered.account or method_account, 1), (RECEIVABLE_ACCOUNT, -1)):
+                seq += 1
+                gl.append(GLLine(ledger_line.cono, ledger_line.divi, ledger_line.year, ledger_line.journal, seq,
+                                 ledger_line.voucher_series, ledger_line.voucher, ledger_line.accounting_date,
+                                 account, "", "", "", "", "", "", ledger_line.currency,
+                                 -sign * ledger_line.amount_minor, ledger_line.rate, -sign * ledger_line.local_minor,
+                                 text, "", ledger_line.registered))
+        return gl
+
+
+def _payment_line(row: tuple) -> PaymentLine:
+    """A PaymentLine from its SQLite row (without the batch id)."""
+    *head, payment_date, account = row
+    return PaymentLine(*head, date.fromisoformat(payment_date) if payment_date else None, account)
 
 
 def parse_amount(raw: str, where: str, field_name: str) -> int:

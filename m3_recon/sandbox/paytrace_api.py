@@ -8,7 +8,8 @@ a zone (``4/10/2026 4:06:30 PM``); amounts as bare decimal JSON numbers, tax as 
 in OAuth's shape (``invalid_grant``, ``invalid_token`` with "The access token expired"), rejected
 requests in PayTrace's ``{"success": false, …, "errors": {"<code>": ["message"]}}``. Batch field names
 follow the legacy ExportBatches record (PayTrace's JSON names are unconfirmed); error codes are the
-sandbox's own.
+sandbox's own. Quirks (``m3_recon.sandbox.quirks``): ``paytrace_no_settle_time`` leaves ``settled`` out of
+batch records; ``amounts_as_strings`` writes every dollar amount as a string (``"110.00"``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class PayTraceApp(VendorApp):
     name = "paytrace"
 
     def __init__(self, ledger: PayTraceLedger, clock: SandboxClock, username: str, password: str,
-                 token_ttl_seconds: int = 7_200, wall_clock: Callable[[], float] = time.monotonic):
+                 token_ttl_seconds: int = 7_200, wall_clock: Callable[[], float] = time.monotonic,
+                 quirks: frozenset[str] = frozenset()):
         """Tokens expire ``token_ttl_seconds`` after issue on ``wall_clock`` (real time, not the sandbox
         clock, so moving the sandbox's "now" never logs clients out; tests pass a faster clock)."""
         self.ledger = ledger
@@ -99,6 +101,8 @@ class PayTraceApp(VendorApp):
         self.username, self.password = username, password
         self.token_ttl_seconds = token_ttl_seconds
         self.wall_clock = wall_clock
+        self.money = wire_money_text if "amounts_as_strings" in quirks else wire_money
+        self.batch_settle_time = "paytrace_no_settle_time" not in quirks
         self._tokens: dict[str, float] = {}  # bearer token -> expiry on wall_clock
         self._lock = threading.Lock()
         self.tokens_issued = 0
@@ -249,10 +253,11 @@ class PayTraceApp(VendorApp):
 
     def render_batch(self, batch: Batch) -> dict:
         totals = self.ledger.totals(batch)
-        return {"number": batch.number, "settled": wire_timestamp(batch.settled_at),
-                "transaction_count": totals.transaction_count, "net_amount": wire_money(totals.net_minor),
-                "sales_count": totals.sales_count, "sales_amount": wire_money(totals.sales_minor),
-                "refund_count": totals.refund_count, "refund_amount": wire_money(totals.refund_minor)}
+        settled = {"settled": wire_timestamp(batch.settled_at)} if self.batch_settle_time else {}
+        return {"number": batch.number, **settled,
+                "transaction_count": totals.transaction_count, "net_amount": self.money(totals.net_minor),
+                "sales_count": totals.sales_count, "sales_amount": self.money(totals.sales_minor),
+                "refund_count": totals.refund_count, "refund_amount": self.money(totals.refund_minor)}
 
     def render_transaction(self, txn: CardTransaction, include_bin: bool = False) -> dict:
         card = txn.card
@@ -264,7 +269,7 @@ class PayTraceApp(VendorApp):
                             "expiration_month": card.expiration_month, "expiration_year": card.expiration_year},
             "transaction_type": txn.type,
             "description": txn.description,
-            "amount": wire_money(txn.amount_minor),
+            "amount": self.money(txn.amount_minor),
             "invoice_id": txn.invoice_id,
             "shipping_address": dict(BLANK_ADDRESS),
             "billing_address": {**BLANK_ADDRESS, "name": txn.billing_name, "zip": txn.billing_zip, "country": "US"},

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from m3_recon.sandbox.world import PaymentPlan, PaymentPlanner, Period, World
+from m3_recon.sandbox.world import PaymentPlan, PaymentPlanner, Period, World, reference_text
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 AUTO_SETTLE_SECOND = 20 * 3_600  # 8:00 p.m. local, as seconds after local midnight
@@ -158,11 +158,14 @@ class _Builder:
         amount = plan.amount_minor
         description = {"multi": "Invoices " + ", ".join(a.invoice for a in plan.allocations),
                        "unapplied": "Payment on account"}.get(plan.kind, "")
+        if plan.free_text:  # quirk free_text_refs: the clerk typed the invoices into the description only
+            description = reference_text(plan.invoice_ref)
         keyed_tax = rng.random() < 0.4
         txn = CardTransaction(
             id=0, type="SALE", amount_minor=amount,
             tax_minor=amount * TAX_RATE_BASIS_POINTS // (10_000 + TAX_RATE_BASIS_POINTS) if keyed_tax else None,
-            created=created, invoice_id=plan.invoice_ref or "", customer_id=plan.customer_ref or "",
+            created=created, invoice_id="" if plan.free_text else plan.invoice_ref or "",
+            customer_id=plan.customer_ref or "",
             customer_reference_id=f"PO-{rng.randint(40_000, 99_999)}" if rng.random() < 0.3 else "",
             description=description, billing_name=cust.name, billing_zip=f"9{rng.randrange(10_000):04d}",
             card=self.cards[cust.number], through="API" if rng.random() < 0.7 else "Virtual Terminal",

@@ -260,7 +260,8 @@ class StripeApp(VendorApp):
             "payment_method_details": {"type": "card", "card": {
                 "brand": charge.brand, "last4": charge.last4, "country": "US", "funding": "credit",
                 "exp_month": 8, "exp_year": 2030, "network": charge.brand}},
-            "refunded": refunded >= charge.amount, "status": "succeeded",
+            "refunded": refunded >= charge.amount, "statement_descriptor": charge.statement_descriptor,
+            "status": "succeeded",
         }
 
     def render_refund(self, refund: Refund) -> dict:

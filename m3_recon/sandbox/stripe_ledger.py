@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from m3_recon.sandbox.world import PaymentPlanner, World, day_start_epoch, stable_id
+from m3_recon.sandbox.world import PaymentPlan, PaymentPlanner, World, day_start_epoch, reference_text, stable_id
 
 DAY = 86_400
 PAYOUT_HOUR = 6
@@ -58,6 +58,7 @@ class Charge:
     brand: str
     last4: str
     billing_name: str
+    statement_descriptor: str | None = None
 
 
 @dataclass
@@ -164,6 +165,10 @@ class _Builder:
         plan = self.planner.plan(cust, day)
         metadata = {key: value for key, value in (("m3_invoice", plan.invoice_ref), ("m3_customer", plan.customer_ref))
                     if value is not None}
+        description, descriptor = f"Payment by {cust.name}", None
+        if plan.free_text:
+            del metadata["m3_invoice"]
+            description, descriptor = self.free_text(plan, metadata, description)
         currency = cust.currency.lower()
         charge_id = self.new_id("ch")
         txn_id = self.new_id("txn")
@@ -178,13 +183,27 @@ class _Builder:
             source=charge_id, exchange_rate=rate, fee_details=fee_details))
         self.ledger.charges[charge_id] = Charge(
             id=charge_id, amount=plan.amount_minor, currency=currency, created=created, customer=cust.stripe_id,
-            balance_transaction=txn_id, metadata=metadata, description=f"Payment by {cust.name}",
-            brand=rng.choice(CARD_BRANDS), last4=f"{rng.randrange(10_000):04d}", billing_name=cust.name)
+            balance_transaction=txn_id, metadata=metadata, description=description,
+            brand=rng.choice(CARD_BRANDS), last4=f"{rng.randrange(10_000):04d}", billing_name=cust.name,
+            statement_descriptor=descriptor)
         self.planner.record(txn_id, plan, cust.number)
         if rng.random() < 0.04:
             self.refund(charge_id, created)
         elif rng.random() < 0.02:
             self.dispute(charge_id, created)
+
+    def free_text(self, plan: PaymentPlan, metadata: dict[str, str], description: str) -> tuple[str, str | None]:
+        """Quirk free_text_refs: the invoice numbers only in the charge's description, a metadata note or
+        (one invoice) its statement descriptor. Returns (description, statement descriptor)."""
+        text = reference_text(plan.invoice_ref)
+        place = self.planner.quirk_rng.choice(["description", "metadata"] + (["descriptor"] if "," not in text
+                                                                              and " and " not in text else []))
+        if place == "metadata":
+            metadata["note"] = text
+            return description, None
+        if place == "descriptor":
+            return description, text.removeprefix("Payment for ")[:22]
+        return text, None
 
     def refund(self, charge_id: str, charge_created: int) -> None:
         rng = self.rng

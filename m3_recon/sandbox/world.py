@@ -8,8 +8,9 @@ Everything is derived from ``seed``: the same seed and period give byte-identica
 from __future__ import annotations
 
 import random
+import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 
 ALPHANUMERIC = string.ascii_letters + string.digits
@@ -50,7 +51,8 @@ class PaymentTruth:
     processor: str
     payment_id: str
     customer: str | None
-    kind: str  # full, partial, over, multi, unapplied, ambiguous, already_paid, not_found, customer_mismatch
+    kind: str  # full, partial, over, multi, multi_ref, unapplied, ambiguous, already_paid, not_found,
+    #            customer_mismatch, reused_tie
     allocations: tuple[Allocation, ...]
     expected_status: str = "auto"
     expected_reason: str | None = None
@@ -97,6 +99,8 @@ class World:
     customers: list[Customer] = field(default_factory=list)
     invoices: list[Invoice] = field(default_factory=list)
     payments: list[PaymentTruth] = field(default_factory=list)
+    quirks: frozenset[str] = frozenset()  # m3_recon.sandbox.quirks names this world is generated with
+    reused_numbers: frozenset[str] = frozenset()  # invoice numbers also open in an earlier invoice year
 
     def rng(self, stream: str) -> random.Random:
         """An independent random stream per part, so adding a processor never shifts another's data."""
@@ -127,12 +131,18 @@ COMPANY_KINDS = ["Foods", "Logistics", "Machining", "Supply", "Textiles", "Hardw
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def build_world(seed: int, period: Period, customers: int = 60, eur_customers: int = 8) -> World:
+REUSED_NUMBERS = 24  # quirk invoice_number_reused: this many numbers are also open in the year before
+
+
+def build_world(seed: int, period: Period, customers: int = 60, eur_customers: int = 8,
+                quirks: frozenset[str] = frozenset()) -> World:
     """Customers (a few billed in EUR) and invoices dated from 45 days before the period to its end.
 
-    Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD.
+    Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. With
+    the quirk ``invoice_number_reused`` some USD invoice numbers are also open in the previous invoice
+    year, for a customer of another processor (long before any matching window).
     """
-    world = World(seed=seed, period=period)
+    world = World(seed=seed, period=period, quirks=frozenset(quirks))
     rng = world.rng("world")
     for i in range(customers):
         name = f"{rng.choice(COMPANY_WORDS)} {rng.choice(COMPANY_KINDS)} {'Inc' if i % 3 else 'GmbH'}"
@@ -160,7 +170,31 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
     for cust in world.customers[::5]:
         first, second = world.invoices_of(cust.number)[:2]
         second.amount_minor = first.amount_minor
+    if "invoice_number_reused" in world.quirks:
+        _reuse_numbers(world)
     return world
+
+
+def _reuse_numbers(world: World) -> None:
+    rng = world.rng("quirks:invoice_number_reused")
+    usd = [inv for inv in world.invoices if inv.currency == "USD"]
+    reused = []
+    for inv in rng.sample(usd, k=min(REUSED_NUMBERS, len(usd))):
+        payer = world.customer(inv.customer).processor
+        owner = rng.choice([c for c in world.customers if c.currency == "USD" and c.processor != payer])
+        invoice_date = date(inv.year - 1, rng.randint(1, 6), rng.randint(1, 28))
+        reused.append(Invoice(number=inv.number, year=inv.year - 1, customer=owner.number, currency="USD",
+                              amount_minor=rng.randint(5_000, 900_000), invoice_date=invoice_date,
+                              due_date=invoice_date + timedelta(days=30)))
+    world.invoices = sorted(world.invoices + reused, key=lambda inv: (inv.invoice_date, inv.number))
+    world.reused_numbers = frozenset(inv.number for inv in reused)
+    world.index()
+
+
+def reference_text(invoice_ref: str) -> str:
+    """How a customer writes the invoice numbers of a reference in free text ("Payment for INV-1 and 2")."""
+    numbers = re.findall(r"\d+", invoice_ref)
+    return "Payment for INV-" + (numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1])
 
 
 @dataclass(frozen=True)
@@ -172,6 +206,7 @@ class PaymentPlan:
     allocations: tuple[Allocation, ...]
     expected_status: str
     expected_reason: str | None
+    free_text: bool = False  # quirk free_text_refs: the invoice numbers are written in free text only
 
 
 EDGE_CASES = ("ambiguous", "already_paid", "not_found", "customer_mismatch")
@@ -195,7 +230,8 @@ class PaymentPlanner:
         self.reserved: set[str] = set()  # invoices an ambiguous case depends on: left alone afterwards
         self.closed_by_reference: set[str] = set()  # fully paid by a payment naming them
         self.closed_by_group: set[str] = set()  # fully paid by a one-payment-several-invoices payment
-        self.edge_cases = list(EDGE_CASES)
+        self.edge_cases = (["reused_tie"] if "invoice_number_reused" in world.quirks else []) + list(EDGE_CASES)
+        self.quirk_rng = world.rng(f"quirks:{processor}")  # quirks draw here, so the plain world never shifts
 
     def open_invoices(self, customer: str, day: date) -> list[Invoice]:
         return [inv for inv in self.world.invoices_of(customer)
@@ -209,6 +245,14 @@ class PaymentPlanner:
             expected_reason=plan.expected_reason, invoice_ref=plan.invoice_ref, customer_ref=plan.customer_ref))
 
     def plan(self, customer: Customer, day: date) -> PaymentPlan:
+        """A payment by ``customer`` on ``day``; with the quirk ``free_text_refs`` about a third of the
+        payments that name invoices write them in free text only (the matcher must read them there)."""
+        plan = self._plan(customer, day)
+        if "free_text_refs" in self.world.quirks and plan.invoice_ref and self.quirk_rng.random() < 0.35:
+            plan = replace(plan, free_text=True)
+        return plan
+
+    def _plan(self, customer: Customer, day: date) -> PaymentPlan:
         """A payment by ``customer`` on ``day``; now and then one of the deliberate edge cases."""
         if self.edge_cases and self.rng.random() < 0.05:
             edge = self._edge_case(self.edge_cases[0], customer, day)
@@ -235,6 +279,8 @@ class PaymentPlanner:
                       and amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
             if len(oldest) >= 2:
                 group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
+                if "multi_invoice_refs" in self.world.quirks and self.quirk_rng.random() < 0.6:
+                    return self._listed(group, customer)
                 allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
                 for inv in group:
                     self.m3_open[inv.number] = 0
@@ -273,6 +319,29 @@ class PaymentPlanner:
         return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
                            "overpayment" if amount > open_amount else None)
 
+    def _listed(self, group: list[Invoice], customer: Customer) -> PaymentPlan:
+        """Quirk multi_invoice_refs: one payment naming its invoices in one reference, applied oldest first —
+        exactly their sum, less (the last one in part) or more (an overpayment)."""
+        qrng = self.quirk_rng
+        group = sorted(group, key=lambda i: (i.invoice_date, i.number))
+        total = sum(self.m3_open[i.number] for i in group)
+        last = self.m3_open[group[-1].number]
+        shape = qrng.choice(["exact", "exact", "short", "over"])
+        amount = {"exact": total, "short": total - qrng.randint(1, max(last - 1, 1)),
+                  "over": total + qrng.randint(1, 5_000)}[shape]
+        allocations, left = [], amount
+        for inv in group:
+            applied = min(self.m3_open[inv.number], left)
+            left -= applied
+            self.m3_open[inv.number] -= applied
+            self.reserved.add(inv.number)  # left alone afterwards: its residue is not for later payments
+            if applied:
+                allocations.append(Allocation(inv.number, applied))
+        separator = qrng.choice([", ", "; ", " / ", " ", " and "])
+        reference = separator.join(("INV-" if qrng.random() < 0.3 else "") + i.number for i in group)
+        return PaymentPlan("multi_ref", amount, reference, customer.number, tuple(allocations), "auto",
+                           "overpayment" if amount > total else None)
+
     def _unmatched(self, kind: str, amount: int, customer: Customer, reference: str,
                    intended: tuple[Allocation, ...] = ()) -> PaymentPlan:
         """A payment the matcher cannot apply; ``intended`` is the invoice the customer meant (for people)."""
@@ -294,9 +363,20 @@ class PaymentPlanner:
             amount = self.m3_open[twins[0].number]
             return PaymentPlan(edge, amount, None, customer.number, (Allocation(twins[0].number, amount),),
                                "suggested", "ambiguous_amount")
+        if edge == "reused_tie":  # quirk invoice_number_reused: a number open in two years, no customer named
+            tied = [inv for c in self.customers for inv in self.open_invoices(c.number, day)
+                    if inv.number in self.world.reused_numbers]
+            if not tied:
+                return None
+            inv = rng.choice(tied)
+            self.reserved.add(inv.number)
+            amount = self.m3_open[inv.number]
+            return PaymentPlan(edge, amount, inv.number, None, (Allocation(inv.number, amount),),
+                               "suggested", "ambiguous_reference")
         if edge == "already_paid":
             paid = [inv for inv in self.world.invoices_of(customer.number)
-                    if inv.number in self.closed_by_reference and inv.invoice_date <= day]
+                    if inv.number in self.closed_by_reference and inv.invoice_date <= day
+                    and inv.number not in self.world.reused_numbers]
             if not paid:
                 return None
             return PaymentPlan(edge, rng.randint(2_000, 90_000), rng.choice(paid).number, customer.number, (),
@@ -305,7 +385,7 @@ class PaymentPlanner:
             return PaymentPlan(edge, rng.randint(2_000, 90_000), f"INV-{rng.randint(90_000_000, 99_999_999)}",
                                customer.number, (), "unmatched", "invoice_not_found")
         others = [inv for c in self.customers if c.number != customer.number and c.currency == customer.currency
-                  for inv in self.open_invoices(c.number, day)]
+                  for inv in self.open_invoices(c.number, day) if inv.number not in self.world.reused_numbers]
         if not others:
             return None
         inv = rng.choice(others)

@@ -16,8 +16,10 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
+from m3_recon.canonical.references import with_text_references
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.reconcile.matching import MatchingRules
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -142,8 +144,10 @@ def _deps(name: str) -> list[dg.AssetKey]:
 )
 def core_settlement_lines(context: dg.AssetExecutionContext, config: LookbackConfig,
                           duckdb: DuckDBResource) -> dg.MaterializeResult:
+    text_references = MatchingRules.load().text_references  # invoice numbers written in free text
     return _materialize(context, config, duckdb, table="core_settlement_lines", columns=SETTLEMENT_LINE_COLUMNS,
-                        schema=SETTLEMENT_LINE_SCHEMA, sql_of=lambda m: m.settlement_lines_sql,
+                        schema=SETTLEMENT_LINE_SCHEMA,
+                        sql_of=lambda m: with_text_references(m.settlement_lines_sql, m.processor, text_references),
                         deps_of=lambda m: m.settlement_line_deps, summarize=_lines_summary)
 
 

@@ -8,10 +8,12 @@ close) are stored as UTC; ``created_at_merchant_local`` keeps GP's merchant-loca
 
 Each run reads the deposit dates of its partitions plus a look-back (a held deposit turning
 RELEASED, a dispute closing) and replaces exactly those dates in DuckDB in one transaction. Money is
-BIGINT minor units parsed from GP's strings in SQL; GP's JSON is kept in ``raw``. A value that is not
-what GP documents (an amount like "12.50", a malformed time) is stored as NULL, never rounded or
-guessed, and the canonical layer quarantines the row with the reason; an object without an id or a
-usable deposit date cannot be placed in a partition and goes to ``core_quarantine`` here.
+BIGINT minor units parsed from GP's strings (or JSON numbers) in SQL by ``m3_recon.wire``, times in any
+ISO 8601 form; GP's JSON is kept in ``raw``. A value that cannot be read (an amount like "12.50", a
+malformed time) is stored as NULL, never rounded or guessed, and the canonical layer quarantines the
+row with the reason. Discounts and fees are stored with the sign that makes the deposit's identity
+hold, whichever sign GP sent (``fee_signs`` says which; NULL when neither ties). An object without an
+id or a usable deposit date cannot be placed in a partition and goes to ``core_quarantine`` here.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
@@ -21,6 +23,7 @@ from datetime import date, timedelta
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from m3_recon import wire
 from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
@@ -37,8 +40,9 @@ DISPUTES_TABLE = "raw_heartland_disputes"
 
 
 def _minor(path: str) -> str:
-    """A GP minor-unit string as BIGINT; anything else (missing, "", "12.50") is NULL, never rounded."""
-    return f"CASE WHEN regexp_full_match(raw->>'{path}', '-?[0-9]+') THEN CAST(raw->>'{path}' AS BIGINT) END"
+    """A GP minor-unit amount (string or JSON number) as BIGINT; anything else (missing, "", "12.50",
+    beyond BIGINT) is NULL, never rounded."""
+    return wire.minor_units_sql(f"raw->>'{path}'", 0)
 
 
 def _group_minor(path: str) -> str:
@@ -46,22 +50,15 @@ def _group_minor(path: str) -> str:
     return f"CASE WHEN coalesce(raw->>'{path}', '') = '' THEN 0 ELSE {_minor(path)} END"
 
 
-def _instant(path: str, fmt: str) -> str:
-    """A GP time, or NULL when missing or malformed (the canonical layer quarantines the row and says why)."""
-    return f"try_strptime(NULLIF(raw->>'{path}', ''), '{fmt}')"
-
-
 def _utc(path: str) -> str:
-    return _instant(path, "%Y-%m-%dT%H:%M:%S.%gZ")
-
-
-def _settlement_time(path: str) -> str:
-    """Settlement dispute times come as ``YYYY-MM-DDTHH:MM:SS`` in UTC, without zone or milliseconds."""
-    return _instant(path, "%Y-%m-%dT%H:%M:%S")
+    """A GP time in any ISO 8601 form as UTC (GP writes ``…sssZ``, and settlement dispute times without zone
+    or milliseconds, which are UTC), or NULL when missing or malformed (the canonical layer says why)."""
+    return wire.instant_sql(f"raw->>'{path}'")
 
 
 def _day(path: str) -> str:
-    return f"TRY_CAST(NULLIF(raw->>'{path}', '') AS DATE)"
+    """A GP business date (``YYYY-MM-DD``, or the date part of a time as written)."""
+    return wire.calendar_date_sql(f"raw->>'{path}'")
 
 
 def rejection(object_name: str, date_field: str) -> Rejection:
@@ -70,7 +67,7 @@ def rejection(object_name: str, date_field: str) -> Rejection:
     return Rejection("heartland", f"""CASE
         WHEN NOT json_valid(raw) THEN 'the GP {object_name} is not valid JSON'
         WHEN coalesce(json_extract_string(raw, '$.id'), '') = '' THEN 'the GP {object_name} has no id'
-        WHEN TRY_CAST(NULLIF({got}, '') AS DATE) IS NULL
+        WHEN {wire.calendar_date_sql(got)} IS NULL
             THEN 'the GP {object_name} has no usable deposit date in {date_field} (got '
                  || coalesce('''' || {got} || '''', 'nothing') || '), so no partition can hold it'
         END""")
@@ -95,7 +92,7 @@ SELECT raw->>'$.id', raw->>'$.type', raw->>'$.status', raw->>'$.channel',
        CASE raw->>'$.type' WHEN 'REFUND' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
        raw->>'$.currency', NULLIF(raw->>'$.reference', ''), raw->>'$.description',
        NULLIF(raw->>'$.parent_resource_id', ''),
-       {_utc('$.time_created')}, {_instant('$.time_created_reference', '%Y-%m-%dT%H:%M:%S.%g')},
+       {_utc('$.time_created')}, {_utc('$.time_created_reference')},
        NULLIF(raw->>'$.batch_id', ''), {_utc('$.batch_time_created')},
        raw->>'$.deposit_id', raw->>'$.deposit_status', {_day('$.deposit_time_created')},
        {_minor('$.deposit_amount')},
@@ -116,25 +113,43 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     discounts_count INTEGER, discounts_amount BIGINT, tax_count INTEGER, tax_amount BIGINT,
     fees_amount BIGINT, chargebacks_count INTEGER, chargebacks_amount BIGINT,
     reversals_count INTEGER, reversals_amount BIGINT,
-    raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
-)"""
+    raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR, fee_signs VARCHAR
+); ALTER TABLE {DEPOSITS_TABLE} ADD COLUMN IF NOT EXISTS fee_signs VARCHAR"""
+
+# Which signs of GP's discounts and fees make the deposit's identity hold (deposit = sales − refunds −
+# chargebacks + reversals − discounts − fees + tax), first match wins: GP's own convention (money out
+# negative, as sent), both sent as positive money out, or one of them a credit. None: quarantined.
+FEE_SIGNS = (("as sent", 1, 1), ("both negated", -1, -1), ("discounts negated", -1, 1), ("fees negated", 1, -1))
 
 DEPOSITS_SELECT = f"""
-SELECT raw->>'$.id', {_day('$.time_created')}, raw->>'$.status', raw->>'$.funding_type',
-       {_minor('$.amount')},
-       CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
+WITH sent AS (
+    SELECT *, {_minor('$.amount')} AS amount,
+           CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END AS net,
+           abs({_group_minor('$.sales.amount')}) AS sales, -abs({_group_minor('$.refunds.amount')}) AS refunds,
+           -abs({_group_minor('$.disputes.chargebacks.amount')}) AS chargebacks,
+           abs({_group_minor('$.disputes.reversals.amount')}) AS reversals, {_group_minor('$.tax.amount')} AS tax,
+           {_group_minor('$.discounts.amount')} AS discounts, {_group_minor('$.fees.amount')} AS fees
+    FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)
+), signed AS (
+    SELECT *, CASE {" ".join(f"WHEN net = sales + refunds + chargebacks + reversals + tax + {d} * discounts "
+                             f"+ {f} * fees THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
+    FROM sent
+), chosen AS (
+    SELECT *, CASE fee_signs {" ".join(f"WHEN '{name}' THEN {d}" for name, d, _ in FEE_SIGNS)} ELSE 1 END AS d_sign,
+           CASE fee_signs {" ".join(f"WHEN '{name}' THEN {f}" for name, _, f in FEE_SIGNS)} ELSE 1 END AS f_sign
+    FROM signed
+)
+SELECT raw->>'$.id', {_day('$.time_created')}, raw->>'$.status', raw->>'$.funding_type', amount, net,
        raw->>'$.currency', raw->>'$.aggregation_model',
        right(raw->>'$.bank_transfer.masked_account_number_last4', 4), raw->>'$.bank_transfer.bank.code',
        raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.system.name', raw->>'$.system.dba',
-       TRY_CAST(raw->>'$.sales.count' AS INTEGER), {_group_minor('$.sales.amount')},
-       TRY_CAST(raw->>'$.refunds.count' AS INTEGER), {_group_minor('$.refunds.amount')},
-       TRY_CAST(raw->>'$.discounts.count' AS INTEGER), {_group_minor('$.discounts.amount')},
-       TRY_CAST(raw->>'$.tax.count' AS INTEGER), {_group_minor('$.tax.amount')},
-       {_group_minor('$.fees.amount')},
-       TRY_CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), {_group_minor('$.disputes.chargebacks.amount')},
-       TRY_CAST(raw->>'$.disputes.reversals.count' AS INTEGER), {_group_minor('$.disputes.reversals.amount')},
-       raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+       TRY_CAST(raw->>'$.sales.count' AS INTEGER), sales, TRY_CAST(raw->>'$.refunds.count' AS INTEGER), refunds,
+       TRY_CAST(raw->>'$.discounts.count' AS INTEGER), d_sign * discounts,
+       TRY_CAST(raw->>'$.tax.count' AS INTEGER), tax, f_sign * fees,
+       TRY_CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), chargebacks,
+       TRY_CAST(raw->>'$.disputes.reversals.count' AS INTEGER), reversals,
+       raw, loaded_at_utc, dagster_run_id, fee_signs
+FROM chosen"""
 
 DISPUTES_DDL = f"""
 CREATE TABLE IF NOT EXISTS {DISPUTES_TABLE} (
@@ -152,13 +167,13 @@ DISPUTES_SELECT = f"""
 SELECT raw->>'$.id', raw->>'$.stage', raw->>'$.status', raw->>'$.result', raw->>'$.funding_type',
        {_minor('$.amount')},
        CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
-       raw->>'$.currency', {_settlement_time('$.stage_time_created')},
+       raw->>'$.currency', {_utc('$.stage_time_created')},
        raw->>'$.deposit_id', {_day('$.deposit_time_created')},
-       raw->>'$.reason_code', raw->>'$.reason_description', {_settlement_time('$.time_to_respond_by')},
+       raw->>'$.reason_code', raw->>'$.reason_description', {_utc('$.time_to_respond_by')},
        {_minor('$.last_adjustment_amount')}, NULLIF(raw->>'$.last_adjustment_funding', ''),
-       {_settlement_time('$.last_adjustment_time_created')},
+       {_utc('$.last_adjustment_time_created')},
        raw->>'$.system.mid', raw->>'$.transaction.type', {_minor('$.transaction.amount')},
-       NULLIF(raw->>'$.transaction.reference', ''), {_settlement_time('$.transaction.time_created')},
+       NULLIF(raw->>'$.transaction.reference', ''), {_utc('$.transaction.time_created')},
        raw->>'$.transaction.payment_method.card.brand',
        raw->>'$.transaction.payment_method.card.masked_number_first6last4',
        raw->>'$.transaction.payment_method.card.arn',
@@ -185,12 +200,10 @@ WHERE d.deposit_date >= ? AND d.deposit_date < ?
                       + d.tax_amount
 ORDER BY d.deposit_date"""
 
-# GP's own components of a deposit must add up to its net.
+# GP's own components of a deposit must add up to its net (with the fee signs that make them: see FEE_SIGNS).
 UNBALANCED_DEPOSITS = f"""
-SELECT count(*) FROM {DEPOSITS_TABLE}
-WHERE deposit_date >= ? AND deposit_date < ?
-  AND net_amount <> sales_amount + refunds_amount + discounts_amount + tax_amount + fees_amount
-                    + chargebacks_amount + reversals_amount"""
+SELECT count(*) FILTER (fee_signs IS NULL), count(*) FILTER (fee_signs <> 'as sent') FROM {DEPOSITS_TABLE}
+WHERE deposit_date >= ? AND deposit_date < ?"""
 
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> tuple[FetchWindow, date, date]:
@@ -279,7 +292,7 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
                                f"SELECT status, count(*), sum(net_amount) FROM {DEPOSITS_TABLE} "
                                "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY 1 ORDER BY 1")
     with duckdb.get_connection() as conn:
-        unbalanced = conn.execute(UNBALANCED_DEPOSITS, bounds).fetchone()[0]
+        unbalanced, fees_resigned = conn.execute(UNBALANCED_DEPOSITS, bounds).fetchone()
         unexplained = [r[0] for r in conn.execute(UNEXPLAINED_DEPOSITS, bounds * 3).fetchall()]
     if unexplained:
         context.log.warning(f"{len(unexplained)} GP deposits differ from their loaded transactions and "
@@ -288,5 +301,6 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
         "by_status": _table("| status | deposits | net (minor units) |", by_status),
         "deposits_not_summing": unbalanced,
+        "deposits_with_fee_signs_chosen_by_identity": fees_resigned,
         "deposits_unexplained_by_lines": len(unexplained),
     })

@@ -17,6 +17,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
+from m3_recon import wire
 from m3_recon.defs.m3.client import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.money import money_by_currency
@@ -31,7 +32,7 @@ OWNERS = ["team:finance-systems"]
 
 
 def _m3_date(field: str) -> str:
-    return f"CAST(try_strptime(nullif(nullif(raw->>'$.{field}', ''), '0'), '%Y%m%d') AS DATE)"
+    return wire.calendar_date_sql(f"raw->>'$.{field}'")  # yyyyMMdd (or ISO 8601); blank or 0 is no date
 
 
 OPEN_INVOICES_DDL = """

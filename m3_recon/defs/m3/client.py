@@ -27,12 +27,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import requests
 
+from m3_recon import wire
 from m3_recon.errors import VendorAuthError, VendorRequestError
 from m3_recon.money import CURRENCY_EXPONENTS
 from m3_recon.vendor_http import VendorSession
@@ -69,15 +70,12 @@ class IncompleteReadError(VendorRequestError):
 
 
 def minor_units(value: str, currency: str) -> int:
-    """An M3 amount string (``"1234.5"``, ``"-100"``, ``""``) as integer minor units of ``currency``."""
+    """An M3 amount string (``"1234.5"``, ``"-100"``, ``""`` = 0) as integer minor units of ``currency``."""
     try:
-        amount = Decimal(value.strip() or "0")
-    except InvalidOperation:
-        raise VendorRequestError(VENDOR, f"M3 sent {value!r} where an amount was expected") from None
-    scaled = amount.scaleb(CURRENCY_EXPONENTS.get(currency.strip().upper(), 2))
-    if scaled != scaled.to_integral_value():
-        raise VendorRequestError(VENDOR, f"M3 amount {value} has more decimals than {currency} allows")
-    return int(scaled)
+        return wire.minor_units(value, CURRENCY_EXPONENTS.get(currency.strip().upper(), 2),
+                                f"minor units of {currency.strip() or 'its currency'}") or 0
+    except wire.WireValueError as exc:
+        raise VendorRequestError(VENDOR, f"M3 amount {exc}") from None
 
 
 def m3_amount(minor: int, currency: str) -> Decimal:
@@ -88,9 +86,7 @@ def m3_amount(minor: int, currency: str) -> Decimal:
 def m3_date(value: str) -> date | None:
     """An MI date (``yyyyMMdd``); blank or ``0`` is no date."""
     value = value.strip()
-    if value in ("", "0"):
-        return None
-    return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    return None if value in ("", "0") else wire.calendar_date(value)
 
 
 def _is_list(transaction: str) -> bool:

@@ -6,15 +6,18 @@ the batch dates of its partitions plus a look-back, then replaces that window of
 in one transaction, keeping PayTrace's JSON in ``raw``. Typed columns are computed in Python rather than
 projected in SQL: PayTrace's amounts are decimal dollars, which DuckDB's JSON functions would read as
 doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
-A transaction whose type, amount, created or settled time is missing or unreadable is still stored,
-with that column empty and its JSON kept: ``core_settlement_lines`` quarantines it with the value
-PayTrace sent and the batch's tie-out shows it missing, instead of one bad row stopping the day's load.
+A transaction or batch whose type, amount, created or settled time is missing or unreadable is still
+stored, with that column empty, the defect named in ``defects`` (field -> what is wrong with it) and its
+JSON kept: ``core_settlement_lines`` / ``core_payouts`` quarantine it with that defect and the batch's
+tie-out shows it missing, instead of one bad row stopping the day's load. A batch record without a
+settlement time (some PayTrace readings send none) settled at its business date's auto-settlement
+cut-off, 8 p.m. in the account's zone: that time is used and ``settled_time_assumed`` says so.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -22,7 +25,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 
-from m3_recon import decimal_json
+from m3_recon import decimal_json, wire
 from m3_recon.defs.paytrace.resources import VENDOR, PayTraceResource, cents, local_timestamp
 from m3_recon.errors import VendorRequestError
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
@@ -44,6 +47,7 @@ BATCH_COLUMNS = [
     ("refund_count", "INTEGER", pa.int32()), ("refund_amount_cents", "BIGINT", pa.int64()),
     ("net_amount_cents", "BIGINT", pa.int64()), ("currency", "VARCHAR NOT NULL", pa.string()),
     ("time_zone", "VARCHAR NOT NULL", pa.string()), *LOAD_COLUMNS,
+    ("settled_time_assumed", "BOOLEAN", pa.bool_()), ("defects", "JSON", pa.string()),
 ]
 TRANSACTION_COLUMNS = [
     ("transaction_id", "BIGINT NOT NULL", pa.int64()), ("batch_number", "BIGINT NOT NULL", pa.int64()),
@@ -56,13 +60,20 @@ TRANSACTION_COLUMNS = [
     ("created_date_local", "DATE", pa.date32()), ("settled_at_utc", "TIMESTAMP", pa.timestamp("us")),
     ("approval_code", "VARCHAR", pa.string()), ("status_code", "VARCHAR", pa.string()),
     ("created_through", "VARCHAR", pa.string()), ("time_zone", "VARCHAR NOT NULL", pa.string()), *LOAD_COLUMNS,
+    ("defects", "JSON", pa.string()),
 ]
+# Columns added after the first release: a warehouse made by an older release gains them (at the end,
+# so ``INSERT_SELECT``'s positions still match).
+ADDED_COLUMNS = ("settled_time_assumed", "defects")
 # PayTrace's v1 API carries no currency; a PayTrace merchant account settles in US dollars.
 CURRENCY = "USD"
+AUTO_SETTLE_TIME = time(20)  # PayTrace's default auto-settlement, in the account's zone: the batch cut-off
 
 
 def _ddl(table: str, columns: list) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")"
+    create = f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")"
+    return create + "".join(f"; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {sql}"
+                            for name, sql, _ in columns if name in ADDED_COLUMNS)
 
 
 INSERT_SELECT = "SELECT * REPLACE (CAST(raw AS JSON) AS raw) FROM docs"
@@ -110,30 +121,55 @@ def _typed(kind: str, identifier, build):
                                  "the raw response is not stored until this is resolved") from None
 
 
-def _readable(read):
-    """A value read from PayTrace's record, or None when it is missing or cannot be read."""
-    try:
-        return read()
-    except (AttributeError, KeyError, TypeError, ValueError):
+class _Reader:
+    """Reads the fields of one PayTrace record; a value that cannot be read is None and its defect is kept."""
+
+    def __init__(self):
+        self.defects: dict[str, str] = {}
+
+    def __call__(self, field: str, read):
+        try:
+            return read()
+        except wire.WireValueError as exc:
+            self.defects[field] = str(exc)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            pass
         return None
+
+    def count(self, record: dict, field: str) -> int | None:
+        return self(field, lambda: wire.count(record.get(field)))
+
+    def defects_json(self) -> str | None:
+        return decimal_json.dumps(self.defects) if self.defects else None
+
+
+def _no_value(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def batch_row(day: date, batch: dict, zone: ZoneInfo, run_id: str, loaded_at: datetime) -> dict:
+    read = _Reader()
+    assumed = _no_value(batch.get("settled"))
+    settled = (datetime.combine(day, AUTO_SETTLE_TIME, tzinfo=zone) if assumed
+               else read("settled", lambda: local_timestamp(batch["settled"], zone)))
     return {
-        "batch_number": int(batch["number"]), "batch_date": day,
-        "settled_at_utc": _utc(local_timestamp(batch.get("settled", ""), zone)),
-        "transaction_count": batch.get("transaction_count"), "sales_count": batch.get("sales_count"),
-        "sales_amount_cents": cents(batch.get("sales_amount")), "refund_count": batch.get("refund_count"),
-        "refund_amount_cents": cents(batch.get("refund_amount")), "net_amount_cents": cents(batch.get("net_amount")),
+        "batch_number": int(batch["number"]), "batch_date": day, "settled_at_utc": _utc(settled),
+        "transaction_count": read.count(batch, "transaction_count"), "sales_count": read.count(batch, "sales_count"),
+        "sales_amount_cents": read("sales_amount", lambda: cents(batch.get("sales_amount"))),
+        "refund_count": read.count(batch, "refund_count"),
+        "refund_amount_cents": read("refund_amount", lambda: cents(batch.get("refund_amount"))),
+        "net_amount_cents": read("net_amount", lambda: cents(batch.get("net_amount"))),
         "currency": CURRENCY, "time_zone": zone.key,
         "raw": decimal_json.dumps(batch), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+        "settled_time_assumed": assumed, "defects": read.defects_json(),
     }
 
 
 def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneInfo, run_id: str,
                     loaded_at: datetime) -> dict:
-    amount = _readable(lambda: cents(txn["amount"]))
-    created = _readable(lambda: local_timestamp(txn["created"]["at"], zone))
+    read = _Reader()
+    amount = read("amount", lambda: cents(txn["amount"]))
+    created = read("created.at", lambda: local_timestamp(txn["created"]["at"], zone))
     type_ = None if txn.get("transaction_type") is None else str(txn["transaction_type"])
     refund = type_ is not None and type_.strip().upper() == "REFUND"
     last4 = str((txn.get("credit_card") or {}).get("masked_number") or "")[-4:]
@@ -141,15 +177,16 @@ def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneIn
         "transaction_id": int(txn["transaction_id"]), "batch_number": batch_number, "batch_date": batch_date,
         "transaction_type": type_, "amount_cents": amount,
         "signed_amount_cents": None if amount is None else -amount if refund else amount,
-        "tax_amount_cents": cents(txn.get("tax_amount")), "currency": CURRENCY,
+        "tax_amount_cents": read("tax_amount", lambda: cents(txn.get("tax_amount"))), "currency": CURRENCY,
         "invoice_id": txn.get("invoice_id") or None, "customer_id": txn.get("customer_id") or None,
         "customer_reference_id": txn.get("customer_reference_id") or None,
         "description": txn.get("description") or None, "card_last4": last4 if last4.isdigit() else None,
         "created_at_utc": _utc(created), "created_date_local": created.date() if created else None,
-        "settled_at_utc": _utc(_readable(lambda: local_timestamp(txn.get("settled", ""), zone))),
+        "settled_at_utc": _utc(read("settled", lambda: local_timestamp(txn.get("settled", ""), zone))),
         "approval_code": txn.get("approval_code") or None, "status_code": txn.get("status_code") or None,
-        "created_through": _readable(lambda: txn["created"]["through"]) or None, "time_zone": zone.key,
-        "raw": decimal_json.dumps(txn), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+        "created_through": read("created.through", lambda: txn["created"]["through"]) or None,
+        "time_zone": zone.key, "raw": decimal_json.dumps(txn), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+        "defects": read.defects_json(),
     }
 
 
@@ -178,6 +215,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConf
         "rows": inserted,
         "batch_dates": f"{first}..{last} ({zone.key})",
         "net_amount_cents": sum(row["net_amount_cents"] or 0 for row in rows),
+        "batches_settled_time_assumed": sum(row["settled_time_assumed"] for row in rows),
         "dates_without_batch": dg.MetadataValue.json([d.isoformat() for d in all_dates if d not in dates_with_batch]),
     })
 

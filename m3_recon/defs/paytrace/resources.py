@@ -6,9 +6,9 @@ at once when PayTrace answers 401 (expired early, revoked). Every request passes
 the bounded retries of ``VendorSession``. PayTrace has no paging, so date ranges are asked for one
 business day at a time, as PayTrace advises; bodies are parsed with amounts as ``Decimal``.
 
-This module also owns what PayTrace's wire values mean: dollar amounts (JSON numbers or strings) become
-integer cents, and zone-less US timestamps (``4/10/2026 4:06:30 PM``) are wall times of the account's
-time zone (PAYTRACE_TIMEZONE, Pacific by default).
+This module also says what PayTrace's wire values mean (read by ``m3_recon.wire``): dollar amounts
+(JSON numbers or strings) become integer cents, and zone-less timestamps (US style ``4/10/2026 4:06:30 PM``
+or ISO 8601) are wall times of the account's time zone (PAYTRACE_TIMEZONE, Pacific by default).
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from datetime import date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from m3_recon import decimal_json
+from m3_recon import decimal_json, wire
 from m3_recon.errors import VendorAuthError, VendorRequestError
 from m3_recon.settings import SettingsError
 from m3_recon.vendor_http import VendorSession, short_text
@@ -33,7 +32,6 @@ DEFAULT_API_BASE = "https://api.paytrace.com"
 DEFAULT_TIMEZONE = "America/Los_Angeles"
 CREDENTIAL_HINT = "PAYTRACE_USERNAME / PAYTRACE_PASSWORD"
 TOKEN_REFRESH_MARGIN_SECONDS = 60
-US_TIMESTAMP_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
 
 def account_zone(name: str) -> ZoneInfo:
@@ -50,27 +48,13 @@ def us_date(day: date) -> str:
 
 def cents(value) -> int | None:
     """PayTrace dollars -> integer cents: ``110``, ``1234.5`` (parsed as Decimal) or ``"8.10"``; ``""`` -> None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (bool, float)) or not isinstance(value, (int, Decimal, str)):
-        raise ValueError(f"{value!r} is not a dollar amount")
-    try:
-        minor = Decimal(value) * 100
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a dollar amount") from None
-    if not minor.is_finite() or minor != minor.to_integral_value():
-        raise ValueError(f"{value!r} is not a whole number of cents")
-    return int(minor)
+    return wire.minor_units(value, 2, "cents")
 
 
 def local_timestamp(text: str, zone: ZoneInfo) -> datetime | None:
-    """``10/31/2026 8:33:20 PM`` as an aware datetime in ``zone``; ``""`` (not settled yet) -> None.
-
-    A wall time in the repeated hour when daylight saving time ends is read as its first occurrence.
-    """
-    if not text:
-        return None
-    return datetime.strptime(text.strip(), US_TIMESTAMP_FORMAT).replace(tzinfo=zone)
+    """``10/31/2026 8:33:20 PM`` (or any ISO 8601 form) as an aware datetime; a zone-less wall time is in
+    ``zone``; ``""`` (not settled yet) -> None. A repeated wall time when DST ends is its first occurrence."""
+    return wire.instant(text, zone)
 
 
 class PasswordGrantToken:

@@ -1,6 +1,9 @@
 """``core_gl_journal_lines`` and ``core_cash_applications``: the window's journals, derived by
 ``m3_recon.journals`` and checked before anything can be posted (every voucher balances per
-currency; for every tied payout the clearing account nets to zero)."""
+currency; for every tied payout the clearing account nets to zero). The processor-days where a
+blocking check fails (these, the payout tie-out and the allocation checks) go to
+``core_posting_blocks``, which holds their vouchers back (``m3_recon.posting.gates``).
+``out_m3_postings`` posts; its run fails when M3 refused a voucher."""
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
 
@@ -9,11 +12,13 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
-from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.money import money, money_by_currency
+from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.poster import post_pending
+from m3_recon.reconcile.posted import freeze_posted_payments
 from m3_recon.reconcile.decisions import load_decisions
 from m3_recon.warehouse import replace_days
 
@@ -120,9 +125,16 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
             "SELECT count(DISTINCT voucher_key), count(*) FROM cash_applications").fetchone()
         applied = conn.execute("SELECT currency, sum(amount_minor) FROM cash_applications GROUP BY 1").fetchall()
         checks = journal_checks(conn, first, end)
+        freeze_posted_payments(conn, first, end)  # applications_in_m3, for the over-allocation gate
+        posting_blocks(conn, first, end)
+        replace_days(conn, first_day=first, end_day=end, date_column="day", writes=[
+            (BLOCKS, BLOCK_COLUMNS, "SELECT * FROM posting_blocks")])
+        blocked = conn.execute("SELECT check_name || ': ' || processor || ' ' || day FROM posting_blocks "
+                               "ORDER BY ALL").fetchall()
     yield dg.MaterializeResult(asset_key="core_gl_journal_lines", metadata={
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
         "correction_vouchers": revisions,
+        "blocked_processor_days": dg.MetadataValue.json([b for (b,) in blocked]),
         "debits": money_by_currency(debits),
         "debits_minor": dg.MetadataValue.json({c: int(a) for c, a in debits}),
         "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
@@ -149,7 +161,13 @@ def out_m3_postings(context: dg.AssetExecutionContext, duckdb: DuckDBResource, m
     failed = [o for o in summary.outcomes if o.status == "failed"]
     for outcome in failed[:20]:
         context.log.error(f"{outcome.route} voucher {outcome.voucher_key} failed: {outcome.error}")
-    return dg.MaterializeResult(metadata={
+    for outcome in [o for o in summary.outcomes if o.status == "posted_unverified"][:20]:
+        context.log.warning(f"{outcome.route} voucher {outcome.voucher_key} posted but not verified: {outcome.error}")
+    metadata = {
         **summary.counts(),
         "outbox": dg.MetadataValue.md("| route | status | vouchers |\n|---|---|---:|\n" + "\n".join(
-            f"| {r} | {s} | {n} |" for r, s, n in by_status))})
+            f"| {r} | {s} | {n} |" for r, s, n in by_status))}
+    if failed:
+        raise dg.Failure(description=f"{len(failed)} voucher(s) failed in M3 this run (e.g. {failed[0].voucher_key}: "
+                                     f"{failed[0].error}); see out_m3_postings.last_error", metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)

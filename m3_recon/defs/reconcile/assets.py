@@ -20,6 +20,7 @@ from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.money import money, money_by_currency
+from m3_recon.posting.gates import OVER_ALLOCATED_INVOICES, UNBALANCED_PAYMENTS
 from m3_recon.report import build_report
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
@@ -53,7 +54,8 @@ def _table(columns: dict[str, str]) -> str:
 
 
 def journal_exceptions(conn, first: str, end: str) -> str:
-    """SQL for held vouchers and posted-voucher conflicts of the window, in the exception register's shape."""
+    """SQL for held vouchers, posted-voucher conflicts and vouchers M3 accepted but that were not read back
+    (``posted_unverified``, alerted until verified) of the window, in the exception register's shape."""
     parts = []
     if table_exists(conn, "core_gl_journal_lines"):
         parts.append(f"""
@@ -70,30 +72,27 @@ def journal_exceptions(conn, first: str, end: str) -> str:
                    'posted_voucher_changed', processor, source_id, accounting_date, currency, amount_minor, NULL,
                    to_json([voucher_key]), detail
             FROM core_journal_conflicts WHERE accounting_date >= DATE '{first}' AND accounting_date < DATE '{end}'""")
+    if table_exists(conn, "out_m3_postings"):
+        sources = [f"SELECT voucher_key, any_value(processor) AS processor FROM {t} GROUP BY 1"
+                   for t in ("core_gl_journal_lines", "core_cash_applications") if table_exists(conn, t)]
+        processors = " UNION ALL ".join(sources) or "SELECT NULL::VARCHAR AS voucher_key, NULL::VARCHAR AS processor"
+        parts.append(f"""
+            SELECT 'EX-' || upper(substr(md5('voucher_unverified|' || o.route || '|' || o.voucher_key), 1, 12))
+                       AS exception_id, 'voucher_unverified' AS reason_code,
+                   coalesce(p.processor, 'unknown') AS processor, o.voucher_key AS source_id,
+                   o.accounting_date AS settlement_date, NULL::VARCHAR AS currency, NULL::BIGINT AS amount_minor,
+                   NULL::BIGINT AS unapplied_minor, to_json([o.m3_batch]) AS candidates,
+                   o.route || ' voucher ' || o.voucher_key || ' (M3 batch ' || o.m3_batch || '): '
+                   || coalesce(o.last_error, 'accepted by M3, not read back yet') AS detail
+            FROM out_m3_postings o LEFT JOIN ({processors}) p USING (voucher_key)
+            WHERE o.status = 'posted_unverified'
+              AND o.accounting_date >= DATE '{first}' AND o.accounting_date < DATE '{end}'""")
     return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
 
 
 def allocation_checks(conn) -> list[dg.AssetCheckResult]:
-    unbalanced = conn.execute("""
-        SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
-               coalesce(any_value(e.unapplied), 0) AS unapplied
-        FROM core_payment_allocations a
-        LEFT JOIN (SELECT processor, source_id, sum(unapplied_minor) AS unapplied FROM core_match_exceptions
-                   WHERE reason_code = 'overpayment' GROUP BY ALL) e USING (processor, source_id)
-        WHERE a.status = 'auto' AND a.line_type = 'charge'
-        GROUP BY a.processor, a.source_id, a.payment_invoice_amount_minor
-        HAVING sum(a.allocated_minor) + coalesce(any_value(e.unapplied), 0) <> a.payment_invoice_amount_minor
-        LIMIT 20""").fetchall()
-    over = conn.execute("""
-        SELECT a.invoice_number, a.invoice_year, sum(a.allocated_minor) AS allocated, any_value(i.outstanding_minor)
-        FROM core_payment_allocations a
-        LEFT JOIN core_open_invoices i USING (invoice_number, invoice_year)
-        WHERE a.status = 'auto' AND a.invoice_number IS NOT NULL
-          AND (a.processor, a.source_id, a.invoice_number, a.invoice_year) NOT IN
-              (SELECT (processor, source_id, invoice_number, invoice_year) FROM applications_in_m3)
-        GROUP BY a.invoice_number, a.invoice_year
-        HAVING sum(a.allocated_minor) > coalesce(any_value(i.outstanding_minor), 0)
-        LIMIT 20""").fetchall()
+    unbalanced = conn.execute(f"SELECT * EXCLUDE (settlement_date) FROM ({UNBALANCED_PAYMENTS}) LIMIT 20").fetchall()
+    over = conn.execute(f"{OVER_ALLOCATED_INVOICES} LIMIT 20").fetchall()
     return [
         dg.AssetCheckResult(check_name="allocations_sum_to_payment", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,

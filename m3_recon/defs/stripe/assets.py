@@ -13,6 +13,7 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
+from m3_recon import wire
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
@@ -28,18 +29,27 @@ def _epoch_ts(path: str) -> str:
     return f"make_timestamp(TRY_CAST(raw->>'{path}' AS BIGINT) * 1000000)"
 
 def _integer(path: str) -> str:
-    """A JSON integer as BIGINT; anything else (a string, a decimal) is NULL rather than silently rounded."""
-    return f"CASE WHEN json_type(raw, '{path}') IN ('BIGINT', 'UBIGINT') THEN CAST(raw->>'{path}' AS BIGINT) END"
+    """Stripe minor units (a JSON integer, or its string) as BIGINT; a fraction is NULL, never rounded."""
+    return wire.minor_units_sql(f"raw->>'{path}'", 0)
 
-def rejection(object_name: str) -> Rejection:
-    """Objects without an id or a usable ``created`` cannot be placed in a day: quarantine them."""
+def rejection(object_name: str, amounts: tuple[str, ...] = ("amount",)) -> Rejection:
+    """Objects without an id or a usable ``created`` cannot be placed in a day, and one whose ``amounts``
+    are missing or unreadable cannot be booked: quarantine them, naming the defect."""
+    unreadable = "".join(
+        f"""
+        WHEN coalesce(json_extract_string(raw, '$.{field}'), '') = '' THEN 'the {object_name} has no {field}'
+        WHEN {_integer_defect(field)} IS NOT NULL THEN 'the {object_name} {field} ' || {_integer_defect(field)}"""
+        for field in amounts)
     return Rejection("stripe", f"""CASE
         WHEN NOT json_valid(raw) THEN 'the {object_name} is not valid JSON'
         WHEN json_extract_string(raw, '$.id') IS NULL THEN 'the {object_name} has no id'
         WHEN TRY_CAST(json_extract_string(raw, '$.created') AS BIGINT) IS NULL
             THEN 'the {object_name} has no usable created timestamp (got '
-                 || coalesce(json_extract_string(raw, '$.created'), 'nothing') || ')'
+                 || coalesce(json_extract_string(raw, '$.created'), 'nothing') || ')'{unreadable}
         END""")
+
+def _integer_defect(field: str) -> str:
+    return wire.amount_defect_sql(f"json_extract_string(raw, '$.{field}')", 0)
 
 BALANCE_TRANSACTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_balance_transactions (
@@ -123,7 +133,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
         rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
                               insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
                               window_column="created_at_utc", start=window.start, end=window.end,
-                              rejection=rejection("balance transaction"), run_id=context.run.run_id)
+                              rejection=rejection("balance transaction", ("amount", "fee", "net")),
+                              run_id=context.run.run_id)
         by_category = conn.execute(
             "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
             "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY 1 ORDER BY 1",
@@ -160,9 +171,12 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
         by_status = dict(conn.execute(
             "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
             "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
+        paid_out = conn.execute(
+            "SELECT coalesce(sum(amount), 0) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
+            "AND status <> 'failed'", [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
     return dg.MaterializeResult(metadata={
         "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
-        "paid_out_minor": sum(int(o["amount"]) for o in objects if o["status"] != "failed"),
+        "paid_out_minor": int(paid_out),
     })
 
 @dg.asset(
