@@ -246,7 +246,8 @@ class ClosedBooks:
 @pytest.fixture(scope="session")
 def closed_books(tmp_path_factory):
     """Fourteen sandbox days closed, posted to an M3 of their own and reported, shared by the tests that read
-    what a close leaves behind (the report, the analysts' views, the exception register)."""
+    what a close leaves behind (the report, the analysts' views, the exception register). A test that changes the
+    warehouse works on ``copy()``; a test that posts to M3 uses a sandbox of its own, never this one."""
     with Sandbox(days=14) as sandbox, pytest.MonkeyPatch.context() as monkeypatch:
         books = ClosedBooks(sandbox, tmp_path_factory.mktemp("closed_books"), "2026-10-01", "2026-10-14")
         books.use(monkeypatch)

@@ -9,7 +9,8 @@ import pytest
 from m3_recon import cli
 from m3_recon.exceptions_cli import cmd_resolve
 from m3_recon.reconcile.decisions import DecisionError, decide, load_decisions, new_decision, record
-from m3_recon_tests.conftest import close_definitions, run_close
+from m3_recon.sandbox import Sandbox
+from m3_recon_tests.conftest import ClosedBooks, close_definitions, run_close
 
 FIRST, LAST = "2026-10-01", "2026-10-12"
 
@@ -128,8 +129,14 @@ def test_the_list_has_a_header_a_count_and_the_decisions_waiting(closed_books, t
     assert refused.value.code == 2
 
 
-def test_dismissing_what_m3_holds_raises_posted_voucher_changed(closed_books, tmp_path, monkeypatch, capsys):
-    books = closed_books.copy(tmp_path).use(monkeypatch)
+def test_dismissing_what_m3_holds_raises_posted_voucher_changed(tmp_path, monkeypatch, capsys):
+    with Sandbox(days=14) as sandbox:  # of its own: this test posts to M3
+        books = ClosedBooks(sandbox, tmp_path, "2026-10-01", "2026-10-14").use(monkeypatch)
+        assert all(result.success for result in books.close_post_report())
+        dismiss_after_posting(books, capsys)
+
+
+def dismiss_after_posting(books, capsys):
     truth = {t.payment_id: t for t in books.sandbox.world.payments}
     with duckdb.connect(books.database, read_only=True) as conn:
         applied = {r[0] for r in conn.execute("SELECT invoice_number FROM core_payment_allocations "
