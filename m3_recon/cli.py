@@ -81,7 +81,14 @@ def cmd_demo(args) -> int:
     ensure_dagster_home()
     from m3_recon.demo import run_demo
 
-    return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset)
+    from m3_recon.sandbox.m3_ledger import LedgerError
+
+    try:
+        return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset)
+    except LedgerError as error:
+        print(f"{error}\nStart over with `m3-recon demo --reset` (the sandbox ledger, warehouse and analysts' copy).",
+              file=sys.stderr)
+        return 2
 
 
 def cmd_backfill(args) -> int:
@@ -116,8 +123,13 @@ def _start_sandbox(args):
     if args.reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks,
-                      m3_ledger_path=ledger).start(SANDBOX_PORTS)
+    from m3_recon.sandbox.m3_ledger import LedgerError
+
+    try:
+        sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks, m3_ledger_path=ledger)
+    except LedgerError as error:
+        raise SystemExit(f"{error}\nStart over with --reset (the sandbox ledger, warehouse and analysts' copy).")
+    sandbox.start(SANDBOX_PORTS)
     print(f"M3 ledger: {ledger} (shared with `make demo`; --reset starts over)")
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")

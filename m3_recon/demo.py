@@ -119,12 +119,9 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
         loaded = {r[0]: tuple(r[1:]) for r in rows}
         same = loaded == expected[processor] and len(rows) == len(loaded)
         ok &= same
-        totals = {}
-        for currency, amount, fee, net in loaded.values():
-            total = totals.setdefault(currency, [0, 0])
-            total[0] += amount
-            total[1] += net
-        shown = "; ".join(f"gross {money(a, c)} net {money(n, c)}" for c, (a, n) in sorted(totals.items()))
+        charged = conn.execute("SELECT currency, sum(amount_minor) FROM core_settlement_lines WHERE processor = ? "
+                               "AND line_type = 'charge' GROUP BY 1 ORDER BY 1", [processor]).fetchall()
+        shown = "charges " + "; ".join(money(a, c) for c, a in charged)  # the roll-forward has every movement
         print(f"  {processor:<10} {len(rows):>5} lines  {'= generator' if same else '!= GENERATOR'}  {shown}")
     quarantined, without_reason = conn.execute(
         "SELECT count(*), count(*) FILTER (coalesce(reason, '') = '') FROM core_quarantine").fetchone()
