@@ -306,7 +306,7 @@ def out_analyst_warehouse(duckdb: DuckDBResource) -> dg.MaterializeResult:
                 "adjustments − payouts = closing, against the ledger), every payout and its lines with customer and "
                 "invoice, open exceptions aged from the payment date, and the vouchers with their M3 status and "
                 "number — as report.html, report.xlsx (one sheet per section) and CSV files under "
-                "data/reports/<first>_<last>/.",
+                "`data/reports/<first>_<last>/`.",
 )
 def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = context.partition_time_window
