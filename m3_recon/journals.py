@@ -82,7 +82,8 @@ class AccountMap:
         rows = ([("clearing:" + p, a) for p, a in self.clearing.items()]
                 + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
         temp = "" if "." in table else "TEMP "
-        conn.execute(f"CREATE OR REPLACE {temp}TABLE {table} (account_key VARCHAR, account VARCHAR, account_name VARCHAR)")
+        conn.execute(f"CREATE OR REPLACE {temp}TABLE {table} "
+                     "(account_key VARCHAR, account VARCHAR, account_name VARCHAR)")
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)",
                          [(key, account, self.names.get(account, key.replace("_", " "))) for key, account in rows])
 

@@ -273,7 +273,8 @@ def _roll_forward_html(section: Section) -> str:
     closes = all(r["difference_minor"] == 0 for r in records)
     verdict = ("Every roll-forward closes to the cent on the ledger." if closes else
                "A roll-forward does NOT close on the ledger: see the difference line.")
-    return (f"<h2 id='{section.key}'>{html.escape(section.title)}</h2><p class='{'ok' if closes else 'bad'}'>{verdict}</p>"
+    return (f"<h2 id='{section.key}'>{html.escape(section.title)}</h2>"
+            f"<p class='{'ok' if closes else 'bad'}'>{verdict}</p>"
             f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
@@ -299,7 +300,8 @@ def _html_table(section: Section) -> str:
 def _html_page(first: date, last: date, generated_at: datetime, run_id: str, sections: list[Section]) -> str:
     style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
              "margin-bottom:2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-             "th{background:#f3f3f3}td{white-space:nowrap;vertical-align:top}td.w{white-space:normal;min-width:28em}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
+             "th{background:#f3f3f3}td{white-space:nowrap;vertical-align:top}td.w{white-space:normal;min-width:28em}"
+             "td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}"
              "tr.strong td{font-weight:600;background:#fafafa}p.ok{color:#17612b}p.bad{color:#b00020;font-weight:600}")
     parts = [_roll_forward_html(s) if s.key == "roll_forward" else _html_table(s) for s in sections]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Payout reconciliation {first} to {last}</title>"

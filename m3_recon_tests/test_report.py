@@ -36,7 +36,8 @@ def test_the_roll_forward_closes_on_the_ledger_and_adds_up_from_the_tables(close
             "AND settlement_date BETWEEN ? AND ? GROUP BY ALL", [closed_books.first, closed_books.last]).fetchall())
         arrived = dict(((p, c), a) for p, c, a in conn.execute(
             "SELECT processor, currency, sum(amount_minor) FROM core_payouts WHERE status = 'paid' "
-            "AND coalesce(arrival_date, settlement_date) BETWEEN ? AND ? GROUP BY ALL", [closed_books.first, closed_books.last]).fetchall())
+            "AND coalesce(arrival_date, settlement_date) BETWEEN ? AND ? GROUP BY ALL",
+            [closed_books.first, closed_books.last]).fetchall())
     assert {(r["processor"], r["currency"]) for r in rows} == set(charges)
     for row in rows:
         key = (row["processor"], row["currency"])

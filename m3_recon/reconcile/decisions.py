@@ -169,7 +169,8 @@ def decide(register: duckdb.DuckDBPyConnection, decision: Decision, write_off_li
             raise DecisionError(f"only an overpayment's unapplied excess can be written off, not {reason}")
         if unapplied is None or abs(unapplied) > write_off_limit_minor:
             raise DecisionError(f"the excess ({money(unapplied or 0, currency)}) is over the write-off limit "
-                                f"({money(write_off_limit_minor, currency)}, data/gl_accounts.toml write_off.limit_minor)")
+                                f"({money(write_off_limit_minor, currency)}, "
+                                "data/gl_accounts.toml write_off.limit_minor)")
     notes = []
     earlier = latest_decisions(path).get(decision.exception_id)
     if earlier is not None:

@@ -119,7 +119,8 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
             FROM journal_lines""").fetchone()
         debits = conn.execute("SELECT currency, sum(amount_minor) FROM journal_lines WHERE amount_minor > 0 "
                               "GROUP BY 1").fetchall()
-        by_entry = conn.execute("SELECT entry, currency, count(*), coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) "
+        by_entry = conn.execute("SELECT entry, currency, count(*), "
+                                "coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) "
                                 "FROM journal_lines GROUP BY ALL ORDER BY ALL").fetchall()
         batches, applications = conn.execute(
             "SELECT count(DISTINCT voucher_key), count(*) FROM cash_applications").fetchone()
