@@ -32,15 +32,19 @@ from pathlib import Path
 import duckdb
 
 from m3_recon.money import money
-from m3_recon.reconcile.matching import REASON_CODES
 from m3_recon.settings import PROJECT_ROOT
 from m3_recon.warehouse import table_exists
 
 ACTIONS = ("assign", "accept", "write_off", "dismiss")
 MAX_TEXT = 500
-# Exceptions about a payment that was not applied to an invoice: the only ones an invoice can resolve.
-PAYMENT_REASONS = frozenset(REASON_CODES) - {"payout_mismatch", "unknown_category", "voucher_held",
-                                             "posted_voucher_changed", "reversal_of_unapplied_payment"}
+# Exceptions about a payment that was not applied to an invoice: the only ones an invoice can resolve. Every
+# other reason code (payouts, vouchers, categories, anomalies) is about something an invoice cannot settle.
+PAYMENT_REASONS = frozenset({
+    "ambiguous_amount", "ambiguous_invoice_group", "ambiguous_reference", "competing_payments", "currency_mismatch",
+    "customer_mismatch", "invoice_already_paid", "invoice_claimed", "invoice_list_unresolved", "invoice_not_found",
+    "no_matching_invoice", "no_reference", "overpayment"})
+NOT_PAYMENT_REASONS = frozenset({"payout_mismatch", "unknown_category", "voucher_held", "voucher_unverified",
+                                 "posted_voucher_changed", "reversal_of_unapplied_payment"})
 # A payment exception M3 can only hold applied because finance assigned or accepted it (an overpayment's payment
 # is applied automatically; dismissing it only leaves the excess unapplied).
 APPLYING_REASONS = PAYMENT_REASONS - {"overpayment"}
