@@ -1,4 +1,5 @@
-"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill``, ``ui``, ``exceptions`` and ``doctor``."""
+"""The ``m3-recon`` command: ``demo``, ``sandbox``, ``backfill``, ``ui``, ``exceptions``, ``doctor``, ``bank``,
+``webhooks`` and ``customers``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from m3_recon.exceptions_cli import add_commands as add_exception_commands
+from m3_recon.loop_cli import add_commands as add_loop_commands
 from m3_recon.settings import PROJECT_ROOT, SettingsError
 
 SANDBOX_PORTS = {"stripe": 12111, "paytrace": 12112, "heartland": 12113, "m3": 12114}
@@ -130,6 +132,7 @@ def _start_sandbox(args):
     except LedgerError as error:
         raise SystemExit(f"{error}\nStart over with --reset (the sandbox ledger, warehouse and analysts' copy).")
     sandbox.start(SANDBOX_PORTS)
+    sandbox.write_bank_statements()  # the sandbox bank's statements, in the folder env() names
     print(f"M3 ledger: {ledger} (shared with `make demo`; --reset starts over)")
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--no-sandbox", action="store_true", help="use the vendor URLs from the environment")
     ui.set_defaults(func=cmd_ui)
     add_exception_commands(sub)
+    add_loop_commands(sub)
     doctor = sub.add_parser("doctor", help="check every configured vendor, the warehouse and the Dagster instance")
     doctor.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)

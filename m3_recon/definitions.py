@@ -3,7 +3,9 @@
 import dagster as dg
 
 from m3_recon.defs import automation
+from m3_recon.defs.bank import definitions as bank
 from m3_recon.defs.core import definitions as core
+from m3_recon.defs.customers import definitions as customers
 from m3_recon.defs.heartland import definitions as heartland
 from m3_recon.defs.m3 import definitions as m3
 from m3_recon.defs.paytrace import definitions as paytrace
@@ -19,7 +21,9 @@ defs = dg.Definitions.merge(
     paytrace.defs,
     heartland.defs,
     m3.defs,
+    bank.defs,
     core.defs,
+    customers.defs,
     reconcile.defs,
     post.defs,
     automation.defs,

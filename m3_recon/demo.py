@@ -29,7 +29,7 @@ from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
 from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
 from m3_recon.sandbox.trial_balance import print_trial_balance
-from m3_recon.sandbox.truth import expected_movements, judge
+from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
@@ -60,6 +60,7 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
               + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
+        write_bank_statements(sandbox, ledger.parent / f"bank_seed{seed}_{start}_{days}d{flavour}")
         result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
@@ -73,7 +74,7 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         events = posting.get_asset_materialization_events()
         this_run = events[0].materialization.metadata if events else {}
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = report(conn, sandbox) & reported
+            ok = report(conn, sandbox) & reported & report_loop(conn, sandbox)
             in_step = report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
             in_step &= print_trial_balance(conn, sandbox)
         if not in_step:
@@ -183,3 +184,63 @@ def report_m3(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox, this_run: dict)
     print(f"  invoices with cash applied: {sum(1 for a in applied.values() if a)}, fully paid (RECO 9): {paid}; "
           f"every invoice's paid amount in M3 equals the verified applications: {'yes' if cash_ok else 'NO'}")
     return gl_ok and cash_ok and not this_run.get("failed", 0)
+
+
+def write_bank_statements(sandbox: Sandbox, folder) -> None:
+    """The sandbox bank's statements into the demo's own bank folder, which the close imports (M3_RECON_BANK_DIR)."""
+    os.environ["M3_RECON_BANK_DIR"] = str(folder)
+    written = sandbox.write_bank_statements(os.environ["M3_RECON_BANK_DIR"])
+    kinds = {suffix: sum(1 for p in written if p.suffix == suffix) for suffix in (".bai2", ".xml")}
+    print(f"Bank statements: {kinds['.bai2']} BAI2 and {kinds['.xml']} camt.053 files in "
+          f"{os.environ['M3_RECON_BANK_DIR']}")
+
+
+def report_loop(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
+    """Bank receipt of every payout, and payments resolved through the customer cross-reference, against the
+    generator."""
+    ok = True
+    banked, unexplained = expected_banking(sandbox)
+    print("\nBank statements (core_payout_reconciliation.banked) against the sandbox bank:")
+    for processor in PROCESSORS:
+        rows = conn.execute("SELECT payout_id, banked, status FROM core_payout_reconciliation WHERE processor = ?",
+                            [processor]).fetchall()
+        got = {payout for payout, is_banked, _ in rows if is_banked}
+        arrived = sum(1 for _, _, status in rows if status not in ("failed", "pending"))
+        same = got == banked.get(processor, set()) and len(got) == arrived
+        ok &= same
+        print(f"  {processor:<10} {len(got):>4}/{arrived} arrived payouts banked  "
+              f"{'= bank statements' if same else '!= BANK STATEMENTS'}")
+    reasons = dict(conn.execute("SELECT reason_code, count(*) FROM out_recon_exceptions WHERE status = 'open' "
+                                "GROUP BY 1").fetchall())
+    stray = reasons.get("unexplained_bank_credit", 0)
+    ok &= stray == unexplained and not reasons.get("payout_not_banked", 0)
+    print(f"  unexplained bank credits: {stray} (generator: {unexplained}); payouts not banked: "
+          f"{reasons.get('payout_not_banked', 0)}")
+
+    master = sandbox.stripe.customer_master
+    xref = dict(conn.execute("SELECT processor_customer_id, customer FROM core_customer_xref").fetchall())
+    by = dict(conn.execute("SELECT matched_by, count(*) FROM core_customer_xref GROUP BY 1").fetchall())
+    xref_ok = xref == master.expected_xref and reasons.get("customer_xref_conflict", 0) == len(master.conflicts)
+    ok &= xref_ok
+    print(f"\nCustomer cross-reference: {len(xref)} Stripe customers mapped ({by.get('metadata', 0)} by metadata, "
+          f"{by.get('email', 0)} by e-mail), {reasons.get('customer_xref_conflict', 0)} conflicts  "
+          f"{'= generator' if xref_ok else '!= GENERATOR'}")
+    resolved = {r[0]: r[1] for r in conn.execute("""
+        SELECT l.source_id, any_value(a.status) FROM core_settlement_lines l
+        JOIN core_payment_allocations a USING (processor, source_id)
+        WHERE l.processor = 'stripe' AND l.line_type = 'charge' AND l.customer_ref IS NULL AND l.invoice_ref IS NULL
+          AND a.customer IS NOT NULL GROUP BY 1""").fetchall()}
+    expected = {t.payment_id for t in sandbox.world.payments if t.customer_via_xref and not t.invoice_ref}
+    same = set(resolved) == expected & {r[0] for r in conn.execute(
+        "SELECT source_id FROM core_settlement_lines WHERE processor = 'stripe'").fetchall()}
+    ok &= same
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(
+        {s: sum(1 for v in resolved.values() if v == s) for s in set(resolved.values())}.items()))
+    no_reference = reasons.get("no_reference", 0)
+    expected_no_reference = conn.execute(
+        "SELECT count(*) FROM core_settlement_lines WHERE line_type = 'charge' AND list_contains(?, source_id)",
+        [[t.payment_id for t in sandbox.world.payments if t.expected_reason == "no_reference"]]).fetchone()[0]
+    ok &= no_reference == expected_no_reference
+    print(f"  payments resolved through it: {len(resolved)} ({statuses})  {'= generator' if same else '!= GENERATOR'}")
+    print(f"  no_reference exceptions that remain: {no_reference} (generator: {expected_no_reference})")
+    return ok

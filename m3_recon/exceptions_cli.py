@@ -15,9 +15,12 @@ from m3_recon.journals import AccountMap
 from m3_recon.money import money
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS
 from m3_recon.reconcile.decisions import ACTIONS, DecisionError, decide, latest_decisions, new_decision
+from m3_recon.reconcile.banking import BANK_REASONS
+from m3_recon.reconcile.customers import XREF_REASONS
 from m3_recon.reconcile.matching import REASON_CODES
 
 STATUSES = ("open", "resolved", "dismissed", "cleared", "all")
+KNOWN_REASONS = frozenset({*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS})
 
 
 def add_commands(subparsers) -> None:
@@ -48,9 +51,8 @@ def _register() -> duckdb.DuckDBPyConnection:
 
 
 def cmd_list(args) -> int:
-    known = {*REASON_CODES, *ANOMALY_REASONS}
-    if args.reason and args.reason not in known:
-        print(f"unknown reason {args.reason!r}; one of: {', '.join(sorted(known))}", file=sys.stderr)
+    if args.reason and args.reason not in KNOWN_REASONS:
+        print(f"unknown reason {args.reason!r}; one of: {', '.join(sorted(KNOWN_REASONS))}", file=sys.stderr)
         return 2
     if args.limit < 1:
         print("--limit must be at least 1", file=sys.stderr)

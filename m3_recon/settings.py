@@ -85,3 +85,41 @@ def analyst_duckdb_path() -> str:
 def reports_path() -> str:
     """Where period reconciliation reports are written (``M3_RECON_REPORTS_PATH``)."""
     return os.environ.get("M3_RECON_REPORTS_PATH", str(PROJECT_ROOT / "data" / "reports"))
+
+
+def m3_customer_email_field() -> str:
+    """The CRS610MI output field holding a customer's e-mail (``M3_CUSTOMER_EMAIL_FIELD``, default EMAL)."""
+    raw = os.environ.get("M3_CUSTOMER_EMAIL_FIELD", "EMAL").strip().upper() or "EMAL"
+    if not raw.isalnum() or len(raw) > 10:
+        raise SettingsError(f"M3_CUSTOMER_EMAIL_FIELD must be an M3 field name like EMAL, got {raw!r}")
+    return raw
+
+
+def customer_metadata_key() -> str:
+    """The processor-customer metadata key holding the M3 customer number (``M3_RECON_CUSTOMER_METADATA_KEY``)."""
+    return os.environ.get("M3_RECON_CUSTOMER_METADATA_KEY", "erp_customer_id").strip() or "erp_customer_id"
+
+
+def bank_dir() -> str:
+    """The folder bank statements (BAI2, camt.053) are dropped in (``M3_RECON_BANK_DIR``)."""
+    return os.environ.get("M3_RECON_BANK_DIR", str(PROJECT_ROOT / "data" / "bank"))
+
+
+def stripe_events_db() -> str:
+    """The SQLite file the webhook receiver stores accepted Stripe events in (``M3_RECON_STRIPE_EVENTS_DB``)."""
+    return os.environ.get("M3_RECON_STRIPE_EVENTS_DB", str(PROJECT_ROOT / "data" / "stripe_events.sqlite"))
+
+
+def bank_business_days() -> int:
+    """Business days after a payout's arrival within which the bank must show it (``M3_RECON_BANK_BUSINESS_DAYS``)."""
+    return int_setting("M3_RECON_BANK_BUSINESS_DAYS", 3, minimum=0)
+
+
+def bank_descriptors() -> dict[str, str]:
+    """Per processor, the pattern its bank lines carry (``M3_RECON_BANK_DESCRIPTORS``, over the defaults)."""
+    from m3_recon.reconcile.banking import parse_descriptors
+
+    try:
+        return parse_descriptors(os.environ.get("M3_RECON_BANK_DESCRIPTORS"))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc

@@ -132,3 +132,14 @@ def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes:
     except BaseException:
         rollback_quietly(conn)
         raise
+
+
+def replace_snapshot(conn: duckdb.DuckDBPyConnection, *, table: str, select_sql: str, docs: pa.Table) -> int:
+    """Replace a whole snapshot table (a vendor's master data read in full) with ``select_sql`` over ``docs``
+    in one statement, so readers see the old snapshot or the new one. Returns the row count."""
+    conn.register("snapshot_docs", docs)
+    try:
+        conn.execute(f"CREATE OR REPLACE TABLE {table} AS {select_sql}")
+    finally:
+        conn.unregister("snapshot_docs")
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]

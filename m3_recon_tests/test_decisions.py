@@ -80,10 +80,10 @@ def test_a_malformed_decisions_file_fails_loudly(tmp_path):
 
 
 def test_every_reason_code_is_known_to_be_about_a_payment_or_not():
+    from m3_recon.exceptions_cli import KNOWN_REASONS
     from m3_recon.reconcile.decisions import NOT_PAYMENT_REASONS, PAYMENT_REASONS
-    from m3_recon.reconcile.matching import REASON_CODES
 
-    assert PAYMENT_REASONS | NOT_PAYMENT_REASONS == set(REASON_CODES)  # a new code must be placed on one side
+    assert PAYMENT_REASONS | NOT_PAYMENT_REASONS == KNOWN_REASONS  # a new code must be placed on one side
     assert not PAYMENT_REASONS & NOT_PAYMENT_REASONS
 
 

@@ -113,6 +113,14 @@ SELECT 'stripe' AS processor, id AS source_id, any_value(reporting_category) AS 
 FROM raw_stripe_balance_transactions GROUP BY id
 """
 
+# The Stripe customer each charge names (an id, or the object when expanded), for the customer cross-reference.
+PAYERS_SQL = """
+SELECT 'stripe' AS processor, id AS source_id,
+       any_value(CASE WHEN json_type(raw, '$.source.customer') = 'OBJECT' THEN raw->>'$.source.customer.id'
+                      ELSE raw->>'$.source.customer' END) AS processor_customer_id
+FROM raw_stripe_balance_transactions WHERE source_object = 'charge' GROUP BY id
+"""
+
 MAPPING = ProcessorMapping("stripe", SETTLEMENT_LINES_SQL, PAYOUTS_SQL,
                            ("raw_stripe_balance_transactions", "raw_stripe_payout_lines"),
                            ("raw_stripe_payouts", "raw_stripe_payout_lines"))

@@ -44,7 +44,9 @@ PAYMENT_REASONS = frozenset({
     "customer_mismatch", "invoice_already_paid", "invoice_claimed", "invoice_list_unresolved", "invoice_not_found",
     "no_matching_invoice", "no_reference", "overpayment"})
 NOT_PAYMENT_REASONS = frozenset({"payout_mismatch", "unknown_category", "voucher_held", "voucher_unverified",
-                                 "posted_voucher_changed", "reversal_of_unapplied_payment"})
+                                 "posted_voucher_changed", "reversal_of_unapplied_payment", "payout_not_banked",
+                                 "unexplained_bank_credit", "customer_xref_conflict", "fee_rate_drift",
+                                 "unusual_payout", "refund_spike", "dispute_spike"})
 # A payment exception M3 can only hold applied because finance assigned or accepted it (an overpayment's payment
 # is applied automatically; dismissing it only leaves the excess unapplied).
 APPLYING_REASONS = PAYMENT_REASONS - {"overpayment"}

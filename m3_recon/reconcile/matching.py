@@ -153,6 +153,22 @@ def _settlement_share(amount: str, part: str, whole: str) -> str:
     return (f"CAST((CAST({amount} AS HUGEINT) * {part} * 2 + {whole}) // (2 * CAST({whole} AS HUGEINT)) AS BIGINT)")
 
 
+def fill_customers_from_xref(conn: duckdb.DuckDBPyConnection, *, lines: str, payers: str, xref: str,
+                             into: str) -> int:
+    """Create temp view ``into``: ``lines`` where a payment that names no M3 customer takes the one its
+    processor customer maps to (``payers``: processor, source_id, processor_customer_id; ``xref``:
+    processor, processor_customer_id, customer), so the customer rules can reach it. Returns how many
+    lines were filled."""
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP VIEW {into} AS
+        SELECT l.* REPLACE (coalesce(l.customer_ref, x.customer) AS customer_ref)
+        FROM {lines} l
+        LEFT JOIN {payers} p ON p.processor = l.processor AND p.source_id = l.source_id
+        LEFT JOIN {xref} x ON x.processor = p.processor AND x.processor_customer_id = p.processor_customer_id""")
+    return conn.execute(f"SELECT count(*) FROM {lines} l JOIN {into} f USING (processor, source_id) "
+                        "WHERE l.customer_ref IS NULL AND f.customer_ref IS NOT NULL").fetchone()[0]
+
+
 def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lines: str, invoices: str,
                    earlier: str, history: str | None = None) -> None:
     """Create temp tables ``match_allocations`` and ``match_exceptions`` (see the module docstring).

@@ -126,9 +126,23 @@ class Sandbox:
     def faults(self, vendor: str):
         return self.servers[vendor].faults
 
+    @property
+    def bank_dir(self) -> Path:
+        """The sandbox's own (initially empty) bank statement folder, which ``env()`` points the close at."""
+        assert self._ionapi_dir is not None, "start the sandbox first"
+        return self._ionapi_dir / "bank"
+
+    def write_bank_statements(self, folder=None) -> list[Path]:
+        """The bank's statements for the period up to the day before the clock (BAI2 and camt.053) in ``folder``
+        (default: ``bank_dir``)."""
+        from m3_recon.sandbox.bank_statements import write_statements
+
+        return write_statements(self, folder if folder is not None else self.bank_dir)
+
     def env(self) -> dict[str, str]:
         """Environment variables that point m3-recon's resources at this sandbox."""
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
                 **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
                 **m3_env(self.url("m3"), self.ionapi_path),
-                "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_END_DATE": self.period.end.isoformat()}
+                "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_END_DATE": self.period.end.isoformat(),
+                "M3_RECON_BANK_DIR": str(self.bank_dir)}

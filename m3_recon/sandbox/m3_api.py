@@ -130,6 +130,7 @@ FIELDS: dict[str, MIField] = {
     "TRNO": MIField("N", 7, "Transaction number"), "PYAM": MIField("N", 17, "Payment amount", 2),
     "CUNM": MIField("A", 36, "Customer name"), "CUTP": MIField("N", 1, "Customer type"),
     "STAT": MIField("A", 2, "Status"), "CSCD": MIField("A", 3, "Country"), "LMTS": MIField("N", 18, "Timestamp"),
+    "EMAL": MIField("A", 80, "E-mail address"),
     "CKNO": MIField("A", 40, "Check number"),  # length UNCONFIRMED; carries a processor's payment id
     "LPDT": MIField("D", 10, "Payment date"),
     "FRDT": MIField("D", 10, "From date"), "TODT": MIField("D", 10, "To date"),
@@ -201,7 +202,8 @@ ARS040MI = {
 }
 CRS610MI = {
     "LstByNumber": MITransaction(("CONO", "CUNO", "LMTS"), (),
-                                 ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "LMTS"),
+                                 ("CONO", "CUNO", "CUNM", "CUTP", "STAT", "CSCD", "CUCD", "TEPY", "PYNO", "EMAL",
+                                  "LMTS"),
                                  True),
 }
 MRS001MI = {  # MI metadata; output field names UNCONFIRMED
@@ -713,7 +715,7 @@ class M3App(VendorApp):
         start = values.get("CUNO", "")
         return [{"CONO": self.ledger.cono, "CUNO": c.number, "CUNM": c.name, "CUTP": 0,
                  "STAT": CUSTOMER_STATUS_DEFINITE, "CSCD": "DE" if c.currency == "EUR" else "US", "CUCD": c.currency,
-                 "TEPY": PAYMENT_TERMS, "PYNO": c.number, "LMTS": 0}
+                 "TEPY": PAYMENT_TERMS, "PYNO": c.number, "EMAL": c.email, "LMTS": 0}
                 for c in sorted(self.ledger.customers.values(), key=lambda c: c.number) if c.number >= start]
 
     # -- GLS840MI: GL interface batches ----------------------------------------------------------------

@@ -8,6 +8,8 @@ control endpoints so a sandbox running in another process can be steered:
 * ``POST /_sandbox/faults``  JSON ``{"latency_ms": 100, "faults": [{"status": 429, "count": 2,
   "headers": {"Retry-After": "1"}}, {"stall_seconds": 3}]}``; ``DELETE`` clears them.
 * ``POST /_sandbox/clock``   JSON ``{"now": <unix seconds>}`` moves the sandbox's "now".
+
+A vendor may add its own control paths (``VendorApp.control``), e.g. Stripe's ``/_sandbox/webhooks``.
 """
 
 from __future__ import annotations
@@ -129,6 +131,10 @@ class VendorApp:
         """How this vendor words an injected error (overridden to match the vendor's error shape)."""
         return Response.json(status, {"error": f"injected fault {status}"}, headers)
 
+    def control(self, request: Request) -> Response | None:
+        """A vendor's own ``/_sandbox/…`` control path (e.g. Stripe's webhook delivery); None = not one."""
+        return None
+
 
 def _make_handler(app: VendorApp, faults: FaultPlan, clock: SandboxClock) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -170,7 +176,7 @@ def _make_handler(app: VendorApp, faults: FaultPlan, clock: SandboxClock) -> typ
                 if request.method == "POST":
                     clock.set(int(request.json()["now"]))
                 return Response.json(200, {"now": clock.now()})
-            return Response.json(404, {"error": "unknown sandbox control path"})
+            return app.control(request) or Response.json(404, {"error": "unknown sandbox control path"})
 
         def _dispatch(self) -> None:
             body = self._read_body()

@@ -1,6 +1,7 @@
 """Stripe's REST wire format over the sandbox's Stripe ledger.
 
-Implements the read endpoints m3-recon uses (balance transactions, payouts, charges) with Stripe's
+Implements the endpoints m3-recon uses (balance transactions, payouts, charges, customers and
+updating a customer's metadata, events) with Stripe's
 parameter grammar (``created[gte]``, ``expand[]``, cursors), newest-first ordering, ``has_more``
 paging, and Stripe's error JSON for unknown parameters, bad values, missing objects and bad keys.
 """
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import itertools
 import re
+from urllib.parse import parse_qsl, urlsplit
 
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
+from m3_recon.sandbox.customer_master import StripeCustomer
+from m3_recon.sandbox.stripe_events import Event, deliver_webhooks, ledger_events, render_event
 from m3_recon.sandbox.stripe_ledger import RECONCILIATION_DELAY, BalanceTxn, Charge, Dispute, Payout, Refund, StripeLedger
 
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
@@ -18,6 +22,8 @@ LIST_PARAMS = {"limit", "starting_after", "ending_before", "expand"}
 BALANCE_TXN_PARAMS = LIST_PARAMS | {"created", "payout", "type", "source", "currency"}
 PAYOUT_PARAMS = LIST_PARAMS | {"created", "arrival_date", "status", "destination"}
 PAYOUT_STATUS_FILTERS = {"pending", "paid", "failed", "canceled"}
+CUSTOMER_PARAMS = LIST_PARAMS | {"created", "email"}
+EVENT_PARAMS = LIST_PARAMS | {"created", "type", "types", "delivery_success"}
 
 
 class StripeError(Exception):
@@ -94,6 +100,11 @@ class StripeApp(VendorApp):
         # Stable newest-first order: (created, generation order) descending.
         self._txn_order = {t.id: (t.created, i) for i, t in enumerate(ledger.balance_transactions.values())}
         self._payout_order = {p.id: (p.created, i) for i, p in enumerate(ledger.payouts.values())}
+        self.customers: dict[str, StripeCustomer] = dict(ledger.customer_master.customers) \
+            if ledger.customer_master else {}
+        self._customer_order = {c.id: (c.created, i) for i, c in enumerate(self.customers.values())}
+        self._events = ledger_events(ledger)
+        self._event_order = {e.id: (e.created, i) for i, e in enumerate(self._events)}
 
     # -- framework ---------------------------------------------------------------------------
     def fault_response(self, status: int, headers: dict[str, str]) -> Response:
@@ -106,6 +117,19 @@ class StripeApp(VendorApp):
         response.headers.update(headers)
         return response
 
+    def control(self, request: Request) -> Response | None:
+        """``POST /_sandbox/webhooks`` JSON ``{"url": …, "secret": "whsec_…", "created_gt": 0}``: deliver every
+        event so far (after ``created_gt``) to a loopback URL, signed like Stripe."""
+        if request.path != "/_sandbox/webhooks" or request.method != "POST":
+            return None
+        payload = request.json()
+        url, secret = str(payload.get("url", "")), str(payload.get("secret", ""))
+        if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1") or not secret:
+            return Response.json(400, {"error": "give a loopback url (http://127.0.0.1:…) and the endpoint secret"})
+        delivered = deliver_webhooks(self, url, secret, created_gt=int(payload.get("created_gt", -1)))
+        return Response.json(200, {"delivered": len(delivered),
+                                   "accepted": sum(1 for _, status in delivered if status == 200)})
+
     def _request_id(self) -> str:
         return f"req_sandbox{next(self._request_ids):08d}"
 
@@ -113,9 +137,13 @@ class StripeApp(VendorApp):
         request_id = self._request_id()
         try:
             self._authenticate(request)
-            if request.method != "GET":
+            if request.method == "POST" and request.path.startswith("/v1/customers/"):
+                payload = self.update_customer(request.path[len("/v1/customers/"):],
+                                               parse_qsl(request.body.decode(), keep_blank_values=True))
+            elif request.method != "GET":
                 raise StripeError(404, f"Unrecognized request URL ({request.method}: {request.path}).")
-            payload = self._route(request)
+            else:
+                payload = self._route(request)
         except StripeError as error:
             return error.response(request_id)
         return Response.json(200, payload, {"Request-Id": request_id, "Stripe-Version": request.headers.get(
@@ -138,10 +166,16 @@ class StripeApp(VendorApp):
             return self.list_balance_transactions(parse_params(query, BALANCE_TXN_PARAMS))
         if path == "/v1/payouts":
             return self.list_payouts(parse_params(query, PAYOUT_PARAMS))
+        if path == "/v1/customers":
+            return self.list_customers(parse_params(query, CUSTOMER_PARAMS))
+        if path == "/v1/events":
+            return self.list_events(parse_params(query, EVENT_PARAMS))
         for prefix, table, render in (
             ("/v1/balance_transactions/", self.ledger.balance_transactions, self.render_txn),
             ("/v1/payouts/", self.ledger.payouts, self.render_payout),
             ("/v1/charges/", self.ledger.charges, self.render_charge),
+            ("/v1/customers/", self.customers, self.render_customer),
+            ("/v1/events/", {e.id: e for e in self._events}, self.render_event),
         ):
             if path.startswith(prefix) and "/" not in path[len(prefix):]:
                 params = parse_params(query, {"expand"})
@@ -213,7 +247,53 @@ class StripeApp(VendorApp):
             items = [p for p in items if self.payout_status(p, now) == params["status"]]
         return self._page("/v1/payouts", items, self._payout_order, params, self.render_payout)
 
+    def list_customers(self, params: dict) -> dict:
+        created = range_filter(params, "created")
+        items = [c for c in self.customers.values() if created(c.created)
+                 and ("email" not in params or c.email == params["email"])]
+        return self._page("/v1/customers", items, self._customer_order, params, self.render_customer)
+
+    def update_customer(self, customer_id: str, form: list[tuple[str, str]]) -> dict:
+        """``POST /v1/customers/{id}`` with ``metadata[key]=value`` pairs (an empty value deletes the key)."""
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            raise StripeError(404, f"No such customer: '{customer_id}'", code="resource_missing", param="id")
+        for key, value in form:
+            match = re.fullmatch(r"metadata\[([A-Za-z0-9_\-]{1,40})\]", key)
+            if not match:
+                raise StripeError(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+            if value:
+                customer.metadata[match.group(1)] = value[:500]
+            else:
+                customer.metadata.pop(match.group(1), None)
+        return self.render_customer(customer)
+
+    def events_until(self, now: int) -> list[Event]:
+        return [e for e in self._events if e.created <= now]
+
+    def list_events(self, params: dict) -> dict:
+        created = range_filter(params, "created")
+        types = params.get("types", [])
+        if "type" in params:
+            types = [params["type"]]
+        if not isinstance(types, list) or len(types) > 20:
+            raise StripeError(400, "types must be a list of at most 20 event types", param="types")
+        wanted = [re.compile(re.escape(t).replace(r"\*", ".*") + "$") for t in types]
+        items = [e for e in self.events_until(self.clock.now())
+                 if created(e.created) and (not wanted or any(w.match(e.type) for w in wanted))]
+        return self._page("/v1/events", items, self._event_order, params, self.render_event)
+
     # -- rendering as of the clock ----------------------------------------------------------------
+    def render_customer(self, customer: StripeCustomer, expand_source: bool = False) -> dict:
+        return {"id": customer.id, "object": "customer", "created": customer.created, "email": customer.email,
+                "name": customer.name, "metadata": dict(customer.metadata), "livemode": False,
+                "currency": "usd", "delinquent": False, "description": None}
+
+    def render_event(self, event: Event, expand_source: bool = False) -> dict:
+        table = {"charge": self.ledger.charges, "refund": self.ledger.refunds, "dispute": self.ledger.disputes,
+                 "payout": self.ledger.payouts}[event.object_kind]
+        return render_event(event, self._render_any(table[event.object_id]))
+
     @staticmethod
     def payout_status(payout: Payout, now: int) -> str:
         if payout.failed_at is not None and now >= payout.failed_at:

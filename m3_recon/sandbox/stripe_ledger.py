@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from m3_recon.sandbox.customer_master import CustomerMaster, build_customer_master
 from m3_recon.sandbox.world import PaymentPlan, PaymentPlanner, World, day_start_epoch, reference_text, stable_id
 
 DAY = 86_400
@@ -104,6 +105,7 @@ class StripeLedger:
     disputes: dict[str, Dispute] = field(default_factory=dict)
     balance_transactions: dict[str, BalanceTxn] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
+    customer_master: CustomerMaster | None = None
 
     def add_txn(self, txn: BalanceTxn) -> BalanceTxn:
         self.balance_transactions[txn.id] = txn
@@ -142,7 +144,9 @@ class _Builder:
         self.rng: random.Random = world.rng("stripe")
         self.ledger = StripeLedger(world=world)
         self.end = world.period.end_epoch
-        self.planner = PaymentPlanner(world, "stripe", self.rng)
+        self.ledger.customer_master = build_customer_master(world)
+        self.planner = PaymentPlanner(world, "stripe", self.rng,
+                                      known_customers=self.ledger.customer_master.known_m3_customers)
 
     # -- helpers ---------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -163,7 +167,8 @@ class _Builder:
         cust = rng.choice(self.planner.customers)
         day = self.world.period.start + timedelta(days=(created - self.world.period.start_epoch) // DAY)
         plan = self.planner.plan(cust, day)
-        metadata = {key: value for key, value in (("m3_invoice", plan.invoice_ref), ("m3_customer", plan.customer_ref))
+        named_customer = None if plan.customer_via_xref else plan.customer_ref  # else only its Stripe customer says
+        metadata = {key: value for key, value in (("m3_invoice", plan.invoice_ref), ("m3_customer", named_customer))
                     if value is not None}
         description, descriptor = f"Payment by {cust.name}", None
         if plan.free_text:

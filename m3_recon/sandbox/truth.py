@@ -5,8 +5,11 @@ from collections import defaultdict
 import duckdb
 import pandas as pd
 
-from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments
+from m3_recon.canonical.stripe import PAYERS_SQL
+from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, fill_customers_from_xref, match_payments
+from m3_recon.sandbox.customer_master import build_customer_master
 from m3_recon.sandbox.world import World
+from m3_recon.warehouse import table_exists
 
 
 def invoices_frame(world: World) -> pd.DataFrame:
@@ -17,10 +20,17 @@ def invoices_frame(world: World) -> pd.DataFrame:
 
 
 def truth_misses(conn: duckdb.DuckDBPyConnection, world: World, processor: str, lines: str) -> tuple[int, list]:
-    """Run the matcher over ``lines`` and return (payments judged, the ones that did not land as expected)."""
+    """Run the matcher over ``lines`` and return (payments judged, the ones that did not land as expected).
+    Stripe payments that name no customer take the one the generator's customer cross-reference gives."""
     conn.register("truth_invoices", invoices_frame(world))
     columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
     conn.execute(f"CREATE OR REPLACE TEMP TABLE truth_earlier ({columns})")
+    if table_exists(conn, "raw_stripe_balance_transactions"):
+        conn.register("truth_xref", pd.DataFrame(
+            [("stripe", stripe_id, number) for stripe_id, number in build_customer_master(world).expected_xref.items()],
+            columns=["processor", "processor_customer_id", "customer"]))
+        fill_customers_from_xref(conn, lines=lines, payers=f"({PAYERS_SQL})", xref="truth_xref", into="truth_lines")
+        lines = "truth_lines"
     match_payments(conn, MatchingRules.load(), lines=lines, invoices="truth_invoices", earlier="truth_earlier")
     return judge(conn, world, processor, "match_allocations", "match_exceptions", lines)
 
@@ -80,3 +90,22 @@ def expected_movements(sandbox) -> dict[str, dict[str, Movement]]:
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return {"stripe": stripe, "paytrace": paytrace,
             "heartland": {source_id: ("USD", net, 0, net) for source_id, net in heartland.items()}}
+
+
+def expected_banking(sandbox) -> tuple[dict[str, set[str]], int]:
+    """Per processor, the period's payouts the sandbox's bank statements show (a deposit of the next period's
+    first days is on the statements too, but belongs to the next close); and how many credits explain nothing."""
+    from m3_recon.sandbox.bank_statements import bank_lines
+
+    period = sandbox.period
+    in_period = {"stripe": set(sandbox.stripe.payouts),
+                 "paytrace": {str(b.number) for b in sandbox.paytrace.batches.values()
+                              if period.start <= b.business_date <= period.end},
+                 "heartland": {d.id for d in sandbox.heartland.deposits.values()
+                               if period.start <= d.deposit_date <= period.end}}
+    lines = bank_lines(sandbox)
+    banked: dict[str, set[str]] = defaultdict(set)
+    for line in lines:
+        if line.processor and line.payout_id in in_period[line.processor]:
+            banked[line.processor].add(line.payout_id)
+    return dict(banked), sum(1 for line in lines if line.processor is None and line.amount_minor > 0)

@@ -23,6 +23,7 @@ class Customer:
     currency: str  # invoice currency, upper-case ISO
     processor: str  # the processor this customer pays through
     stripe_id: str
+    email: str = ""  # the accounts-payable address M3 keeps for the customer
 
 
 @dataclass
@@ -58,6 +59,7 @@ class PaymentTruth:
     expected_reason: str | None = None
     invoice_ref: str | None = None
     customer_ref: str | None = None
+    customer_via_xref: bool = False  # the payment names no customer; the processor's customer record maps to one
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,12 @@ COMPANY_KINDS = ["Foods", "Logistics", "Machining", "Supply", "Textiles", "Hardw
 
 
 PROCESSORS = ("stripe", "paytrace", "heartland")
+SHARED_EMAIL = "ap@shared-services.example"  # two M3 customers of one group share an accounts-payable inbox
+
+
+def customer_email(number: int, customers: int) -> str:
+    """M3's e-mail for a customer; the last two of the 60 share one (the case an e-mail cannot decide)."""
+    return SHARED_EMAIL if number - 10001 in (customers - 6, customers - 3) else f"ap.c{number}@customers.example"
 
 
 REUSED_NUMBERS = 24  # quirk invoice_number_reused: this many numbers are also open in the year before
@@ -149,7 +157,8 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
         currency = "EUR" if i < eur_customers else "USD"
         processor = "stripe" if i < eur_customers else PROCESSORS[i % len(PROCESSORS)]
         world.customers.append(Customer(number=f"C{10001 + i}", name=name, currency=currency,
-                                        processor=processor, stripe_id=stable_id(rng, "cus", 14)))
+                                        processor=processor, stripe_id=stable_id(rng, "cus", 14),
+                                        email=customer_email(10001 + i, customers)))
     first_day = period.start - timedelta(days=45)
     span = (period.end - first_day).days + 1
     next_number = 26000001
@@ -206,6 +215,7 @@ class PaymentPlan:
     allocations: tuple[Allocation, ...]
     expected_status: str
     expected_reason: str | None
+    customer_via_xref: bool = False
     free_text: bool = False  # quirk free_text_refs: the invoice numbers are written in free text only
 
 
@@ -223,8 +233,12 @@ class PaymentPlanner:
     matcher cannot apply leave M3's view unchanged, as they would in the ERP.
     """
 
-    def __init__(self, world: World, processor: str, rng: random.Random):
+    def __init__(self, world: World, processor: str, rng: random.Random,
+                 known_customers: frozenset[str] = frozenset()):
+        """``known_customers``: M3 customers the processor's own customer record maps to (the customer
+        cross-reference): a payment of theirs that names nobody still reaches the customer rules."""
         self.world, self.processor, self.rng = world, processor, rng
+        self.known_customers = known_customers
         self.customers = world.customers_of(processor)
         self.m3_open = {inv.number: inv.amount_minor for c in self.customers for inv in world.invoices_of(c.number)}
         self.reserved: set[str] = set()  # invoices an ambiguous case depends on: left alone afterwards
@@ -242,7 +256,8 @@ class PaymentPlanner:
         self.world.payments.append(PaymentTruth(
             processor=self.processor, payment_id=payment_id, customer=customer, kind=plan.kind,
             allocations=plan.allocations, expected_status=plan.expected_status,
-            expected_reason=plan.expected_reason, invoice_ref=plan.invoice_ref, customer_ref=plan.customer_ref))
+            expected_reason=plan.expected_reason, invoice_ref=plan.invoice_ref, customer_ref=plan.customer_ref,
+            customer_via_xref=plan.customer_via_xref))
 
     def plan(self, customer: Customer, day: date) -> PaymentPlan:
         """A payment by ``customer`` on ``day``; with the quirk ``free_text_refs`` about a third of the
@@ -259,8 +274,14 @@ class PaymentPlanner:
             if edge is not None:
                 self.edge_cases.pop(0)
                 return edge
+        reference = self.rng.choices(["invoice", "customer", "none"], [85, 8, 7])[0]
+        if reference == "none" and customer.number in self.known_customers:
+            plan = self._regular(customer, day, "customer")
+            return replace(plan, customer_via_xref=True) if plan.customer_ref else plan
+        return self._regular(customer, day, reference)
+
+    def _regular(self, customer: Customer, day: date, reference: str) -> PaymentPlan:
         rng = self.rng
-        reference = rng.choices(["invoice", "customer", "none"], [85, 8, 7])[0]
         candidates = self.open_invoices(customer.number, day)
         kind = rng.choices(["full", "partial", "over", "multi"], [80, 10, 3, 7])[0]
         if not candidates:

@@ -1,1 +1,1 @@
-"""Infor M3: the MI REST client, its resource, and the open customer invoices staged in DuckDB."""
+"""Infor M3: the MI REST client, its resource, the open customer invoices and the customer master staged in DuckDB."""

@@ -17,13 +17,13 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from m3_recon import wire
+from m3_recon import settings, wire
 from m3_recon.defs.m3.client import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.money import money_by_currency
 from m3_recon.partitions import daily_partitions
 from m3_recon.reconcile.matching import MatchingRules, normalised
-from m3_recon.warehouse import naive_utc, replace_window
+from m3_recon.warehouse import documents_table, naive_utc, replace_snapshot, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -153,3 +153,28 @@ def core_open_invoices(context: dg.AssetExecutionContext, duckdb: DuckDBResource
         "outstanding": money_by_currency([(c, s) for c, _, s, _ in by_currency]),
         "outstanding_minor_by_currency": dg.MetadataValue.json({c: int(s) for c, _, s, _ in by_currency}),
     })
+
+
+def customers_select(email_field: str) -> str:
+    """The customer master's typed columns; values are trimmed (M3 pads them to the field length)."""
+    return f"""
+SELECT trim(raw->>'$.CUNO') AS customer, trim(raw->>'$.CUNM') AS name, trim(raw->>'$.CUCD') AS currency,
+       trim(raw->>'$.STAT') AS status, nullif(trim(raw->>'$.{email_field}'), '') AS email,
+       raw, loaded_at_utc, dagster_run_id
+FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM snapshot_docs)
+WHERE nullif(trim(raw->>'$.CUNO'), '') IS NOT NULL"""
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"m3", "duckdb"}, pool="duckdb_writer",
+    description="M3's customer master (CRS610MI LstByNumber, every page): customer number, name, currency, "
+                "status and e-mail (field M3_CUSTOMER_EMAIL_FIELD, default EMAL), for the customer cross-reference.",
+)
+def raw_m3_customers(context: dg.AssetExecutionContext, m3: M3Resource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    records = m3.customers()
+    email_field = settings.m3_customer_email_field()
+    with duckdb.get_connection() as conn:
+        rows = replace_snapshot(conn, table="raw_m3_customers", select_sql=customers_select(email_field),
+                                docs=documents_table(records, context.run.run_id))
+        with_email = conn.execute("SELECT count(email) FROM raw_m3_customers").fetchone()[0]
+    return dg.MaterializeResult(metadata={"customers": rows, "with_email": with_email, "email_field": email_field})

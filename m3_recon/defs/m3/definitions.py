@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from m3_recon import settings
-from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
+from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_customers, raw_m3_open_invoices
 from m3_recon.defs.m3.resources import M3Resource
 
 m3_ingest = dg.define_asset_job("m3_ingest", selection=dg.AssetSelection.groups("m3"),
@@ -36,7 +36,7 @@ def m3_resource_from_env() -> M3Resource:
 
 
 defs = dg.Definitions(
-    assets=[raw_m3_open_invoices, core_open_invoices],
+    assets=[raw_m3_open_invoices, core_open_invoices, raw_m3_customers],
     jobs=[m3_ingest],
     resources={"m3": m3_resource_from_env()},
 )

@@ -58,6 +58,10 @@ class M3Resource(dg.ConfigurableResource):
         return M3Client.on_premise(self.base_url, self.username, self.password, self.cono, self.divi.strip(),
                                    **options)
 
+    def customers(self) -> list[dict]:
+        """The customer master (``CRS610MI/LstByNumber``), every page."""
+        return self.client().customers()
+
     def open_invoices(self) -> list[dict]:
         """Open customer invoices of the division, one ``GetInvTotInfo`` record each, proven complete."""
         return self.client().open_invoices()

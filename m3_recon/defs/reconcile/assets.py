@@ -22,11 +22,16 @@ from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, f
 from m3_recon.money import money, money_by_currency
 from m3_recon.posting.gates import OVER_ALLOCATED_INVOICES, UNBALANCED_PAYMENTS
 from m3_recon.report import build_report
-from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules, match_payments
+from m3_recon.reconcile.banking import (BANK_LINE_COLUMNS, BANK_REASONS, BANKING_COLUMNS, bank_exceptions, bank_status,
+                                        match_bank_lines)
+from m3_recon.reconcile.customers import XREF_REASONS, xref_exceptions
+from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules,
+                                         fill_customers_from_xref, match_payments)
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow, load_decisions
 from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
 from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
+from m3_recon.canonical.stripe import PAYERS_SQL as STRIPE_PAYERS
 from m3_recon.journals import AccountMap
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts, unknown_category_exceptions)
@@ -90,6 +95,32 @@ def journal_exceptions(conn, first: str, end: str) -> str:
     return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
 
 
+def bank_lines_relation(conn) -> str:
+    """The imported bank statement lines, or an empty relation of their shape before the first import."""
+    if table_exists(conn, "raw_bank_statement_lines"):
+        return "raw_bank_statement_lines"
+    columns = ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
+    return f"(SELECT {columns} WHERE false)"
+
+
+def match_bank(conn) -> str:
+    """Pair every payout with its bank line (temp table ``bank_matches``); returns the bank-lines relation."""
+    lines = bank_lines_relation(conn)
+    match_bank_lines(conn, payouts="core_payouts", bank_lines=lines, descriptors=settings.bank_descriptors(),
+                     business_days=settings.bank_business_days())
+    return lines
+
+
+def customers_from_xref(conn, *, lines: str, into: str) -> int:
+    """View ``into``: ``lines`` with payments that name no customer given the one the customer
+    cross-reference maps their Stripe customer to (none without the tables). Returns how many."""
+    if table_exists(conn, "core_customer_xref") and table_exists(conn, "raw_stripe_balance_transactions"):
+        return fill_customers_from_xref(conn, lines=lines, payers=f"({STRIPE_PAYERS})", xref="core_customer_xref",
+                                        into=into)
+    conn.execute(f"CREATE OR REPLACE TEMP VIEW {into} AS SELECT * FROM {lines}")
+    return 0
+
+
 def allocation_checks(conn) -> list[dg.AssetCheckResult]:
     unbalanced = conn.execute(f"SELECT * EXCLUDE (settlement_date) FROM ({UNBALANCED_PAYMENTS}) LIMIT 20").fetchall()
     over = conn.execute(f"{OVER_ALLOCATED_INVOICES} LIMIT 20").fetchall()
@@ -106,7 +137,7 @@ def allocation_checks(conn) -> list[dg.AssetCheckResult]:
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_settlement_lines", "core_open_invoices"],
+    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_settlement_lines", "core_open_invoices", "core_customer_xref"],
     check_specs=[
         dg.AssetCheckSpec("allocations_sum_to_payment", asset="core_payment_allocations", blocking=True,
                           description="Every applied payment's allocations plus its unapplied excess equal the payment."),
@@ -136,8 +167,9 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
                      f"WHERE settlement_date < DATE '{first}' OR (processor, source_id) IN "
                      f"(SELECT (processor, source_id) FROM frozen_payments)")
         matchable_invoices(conn)
-        match_payments(conn, rules, lines="window_lines", invoices="matchable_invoices", earlier="earlier_allocations",
-                       history="linkable_allocations")
+        from_xref = customers_from_xref(conn, lines="window_lines", into="window_payments")
+        match_payments(conn, rules, lines="window_payments", invoices="matchable_invoices",
+                       earlier="earlier_allocations", history="linkable_allocations")
         decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
         book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations")
         keep_frozen(conn, first, end)
@@ -158,7 +190,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
         checks = allocation_checks(conn)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
-        "applied_by_decision": decided, "kept_as_posted": frozen,
+        "applied_by_decision": decided, "kept_as_posted": frozen, "customers_from_xref": from_xref,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
         "unmatched_amount": money_by_currency(unmatched_amount),
         "unmatched_amount_minor": dg.MetadataValue.json({c: int(a) for c, a in unmatched_amount}),
@@ -169,9 +201,10 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_payouts", "core_settlement_lines"],
+    kinds={"duckdb"}, pool="duckdb_writer", deps=["core_payouts", "core_settlement_lines", "raw_bank_statement_lines"],
     description="Per payout / deposit / batch: the sum of its lines against the amount paid out, the difference, "
-                "and a status tied / mismatch / pending / failed, with any residue named.",
+                "and a status tied / mismatch / pending / failed, with any residue named; and whether the bank "
+                "received it (banked, banked_on, bank_line_ref: account/statement/line of the bank statement).",
 )
 def core_payout_reconciliation(context: dg.AssetExecutionContext, config: LookbackConfig,
                                duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -181,16 +214,21 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
         conn.execute(f"CREATE OR REPLACE TEMP VIEW window_payouts AS SELECT * FROM core_payouts "
                      f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
         tie_out_payouts(conn, payouts="window_payouts", lines="core_settlement_lines")
+        match_bank(conn)
+        bank_status(conn, tieout="payout_tieout")
         replace_days(conn, first_day=first, end_day=end, writes=[
-            ("core_payout_reconciliation", RECONCILIATION_COLUMNS, "SELECT * FROM payout_tieout")])
+            ("core_payout_reconciliation", RECONCILIATION_COLUMNS | BANKING_COLUMNS, "SELECT * FROM payout_tieout")])
         by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
+        banked = conn.execute("SELECT count(*) FILTER (banked), count(*) FILTER (NOT banked AND status NOT IN "
+                              "('failed', 'pending')) FROM payout_tieout").fetchone()
         residue = conn.execute("SELECT currency, sum(abs(difference_minor)) FROM payout_tieout "
                                "WHERE status = 'mismatch' GROUP BY 1").fetchall()
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
         "failed": by_status.get("failed", 0), "mismatch_residue": money_by_currency(residue),
-        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue})})
+        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue}),
+        "banked": banked[0], "not_yet_banked": banked[1]})
 
 
 @dg.asset(
@@ -219,16 +257,26 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                       "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS category")
         unknown_category_exceptions(conn, lines="window_lines", categories=categories,
                                     suspense_account=AccountMap.load().accounts.get("suspense"))
+        bank_lines = match_bank(conn)
+        bank_exceptions(conn, payouts=f"(SELECT * FROM core_payouts WHERE settlement_date >= DATE '{first}' "
+                                      f"AND settlement_date < DATE '{end}')", bank_lines=bank_lines, first_day=first,
+                        end_day=end, business_days=settings.bank_business_days())
+        xref_exceptions(conn, conflicts="core_customer_xref_conflicts" if table_exists(
+            conn, "core_customer_xref_conflicts") else None, day=(window.end - timedelta(days=1)).date().isoformat())
         load_decisions(conn)
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
             UNION ALL BY NAME SELECT * FROM payout_exceptions
             UNION ALL BY NAME SELECT * FROM anomaly_exceptions
             UNION ALL BY NAME SELECT * FROM category_exceptions
+            UNION ALL BY NAME SELECT * FROM xref_exceptions
+            UNION ALL BY NAME SELECT * FROM bank_exceptions
             UNION ALL BY NAME {journal_exceptions(conn, first, end)}
             UNION ALL BY NAME SELECT * FROM ({decisions_m3_cannot_follow(conn, first, end)})""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
-                                     end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS), now=now)
+                                     end_day=window.end.date(),
+                                     reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS),
+                                     now=now)
         decided = record_decisions(conn)
         unexcepted = conn.execute("""
             SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (

@@ -1,1 +1,1 @@
-"""Stripe: balance transactions, payouts and payout itemisation into DuckDB staging."""
+"""Stripe: balance transactions, payouts, payout itemisation and customers into DuckDB staging; the events sensor."""

@@ -17,7 +17,7 @@ from m3_recon import wire
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.money import money_by_currency
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
-from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
+from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -219,3 +219,23 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
         "payouts_awaiting_itemisation": len(payouts) - len(ready),
         "payouts_with_nonzero_net": unbalanced,
     })
+
+
+CUSTOMERS_SELECT = f"""
+SELECT raw->>'$.id' AS id, raw->>'$.email' AS email, raw->>'$.name' AS name,
+       coalesce(raw->'$.metadata', '{{}}'::JSON) AS metadata, {_epoch_ts('$.created')} AS created_at_utc,
+       raw, loaded_at_utc, dagster_run_id
+FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM snapshot_docs)
+WHERE raw->>'$.id' IS NOT NULL"""
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"stripe", "duckdb"}, pool="duckdb_writer",
+    description="Every Stripe customer (id, e-mail, name, metadata) as read now, for the customer cross-reference.",
+)
+def raw_stripe_customers(context: dg.AssetExecutionContext, stripe: StripeResource,
+                         duckdb: DuckDBResource) -> dg.MaterializeResult:
+    objects = stripe.customers()
+    with duckdb.get_connection() as conn:
+        rows = replace_snapshot(conn, table="raw_stripe_customers", select_sql=CUSTOMERS_SELECT,
+                                docs=documents_table(objects, context.run.run_id))
+    return dg.MaterializeResult(metadata={"customers": rows})

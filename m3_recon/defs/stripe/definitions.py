@@ -7,8 +7,10 @@ import os
 import dagster as dg
 
 from m3_recon import settings
-from m3_recon.defs.stripe.assets import raw_stripe_balance_transactions, raw_stripe_payout_lines, raw_stripe_payouts
+from m3_recon.defs.stripe.assets import (raw_stripe_balance_transactions, raw_stripe_customers, raw_stripe_payout_lines,
+                                         raw_stripe_payouts)
 from m3_recon.defs.stripe.resources import StripeResource
+from m3_recon.defs.stripe.sensors import stripe_events_sensor
 
 stripe_ingest = dg.define_asset_job("stripe_ingest", selection=dg.AssetSelection.groups("stripe"),
                                     description="Pull Stripe balance transactions, payouts and payout lines.")
@@ -25,7 +27,8 @@ def stripe_resource_from_env() -> StripeResource:
 
 
 defs = dg.Definitions(
-    assets=[raw_stripe_balance_transactions, raw_stripe_payouts, raw_stripe_payout_lines],
+    assets=[raw_stripe_balance_transactions, raw_stripe_payouts, raw_stripe_payout_lines, raw_stripe_customers],
     jobs=[stripe_ingest],
+    sensors=[stripe_events_sensor],
     resources={"stripe": stripe_resource_from_env()},
 )

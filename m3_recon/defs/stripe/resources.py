@@ -1,8 +1,9 @@
 """The Stripe connector: the official ``stripe`` SDK behind a request budget and bounded retries.
 
-Only reads. Every page request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live,
-25 in test mode) and ``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff,
-honours ``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
+Reads (and, only when asked, writes an M3 customer number into a customer's metadata). Every
+request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live, 25 in test mode) and
+``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff, honours
+``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
 Returns plain JSON objects exactly as Stripe sent them.
 """
 
@@ -90,8 +91,8 @@ class StripeResource(dg.ConfigurableResource):
                 status=exc.http_status, request_id=exc.request_id) from None
         except stripe.PermissionError as exc:
             raise VendorAuthError(
-                "Stripe", "the key lacks a permission needed to read balance transactions and payouts; "
-                "grant read access to them (and balance_transaction_source_read) to the key in "
+                "Stripe", f"the key lacks a permission needed for {endpoint}; grant read access to balance "
+                "transactions (and balance_transaction_source_read), payouts, customers and events to the key in "
                 "STRIPE_API_KEY.", status=exc.http_status, request_id=exc.request_id) from None
         except stripe.APIConnectionError as exc:
             raise VendorUnavailableError(
@@ -127,6 +128,20 @@ class StripeResource(dg.ConfigurableResource):
 
     def payouts(self, created_gte: int, created_lt: int) -> list[dict]:
         return list(self.list_all("payouts", {"created": {"gte": created_gte, "lt": created_lt}}))
+
+    def customers(self) -> list[dict]:
+        """Every customer of the account (for the customer cross-reference)."""
+        return list(self.list_all("customers", {}))
+
+    def events(self, created_gte: int, types: list[str]) -> list[dict]:
+        """Events created at or after ``created_gte`` of the given types (wildcards allowed), oldest first."""
+        return list(reversed(list(self.list_all("events", {"created": {"gte": created_gte}, "types": types}))))
+
+    def set_customer_metadata(self, customer_id: str, metadata: dict[str, str]) -> dict:
+        """Set metadata keys on one customer (the only write this connector makes, and only when asked)."""
+        client = self.client()
+        return retry_call(lambda: client.v1.customers.update(customer_id, {"metadata": metadata}).to_dict(),
+                          classify_stripe_error, RetryPolicy(max_attempts=self.max_attempts))
 
     def payout_lines(self, payout_id: str) -> list[dict]:
         """The balance transactions an automatic payout settled, including its own ``type=payout`` line."""

@@ -1,0 +1,1 @@
+"""The customer cross-reference (Stripe customer -> M3 customer)."""

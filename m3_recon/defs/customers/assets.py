@@ -1,0 +1,57 @@
+"""``core_customer_xref``: each Stripe customer's M3 customer, from both customer masters.
+
+A thin wrapper over ``m3_recon.reconcile.customers``: reads ``raw_stripe_customers`` and
+``raw_m3_customers``, replaces ``core_customer_xref`` (primary key: one M3 customer per processor
+customer) and ``core_customer_xref_conflicts`` (raised as ``customer_xref_conflict`` exceptions by
+the close), and reports how many were mapped by metadata and by e-mail.
+"""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from m3_recon import settings
+from m3_recon.reconcile.customers import XREF_COLUMNS, build_customer_xref
+
+GROUP = "customers"
+OWNERS = ["team:finance-systems"]
+STRIPE_CUSTOMERS = ("SELECT 'stripe' AS processor, id AS processor_customer_id, email, metadata "
+                    "FROM raw_stripe_customers")
+
+
+def refresh_customer_xref(conn, metadata_key: str) -> dict[str, int]:
+    """Rebuild ``core_customer_xref`` and ``core_customer_xref_conflicts`` in one transaction; returns counts."""
+    build_customer_xref(conn, processor_customers=f"({STRIPE_CUSTOMERS})", m3_customers="raw_m3_customers",
+                        metadata_key=metadata_key)
+    columns = ", ".join(f"{c} {t}" for c, t in XREF_COLUMNS.items())
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"CREATE OR REPLACE TABLE core_customer_xref ({columns}, "
+                     "PRIMARY KEY (processor, processor_customer_id))")
+        conn.execute("INSERT INTO core_customer_xref SELECT * FROM customer_xref")
+        conn.execute("CREATE OR REPLACE TABLE core_customer_xref_conflicts AS SELECT * FROM customer_xref_conflicts")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    counts = dict(conn.execute("SELECT matched_by, count(*) FROM core_customer_xref GROUP BY 1").fetchall())
+    counts["conflicts"] = conn.execute("SELECT count(*) FROM core_customer_xref_conflicts").fetchone()[0]
+    counts["processor_customers"] = conn.execute(f"SELECT count(*) FROM ({STRIPE_CUSTOMERS})").fetchone()[0]
+    return counts
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"duckdb"}, pool="duckdb_writer",
+    deps=["raw_stripe_customers", "raw_m3_customers"],
+    description="Stripe customer → M3 customer (CUNO): by the M3 number in the customer's metadata "
+                "(M3_RECON_CUSTOMER_METADATA_KEY, default erp_customer_id), else by a unique e-mail match. "
+                "Conflicts map to nobody and land in core_customer_xref_conflicts (exception "
+                "customer_xref_conflict). Matching uses it for payments that name only their Stripe customer.",
+)
+def core_customer_xref(duckdb: DuckDBResource) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        counts = refresh_customer_xref(conn, settings.customer_metadata_key())
+    return dg.MaterializeResult(metadata={
+        "stripe_customers": counts["processor_customers"], "by_metadata": counts.get("metadata", 0),
+        "by_email": counts.get("email", 0), "conflicts": counts["conflicts"],
+        "unmapped": counts["processor_customers"] - counts.get("metadata", 0) - counts.get("email", 0)
+                    - counts["conflicts"]})
