@@ -171,7 +171,8 @@ class Section:
             for i in summed:
                 total[i] += row[i] or 0
         return [tuple("Total" if i == 0 else cur if i == currency else (t[i] if i in summed else None)
-                      for i in range(len(self.columns))) for cur, t in sorted(totals.items())]
+                      for i in range(len(self.columns)))
+                for cur, t in sorted(totals.items(), key=lambda item: item[0] or "")]
 
     def readable(self, row: tuple) -> list:
         """The row with every amount as ``1,234.56 USD`` in place, and the minor units appended."""
