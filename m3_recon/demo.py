@@ -65,6 +65,8 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
+            print(f"If {settings.duckdb_path()} and the sandbox M3 ({ledger}) come from an earlier demo of another "
+                  "version or world, start both over with `m3-recon demo --reset`.")
             return 1
         posting, alerts = run_after_close(out=sys.stdout)
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
