@@ -27,4 +27,4 @@ sandbox: $(STAMP)
 	$(BIN)/m3-recon sandbox
 
 clean:
-	rm -rf $(VENV) .dagster_home data/*.duckdb data/*.duckdb.wal
+	rm -rf $(VENV) .dagster_home data/*.duckdb data/*.duckdb.wal data/sandbox

@@ -66,6 +66,8 @@ def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days in the period (default %(default)s)")
     parser.add_argument("--quirks", type=_quirks, default=frozenset(), metavar="NAME[,NAME…]|all",
                         help="serve alternative vendor shapes (see README, 'Quirks')")
+    parser.add_argument("--reset", action="store_true",
+                        help="start over: a fresh sandbox M3 ledger (data/sandbox/) and warehouse")
 
 
 def _quirks(text: str) -> frozenset[str]:
@@ -81,7 +83,14 @@ def cmd_demo(args) -> int:
     ensure_dagster_home()
     from m3_recon.demo import run_demo
 
-    return run_demo(args.seed, args.start, args.days, args.quirks)
+    from m3_recon.sandbox.m3_ledger import LedgerError
+
+    try:
+        return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset)
+    except LedgerError as error:
+        print(f"{error}\nStart over with `m3-recon demo --reset` (the sandbox ledger, warehouse and analysts' copy).",
+              file=sys.stderr)
+        return 2
 
 
 def cmd_backfill(args) -> int:
@@ -90,7 +99,7 @@ def cmd_backfill(args) -> int:
 
     first, last = check_close(args.start, args.end)
     ensure_dagster_home()
-    from m3_recon.runs import run_after_close, run_payout_close
+    from m3_recon.runs import run_after_close, run_payout_close, run_report
 
     from m3_recon.posting.summary import print_posting_summary
 
@@ -100,17 +109,31 @@ def cmd_backfill(args) -> int:
         print(summary([result]))
         return max(0 if result.success else 1, print_posting_summary())
     after = run_after_close(out=sys.stdout)
-    for name, run in zip(("m3_posting", "recon_alerts"), after):
+    if after[0].success:  # the report states what M3 holds, so it follows posting
+        after.append(run_report(first, last, out=sys.stdout))
+    for name, run in zip(("m3_posting", "recon_alerts", "reconciliation_report"), after):
         print(f"{name}: {'succeeded' if run.success else 'FAILED'} (run {run.run_id})")
     print(summary([result, *after]))
     return max(0 if all(run.success for run in after) else 1, print_posting_summary())
 
 
 def _start_sandbox(args):
-    from m3_recon.sandbox import Sandbox
+    """The sandbox on its fixed ports, serving the same persisted M3 ledger as the demo."""
+    from m3_recon.sandbox import Sandbox, persisted_ledger_path, reset_sandbox_state
 
-    sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks).start(SANDBOX_PORTS)
+    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks)
+    if args.reset:
+        print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    from m3_recon.sandbox.m3_ledger import LedgerError
+
+    try:
+        sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks, m3_ledger_path=ledger)
+    except LedgerError as error:
+        raise SystemExit(f"{error}\nStart over with --reset (the sandbox ledger, warehouse and analysts' copy).")
+    sandbox.start(SANDBOX_PORTS)
     sandbox.write_bank_statements()  # the sandbox bank's statements, in the folder env() names
+    print(f"M3 ledger: {ledger} (shared with `make demo`; --reset starts over)")
     for name in sandbox.servers:
         print(f"{name:>10}: {sandbox.url(name)}")
     return sandbox

@@ -4,24 +4,30 @@ generator's truth and M3's resulting state.
 
 Runs on the persistent instance in ``DAGSTER_HOME`` so the runs show up in the UI afterwards. The
 sandbox's M3 ledger is kept in ``data/sandbox/`` (per seed and period) next to the warehouse, so running
-the demo again re-closes the period against the same M3 — and posts nothing new. A demo with quirks has
+the demo again re-closes the period against the same M3 — and posts nothing new (``make ui`` and
+``m3-recon sandbox`` serve that same ledger; ``--reset`` starts over). A demo with quirks has
 its own M3 ledger and its own warehouse (``data/m3_recon_quirks-<names>.duckdb``). Exits non-zero when a
 run fails, any figure disagrees (M3's trial balance: each clearing account holds exactly the payouts
-still in transit) or the posting summary it ends with names something a person must fix.
+still in transit) or the posting summary it ends with names something a person must fix; when M3 and the
+warehouse have drifted apart it says how to start both over. After posting it writes the reconciliation
+report (as ``reconciliation_report_sensor`` would) and prints its clearing roll-forward.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 
+from m3_recon.money import money
 from m3_recon.posting.summary import print_posting_summary
 from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
-from m3_recon.sandbox import Sandbox
+from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
 from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
@@ -29,16 +35,18 @@ from m3_recon.settings import PROJECT_ROOT
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) -> int:
+def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False) -> int:
     began = time.monotonic()
     problems = input_problems()
     if problems:
         raise PreflightError(problems)
     flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
-    ledger = PROJECT_ROOT / "data" / "sandbox" / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
-    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger = persisted_ledger_path(seed, start, days, quirks)
     if quirks:  # another reading of the vendors closes into its own warehouse, as it posts to its own M3 ledger
         os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
+    if reset:
+        print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
+    ledger.parent.mkdir(parents=True, exist_ok=True)
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
@@ -57,21 +65,51 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset()) 
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
               f"(run {result.run_id}, {time.monotonic() - began:.1f} s)")
         if not result.success:
+            print(f"If {settings.duckdb_path()} and the sandbox M3 ({ledger}) come from an earlier demo of another "
+                  "version or world, start both over with `m3-recon demo --reset`.")
             return 1
         posting, alerts = run_after_close(out=sys.stdout)
         print(f"m3_posting: {'succeeded' if posting.success else 'FAILED'}; recon_alerts: "
               f"{'succeeded' if alerts.success else 'FAILED'}")
         print(summary([result, posting, alerts]))
+        reported = posting.success and report_written(period)
         events = posting.get_asset_materialization_events()
         this_run = events[0].materialization.metadata if events else {}
         with duckdb.connect(settings.duckdb_path(), read_only=True) as conn:
-            ok = report(conn, sandbox) & report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
-            ok &= print_trial_balance(conn, sandbox)
-            ok &= report_loop(conn, sandbox)
+            ok = report(conn, sandbox) & reported & report_loop(conn, sandbox)
+            in_step = report_m3(conn, sandbox, {k: v.value for k, v in this_run.items()})
+            in_step &= print_trial_balance(conn, sandbox)
+        if not in_step:
+            print("\n" + RECOVERY_HINT.format(ledger=ledger, warehouse=settings.duckdb_path()))
+        ok &= in_step
         print(f"\nWarehouse: {settings.duckdb_path()}. Total {time.monotonic() - began:.1f} s. "
               "Browse the run and lineage with `make ui`.")
     postings_ok = print_posting_summary() == 0
     return 0 if ok and posting.success and alerts.success and postings_ok else 1
+
+
+def report_written(period) -> bool:
+    """The reconciliation report after posting (as the sensor would launch it), with its roll-forward."""
+    from m3_recon.runs import run_report
+
+    result = run_report(period.start, period.end)
+    if not result.success:
+        print(f"reconciliation_report: FAILED (run {result.run_id})")
+        return False
+    metadata = {k: v.value for k, v in result.get_asset_materialization_events()[-1].materialization.metadata.items()}
+    print(f"\nPayout reconciliation report: {metadata['report']} (and report.xlsx beside it)")
+    print(f"  {'processor':<10} {'opening':>16} {'charges':>18} {'refunds':>16} {'disputes':>14} {'fees':>16} "
+          f"{'adjustments':>14} {'payouts':>18} {'closing':>16}  closes")
+    csv_rows = Path(metadata["csv_roll_forward"]).read_text(encoding="utf-8").splitlines()
+    for row in csv.DictReader(csv_rows):
+        if row["processor"] == "Total":
+            continue
+        print(f"  {row['processor']:<10} " + " ".join(f"{row[c]:>{w}}" for c, w in (
+            ("opening", 16), ("charges", 18), ("refunds", 16), ("disputes", 14), ("fees", 16), ("adjustments", 14),
+            ("payouts", 18), ("closing", 16))) + ("  yes" if row["difference_minor"] == "0" else
+                                                  f"  NO ({row['difference']})"))
+    print(f"  vouchers by M3 status: {metadata['vouchers_by_m3_status']}")
+    return bool(metadata["roll_forward_closes"])
 
 
 def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
@@ -84,13 +122,10 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
         loaded = {r[0]: tuple(r[1:]) for r in rows}
         same = loaded == expected[processor] and len(rows) == len(loaded)
         ok &= same
-        totals = {}
-        for currency, amount, fee, net in loaded.values():
-            total = totals.setdefault(currency, [0, 0])
-            total[0] += amount
-            total[1] += net
-        money = "; ".join(f"{c} gross {a / 100:,.2f} net {n / 100:,.2f}" for c, (a, n) in sorted(totals.items()))
-        print(f"  {processor:<10} {len(rows):>5} lines  {'= generator' if same else '!= GENERATOR'}  {money}")
+        charged = conn.execute("SELECT currency, sum(amount_minor) FROM core_settlement_lines WHERE processor = ? "
+                               "AND line_type = 'charge' GROUP BY 1 ORDER BY 1", [processor]).fetchall()
+        shown = "charges " + "; ".join(money(a, c) for c, a in charged)  # the roll-forward has every movement
+        print(f"  {processor:<10} {len(rows):>5} lines  {'= generator' if same else '!= GENERATOR'}  {shown}")
     quarantined, without_reason = conn.execute(
         "SELECT count(*), count(*) FILTER (coalesce(reason, '') = '') FROM core_quarantine").fetchone()
     ok &= without_reason == 0

@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import getpass
 import json
+import sys
 
 import duckdb
 
 from m3_recon import settings
 from m3_recon.journals import AccountMap
-from m3_recon.reconcile.decisions import ACTIONS, DecisionError, new_decision, record
+from m3_recon.money import money
+from m3_recon.reconcile.anomalies import ANOMALY_REASONS
+from m3_recon.reconcile.decisions import ACTIONS, DecisionError, decide, latest_decisions, new_decision
+from m3_recon.reconcile.banking import BANK_REASONS
+from m3_recon.reconcile.customers import XREF_REASONS
+from m3_recon.reconcile.matching import REASON_CODES
 
 STATUSES = ("open", "resolved", "dismissed", "cleared", "all")
+KNOWN_REASONS = frozenset({*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS})
 
 
 def add_commands(subparsers) -> None:
@@ -23,7 +30,7 @@ def add_commands(subparsers) -> None:
     listing.add_argument("--status", choices=STATUSES, default="open")
     listing.add_argument("--reason", help="only this reason code")
     listing.add_argument("--processor", choices=("stripe", "paytrace", "heartland"))
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, default=50, help="show at most this many (default %(default)s)")
     listing.set_defaults(func=cmd_list)
     resolve = commands.add_parser("resolve", help="record a decision; the next run applies it")
     resolve.add_argument("exception_id")
@@ -44,62 +51,54 @@ def _register() -> duckdb.DuckDBPyConnection:
 
 
 def cmd_list(args) -> int:
+    if args.reason and args.reason not in KNOWN_REASONS:
+        print(f"unknown reason {args.reason!r}; one of: {', '.join(sorted(KNOWN_REASONS))}", file=sys.stderr)
+        return 2
+    if args.limit < 1:
+        print("--limit must be at least 1", file=sys.stderr)
+        return 2
+    where = ("WHERE ($status = 'all' OR status = $status) AND ($reason IS NULL OR reason_code = $reason) "
+             "AND ($processor IS NULL OR processor = $processor)")
+    params = {"status": args.status, "reason": args.reason, "processor": args.processor}
     with _register() as conn:
+        total = conn.execute(f"SELECT count(*) FROM out_recon_exceptions {where}", params).fetchone()[0]
         rows = conn.execute(
             "SELECT exception_id, status, reason_code, processor, source_id, settlement_date, amount_minor, currency, "
             "unapplied_minor, candidates, coalesce(decision || ' by ' || decided_by, '') FROM out_recon_exceptions "
-            "WHERE ($status = 'all' OR status = $status) AND ($reason IS NULL OR reason_code = $reason) "
-            "AND ($processor IS NULL OR processor = $processor) ORDER BY settlement_date, exception_id LIMIT $limit",
-            {"status": args.status, "reason": args.reason, "processor": args.processor, "limit": args.limit}).fetchall()
+            f"{where} ORDER BY settlement_date, exception_id LIMIT $limit", {**params, "limit": args.limit}).fetchall()
+        in_register = dict(((e, str(at)) for e, at in conn.execute(
+            "SELECT exception_id, strftime(decided_at_utc, '%Y-%m-%dT%H:%M:%SZ') FROM out_recon_exceptions "
+            "WHERE decided_at_utc IS NOT NULL").fetchall()))
+    print(f"{'exception':<15} {'status':<9} {'reason':<30} {'processor':<9} {'payment / payout':<34} {'day':<10} "
+          f"{'amount':>18}  candidates / decision")
     for exception_id, status, reason, processor, source_id, day, amount, currency, unapplied, candidates, decided in rows:
-        money = f"{amount / 100:,.2f} {currency}" if amount is not None else ""
-        extra = f" unapplied {unapplied / 100:,.2f}" if unapplied else ""
+        extra = f" unapplied {money(unapplied, currency)}" if unapplied else ""
         names = ", ".join(json.loads(candidates)) if candidates and candidates.startswith("[") else ""
-        print(f"{exception_id}  {status:<9} {reason:<30} {processor:<9} {source_id}  {day}  {money}{extra}"
-              + (f"  candidates: {names}" if names else "") + (f"  [{decided}]" if decided else ""))
-    print(f"{len(rows)} exception(s)")
+        print(f"{exception_id:<15} {status:<9} {reason:<30} {processor:<9} {source_id:<34} {day!s:<10} "
+              f"{money(amount, currency):>18}{extra}" + (f"  candidates: {names}" if names else "")
+              + (f"  [{decided}]" if decided else ""))
+    print(f"showing {len(rows)} of {total}" + (" (--limit)" if len(rows) < total else ""))
+    waiting = [d for d in latest_decisions().values() if in_register.get(d.exception_id) != d.decided_at_utc]
+    if waiting:
+        print(f"\n{len(waiting)} decision(s) waiting for the next close:")
+        for decision in waiting:
+            print(f"  {decision.exception_id}  {decision.summary()}: {decision.reason}"
+                  + (f"  (supersedes {decision.supersedes})" if decision.supersedes else ""))
     return 0
 
 
 def cmd_resolve(args) -> int:
-    with _register() as conn:
-        found = conn.execute("SELECT reason_code, status, unapplied_minor, candidates FROM out_recon_exceptions "
-                             "WHERE exception_id = ?", [args.exception_id]).fetchone()
-        # A suggested list of invoices (one reference naming several) is accepted as a whole: each number once.
-        listed = conn.execute("SELECT count(*) > 0 AND count(*) = count(DISTINCT a.invoice_number) "
-                              "FROM core_payment_allocations a JOIN out_recon_exceptions e USING (processor, source_id) "
-                              "WHERE e.exception_id = ? AND a.rule = 'reference_list' AND a.status = 'suggested'",
-                              [args.exception_id]).fetchone()[0]
-        invoice = None
-        if args.invoice:
-            invoice = conn.execute("SELECT count(*) FROM core_open_invoices WHERE invoice_number = ? "
-                                   "AND (? IS NULL OR invoice_year = ?)", [args.invoice, args.year, args.year]).fetchone()[0]
+    decision = new_decision(args.exception_id, args.action, args.by or getpass.getuser(), args.why,
+                            args.invoice, args.year)
     try:
-        if found is None:
-            raise DecisionError(f"no exception {args.exception_id}; see `m3-recon exceptions list --status all`")
-        reason, status, unapplied, candidates = found
-        names = json.loads(candidates) if candidates and candidates.startswith("[") else []
-        if args.invoice and not invoice:
-            raise DecisionError(f"M3 shows no open invoice {args.invoice}; check the number (and --year)")
-        if args.invoice and invoice > 1:
-            raise DecisionError(f"invoice {args.invoice} is open in {invoice} invoice years; name one with --year")
-        if args.action == "accept" and not (len(names) == 1 or (args.invoice and args.invoice in names)
-                                            or (listed and not args.invoice)):
-            raise DecisionError("accept takes the suggested invoice: this exception has "
-                                f"{len(names)} candidate(s) {names}; name one with --invoice, or use assign")
-        if args.action == "write_off":
-            limit = AccountMap.load().write_off_limit_minor
-            if reason != "overpayment":
-                raise DecisionError(f"only an overpayment's unapplied excess can be written off, not {reason}")
-            if unapplied is None or abs(unapplied) > limit:
-                raise DecisionError(f"the excess ({(unapplied or 0) / 100:,.2f}) is over the write-off limit "
-                                    f"({limit / 100:,.2f}, data/gl_accounts.toml write_off.limit_minor)")
-        decision = new_decision(args.exception_id, args.action, args.by or getpass.getuser(), args.why,
-                                args.invoice, args.year)
-        path = record(decision)
+        with _register() as conn:
+            recorded = decide(conn, decision, AccountMap.load().write_off_limit_minor)
     except DecisionError as exc:
         print(f"Not recorded: {exc}")
         return 2
-    print(f"Recorded {args.action} for {args.exception_id} (was {status}) in {path}. The next payout_close for "
-          f"its day (nightly, or `m3-recon backfill --start … --end …`) applies it and posts accordingly.")
+    print(f"Recorded {args.action} for {args.exception_id} (was {recorded.was}) in {recorded.path}.")
+    for note in recorded.notes:
+        print(f"  Note: it {note}." if note.startswith("supersedes") else f"  Note: {note}.")
+    print("The next payout_close for its day (nightly, or `m3-recon backfill --start … --end …`) applies it and posts "
+          "accordingly.")
     return 0

@@ -22,7 +22,7 @@ Every line's voucher text starts with its voucher key, so M3's GL shows which vo
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -48,6 +48,7 @@ class AccountMap:
     rounding_tolerance_minor: int
     write_off_limit_minor: int
     dimensions: dict[str, dict[str, str]]
+    names: dict[str, str] = field(default_factory=dict)  # account -> what finance calls it ([names])
 
     @classmethod
     def load(cls, path: Path = DEFAULT_ACCOUNTS_FILE) -> "AccountMap":
@@ -59,7 +60,8 @@ class AccountMap:
             raise ValueError(f"{path}: dimensions may only set ait2..ait7, not {', '.join(sorted(set(bad)))}")
         return cls(clearing=dict(raw["clearing"]), bank=dict(raw["bank"]), accounts=dict(raw["accounts"]),
                    rounding_tolerance_minor=int(raw["rounding"]["tolerance_minor"]),
-                   write_off_limit_minor=int(raw["write_off"]["limit_minor"]), dimensions=dimensions)
+                   write_off_limit_minor=int(raw["write_off"]["limit_minor"]), dimensions=dimensions,
+                   names={str(k): str(v) for k, v in raw.get("names", {}).items()})
 
     def register(self, conn: duckdb.DuckDBPyConnection) -> None:
         """The mapping as temp tables ``gl_account`` (key → account) and ``gl_dimension`` (processor → ait2..7)."""
@@ -72,6 +74,36 @@ class AccountMap:
         if self.dimensions:
             conn.executemany("INSERT INTO gl_dimension VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [(p, *(d.get(f"ait{n}") for n in range(2, 8))) for p, d in self.dimensions.items()])
+
+
+    def chart(self, conn: duckdb.DuckDBPyConnection, table: str = "gl_chart") -> None:
+        """Table ``table`` (account_key, account, account_name): every mapped account with its name; a temp table
+        unless ``table`` is qualified with a database. ``LEDGER_LINES`` reads it."""
+        rows = ([("clearing:" + p, a) for p, a in self.clearing.items()]
+                + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
+        temp = "" if "." in table else "TEMP "
+        conn.execute(f"CREATE OR REPLACE {temp}TABLE {table} "
+                     "(account_key VARCHAR, account VARCHAR, account_name VARCHAR)")
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)",
+                         [(key, account, self.names.get(account, key.replace("_", " "))) for key, account in rows])
+
+
+# Every booking on the ledger by both routes: GLS840MI voucher lines as derived, and each ARS040MI cash
+# application as the two lines M3 books for it (clearing debited, receivable credited, at the booked local
+# value in the payment's settlement currency). Needs ``core_gl_journal_lines``, ``core_cash_applications``,
+# ``core_settlement_lines`` and a ``gl_chart`` table (``AccountMap.chart``).
+LEDGER_LINES = """
+    SELECT 'GLS840MI' AS route, j.voucher_key, j.accounting_date, j.processor, j.ait1 AS account, j.currency,
+           j.amount_minor, j.entry, j.payout_id, j.source_id, j.held_reason
+    FROM core_gl_journal_lines j
+    UNION ALL
+    SELECT 'ARS040MI', c.voucher_key, c.accounting_date, c.processor, g.account, coalesce(l.currency, c.currency),
+           CASE WHEN g.account_key = 'receivable' THEN -c.local_minor ELSE c.local_minor END, 'cash_application',
+           c.payout_id, c.source_id, NULL
+    FROM core_cash_applications c
+    JOIN gl_chart g ON g.account_key IN ('receivable', 'clearing:' || c.processor)
+    LEFT JOIN (SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL) l
+         USING (processor, source_id)"""
 
 
 def _codes() -> str:

@@ -1,6 +1,8 @@
 """Daily partitions and the fetch windows derived from them.
 
-Processor days are UTC days (Stripe's default day). A run over partitions [start, end) re-reads a
+Processor days are UTC days (Stripe's default day). Partitions run from ``M3_RECON_START_DATE`` to the last
+complete UTC day, or to ``M3_RECON_END_DATE`` when that is set (the sandbox's closed period), so a closed
+month shows complete rather than a share of the days up to today. A run over partitions [start, end) re-reads a
 look-back of earlier days too, so objects whose status changed since (pending -> available, a payout
 paid -> failed) are refreshed; the window never reaches before the first configured partition.
 """
@@ -8,13 +10,20 @@ paid -> failed) are refreshed; the window never reaches before the first configu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 
 from m3_recon import settings
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=settings.start_date(), timezone="UTC")
+def build_daily_partitions() -> dg.DailyPartitionsDefinition:
+    """UTC days from M3_RECON_START_DATE to M3_RECON_END_DATE, or to the last complete day when that is unset."""
+    last = settings.end_date()
+    end = (date.fromisoformat(last) + timedelta(days=1)).isoformat() if last else None  # Dagster's end is exclusive
+    return dg.DailyPartitionsDefinition(start_date=settings.start_date(), end_date=end, timezone="UTC")
+
+
+daily_partitions = build_daily_partitions()
 
 
 class LookbackConfig(dg.Config):

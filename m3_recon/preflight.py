@@ -39,6 +39,7 @@ def period_problems(first: date, last: date) -> list[str]:
     problems = []
     try:
         partitions_start = date.fromisoformat(settings.start_date())
+        partitions_end = settings.end_date()
     except settings.SettingsError:
         return []  # input_problems names the variable
     if first < partitions_start:
@@ -46,6 +47,8 @@ def period_problems(first: date, last: date) -> list[str]:
     last_closed = datetime.now(timezone.utc).date() - timedelta(days=1)
     if last > last_closed:
         problems.append(f"--end {last} has not ended yet in UTC: the last day that can be closed is {last_closed}")
+    elif partitions_end and last > date.fromisoformat(partitions_end):
+        problems.append(f"--end {last} is after the last partition {partitions_end} (M3_RECON_END_DATE)")
     return problems
 
 
@@ -56,7 +59,7 @@ def input_problems() -> list[str]:
     from m3_recon.reconcile.matching import DEFAULT_RULES_FILE, MatchingRules
 
     problems = []
-    for read in (settings.start_date, settings.reporting_timezone,
+    for read in (settings.start_date, settings.end_date, settings.reporting_timezone,
                  lambda: settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)):
         try:
             read()

@@ -46,3 +46,10 @@ def _execute(job: str, tags: dict[str, str], log_level: str, out: TextIO | None)
             instance=instance, run_id=run_id,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             tags={**tags, "m3_recon/trigger": "cli", **process_tags()}, raise_on_error=False)
+
+
+def run_report(first_day: date, last_day: date, log_level: str = "WARNING",
+               out: TextIO | None = None) -> dg.ExecuteInProcessResult:
+    """The reconciliation report for a period, after posting (what ``reconciliation_report_sensor`` launches)."""
+    return _execute("reconciliation_report", {"dagster/asset_partition_range_start": first_day.isoformat(),
+                                              "dagster/asset_partition_range_end": last_day.isoformat()}, log_level, out)

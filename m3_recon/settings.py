@@ -33,6 +33,21 @@ def start_date() -> str:
         raise SettingsError(f"M3_RECON_START_DATE must be an ISO date like 2026-10-01, got {raw!r}") from exc
 
 
+def end_date() -> str | None:
+    """Last daily partition, inclusive (``M3_RECON_END_DATE``, ISO date; unset = the last complete day). The
+    sandbox sets it to its period's last day, so a closed period shows complete instead of running to today."""
+    raw = os.environ.get("M3_RECON_END_DATE", "").strip()
+    if not raw:
+        return None
+    try:
+        last = date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"M3_RECON_END_DATE must be an ISO date like 2026-10-31, got {raw!r}") from exc
+    if last.isoformat() < start_date():
+        raise SettingsError(f"M3_RECON_END_DATE ({last}) is before M3_RECON_START_DATE ({start_date()})")
+    return last.isoformat()
+
+
 def reporting_timezone() -> str:
     """Finance's reporting time zone (``M3_RECON_TIMEZONE``), used for schedules and close dates."""
     raw = os.environ.get("M3_RECON_TIMEZONE", DEFAULT_TIMEZONE)

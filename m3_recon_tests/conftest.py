@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("M3_RECON_START_DATE", "2026-10-01")  # before m3_recon.partitions is imported
+import m3_recon.partitions  # noqa: E402,F401  fixed now, so no sandbox's M3_RECON_END_DATE set later can shorten them
 
 import pytest
 from dagster_duckdb import DuckDBResource
@@ -171,7 +172,7 @@ def close_definitions(database: str):
     import dagster as dg
 
     from m3_recon.definitions import defs, payout_close
-    from m3_recon.defs.automation import m3_posting, recon_alerts
+    from m3_recon.defs.automation import m3_posting, recon_alerts, reconciliation_report
     from m3_recon.defs.heartland.definitions import heartland_resource_from_env
     from m3_recon.defs.reconcile.assets import AlertWebhook
     from m3_recon.defs.m3.definitions import m3_resource_from_env
@@ -179,7 +180,8 @@ def close_definitions(database: str):
     from m3_recon.defs.stripe.definitions import stripe_resource_from_env
     from m3_recon.storage import WarehouseFileResource
 
-    return dg.Definitions(assets=list(defs.assets), jobs=[payout_close, recon_alerts, m3_posting], resources={
+    return dg.Definitions(assets=list(defs.assets), jobs=[payout_close, recon_alerts, m3_posting, reconciliation_report],
+                          resources={
         "alert_webhook": AlertWebhook(url=os.environ.get("M3_RECON_ALERT_WEBHOOK_URL")),
         "stripe": stripe_resource_from_env(), "paytrace": paytrace_resource_from_env(),
         "heartland": heartland_resource_from_env(), "m3": m3_resource_from_env(),
@@ -192,3 +194,64 @@ def run_close(definitions, first_day: str, last_day: str, instance=None):
     return definitions.resolve_job_def("payout_close").execute_in_process(
         tags={"dagster/asset_partition_range_start": first_day, "dagster/asset_partition_range_end": last_day},
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+def run_job(definitions, job: str, first_day: str | None = None, last_day: str | None = None, instance=None):
+    import dagster as dg
+
+    tags = ({"dagster/asset_partition_range_start": first_day, "dagster/asset_partition_range_end": last_day}
+            if first_day else {})
+    return definitions.resolve_job_def(job).execute_in_process(
+        tags=tags, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+class ClosedBooks:
+    """A sandbox period closed, posted to M3 and reported (``closed_books``); ``use(monkeypatch)`` points the
+    environment at its sandbox, warehouse, analysts' copy, reports and decisions file."""
+
+    def __init__(self, sandbox: Sandbox, directory, first: str, last: str):
+        self.sandbox, self.directory, self.first, self.last = sandbox, directory, first, last
+        self.database = str(directory / "work.duckdb")
+        self.env = {**sandbox.env(), "M3_RECON_DUCKDB_PATH": self.database,
+                    "M3_RECON_ANALYST_DUCKDB_PATH": str(directory / "analyst.duckdb"),
+                    "M3_RECON_REPORTS_PATH": str(directory / "reports"),
+                    "M3_RECON_DECISIONS_FILE": str(directory / "decisions.jsonl")}
+
+    def use(self, monkeypatch) -> "ClosedBooks":
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        return self
+
+    def close_post_report(self):
+        """The close, posting and report over the period; returns the three results."""
+        definitions = close_definitions(self.database)
+        return (run_close(definitions, self.first, self.last), run_job(definitions, "m3_posting"),
+                run_job(definitions, "reconciliation_report", self.first, self.last))
+
+    def copy(self, directory) -> "ClosedBooks":
+        """The same closed books (warehouse and analysts' copy) in ``directory``, for a test that changes them; M3 is
+        the shared sandbox's."""
+        import shutil
+
+        copied = ClosedBooks(self.sandbox, directory, self.first, self.last)
+        for name in ("work.duckdb", "analyst.duckdb"):
+            shutil.copyfile(self.directory / name, directory / name)
+        return copied
+
+    @property
+    def report_directory(self):
+        return self.directory / "reports" / f"{self.first}_{self.last}"
+
+
+@pytest.fixture(scope="session")
+def closed_books(tmp_path_factory):
+    """Fourteen sandbox days closed, posted to an M3 of their own and reported, shared by the tests that read
+    what a close leaves behind (the report, the analysts' views, the exception register). A test that changes the
+    warehouse works on ``copy()``; a test that posts to M3 uses a sandbox of its own, never this one."""
+    with Sandbox(days=14) as sandbox, pytest.MonkeyPatch.context() as monkeypatch:
+        books = ClosedBooks(sandbox, tmp_path_factory.mktemp("closed_books"), "2026-10-01", "2026-10-14")
+        books.use(monkeypatch)
+        results = books.close_post_report()
+        assert all(result.success for result in results)
+        monkeypatch.undo()
+        yield books

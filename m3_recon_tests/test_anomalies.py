@@ -42,12 +42,20 @@ def test_fee_drift_refund_spike_and_unusual_payout_are_flagged_on_the_day_only()
         refunds = 6 if spike_day else (1 if offset % 2 else 0)
         lines += [line(n := n + 1 + i, day, "refund", -1_000) for i in range(refunds)]
         n += refunds
-        payouts.append(payout(offset, day, 400_000 if spike_day else 97_000 + offset))
+        payouts.append(payout(offset, day, 600_000 if spike_day else 97_000 + offset))
     conn = warehouse(lines, payouts)
     flag_anomalies(conn, "2026-10-15", "2026-10-16")
     flags = {r[0]: r[1] for r in conn.execute("SELECT reason_code, detail FROM anomaly_exceptions").fetchall()}
     assert flags == {"fee_rate_drift": "effective fee rate 9.0 % vs trailing 3.0 %",
                      "refund_spike": "6 refunds vs 0.5 a day before",
-                     "unusual_payout": "payout 4000.0 vs usual 970.09"}  # median of 970.04 … 970.13
+                     "unusual_payout": "payout 6000.0 vs usual 970.09"}  # median of 970.04 … 970.13
     flag_anomalies(conn, "2026-10-10", "2026-10-15")  # ordinary days: nothing
     assert conn.execute("SELECT count(*) FROM anomaly_exceptions").fetchone() == (0,)
+
+
+def test_a_normal_sandbox_period_raises_at_most_one_unusual_payout(closed_books):
+    with duckdb.connect(closed_books.database, read_only=True) as conn:
+        flagged = conn.execute("SELECT count(*) FROM out_recon_exceptions WHERE reason_code = 'unusual_payout'"
+                               ).fetchone()[0]
+        payouts = conn.execute("SELECT count(*) FROM core_payouts").fetchone()[0]
+    assert payouts > 30 and flagged <= 1

@@ -93,3 +93,21 @@ def test_a_failed_delivery_is_kept_and_retried(receiver):
     assert conn.execute("SELECT delivery_error FROM out_alerts").fetchone() == ("webhook answered HTTP 503",)
     assert deliver_alerts(conn, server.url + "/hook", now) == {"delivered": 1, "failed": 0}
     assert len(app.posts) == 1 and json.dumps(app.posts[0]).count("EX-") == 0  # people read sources, not ids
+
+
+def test_after_posting_the_report_is_requested_for_the_last_close_period():
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    sensor = defs.resolve_sensor_def("reconciliation_report_sensor")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("out_m3_postings"))
+        assert isinstance(sensor.evaluate_tick(dg.build_sensor_context(instance=instance)).skip_message, str)
+        instance.add_run(DagsterRun(job_name="payout_close", run_id="close-1", status=DagsterRunStatus.SUCCESS,
+                                    tags={"dagster/asset_partition_range_start": "2026-10-01",
+                                          "dagster/asset_partition_range_end": "2026-10-31"}))
+        instance.report_runless_asset_event(dg.AssetMaterialization("out_m3_postings"))
+        result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    [request] = result.run_requests
+    assert request.job_name in (None, "reconciliation_report")
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == ("2026-10-01", "2026-10-31")

@@ -30,10 +30,7 @@ def test_close_lands_every_payment_where_the_generator_says_and_reruns_change_no
                                 "ORDER BY 1").fetchall()
         allocations = conn.execute("SELECT * FROM core_payment_allocations ORDER BY ALL").fetchall()
     assert register and all(status == "open" for _, status, _ in register)
-    report = tmp_path / "reports" / f"{first}_{last}"
-    payouts_csv = (report / "payouts.csv").read_text().splitlines()
-    assert len(payouts_csv) == 1 + sum(statuses.values())
-    assert "Open exceptions" in (report / "report.html").read_text()
+    assert not (tmp_path / "reports").exists()  # the report waits for posting (test_report.py)
 
     again = run_close(definitions, first, last)
     assert again.success

@@ -8,8 +8,9 @@ import pytest
 
 from m3_recon import cli
 from m3_recon.exceptions_cli import cmd_resolve
-from m3_recon.reconcile.decisions import DecisionError, load_decisions, new_decision, record
-from m3_recon_tests.conftest import close_definitions, run_close
+from m3_recon.reconcile.decisions import DecisionError, decide, load_decisions, new_decision, record
+from m3_recon.sandbox import Sandbox
+from m3_recon_tests.conftest import ClosedBooks, close_definitions, run_close
 
 FIRST, LAST = "2026-10-01", "2026-10-12"
 
@@ -62,7 +63,7 @@ def test_decisions_are_honoured_by_the_next_run_and_survive_reruns(sandbox_envir
             assert conn.execute("SELECT count(*) FROM core_gl_journal_lines WHERE entry = 'unapplied_payment' "
                                 "AND source_id = ?", [overpaid[2]]).fetchone() == (0,)
     assert cli.main(["exceptions", "list", "--status", "resolved"]) == 0  # through the m3-recon command
-    assert "3 exception(s)" in capsys.readouterr().out
+    assert "showing 3 of 3\n" in capsys.readouterr().out
     assert cli.main(["exceptions", "list", "--status", "dismissed"]) == 0
     assert "dismiss by controller" in capsys.readouterr().out
 
@@ -76,3 +77,93 @@ def test_a_malformed_decisions_file_fails_loudly(tmp_path):
         load_decisions(duckdb.connect(), path)
     with pytest.raises(DecisionError, match="needs who decided"):
         record(new_decision("EX-ABC", "dismiss", " ", "x"), path)
+
+
+def test_every_reason_code_is_known_to_be_about_a_payment_or_not():
+    from m3_recon.exceptions_cli import KNOWN_REASONS
+    from m3_recon.reconcile.decisions import NOT_PAYMENT_REASONS, PAYMENT_REASONS
+
+    assert PAYMENT_REASONS | NOT_PAYMENT_REASONS == KNOWN_REASONS  # a new code must be placed on one side
+    assert not PAYMENT_REASONS & NOT_PAYMENT_REASONS
+
+
+def open_exceptions(books):
+    with duckdb.connect(books.database, read_only=True) as conn:
+        return conn.execute("SELECT exception_id, reason_code, source_id, unapplied_minor FROM out_recon_exceptions "
+                            "WHERE status = 'open' ORDER BY 1").fetchall()
+
+
+def test_an_action_must_fit_its_exception(closed_books, tmp_path, monkeypatch, capsys):
+    closed_books.copy(tmp_path).use(monkeypatch)
+    register = open_exceptions(closed_books)
+    not_a_payment = next(r for r in register if r[1] == "reversal_of_unapplied_payment")
+    unreferenced = next(r for r in register if r[1] == "no_reference")
+    small = next(r for r in register if r[1] == "overpayment" and 50 < r[3] <= 5000)
+    some_invoice = "26000022"
+    assert resolve(not_a_payment[0], "assign", invoice=some_invoice) == 2
+    assert "not a payment exception" in capsys.readouterr().out
+    assert resolve(unreferenced[0], "write_off") == 2
+    assert "only an overpayment" in capsys.readouterr().out
+    with duckdb.connect(closed_books.env["M3_RECON_ANALYST_DUCKDB_PATH"], read_only=True) as conn, \
+            pytest.raises(DecisionError, match=r"over the write-off limit \(0.50 USD"):
+        decide(conn, new_decision(small[0], "write_off", "controller", "too much"), write_off_limit_minor=50)
+    assert resolve(small[0], "write_off") == 0
+    assert resolve(small[0], "dismiss", why="the customer asked to keep it as a credit") == 0
+    out = capsys.readouterr().out
+    assert "supersedes the earlier decision write_off by controller" in out
+    in_force = load_decisions(duckdb.connect(), tmp_path / "decisions.jsonl")
+    assert in_force == 1  # the later decision is the one in force, and says which it superseded
+    assert '"supersedes": "write_off by controller' in (tmp_path / "decisions.jsonl").read_text()
+
+
+def test_the_list_has_a_header_a_count_and_the_decisions_waiting(closed_books, tmp_path, monkeypatch, capsys):
+    closed_books.copy(tmp_path).use(monkeypatch)
+    register = open_exceptions(closed_books)
+    assert cli.main(["exceptions", "list", "--limit", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["exception", "status", "reason"]
+    assert f"showing 5 of {len(register)} (--limit)" in lines
+    unreferenced = next(r for r in register if r[1] == "no_reference")
+    assert resolve(unreferenced[0], "dismiss", why="refunded by cheque") == 0
+    capsys.readouterr()
+    assert cli.main(["exceptions", "list", "--reason", "no_reference", "--limit", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "1 decision(s) waiting for the next close:" in out and f"{unreferenced[0]}  dismiss by controller" in out
+    assert f"showing {sum(r[1] == 'no_reference' for r in register)} of" in out and "(--limit)" not in out
+    assert cli.main(["exceptions", "list", "--reason", "bogus"]) == 2
+    assert "unknown reason 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["exceptions", "list", "--processor", "bogus"])
+    assert refused.value.code == 2
+
+
+def test_dismissing_what_m3_holds_raises_posted_voucher_changed(tmp_path, monkeypatch, capsys):
+    with Sandbox(days=14) as sandbox:  # of its own: this test posts to M3
+        books = ClosedBooks(sandbox, tmp_path, "2026-10-01", "2026-10-14").use(monkeypatch)
+        assert all(result.success for result in books.close_post_report())
+        dismiss_after_posting(books, capsys)
+
+
+def dismiss_after_posting(books, capsys):
+    truth = {t.payment_id: t for t in books.sandbox.world.payments}
+    with duckdb.connect(books.database, read_only=True) as conn:
+        applied = {r[0] for r in conn.execute("SELECT invoice_number FROM core_payment_allocations "
+                                               "WHERE status = 'auto'").fetchall()}
+    exception_id, _, source_id, _ = next(r for r in open_exceptions(books) if r[1] == "no_reference"
+                                         and truth[r[2]].kind == "full"
+                                         and truth[r[2]].allocations[0].invoice not in applied)
+    invoice = truth[source_id].allocations[0].invoice
+    assert resolve(exception_id, "assign", invoice=invoice) == 0
+    assert all(result.success for result in books.close_post_report())  # M3 now holds the payment applied
+    assert resolve(exception_id, "dismiss", why="wrong customer after all") == 0
+    out = capsys.readouterr().out
+    assert f"supersedes the earlier decision assign {invoice} by controller" in out
+    assert "posted_voucher_changed" in out
+    assert run_close(close_definitions(books.database), books.first, books.last).success
+    with duckdb.connect(books.database, read_only=True) as conn:
+        raised = conn.execute("SELECT status, detail FROM out_recon_exceptions WHERE reason_code = "
+                              "'posted_voucher_changed' AND source_id = ?", [source_id]).fetchall()
+        kept = conn.execute("SELECT invoice_number, status FROM core_payment_allocations WHERE source_id = ?",
+                            [source_id]).fetchall()
+    assert len(raised) == 1 and raised[0][0] == "open" and f"applied to invoice {invoice}" in raised[0][1]
+    assert kept == [(invoice, "auto")]  # what M3 holds is not silently undone

@@ -12,24 +12,44 @@ rewritten, so reruns cannot lose one. Actions:
   of unapplied cash, within the tolerance in ``data/gl_accounts.toml``;
 * ``dismiss`` — close the exception without booking anything different, with a reason.
 
-``apply_decisions`` rewrites the matcher's temp tables for decided payments before they are stored,
-so a decided payment is posted like any automatic match (rule ``manual``).
+``decide`` is the one gate both the ``m3-recon exceptions resolve`` command and the ``resolve_exception``
+job (Dagster Launchpad) pass: the action must fit the exception (assign / accept only for a payment
+exception, write_off only for an overpayment within the limit), the invoice must be open in M3, and a
+decision on an exception that already has one names the decision it supersedes. ``apply_decisions``
+rewrites the matcher's temp tables for decided payments before they are stored, so a decided payment
+is posted like any automatic match (rule ``manual``); ``decisions_m3_cannot_follow`` turns a dismissal
+of a payment M3 already holds applied into a ``posted_voucher_changed`` exception for a person.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 
+from m3_recon.money import money
 from m3_recon.settings import PROJECT_ROOT
+from m3_recon.warehouse import table_exists
 
 ACTIONS = ("assign", "accept", "write_off", "dismiss")
 MAX_TEXT = 500
+# Exceptions about a payment that was not applied to an invoice: the only ones an invoice can resolve. Every
+# other reason code (payouts, vouchers, categories, anomalies) is about something an invoice cannot settle.
+PAYMENT_REASONS = frozenset({
+    "ambiguous_amount", "ambiguous_invoice_group", "ambiguous_reference", "competing_payments", "currency_mismatch",
+    "customer_mismatch", "invoice_already_paid", "invoice_claimed", "invoice_list_unresolved", "invoice_not_found",
+    "no_matching_invoice", "no_reference", "overpayment"})
+NOT_PAYMENT_REASONS = frozenset({"payout_mismatch", "unknown_category", "voucher_held", "voucher_unverified",
+                                 "posted_voucher_changed", "reversal_of_unapplied_payment", "payout_not_banked",
+                                 "unexplained_bank_credit", "customer_xref_conflict", "fee_rate_drift",
+                                 "unusual_payout", "refund_spike", "dispute_spike"})
+# A payment exception M3 can only hold applied because finance assigned or accepted it (an overpayment's payment
+# is applied automatically; dismissing it only leaves the excess unapplied).
+APPLYING_REASONS = PAYMENT_REASONS - {"overpayment"}
 
 
 def decisions_path() -> Path:
@@ -49,6 +69,11 @@ class Decision:
     decided_at_utc: str
     invoice_number: str | None = None
     invoice_year: int | None = None
+    supersedes: str | None = None  # the earlier decision on the same exception this one replaces
+
+    def summary(self) -> str:
+        invoice = f" {self.invoice_number}" if self.invoice_number else ""
+        return f"{self.action}{invoice} by {self.decided_by} at {self.decided_at_utc}"
 
     def validate(self) -> None:
         if self.action not in ACTIONS:
@@ -80,8 +105,8 @@ def new_decision(exception_id: str, action: str, decided_by: str, reason: str, i
                     invoice_number=invoice_number, invoice_year=invoice_year)
 
 
-def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None) -> int:
-    """Temp table ``exception_decisions``: the latest valid decision per exception. Returns how many."""
+def read_decisions(path: Path | None = None) -> list[Decision]:
+    """Every decision in the file, oldest first; a malformed line fails loudly with its line number."""
     path = path or decisions_path()
     rows = []
     if path.exists():
@@ -94,6 +119,82 @@ def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None) ->
             except (TypeError, ValueError) as exc:
                 raise DecisionError(f"{path}:{number} is not a valid decision ({exc}); fix or remove that line") from None
             rows.append(decision)
+    return rows
+
+
+def latest_decisions(path: Path | None = None) -> dict[str, Decision]:
+    """The decision in force per exception: the latest one recorded."""
+    return {d.exception_id: d for d in read_decisions(path)}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    decision: Decision
+    path: Path
+    was: str                   # the exception's status in the register when decided
+    notes: tuple[str, ...]     # what the person should know (superseded decision, M3 consequences)
+
+
+def decide(register: duckdb.DuckDBPyConnection, decision: Decision, write_off_limit_minor: int,
+           path: Path | None = None) -> Recorded:
+    """Check ``decision`` against the exception register (the analysts' copy) and record it, or raise
+    ``DecisionError`` saying what to change. The CLI and the ``resolve_exception`` job both come here."""
+    decision.validate()
+    found = register.execute("SELECT reason_code, status, unapplied_minor, candidates, currency, processor, source_id "
+                             "FROM out_recon_exceptions WHERE exception_id = ?", [decision.exception_id]).fetchone()
+    if found is None:
+        raise DecisionError(f"no exception {decision.exception_id}; see `m3-recon exceptions list --status all`")
+    reason, status, unapplied, candidates, currency, processor, source_id = found
+    names = json.loads(candidates) if candidates and candidates.startswith("[") else []
+    action = decision.action
+    if action in ("assign", "accept") and reason not in PAYMENT_REASONS:
+        raise DecisionError(f"{action} applies a payment to an invoice; {decision.exception_id} is {reason!r}, not a "
+                            "payment exception (dismiss it with the reason, or correct it at its source)")
+    if decision.invoice_number:
+        if action not in ("assign", "accept"):
+            raise DecisionError(f"--invoice only goes with assign or accept, not {action}")
+        open_invoices = register.execute(
+            "SELECT count(*) FROM core_open_invoices WHERE invoice_number = ? AND (? IS NULL OR invoice_year = ?)",
+            [decision.invoice_number, decision.invoice_year, decision.invoice_year]).fetchone()[0]
+        if not open_invoices:
+            raise DecisionError(f"M3 shows no open invoice {decision.invoice_number}; check the number (and the year)")
+        if open_invoices > 1:
+            raise DecisionError(f"invoice {decision.invoice_number} is open in {open_invoices} invoice years; "
+                                "name one with --year")
+    # A suggested list of invoices (one reference naming several) is accepted as a whole: each number once.
+    listed = register.execute(
+        "SELECT count(*) > 0 AND count(*) = count(DISTINCT a.invoice_number) FROM core_payment_allocations a "
+        "WHERE a.processor = ? AND a.source_id = ? AND a.rule = 'reference_list' AND a.status = 'suggested'",
+        [processor, source_id]).fetchone()[0]
+    if action == "accept" and not (len(names) == 1 or (decision.invoice_number and decision.invoice_number in names)
+                                   or (listed and not decision.invoice_number)):
+        raise DecisionError("accept takes the suggested invoice: this exception has "
+                            f"{len(names)} candidate(s) {names}; name one with --invoice, or use assign")
+    if action == "write_off":
+        if reason != "overpayment":
+            raise DecisionError(f"only an overpayment's unapplied excess can be written off, not {reason}")
+        if unapplied is None or abs(unapplied) > write_off_limit_minor:
+            raise DecisionError(f"the excess ({money(unapplied or 0, currency)}) is over the write-off limit "
+                                f"({money(write_off_limit_minor, currency)}, "
+                                "data/gl_accounts.toml write_off.limit_minor)")
+    notes = []
+    earlier = latest_decisions(path).get(decision.exception_id)
+    if earlier is not None:
+        decision = replace(decision, supersedes=earlier.summary())
+        notes.append(f"supersedes the earlier decision {earlier.summary()} ({earlier.reason!r})")
+    if action == "dismiss" and reason in APPLYING_REASONS and table_exists(register, "core_cash_applications"):
+        applied = register.execute(
+            "SELECT string_agg(DISTINCT invoice_number || ' (cash batch ' || voucher_key || ')', ', ') "
+            "FROM core_cash_applications WHERE processor = ? AND source_id = ?", [processor, source_id]).fetchone()[0]
+        if applied:
+            notes.append(f"{source_id} is applied to invoice {applied}; once that is in M3, dismiss cannot take it "
+                         "back: the next close raises posted_voucher_changed for a person to reverse it in M3")
+    return Recorded(decision, record(decision, path), status, tuple(notes))
+
+
+def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None) -> int:
+    """Temp table ``exception_decisions``: the latest valid decision per exception. Returns how many."""
+    rows = read_decisions(path)
     conn.execute("CREATE OR REPLACE TEMP TABLE exception_decisions (exception_id VARCHAR, action VARCHAR, "
                  "decided_by VARCHAR, reason VARCHAR, decided_at_utc TIMESTAMP, invoice_number VARCHAR, "
                  "invoice_year INTEGER, seq INTEGER)")
@@ -195,3 +296,38 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
                     FROM decided_rows d GROUP BY d.processor, d.source_id
                     HAVING sum(d.allocated_minor) < any_value(d.pay_inv)""")
     return rewritten
+
+
+def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> str:
+    """SQL, in the exception register's shape, for payments of [first, end) that M3 holds applied to an invoice
+    (their cash application was sent, after an assign or accept) while the decision in force on their exception
+    now dismisses it: the close keeps what M3 holds, and a person must reverse it in M3.
+    Needs ``exception_decisions`` loaded."""
+    if not all(table_exists(conn, t) for t in ("out_recon_exceptions", "core_cash_applications", "out_m3_postings")):
+        return ("SELECT NULL::VARCHAR AS exception_id, NULL::VARCHAR AS reason_code, NULL::VARCHAR AS processor, "
+                "NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date, NULL::VARCHAR AS currency, "
+                "NULL::BIGINT AS amount_minor, NULL::BIGINT AS unapplied_minor, NULL::JSON AS candidates, "
+                "NULL::VARCHAR AS detail WHERE false")
+    return f"""
+        WITH held AS (
+            SELECT r.exception_id, any_value(r.processor) AS processor, any_value(r.source_id) AS source_id,
+                   any_value(r.settlement_date) AS settlement_date, any_value(r.currency) AS currency,
+                   any_value(r.amount_minor) AS amount_minor,
+                   list(DISTINCT c.invoice_number ORDER BY c.invoice_number) AS invoices,
+                   string_agg(DISTINCT c.invoice_number || ' by batch ' || c.voucher_key, ', ') AS applications
+            FROM out_recon_exceptions r
+            JOIN core_cash_applications c ON c.processor = r.processor AND c.source_id = r.source_id
+            JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application'
+                 AND p.sent_at_utc IS NOT NULL
+            WHERE r.reason_code IN ({", ".join(f"'{r}'" for r in sorted(APPLYING_REASONS))})
+              AND r.settlement_date >= DATE '{first}' AND r.settlement_date < DATE '{end}'
+            GROUP BY r.exception_id
+        )
+        SELECT 'EX-' || upper(substr(md5('posted_voucher_changed|' || d.exception_id || '|' || d.action), 1, 12))
+                   AS exception_id, 'posted_voucher_changed' AS reason_code, h.processor, h.source_id,
+               h.settlement_date, h.currency, h.amount_minor, NULL::BIGINT AS unapplied_minor,
+               to_json(h.invoices) AS candidates,
+               'finance decided ' || d.action || ' on ' || d.exception_id || ' (' || d.decided_by || ', '
+                   || strftime(d.decided_at_utc, '%Y-%m-%d %H:%M') || ') but M3 holds the payment applied to invoice '
+                   || h.applications || ': reverse the application in M3 by hand, or assign it again' AS detail
+        FROM exception_decisions d JOIN held h USING (exception_id) WHERE d.action = 'dismiss'"""

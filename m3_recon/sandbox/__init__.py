@@ -12,6 +12,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from m3_recon.settings import PROJECT_ROOT, analyst_duckdb_path, duckdb_path
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
 from m3_recon.sandbox.heartland_api import sandbox_env as heartland_env
 from m3_recon.sandbox.heartland_ledger import build_heartland_ledger
@@ -28,11 +29,36 @@ from m3_recon.sandbox.stripe_api import StripeApp
 from m3_recon.sandbox.stripe_ledger import DAY, build_stripe_ledger
 from m3_recon.sandbox.world import Period, build_world
 
+SANDBOX_DATA = PROJECT_ROOT / "data" / "sandbox"
 DEFAULT_SEED = 7
 DEFAULT_START = date(2026, 10, 1)
 DEFAULT_DAYS = 31
 SANDBOX_STRIPE_KEY = "sk_test_m3recon_sandbox_0000000000000001"
 SETTLE_DAYS = 10  # default clock: this long after the period, every status has settled
+
+
+def persisted_ledger_path(seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
+                          quirks: frozenset[str] = frozenset()) -> Path:
+    """The one sandbox M3 ledger per seed, period and quirks that ``make demo``, ``make ui`` and
+    ``m3-recon sandbox`` all post into (``data/sandbox/``), so the warehouse and M3 stay in step."""
+    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
+    return SANDBOX_DATA / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
+
+
+def reset_sandbox_state(ledger: Path) -> list[Path]:
+    """Start over: remove the sandbox's M3 ledger and the warehouse and analysts' copy that posted into it (they
+    would disagree with a fresh M3). Returns what was removed; finance's decisions file is kept."""
+    removed = []
+    for path in (ledger, Path(duckdb_path()), Path(duckdb_path() + ".wal"), Path(analyst_duckdb_path())):
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+RECOVERY_HINT = ("M3's sandbox ledger ({ledger}) and the warehouse ({warehouse}) disagree: one of them was reset, "
+                 "or something else posted into this M3. Start both over with `m3-recon sandbox --reset` (or "
+                 "`m3-recon demo --reset`), then run the demo again.")
 
 
 class Sandbox:
@@ -118,4 +144,5 @@ class Sandbox:
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
                 **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
                 **m3_env(self.url("m3"), self.ionapi_path),
-                "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_BANK_DIR": str(self.bank_dir)}
+                "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_END_DATE": self.period.end.isoformat(),
+                "M3_RECON_BANK_DIR": str(self.bank_dir)}

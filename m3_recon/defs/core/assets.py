@@ -17,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.canonical.references import with_text_references
+from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import MatchingRules
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly, table_exists
@@ -114,17 +115,17 @@ def _lines_summary(conn, window) -> dict:
         [window.start.date(), window.end.date()]).fetchall()
     return {"totals_by_processor": dg.MetadataValue.md(
         "| processor | currency | lines | amount | fee | net |\n|---|---|---:|---:|---:|---:|\n"
-        + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in by))}
+        + "\n".join(f"| {p} | {c} | {n} | {money(a, c)} | {money(f, c)} | {money(t, c)} |" for p, c, n, a, f, t in by))}
 
 
 def _payouts_summary(conn, window) -> dict:
     by = conn.execute(
-        "SELECT processor, status, count(*), sum(amount_minor) FROM core_payouts "
+        "SELECT processor, status, currency, count(*), sum(amount_minor) FROM core_payouts "
         "WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
         [window.start.date(), window.end.date()]).fetchall()
     return {"payouts_by_status": dg.MetadataValue.md(
         "| processor | status | payouts | amount |\n|---|---|---:|---:|\n"
-        + "\n".join("| " + " | ".join(str(v) for v in row) + " |" for row in by))}
+        + "\n".join(f"| {p} | {s} | {n} | {money(a, c)} |" for p, s, c, n, a in by))}
 
 
 def _deps(name: str) -> list[dg.AssetKey]:

@@ -20,6 +20,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings, wire
 from m3_recon.defs.m3.client import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
+from m3_recon.money import money_by_currency
 from m3_recon.partitions import daily_partitions
 from m3_recon.reconcile.matching import MatchingRules, normalised
 from m3_recon.warehouse import documents_table, naive_utc, replace_snapshot, replace_window
@@ -149,6 +150,7 @@ def core_open_invoices(context: dg.AssetExecutionContext, duckdb: DuckDBResource
     return dg.MaterializeResult(metadata={
         "rows": sum(n for _, n, _, _ in by_currency),
         "snapshot_date": str(max((d for *_, d in by_currency), default=None)),
+        "outstanding": money_by_currency([(c, s) for c, _, s, _ in by_currency]),
         "outstanding_minor_by_currency": dg.MetadataValue.json({c: int(s) for c, _, s, _ in by_currency}),
     })
 

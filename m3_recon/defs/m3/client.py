@@ -35,6 +35,7 @@ import requests
 
 from m3_recon import wire
 from m3_recon.errors import VendorAuthError, VendorRequestError
+from m3_recon.money import CURRENCY_EXPONENTS
 from m3_recon.vendor_http import VendorSession
 
 VENDOR = "M3"
@@ -50,10 +51,6 @@ RECORD_DOES_NOT_EXIST = "XRE0103"
 TOKEN_EXPIRY_MARGIN_SECONDS = 60
 DEFAULT_TOKEN_SECONDS = 7_200
 EXECUTE_PATH = "/m3api-rest/v2/execute"
-# ISO 4217 currencies whose minor unit is not the cent; every other currency has two decimals.
-CURRENCY_EXPONENTS = {"BHD": 3, "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3, "JPY": 0,
-                      "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3, "UGX": 0,
-                      "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0}
 
 
 class M3Error(VendorRequestError):

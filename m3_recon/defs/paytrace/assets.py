@@ -28,6 +28,7 @@ from duckdb import DuckDBPyConnection
 from m3_recon import decimal_json, wire
 from m3_recon.defs.paytrace.resources import VENDOR, PayTraceResource, cents, local_timestamp
 from m3_recon.errors import VendorRequestError
+from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import naive_utc, replace_window
 
@@ -214,6 +215,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConf
     return dg.MaterializeResult(metadata={
         "rows": inserted,
         "batch_dates": f"{first}..{last} ({zone.key})",
+        "net_amount": money(sum(row["net_amount_cents"] or 0 for row in rows), CURRENCY),
         "net_amount_cents": sum(row["net_amount_cents"] or 0 for row in rows),
         "batches_settled_time_assumed": sum(row["settled_time_assumed"] for row in rows),
         "dates_without_batch": dg.MetadataValue.json([d.isoformat() for d in all_dates if d not in dates_with_batch]),
@@ -253,6 +255,9 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: Lookbac
         "rows": inserted,
         "batches_itemised": len(batches),
         "batches_out_of_balance": dg.MetadataValue.json([number for (number,) in out_of_balance]),
+        "sales": money(sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"), CURRENCY),
+        "refunds": money(sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
+                         CURRENCY),
         "sales_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"),
         "refunds_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
         "unsettled_created_on_last_date": dg.MetadataValue.int(len(awaiting)),

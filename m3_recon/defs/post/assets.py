@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
+from m3_recon.money import money, money_by_currency
 from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
@@ -50,9 +51,10 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
                             AND (l.settlement_date < DATE '{first}' OR l.settlement_date >= DATE '{end}'))""")
     residue = conn.execute("SELECT processor, payout_id, clearing_net_minor FROM clearing_residue "
                            "WHERE payout_status IN ('paid', 'failed')").fetchall()
-    in_transit, in_transit_minor = conn.execute(
-        "SELECT count(*), coalesce(sum(clearing_net_minor), 0) FROM clearing_residue "
-        "WHERE payout_status IN ('pending', 'in_transit')").fetchone()
+    in_transit = conn.execute(
+        "SELECT p.currency, count(*), sum(r.clearing_net_minor) FROM clearing_residue r "
+        "JOIN core_payouts p USING (processor, payout_id) WHERE r.payout_status IN ('pending', 'in_transit') "
+        "GROUP BY 1").fetchall()
     return [
         dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -61,8 +63,10 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
         dg.AssetCheckResult(check_name="clearing_nets_to_zero_per_payout", asset_key="core_gl_journal_lines",
                             passed=not residue, severity=dg.AssetCheckSeverity.ERROR,
                             metadata={"tied_payouts_with_clearing_residue": len(residue),
-                                      "payouts_in_transit": in_transit,
-                                      "in_transit_on_clearing_minor": int(in_transit_minor),
+                                      "payouts_in_transit": sum(n for _, n, _ in in_transit),
+                                      "in_transit_on_clearing": money_by_currency([(c, a) for c, _, a in in_transit]),
+                                      "in_transit_on_clearing_minor": dg.MetadataValue.json(
+                                          {c: int(a) for c, _, a in in_transit}),
                                       "examples": dg.MetadataValue.json([list(map(str, r)) for r in residue[:5]])}),
     ]
 
@@ -110,13 +114,17 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
         replace_days(conn, first_day=first, end_day=end, date_column="accounting_date", writes=[
             ("core_cash_applications", CASH_APPLICATION_COLUMNS, "SELECT * FROM cash_applications"),
             ("core_journal_conflicts", CONFLICT_COLUMNS, "SELECT * FROM journal_conflicts")])
-        vouchers, lines, held, debits = conn.execute("""
-            SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL),
-                   coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) FROM journal_lines""").fetchone()
-        by_entry = conn.execute("SELECT entry, count(*), sum(amount_minor) FILTER (amount_minor > 0) FROM journal_lines "
-                                "GROUP BY 1 ORDER BY 1").fetchall()
-        batches, applications, applied = conn.execute(
-            "SELECT count(DISTINCT voucher_key), count(*), coalesce(sum(amount_minor), 0) FROM cash_applications").fetchone()
+        vouchers, lines, held = conn.execute("""
+            SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL)
+            FROM journal_lines""").fetchone()
+        debits = conn.execute("SELECT currency, sum(amount_minor) FROM journal_lines WHERE amount_minor > 0 "
+                              "GROUP BY 1").fetchall()
+        by_entry = conn.execute("SELECT entry, currency, count(*), "
+                                "coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) "
+                                "FROM journal_lines GROUP BY ALL ORDER BY ALL").fetchall()
+        batches, applications = conn.execute(
+            "SELECT count(DISTINCT voucher_key), count(*) FROM cash_applications").fetchone()
+        applied = conn.execute("SELECT currency, sum(amount_minor) FROM cash_applications GROUP BY 1").fetchall()
         checks = journal_checks(conn, first, end)
         freeze_posted_payments(conn, first, end)  # applications_in_m3, for the over-allocation gate
         posting_blocks(conn, first, end)
@@ -128,12 +136,14 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
         "correction_vouchers": revisions,
         "blocked_processor_days": dg.MetadataValue.json([b for (b,) in blocked]),
-        "debits_minor": int(debits),
+        "debits": money_by_currency(debits),
+        "debits_minor": dg.MetadataValue.json({c: int(a) for c, a in debits}),
         "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
-            f"| {e} | {n} | {d} |" for e, n, d in by_entry))})
+            f"| {e} | {n} | {money(d, c)} |" for e, c, n, d in by_entry))})
     yield dg.MaterializeResult(asset_key="core_cash_applications", metadata={
         "fetch_window": str(window), "payment_batches": batches, "applications": applications,
-        "applied_minor": int(applied)})
+        "applied": money_by_currency(applied),
+        "applied_minor": dg.MetadataValue.json({c: int(a) for c, a in applied})})
     yield from checks
 
 

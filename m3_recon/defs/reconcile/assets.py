@@ -19,6 +19,7 @@ from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.money import money, money_by_currency
 from m3_recon.posting.gates import OVER_ALLOCATED_INVOICES, UNBALANCED_PAYMENTS
 from m3_recon.report import build_report
 from m3_recon.reconcile.banking import (BANK_LINE_COLUMNS, BANK_REASONS, BANKING_COLUMNS, bank_exceptions, bank_status,
@@ -27,7 +28,7 @@ from m3_recon.reconcile.customers import XREF_REASONS, xref_exceptions
 from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules,
                                          fill_customers_from_xref, match_payments)
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
-from m3_recon.reconcile.decisions import apply_decisions, load_decisions
+from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow, load_decisions
 from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
 from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
 from m3_recon.canonical.stripe import PAYERS_SQL as STRIPE_PAYERS
@@ -176,19 +177,23 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
             ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
         ])
-        payments, auto, suggested, unmatched, unmatched_amount = conn.execute("""
+        payments, auto, suggested, unmatched = conn.execute("""
             SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
                    count(DISTINCT source_id) FILTER (status = 'suggested'),
-                   count(DISTINCT source_id) FILTER (status = 'unmatched'),
-                   coalesce(sum(payment_amount_minor) FILTER (status = 'unmatched'), 0)
+                   count(DISTINCT source_id) FILTER (status = 'unmatched')
             FROM match_allocations WHERE line_type = 'charge'""").fetchone()
+        unmatched_amount = conn.execute("""
+            SELECT payment_currency, sum(amount) FROM (
+                SELECT DISTINCT processor, source_id, payment_currency, payment_amount_minor AS amount
+                FROM match_allocations WHERE line_type = 'charge' AND status = 'unmatched') GROUP BY 1""").fetchall()
         by_reason = conn.execute("SELECT reason_code, count(*) FROM match_exceptions GROUP BY 1 ORDER BY 2 DESC").fetchall()
         checks = allocation_checks(conn)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
         "applied_by_decision": decided, "kept_as_posted": frozen, "customers_from_xref": from_xref,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
-        "unmatched_amount_minor": int(unmatched_amount),
+        "unmatched_amount": money_by_currency(unmatched_amount),
+        "unmatched_amount_minor": dg.MetadataValue.json({c: int(a) for c, a in unmatched_amount}),
         "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
             f"| {code} | {n} |" for code, n in by_reason)),
     }, check_results=checks)
@@ -216,12 +221,13 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
         by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
         banked = conn.execute("SELECT count(*) FILTER (banked), count(*) FILTER (NOT banked AND status NOT IN "
                               "('failed', 'pending')) FROM payout_tieout").fetchone()
-        residue = conn.execute("SELECT coalesce(sum(abs(difference_minor)), 0) FROM payout_tieout "
-                               "WHERE status = 'mismatch'").fetchone()[0]
+        residue = conn.execute("SELECT currency, sum(abs(difference_minor)) FROM payout_tieout "
+                               "WHERE status = 'mismatch' GROUP BY 1").fetchall()
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
-        "failed": by_status.get("failed", 0), "mismatch_residue_minor": int(residue),
+        "failed": by_status.get("failed", 0), "mismatch_residue": money_by_currency(residue),
+        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue}),
         "banked": banked[0], "not_yet_banked": banked[1]})
 
 
@@ -257,6 +263,7 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                         end_day=end, business_days=settings.bank_business_days())
         xref_exceptions(conn, conflicts="core_customer_xref_conflicts" if table_exists(
             conn, "core_customer_xref_conflicts") else None, day=(window.end - timedelta(days=1)).date().isoformat())
+        load_decisions(conn)
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
             SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
             UNION ALL BY NAME SELECT * FROM payout_exceptions
@@ -264,18 +271,22 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
             UNION ALL BY NAME SELECT * FROM category_exceptions
             UNION ALL BY NAME SELECT * FROM xref_exceptions
             UNION ALL BY NAME SELECT * FROM bank_exceptions
-            UNION ALL BY NAME {journal_exceptions(conn, first, end)}""")
+            UNION ALL BY NAME {journal_exceptions(conn, first, end)}
+            UNION ALL BY NAME SELECT * FROM ({decisions_m3_cannot_follow(conn, first, end)})""")
         counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
-                                     end_day=window.end.date(), reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS),
+                                     end_day=window.end.date(),
+                                     reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS),
                                      now=now)
-        load_decisions(conn)
         decided = record_decisions(conn)
         unexcepted = conn.execute("""
             SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
                 SELECT 1 FROM out_recon_exceptions e WHERE e.reason_code = 'payout_mismatch' AND e.status = 'open'
                   AND e.processor = t.processor AND e.source_id = t.payout_id)""").fetchall()
-        open_by_reason = conn.execute("SELECT reason_code, count(*), sum(amount_minor) FROM out_recon_exceptions "
-                                      "WHERE status = 'open' GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        open_by_reason = [(r, int(n), money_by_currency([(x["c"], x["a"]) for x in amounts if x["c"]]))
+                          for r, n, amounts in conn.execute(
+            "SELECT reason_code, sum(n), list(struct_pack(c := currency, a := amount)) FROM (SELECT reason_code, "
+            "currency, count(*) AS n, coalesce(sum(amount_minor), 0) AS amount FROM out_recon_exceptions "
+            "WHERE status = 'open' GROUP BY ALL) GROUP BY 1 ORDER BY 2 DESC").fetchall()]
         top = conn.execute("SELECT exception_id, reason_code, processor, source_id, settlement_date, amount_minor, "
                            "currency FROM out_recon_exceptions WHERE status = 'open' "
                            "ORDER BY abs(amount_minor) DESC NULLS LAST LIMIT 10").fetchall()
@@ -286,7 +297,7 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
             f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),
         "top_open_exceptions": dg.MetadataValue.md(
             "| id | reason | processor | source | day | amount |\n|---|---|---|---|---|---:|\n" + "\n".join(
-                f"| {i} | {r} | {p} | {s} | {d} | {a} {c} |" for i, r, p, s, d, a, c in top)),
+                f"| {i} | {r} | {p} | {s} | {d} | {money(a, c)} |" for i, r, p, s, d, a, c in top)),
     }, check_results=[dg.AssetCheckResult(
         check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mismatched_without_exception": len(unexcepted)})])
@@ -335,20 +346,42 @@ def out_analyst_warehouse(duckdb: DuckDBResource) -> dg.MaterializeResult:
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP, owners=OWNERS,
-    kinds={"duckdb", "html", "csv"}, pool="duckdb_writer",
-    deps=[out_recon_exceptions, "core_gl_journal_lines", core_payout_reconciliation, core_payment_allocations],
-    description="The period's reconciliation report for controllers and auditors (control totals, payments by "
-                "status, payouts with tie-out, journals with M3 voucher numbers, open exceptions) as CSV files "
-                "and one HTML page under data/reports/<first>_<last>/.",
+    kinds={"duckdb", "html", "csv", "excel"}, pool="duckdb_writer",
+    deps=[out_recon_exceptions, "core_gl_journal_lines", "core_cash_applications", core_payout_reconciliation,
+          core_payment_allocations, "out_m3_postings"],
+    description="The payout reconciliation report a controller signs, written after posting: per processor and "
+                "currency the clearing balance roll-forward (opening + charges − refunds − disputes − fees ± "
+                "adjustments − payouts = closing, against the ledger), every payout and its lines with customer and "
+                "invoice, open exceptions aged from the payment date, and the vouchers with their M3 status and "
+                "number — as report.html, report.xlsx (one sheet per section) and CSV files under "
+                "`data/reports/<first>_<last>/`.",
 )
 def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = context.partition_time_window
     first, last = window.start.date(), (window.end - timedelta(days=1)).date()
     directory = Path(settings.reports_path()) / f"{first}_{last}"
     with duckdb.get_connection() as conn:
-        paths = build_report(conn, first, last, directory, naive_utc(datetime.now(timezone.utc)), context.run.run_id)
+        paths, sections = build_report(conn, first, last, directory, naive_utc(datetime.now(timezone.utc)),
+                                       context.run.run_id)
+    roll_forward, journals = sections[0], next(s for s in sections if s.key == "journals")
+    rows = [dict(zip(roll_forward.columns, row)) for row in roll_forward.rows]
+    statuses: dict[str, int] = {}
+    for row in journals.rows:
+        status = row[journals.columns.index("m3_status")]
+        statuses[status] = statuses.get(status, 0) + 1
     return dg.MaterializeResult(metadata={
+        "period": f"{first} to {last}",
+        "roll_forward_closes": all(r["difference_minor"] == 0 for r in rows),
+        "roll_forward": dg.MetadataValue.md(
+            "| processor | opening | charges | refunds | disputes | fees | adjustments | payouts | closing | "
+            "ledger | difference |\n|---|" + "---:|" * 10 + "\n" + "\n".join(
+                f"| {r['processor']} | " + " | ".join(money(r[c], r["currency"]) for c in (
+                    "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor",
+                    "adjustments_minor", "payouts_minor", "closing_minor", "ledger_closing_minor",
+                    "difference_minor")) + " |" for r in rows)),
+        "vouchers_by_m3_status": dg.MetadataValue.json(statuses),
         "report": dg.MetadataValue.path(str(paths["html"])),
         "report_url": dg.MetadataValue.url(paths["html"].resolve().as_uri()),
-        **{f"csv_{key}": dg.MetadataValue.path(str(path)) for key, path in paths.items() if key != "html"},
+        "workbook": dg.MetadataValue.path(str(paths["xlsx"])),
+        **{f"csv_{key}": dg.MetadataValue.path(str(path)) for key, path in paths.items() if key not in ("html", "xlsx")},
     })

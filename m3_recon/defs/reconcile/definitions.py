@@ -7,6 +7,7 @@ import dagster as dg
 from m3_recon.defs.reconcile.assets import (AlertWebhook, core_payment_allocations, core_payout_reconciliation,
                                             out_alerts, out_analyst_warehouse, out_recon_exceptions,
                                             out_reconciliation_report)
+from m3_recon.defs.reconcile.resolve import resolve_exception
 
 
 def alert_webhook_from_env() -> AlertWebhook:
@@ -18,4 +19,4 @@ def alert_webhook_from_env() -> AlertWebhook:
 
 defs = dg.Definitions(assets=[core_payment_allocations, core_payout_reconciliation, out_recon_exceptions, out_alerts,
                               out_analyst_warehouse, out_reconciliation_report],
-                      resources={"alert_webhook": alert_webhook_from_env()})
+                      jobs=[resolve_exception], resources={"alert_webhook": alert_webhook_from_env()})

@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.stripe.resources import StripeResource
+from m3_recon.money import money_by_currency
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
@@ -172,11 +173,12 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
             "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
             "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
         paid_out = conn.execute(
-            "SELECT coalesce(sum(amount), 0) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "AND status <> 'failed'", [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
+            "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
+            "AND status <> 'failed' GROUP BY 1 ORDER BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall()
     return dg.MaterializeResult(metadata={
         "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
-        "paid_out_minor": int(paid_out),
+        "paid_out": money_by_currency(paid_out),
+        "paid_out_minor": dg.MetadataValue.json({c: int(a) for c, a in paid_out}),
     })
 
 @dg.asset(
