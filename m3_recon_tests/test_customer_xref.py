@@ -3,7 +3,7 @@
 import duckdb
 import pytest
 
-from m3_recon.defs.customers.assets import refresh_customer_xref
+from m3_recon.defs.customers.assets import refresh_customer_xref, store_customer_xref
 from m3_recon.reconcile.customers import build_customer_xref
 
 STRIPE = [("cus_meta", "a@x.com", '{"erp_customer_id": "C1"}'), ("cus_mail", " A@X.COM ", "{}"),
@@ -32,8 +32,11 @@ def test_the_cross_reference_never_maps_one_stripe_customer_to_two_m3_customers(
     assert "several M3 customers: C2, C3" in conflicts["cus_shared"]
     assert "erp_customer_id=C2 but the e-mail a@x.com is M3 customer C1" in conflicts["cus_disagree"]
     assert counts == {"metadata": 2, "email": 1, "conflicts": 3, "processor_customers": 8}
-    with pytest.raises(duckdb.ConstraintException):  # the table itself refuses a second M3 customer
-        conn.execute("INSERT INTO core_customer_xref VALUES ('stripe', 'cus_meta', 'C2', 'email', NULL)")
+    conn.execute("INSERT INTO customer_xref VALUES ('stripe', 'cus_meta', 'C2', 'email', NULL)")
+    with pytest.raises(ValueError, match="cus_meta -> C1, C2"):  # storing refuses a second M3 customer
+        store_customer_xref(conn)
+    assert conn.execute("SELECT customer FROM core_customer_xref WHERE processor_customer_id = 'cus_meta'"
+                        ).fetchall() == [("C1",)]  # and the stored table stays as it was
 
 
 def test_the_metadata_key_is_configurable_and_checked(conn):

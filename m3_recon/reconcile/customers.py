@@ -5,7 +5,7 @@ its metadata under a configurable key (default ``erp_customer_id``), else by its
 (trimmed, case-insensitive) when exactly one M3 customer has it. What cannot be decided is a
 ``customer_xref_conflict`` and maps to nobody: metadata naming a customer M3 does not have,
 metadata disagreeing with the e-mail, an e-mail several M3 customers share. One processor customer
-maps to at most one M3 customer (the table's primary key); several may map to the same one.
+maps to at most one M3 customer (checked when the table is stored); several may map to the same one.
 """
 
 from __future__ import annotations

@@ -30,8 +30,16 @@ OWNERS = ["team:finance-systems"]
 STATEMENT_SUFFIXES = {".bai", ".bai2", ".txt", ".xml", ".camt", ".053"}
 MAX_FILES_PER_RUN = 1_000
 FILES_DDL = """CREATE TABLE IF NOT EXISTS raw_bank_statement_files (
-    file_hash VARCHAR PRIMARY KEY, file_name VARCHAR NOT NULL, format VARCHAR, lines BIGINT NOT NULL,
+    file_hash VARCHAR NOT NULL, file_name VARCHAR NOT NULL, format VARCHAR, lines BIGINT NOT NULL,
     new_lines BIGINT NOT NULL, imported_at_utc TIMESTAMP NOT NULL)"""
+
+# Each line once by account + statement + the bank's reference, whatever file brings it (no key constraint:
+# a DuckLake warehouse has none, so the insert itself leaves out what is there and repeats within a file).
+NEW_LINES_INSERT = """INSERT INTO raw_bank_statement_lines BY NAME
+    SELECT * FROM statement_lines s
+    WHERE NOT EXISTS (SELECT 1 FROM raw_bank_statement_lines t WHERE t.bank_account = s.bank_account
+                      AND t.statement_id = s.statement_id AND t.line_ref = s.line_ref)
+    QUALIFY row_number() OVER (PARTITION BY bank_account, statement_id, line_ref) = 1"""
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,7 @@ def import_statements(conn, paths: list[str | Path], skip_unreadable: bool = Fal
     imported) unless ``skip_unreadable``, when its result carries the defect in ``error``."""
     conn.execute(FILES_DDL)
     columns = ", ".join(f"{c} {t}" for c, t in BANK_LINE_COLUMNS.items())
-    conn.execute(f"CREATE TABLE IF NOT EXISTS raw_bank_statement_lines ({columns}, "
-                 "PRIMARY KEY (bank_account, statement_id, line_ref))")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS raw_bank_statement_lines ({columns})")
     known = {h for (h,) in conn.execute("SELECT file_hash FROM raw_bank_statement_files").fetchall()}
     parsed, errors, results = [], [], []
     for path in map(Path, paths):
@@ -88,7 +95,7 @@ def import_statements(conn, paths: list[str | Path], skip_unreadable: bool = Fal
             before = conn.execute("SELECT count(*) FROM raw_bank_statement_lines").fetchone()[0]
             if lines:
                 conn.register("statement_lines", _lines_table(lines, digest, path.name, now))
-                conn.execute("INSERT OR IGNORE INTO raw_bank_statement_lines BY NAME SELECT * FROM statement_lines")
+                conn.execute(NEW_LINES_INSERT)
                 conn.unregister("statement_lines")
             added = conn.execute("SELECT count(*) FROM raw_bank_statement_lines").fetchone()[0] - before
             conn.execute("INSERT INTO raw_bank_statement_files VALUES (?, ?, ?, ?, ?, ?)",
