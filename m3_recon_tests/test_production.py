@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -445,8 +446,10 @@ def test_ducklake_takes_concurrent_writers_and_holds_what_the_duckdb_file_holds(
     try:
         assert analyst.stdout.readline().strip() == "reading"
         began = time.monotonic()
-        with multiprocessing.get_context("spawn").Pool(len(days)) as pool:
-            outcomes = pool.map(_load_staging_day, days)
+        # concurrent.futures, not multiprocessing.Pool: Pool.terminate() on leaving its block can wait forever
+        # on a worker it never signalled (seen on a busy machine); the executor just ends its idle workers.
+        with ProcessPoolExecutor(len(days), mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(_load_staging_day, days, timeout=HANG_CEILING_SECONDS))
         parallel_seconds = time.monotonic() - began
         assert analyst.poll() is None
     finally:
