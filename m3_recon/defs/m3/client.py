@@ -35,7 +35,7 @@ import requests
 
 from m3_recon import wire
 from m3_recon.errors import VendorAuthError, VendorRequestError
-from m3_recon.money import CURRENCY_EXPONENTS
+from m3_recon.money import exponent, major
 from m3_recon.vendor_http import VendorSession
 
 VENDOR = "M3"
@@ -72,7 +72,7 @@ class IncompleteReadError(VendorRequestError):
 def minor_units(value: str, currency: str) -> int:
     """An M3 amount string (``"1234.5"``, ``"-100"``, ``""`` = 0) as integer minor units of ``currency``."""
     try:
-        return wire.minor_units(value, CURRENCY_EXPONENTS.get(currency.strip().upper(), 2),
+        return wire.minor_units(value, exponent(currency),
                                 f"minor units of {currency.strip() or 'its currency'}") or 0
     except wire.WireValueError as exc:
         raise VendorRequestError(VENDOR, f"M3 amount {exc}") from None
@@ -80,7 +80,7 @@ def minor_units(value: str, currency: str) -> int:
 
 def m3_amount(minor: int, currency: str) -> Decimal:
     """Integer minor units of ``currency`` as the decimal M3 takes (``-12345`` USD -> ``-123.45``)."""
-    return Decimal(minor).scaleb(-CURRENCY_EXPONENTS.get(currency.strip().upper(), 2))
+    return major(minor, currency)
 
 
 def m3_date(value: str) -> date | None:
