@@ -126,6 +126,30 @@ class InvoiceTotals:
 
 
 @dataclass(frozen=True)
+class LineIndex:
+    """Ledger lines visible at one moment: per customer in registration order, and sorted as ``LstInvByDivi``
+    lists them (division, payer, invoice date, invoice, year, journal) with that order's (division, payer,
+    invoice date) start keys beside them for bisecting."""
+
+    by_customer: dict[str, list[LedgerLine]]
+    by_division: list[LedgerLine]
+    division_starts: list[tuple[str, str, date]]
+
+    @staticmethod
+    def of(lines: list[LedgerLine]) -> LineIndex:
+        by_customer: dict[str, list[LedgerLine]] = {}
+        for line in lines:
+            by_customer.setdefault(line.customer, []).append(line)
+        ordered = sorted(lines, key=division_order)
+        return LineIndex(by_customer, ordered, [(ln.divi, ln.payer, ln.invoice_date) for ln in ordered])
+
+
+def division_order(line: LedgerLine) -> tuple:
+    return (line.divi, line.payer, line.invoice_date, line.invoice, line.invoice_year, line.year, line.journal,
+            line.journal_seq)
+
+
+@dataclass(frozen=True)
 class GLLine:
     """One FGLEDG record (a GL transaction); the key is (cono, divi, year, journal, journal_seq)."""
 
@@ -297,6 +321,7 @@ class M3Ledger:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
+        self._index_cache: tuple[tuple[int, int], LineIndex] | None = None  # ((now, lines), index)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
                       "period_days": str(world.period.days), "cono": str(cono), "divi": divi,
                       "format": LEDGER_FORMAT}
@@ -450,6 +475,18 @@ class M3Ledger:
                 paid_local_minor=-sum(p.local_minor for p in paid),
                 last_payment_date=max((p.accounting_date for p in paid), default=None))
         return result
+
+    def line_index(self, now: int) -> LineIndex:
+        """The lines visible at ``now`` per customer and in ARS200MI's division order, cached like ``totals``, so a
+        list for one customer or from one payer on does not scan the whole ledger (a scaled world has 10^5 lines)."""
+        with self._lock:
+            key = (now, len(self._lines))
+            if self._index_cache is not None and self._index_cache[0] == key:
+                return self._index_cache[1]
+        index = LineIndex.of(self.lines(now))
+        with self._lock:
+            self._index_cache = (key, index)
+        return index
 
     def open_invoices(self, now: int) -> list[InvoiceTotals]:
         """The open items at ``now`` (RECO not 9), in journal order."""

@@ -135,23 +135,28 @@ SHARED_EMAIL = "ap@shared-services.example"  # two M3 customers of one group sha
 
 
 def customer_email(number: int, customers: int) -> str:
-    """M3's e-mail for a customer; the last two of the 60 share one (the case an e-mail cannot decide)."""
+    """M3's e-mail for a customer; two near the end share one (the case an e-mail cannot decide)."""
     return SHARED_EMAIL if number - 10001 in (customers - 6, customers - 3) else f"ap.c{number}@customers.example"
 
 
 REUSED_NUMBERS = 24  # quirk invoice_number_reused: this many numbers are also open in the year before
 
 
-def build_world(seed: int, period: Period, customers: int = 60, eur_customers: int = 8,
+DEFAULT_CUSTOMERS = 60
+
+
+def build_world(seed: int, period: Period, customers: int = DEFAULT_CUSTOMERS, invoices: int | None = None,
                 quirks: frozenset[str] = frozenset()) -> World:
-    """Customers (a few billed in EUR) and invoices dated from 45 days before the period to its end.
+    """Customers (2 in 15 billed in EUR) and invoices dated from 45 days before the period to its end.
 
     Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. With
     the quirk ``invoice_number_reused`` some USD invoice numbers are also open in the previous invoice
-    year, for a customer of another processor (long before any matching window).
+    year, for a customer of another processor (long before any matching window). ``invoices``: that many
+    invoices in all, spread evenly over the customers (a scaled world), instead of 10-20 per customer.
     """
     world = World(seed=seed, period=period, quirks=frozenset(quirks))
     rng = world.rng("world")
+    eur_customers = customers * 2 // 15
     for i in range(customers):
         name = f"{rng.choice(COMPANY_WORDS)} {rng.choice(COMPANY_KINDS)} {'Inc' if i % 3 else 'GmbH'}"
         currency = "EUR" if i < eur_customers else "USD"
@@ -162,8 +167,9 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
     first_day = period.start - timedelta(days=45)
     span = (period.end - first_day).days + 1
     next_number = 26000001
-    for cust in world.customers:
-        for _ in range(rng.randint(10, 20)):
+    for index, cust in enumerate(world.customers):
+        count = rng.randint(10, 20) if invoices is None else invoices // customers + (index < invoices % customers)
+        for _ in range(count):
             invoice_date = first_day + timedelta(days=rng.randrange(span))
             # Amounts from 50.00 to 9,000.00 with real cents.
             amount = rng.randint(5_000, 900_000)
@@ -182,6 +188,17 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
     if "invoice_number_reused" in world.quirks:
         _reuse_numbers(world)
     return world
+
+
+def payments_per_day(world: World, total: int) -> dict[str, int]:
+    """A scaled day's ``total`` payments split over the processors in proportion to the customers paying
+    through each (as in the default world); remainders go to the processors with the largest fractions."""
+    counts = {p: len(world.customers_of(p)) for p in PROCESSORS}
+    shares = {p: total * n // len(world.customers) for p, n in counts.items()}
+    by_fraction = sorted(PROCESSORS, key=lambda p: -(total * counts[p] % len(world.customers)))
+    for processor in by_fraction[:total - sum(shares.values())]:
+        shares[processor] += 1
+    return shares
 
 
 def _reuse_numbers(world: World) -> None:
@@ -220,6 +237,9 @@ class PaymentPlan:
 
 
 EDGE_CASES = ("ambiguous", "already_paid", "not_found", "customer_mismatch")
+EDGE_CASE_RATE = 0.05  # chance a payment tries the next edge case (each appears once in a default world)
+RECURRING_EDGE_CASE_RATE = 0.02  # scaled worlds: edge cases keep coming, about as often as in the default world
+MISMATCH_CANDIDATES = 20  # scaled worlds: other customers a customer_mismatch payment draws an invoice from
 GROUP_CANDIDATES = 10  # must not exceed data/matching_rules.toml multi_invoice.max_candidates
 GROUP_WINDOW_DAYS = 120  # customer_amount.days_before_payment
 LOOK_AHEAD_DAYS = 3  # customer_amount.days_after_payment: the matcher also sees invoices dated this much later
@@ -234,10 +254,13 @@ class PaymentPlanner:
     """
 
     def __init__(self, world: World, processor: str, rng: random.Random,
-                 known_customers: frozenset[str] = frozenset()):
+                 known_customers: frozenset[str] = frozenset(), recurring_edge_cases: bool = False):
         """``known_customers``: M3 customers the processor's own customer record maps to (the customer
-        cross-reference): a payment of theirs that names nobody still reaches the customer rules."""
+        cross-reference): a payment of theirs that names nobody still reaches the customer rules.
+        ``recurring_edge_cases``: a scaled world, where the edge cases come round again and again at about
+        the share of payments they have in the default world, instead of once each."""
         self.world, self.processor, self.rng = world, processor, rng
+        self.recurring_edge_cases = recurring_edge_cases
         self.known_customers = known_customers
         self.customers = world.customers_of(processor)
         self.m3_open = {inv.number: inv.amount_minor for c in self.customers for inv in world.invoices_of(c.number)}
@@ -269,10 +292,14 @@ class PaymentPlanner:
 
     def _plan(self, customer: Customer, day: date) -> PaymentPlan:
         """A payment by ``customer`` on ``day``; now and then one of the deliberate edge cases."""
-        if self.edge_cases and self.rng.random() < 0.05:
+        rate = RECURRING_EDGE_CASE_RATE if self.recurring_edge_cases else EDGE_CASE_RATE
+        if self.edge_cases and self.rng.random() < rate:
             edge = self._edge_case(self.edge_cases[0], customer, day)
+            if edge is not None or self.recurring_edge_cases:
+                tried = self.edge_cases.pop(0)
+                if self.recurring_edge_cases:
+                    self.edge_cases.append(tried)
             if edge is not None:
-                self.edge_cases.pop(0)
                 return edge
         reference = self.rng.choices(["invoice", "customer", "none"], [85, 8, 7])[0]
         if reference == "none" and customer.number in self.known_customers:
@@ -405,7 +432,10 @@ class PaymentPlanner:
         if edge == "not_found":
             return PaymentPlan(edge, rng.randint(2_000, 90_000), f"INV-{rng.randint(90_000_000, 99_999_999)}",
                                customer.number, (), "unmatched", "invoice_not_found")
-        others = [inv for c in self.customers if c.number != customer.number and c.currency == customer.currency
+        pool = self.customers
+        if self.recurring_edge_cases:  # a scaled world: a few other customers, not every open invoice there is
+            pool = rng.sample(pool, k=min(MISMATCH_CANDIDATES, len(pool)))
+        others = [inv for c in pool if c.number != customer.number and c.currency == customer.currency
                   for inv in self.open_invoices(c.number, day) if inv.number not in self.world.reused_numbers]
         if not others:
             return None
