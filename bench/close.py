@@ -149,6 +149,7 @@ def main() -> int:
                            "M3_RECON_ANALYST_DUCKDB_PATH": str(folder / "m3_recon_analyst.duckdb"),
                            "M3_RECON_REPORTS_PATH": str(folder / "reports"),
                            "M3_RECON_DECISIONS_FILE": str(folder / "exception_decisions.jsonl")})
+        os.environ["M3_OPEN_ITEMS_PAGING"] = "restart"  # the sandbox M3 reads key inputs as start positions
         for vendor in ("STRIPE", "PAYTRACE", "GP_API", "M3"):
             os.environ[f"{vendor}_MAX_REQUESTS_PER_SECOND"] = "1000"
         total = sum(statuses.values())
