@@ -270,9 +270,12 @@ class PaymentPlanner:
         self.edge_cases = (["reused_tie"] if "invoice_number_reused" in world.quirks else []) + list(EDGE_CASES)
         self.quirk_rng = world.rng(f"quirks:{processor}")  # quirks draw here, so the plain world never shifts
 
-    def open_invoices(self, customer: str, day: date) -> list[Invoice]:
+    def open_invoices(self, customer: str, day: date, as_m3_shows: bool = False) -> list[Invoice]:
+        """The customer's invoices a payment on ``day`` may pay; ``as_m3_shows``: with the reserved ones too,
+        which are still open in M3, so the matcher sees them beside the others."""
         return [inv for inv in self.world.invoices_of(customer)
-                if inv.invoice_date <= day and self.m3_open[inv.number] > 0 and inv.number not in self.reserved
+                if inv.invoice_date <= day and self.m3_open[inv.number] > 0
+                and (as_m3_shows or inv.number not in self.reserved)
                 and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS]
 
     def record(self, payment_id: str, plan: PaymentPlan, customer: str) -> None:
@@ -316,14 +319,14 @@ class PaymentPlanner:
                                    "invoice" if reference == "none" else "customer")
         if kind == "multi":
             # The matcher looks for groups among the customer's oldest open invoices, where "open" cannot yet
-            # count other groups found in the same run: rank with those, choose among the truly open ones.
+            # count other groups found in the same run: rank with those and the reserved ones (open in M3),
+            # choose among the truly open ones.
             ranked = [inv for inv in self.world.invoices_of(customer.number)
                       if inv.invoice_date <= day and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS
-                      and inv.number not in self.reserved
                       and (self.m3_open[inv.number] > 0 or inv.number in self.closed_by_group)]
             oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
             amounts = [self.m3_open[i.number] for i in oldest]
-            oldest = [i for i in oldest if self.m3_open[i.number] > 0
+            oldest = [i for i in oldest if self.m3_open[i.number] > 0 and i.number not in self.reserved
                       and amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
             if len(oldest) >= 2:
                 group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
@@ -348,7 +351,7 @@ class PaymentPlanner:
         if reference == "none":
             return self._unmatched(kind, amount, customer, "none", intended)
         if reference == "customer":
-            visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS))
+            visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS), as_m3_shows=True)
             same_amount = [i for i in visible if self.m3_open[i.number] == amount]
             if kind != "full":
                 if same_amount:  # would look like a full payment of another invoice: keep it unambiguous
