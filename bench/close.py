@@ -67,8 +67,14 @@ def serve(seed: int, payments: int, customers: int, invoices: int, pipe) -> None
         with duckdb.connect(warehouse, read_only=True) as conn:
             judged = {p: judge(conn, sandbox.world, p, "core_payment_allocations", "core_match_exceptions")
                       for p in PROCESSORS}
-    pipe.send((served_cpu, {p: (n, len(misses), [str(m[0])[:300] for m in misses[:3]])
-                            for p, (n, misses) in judged.items()}))
+    pipe.send((served_cpu, {p: (n, len(misses), [miss(*m) for m in misses[:3]]) for p, (n, misses) in judged.items()}))
+
+
+def miss(truth, rows, reasons) -> str:
+    """A payment that did not land where the generator says: what it meant, what the close made of it."""
+    return (f"{truth.payment_id} ({truth.kind}, customer {truth.customer}, reference {truth.invoice_ref}): expected "
+            f"{truth.expected_status} {truth.expected_reason or ''} {[tuple(a) for a in truth.allocations]}, got "
+            f"{rows} {reasons}")
 
 
 def receive(pipe, child):
