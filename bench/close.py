@@ -76,7 +76,7 @@ def serve(seed: int, payments: int, customers: int, invoices: int, pipe) -> None
 def miss(truth, rows, reasons) -> str:
     """A payment that did not land where the generator says: what it meant, what the close made of it."""
     return (f"{truth.payment_id} ({truth.kind}, customer {truth.customer}, reference {truth.invoice_ref}): expected "
-            f"{truth.expected_status} {truth.expected_reason or ''} {[tuple(a) for a in truth.allocations]}, got "
+            f"{truth.expected_status} {truth.expected_reason or ''} {[(a.invoice, a.amount_minor) for a in truth.allocations]}, got "
             f"{rows} {reasons}")
 
 
@@ -179,18 +179,18 @@ def main() -> int:
             lines, allocated, postings = {}, {}, {}
         else:
             lines, allocated, postings = outcome(os.environ["M3_RECON_DUCKDB_PATH"])
+        print(f"\n{'asset (step)':<44} {'seconds':>8}")
+        for step, took in sorted(steps.items(), key=lambda item: -item[1]):
+            print(f"  {step:<42} {took:8.2f}")
+        print(f"  {'(sum of steps)':<42} {sum(steps.values()):8.2f}")
+        print("\nSettlement lines: " + ", ".join(f"{p} {lines.get(p, 0):,}" for p in PROCESSORS)
+              + f"; payments: {sum(allocated.values()):,} ("
+              + ", ".join(f"{s} {n:,}" for s, n in sorted(allocated.items())) + ")")
+        print("Postings: " + ", ".join(f"{n:,} {k}" for k, n in sorted(postings.items())), flush=True)
         pipe.send(None if failed_runs else os.environ["M3_RECON_DUCKDB_PATH"])
         served_cpu, judged = receive(pipe, child)
         child.join(60)
 
-    print(f"\n{'asset (step)':<44} {'seconds':>8}")
-    for step, took in sorted(steps.items(), key=lambda item: -item[1]):
-        print(f"  {step:<42} {took:8.2f}")
-    print(f"  {'(sum of steps)':<42} {sum(steps.values()):8.2f}")
-    print("\nSettlement lines: " + ", ".join(f"{p} {lines.get(p, 0):,}" for p in PROCESSORS)
-          + f"; payments: {sum(allocated.values()):,} (" + ", ".join(f"{s} {n:,}" for s, n in sorted(allocated.items()))
-          + ")")
-    print("Postings: " + ", ".join(f"{n:,} {k}" for k, n in sorted(postings.items())))
     misses = 0
     for processor, (count, missed, examples) in judged.items():
         misses += missed

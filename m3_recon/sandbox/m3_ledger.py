@@ -125,6 +125,36 @@ class InvoiceTotals:
         return self.last_payment_date if self.reco == RECO_PAID else None
 
 
+@dataclass
+class _Totals:
+    """Invoice totals as of ``now`` over the first ``lines`` ledger lines; ``add`` folds in later ones."""
+
+    now: int
+    lines: int = 0
+    invoices: dict[tuple[str, str, int], LedgerLine] = field(default_factory=dict)
+    payments: dict[tuple[str, str, int], list[LedgerLine]] = field(default_factory=dict)
+    result: dict[tuple[str, str, int], InvoiceTotals] = field(default_factory=dict)
+
+    def add(self, lines: list[LedgerLine]) -> None:
+        changed = set()
+        for line in lines:
+            if line.registered <= self.now:
+                if line.trcd == TRCD_INVOICE:
+                    self.invoices[line.invoice_key] = line
+                else:
+                    self.payments.setdefault(line.invoice_key, []).append(line)
+                changed.add(line.invoice_key)
+        self.lines += len(lines)
+        result = dict(self.result)  # callers may still hold the previous answer
+        for key in (k for k in self.invoices if k in changed):  # in journal order, like a fresh answer
+            paid = self.payments.get(key, [])
+            result[key] = InvoiceTotals(
+                line=self.invoices[key], paid_minor=-sum(p.amount_minor for p in paid),
+                paid_local_minor=-sum(p.local_minor for p in paid),
+                last_payment_date=max((p.accounting_date for p in paid), default=None))
+        self.result = result
+
+
 @dataclass(frozen=True)
 class LineIndex:
     """Ledger lines visible at one moment: per customer in registration order, and sorted as ``LstInvByDivi``
@@ -320,7 +350,7 @@ class M3Ledger:
         self.gl_interfaces = dict(gl_interfaces)
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
-        self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
+        self._totals_cache: _Totals | None = None
         self._index_cache: tuple[tuple[int, int], LineIndex] | None = None  # ((now, lines), index)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
                       "period_days": str(world.period.days), "cono": str(cono), "divi": divi,
@@ -448,33 +478,15 @@ class M3Ledger:
     def totals(self, now: int) -> dict[tuple[str, str, int], InvoiceTotals]:
         """Per invoice key (PYNO, CINO, INYR): its invoice line and the cash applied up to ``now``.
 
-        Lines are only ever added, so the answer is cached per (``now``, number of lines).
+        Lines are only ever added, so the answer is kept per ``now`` and brought up to date with the lines added
+        since (a posting run adds thousands between its reads); a returned dict is never changed afterwards.
         """
         with self._lock:
-            key = (now, len(self._lines))
-            if self._totals_cache is not None and self._totals_cache[0] == key:
-                return self._totals_cache[1]
-        result = self._compute_totals(now)
-        with self._lock:
-            self._totals_cache = (key, result)
-        return result
-
-    def _compute_totals(self, now: int) -> dict[tuple[str, str, int], InvoiceTotals]:
-        invoices: dict[tuple[str, str, int], LedgerLine] = {}
-        payments: dict[tuple[str, str, int], list[LedgerLine]] = {}
-        for line in self.lines(now):
-            if line.trcd == TRCD_INVOICE:
-                invoices[line.invoice_key] = line
-            else:
-                payments.setdefault(line.invoice_key, []).append(line)
-        result = {}
-        for key, line in invoices.items():
-            paid = payments.get(key, [])
-            result[key] = InvoiceTotals(
-                line=line, paid_minor=-sum(p.amount_minor for p in paid),
-                paid_local_minor=-sum(p.local_minor for p in paid),
-                last_payment_date=max((p.accounting_date for p in paid), default=None))
-        return result
+            if self._totals_cache is None or self._totals_cache.now != now:
+                self._totals_cache = _Totals(now)
+            if self._totals_cache.lines < len(self._lines):
+                self._totals_cache.add(self._lines[self._totals_cache.lines:])
+            return self._totals_cache.result
 
     def line_index(self, now: int) -> LineIndex:
         """The lines visible at ``now`` per customer and in ARS200MI's division order, cached like ``totals``, so a
