@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import astuple, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -319,7 +319,9 @@ def utc_day(moment: int) -> date:
 
 
 def _to_row(record) -> tuple:
-    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in astuple(record))
+    """A dataclass of plain values as a SQLite row (``astuple`` deep-copies, which cost posting a day's lines)."""
+    values = (getattr(record, spec.name) for spec in fields(record))
+    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in values)
 
 
 def _from_row(cls, row: tuple):
