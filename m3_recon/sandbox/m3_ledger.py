@@ -136,17 +136,17 @@ class _Totals:
     result: dict[tuple[str, str, int], InvoiceTotals] = field(default_factory=dict)
 
     def add(self, lines: list[LedgerLine]) -> None:
-        changed = set()
+        changed = {}  # invoice keys in line order: a new invoice lands where a fresh answer has it
         for line in lines:
             if line.registered <= self.now:
                 if line.trcd == TRCD_INVOICE:
                     self.invoices[line.invoice_key] = line
                 else:
                     self.payments.setdefault(line.invoice_key, []).append(line)
-                changed.add(line.invoice_key)
+                changed[line.invoice_key] = None
         self.lines += len(lines)
         result = dict(self.result)  # callers may still hold the previous answer
-        for key in (k for k in self.invoices if k in changed):  # in journal order, like a fresh answer
+        for key in (k for k in changed if k in self.invoices):
             paid = self.payments.get(key, [])
             result[key] = InvoiceTotals(
                 line=self.invoices[key], paid_minor=-sum(p.amount_minor for p in paid),
