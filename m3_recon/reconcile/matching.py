@@ -200,7 +200,7 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
     later rule takes what it applies off it. Rule 4 (foreign currency) is ``in_invoice_currency`` in every rule.
     """
     return [*_inputs(rules, lines, invoices, earlier), *_exact_reference(), *_reference_list(rules),
-            *_customer_amount(rules), *_multi_invoice(rules), *_allocations(rules), _reversals(lines, history),
+            *_customer_amount(rules), *_multi_invoice(rules), _allocations(rules), _reversals(lines, history),
             _exceptions()]
 
 
@@ -235,22 +235,21 @@ def _exact_reference() -> list[str]:
     pay_inv = in_invoice_currency("p", "i")
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
-            WITH reused AS (  -- numbers of several invoices (years): only their hits need deciding
-                SELECT ref_norm FROM m_inv WHERE ref_norm IS NOT NULL GROUP BY ref_norm HAVING count(*) > 1
-            ), candidates AS MATERIALIZED (
+            WITH candidates AS MATERIALIZED (
                 SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
-                       p.ref_norm IN (SELECT ref_norm FROM reused) AS reused,
                        coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
+            ), reused AS (  -- a number of several invoices (years): only its hits need deciding
+                SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
             ), hits AS (
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
                             WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
                        END AS problem
-                FROM (SELECT *, 1 AS n_left FROM candidates WHERE NOT reused
+                FROM (SELECT *, 1 AS n_left FROM candidates WHERE pid NOT IN (SELECT pid FROM reused)
                       UNION ALL BY NAME
-                      {_deciding_invoices('(SELECT * FROM candidates WHERE reused)', 'pid')})
+                      {_deciding_invoices('(SELECT * FROM candidates WHERE pid IN (SELECT pid FROM reused))', 'pid')})
             ), shared AS (
                 SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
             )
@@ -355,50 +354,48 @@ def _multi_invoice(rules: MatchingRules) -> list[str]:
     ]
 
 
-def _allocations(rules: MatchingRules) -> list[str]:
-    """``m_matched``: every rule's rows with rule name, confidence and status; ``match_allocations``: one row
-    per matched (payment, invoice) and one ``unmatched`` row per payment no rule found anything for. The text
-    columns are read once, here, through the integer keys. A partly applied payment's settlement amount is
-    its share of the invoice-currency amount, rounded half up (``_settlement_share``)."""
+def _allocations(rules: MatchingRules) -> str:
+    """``match_allocations``: every rule's rows with rule name, confidence and status, and one ``unmatched``
+    row per payment no rule found anything for. The text columns are read once, here, through the integer
+    keys. A partly applied payment's settlement amount is its share of the invoice-currency amount, rounded
+    half up (``_settlement_share``)."""
     conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
                                       rules.confidence_multi_invoice)
-    return [
-        f"""CREATE OR REPLACE TEMP TABLE m_matched AS
-            SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
-                   CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
-                        WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
-                        ELSE 'unmatched' END AS status
-            FROM m_r1
-            UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'reference_list',
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
-            UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
-                   CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
-                        ELSE 'unmatched' END
-            FROM m_r2
-            UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
-                   CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
-            FROM m_r3""",
-        f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
-            SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
-                   coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
-                   CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
-                   p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
-                   m.pay_inv AS payment_invoice_amount_minor,
-                   CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
-                   CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
-                        WHEN m.allocated = m.pay_inv THEN p.amount_minor
-                        ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
-                       AS allocated_settlement_minor,
-                   coalesce(m.rule, 'none') AS rule,
-                   CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
-                   coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
-                   CAST(NULL AS BIGINT) AS allocated_local_minor
-            FROM m_pay p LEFT JOIN m_matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid""",
-    ]
+    return f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
+        WITH matched AS (
+        SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
+               CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+               CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
+                    WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
+                    ELSE 'unmatched' END AS status
+        FROM m_r1
+        UNION ALL
+        SELECT pid, iid, pay_inv, allocated, 'reference_list',
+               CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
+        UNION ALL
+        SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
+               CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
+                    ELSE 'unmatched' END
+        FROM m_r2
+        UNION ALL
+        SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+               CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
+        FROM m_r3)
+        SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
+               coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
+               CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
+               p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
+               m.pay_inv AS payment_invoice_amount_minor,
+               CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
+               CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
+                    WHEN m.allocated = m.pay_inv THEN p.amount_minor
+                    ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
+                   AS allocated_settlement_minor,
+               coalesce(m.rule, 'none') AS rule,
+               CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
+               coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
+               CAST(NULL AS BIGINT) AS allocated_local_minor
+        FROM m_pay p LEFT JOIN matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid"""
 
 
 def _reversals(lines: str, history: str) -> str:
