@@ -363,24 +363,25 @@ def _allocations(rules: MatchingRules) -> str:
                                       rules.confidence_multi_invoice)
     return f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
         WITH matched AS (
-        SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
-               CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
-               CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
-                    WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
-                    ELSE 'unmatched' END AS status
-        FROM m_r1
-        UNION ALL
-        SELECT pid, iid, pay_inv, allocated, 'reference_list',
-               CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
-        UNION ALL
-        SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
-               CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
-                    ELSE 'unmatched' END
-        FROM m_r2
-        UNION ALL
-        SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
-               CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
-        FROM m_r3)
+            SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
+                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+                   CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
+                        WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
+                        ELSE 'unmatched' END AS status
+            FROM m_r1
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'reference_list',
+                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
+                   CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
+                        ELSE 'unmatched' END
+            FROM m_r2
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+                   CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
+            FROM m_r3
+        )
         SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
                coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
                CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
