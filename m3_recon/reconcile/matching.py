@@ -241,7 +241,9 @@ def _exact_reference() -> list[str]:
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
                 SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
-            ), hits AS (
+            ), shared AS (  -- invoices several payments may be applied to: only they need an order
+                SELECT iid FROM candidates WHERE pay_inv IS NOT NULL GROUP BY iid HAVING count(*) > 1
+            ), hits AS NOT MATERIALIZED (  -- read twice; not worth a copy
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
@@ -250,8 +252,6 @@ def _exact_reference() -> list[str]:
                 FROM (SELECT *, 1 AS n_left FROM candidates WHERE pid NOT IN (SELECT pid FROM reused)
                       UNION ALL BY NAME
                       {_deciding_invoices('(SELECT * FROM candidates WHERE pid IN (SELECT pid FROM reused))', 'pid')})
-            ), shared AS (
-                SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
             )
             SELECT pid, iid, pay_inv, problem, greatest(least(pay_inv, remaining), 0) AS allocated
             FROM hits WHERE problem IS NOT NULL OR iid NOT IN (SELECT iid FROM shared)
