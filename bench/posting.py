@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
-from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE, M3Client  # noqa: E402
+from m3_recon.clients.m3 import DEFAULT_BULK_SIZE, M3Client  # noqa: E402
 from m3_recon.posting.config import DEFAULT_CONCURRENCY, posting_config_from_env  # noqa: E402
 from m3_recon.posting.contract import GL_JOURNAL_LINE_COLUMNS  # noqa: E402
 from m3_recon.posting.poster import post_pending  # noqa: E402

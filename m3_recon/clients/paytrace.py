@@ -1,4 +1,4 @@
-"""The PayTrace connector: the v1 JSON reporting API through ``VendorSession`` with a cached OAuth token.
+"""The PayTrace client (no Dagster): the v1 JSON reporting API through ``VendorSession`` with a cached OAuth token.
 
 Only reads. The bearer token from the password grant (``POST /oauth/token`` with PAYTRACE_USERNAME /
 PAYTRACE_PASSWORD) is cached until shortly before its ``expires_in`` runs out and fetched again then, or
@@ -13,19 +13,15 @@ or ISO 8601) are wall times of the account's time zone (PAYTRACE_TIMEZONE, Pacif
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import date, datetime, timedelta
 from typing import Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import dagster as dg
-from pydantic import Field, PrivateAttr
-
-from m3_recon import decimal_json, wire
+from m3_recon import wire
+from m3_recon.clients.http import TokenCache, VendorSession, short_text
 from m3_recon.errors import VendorAuthError, VendorRequestError
 from m3_recon.settings import SettingsError
-from m3_recon.vendor_http import VendorSession, short_text
 
 VENDOR = "PayTrace"
 DEFAULT_API_BASE = "https://api.paytrace.com"
@@ -57,28 +53,14 @@ def local_timestamp(text: str, zone: ZoneInfo) -> datetime | None:
     return wire.instant(text, zone)
 
 
-class PasswordGrantToken:
-    """``Authenticator`` for ``VendorSession``: one bearer token, cached until shortly before it expires."""
+class PasswordGrantToken(TokenCache):
+    """The bearer token of PayTrace's password grant, renewed a minute (at most half its lifetime) early."""
 
     def __init__(self, username: str, password: str, clock: Callable[[], float] = time.monotonic):
+        super().__init__(TOKEN_REFRESH_MARGIN_SECONDS, 0.5, clock)
         self._username, self._password = username, password
-        self._clock = clock
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self._lock = threading.Lock()
 
-    def headers(self, session: VendorSession) -> dict[str, str]:
-        with self._lock:
-            if self._token is None or self._clock() >= self._refresh_at:
-                self._fetch(session)
-            return {"Authorization": f"Bearer {self._token}"}
-
-    def refresh(self, session: VendorSession) -> None:
-        with self._lock:
-            self._fetch(session)
-
-    def _fetch(self, session: VendorSession) -> None:
-        requested_at = self._clock()
+    def _sign_in(self, session: VendorSession) -> tuple[str, float]:
         form = {"grant_type": "password", "username": self._username, "password": self._password}
         try:
             payload = session.json("POST", "/oauth/token", authenticated=False, data=form)
@@ -89,51 +71,34 @@ class PasswordGrantToken:
         if not isinstance(token, str) or not token or not isinstance(expires_in, int) or expires_in <= 0:
             raise VendorAuthError(VENDOR, "POST /oauth/token answered without a usable bearer token; check "
                                   f"PAYTRACE_API_BASE ({session.base_url}) and {CREDENTIAL_HINT}.")
-        self._token = token
-        self._refresh_at = requested_at + expires_in - min(TOKEN_REFRESH_MARGIN_SECONDS, expires_in / 2)
+        return token, expires_in
 
 
-class PayTraceResource(dg.ConfigurableResource):
+class PayTraceClient:
     """Read access to one PayTrace merchant account through the v1 JSON API."""
 
-    username: str = Field(description="PAYTRACE_USERNAME: the API user; never logged.")
-    password: str = Field(description="PAYTRACE_PASSWORD: the API user's password; never logged.")
-    api_base: str = Field(default=DEFAULT_API_BASE, description="PAYTRACE_API_BASE")
-    integrator_id: str = Field(default="", description="PAYTRACE_INTEGRATOR_ID, sent in every v1 body when set")
-    time_zone: str = Field(default=DEFAULT_TIMEZONE,
-                           description="PAYTRACE_TIMEZONE: the account's zone, in which PayTrace writes timestamps")
-    max_requests_per_second: float = Field(default=5.0, description="PAYTRACE_MAX_REQUESTS_PER_SECOND")
-    max_attempts: int = Field(default=5, description="PAYTRACE_MAX_ATTEMPTS: tries per request")
-    timeout_seconds: float = Field(default=60.0, description="PAYTRACE_TIMEOUT_SECONDS per request")
-
-    _session: VendorSession | None = PrivateAttr(default=None)
+    def __init__(self, username: str, password: str, *, api_base: str = DEFAULT_API_BASE, integrator_id: str = "",
+                 time_zone: str = DEFAULT_TIMEZONE, requests_per_second: float = 5.0, max_attempts: int = 5,
+                 timeout_seconds: float = 60.0):
+        self.api_base, self.integrator_id, self.time_zone = api_base, integrator_id, time_zone
+        self.session = VendorSession(
+            VENDOR, api_base, credential_hint=CREDENTIAL_HINT, url_hint="PAYTRACE_API_BASE",
+            requests_per_second=requests_per_second, max_attempts=max_attempts, timeout_seconds=timeout_seconds,
+            authenticator=PasswordGrantToken(username, password))
 
     def zone(self) -> ZoneInfo:
         return account_zone(self.time_zone)
-
-    def session(self) -> VendorSession:
-        if self._session is None:
-            self._session = VendorSession(
-                VENDOR, self.api_base, credential_hint=CREDENTIAL_HINT, url_hint="PAYTRACE_API_BASE",
-                requests_per_second=self.max_requests_per_second, max_attempts=self.max_attempts,
-                timeout_seconds=self.timeout_seconds, authenticator=PasswordGrantToken(self.username, self.password))
-        return self._session
 
     def _post(self, path: str, body: dict) -> dict:
         """One v1 call; PayTrace's ``success: false`` is an error even when the HTTP status is 200."""
         if self.integrator_id:
             body = {**body, "integrator_id": self.integrator_id}
-        response = self.session().request("POST", path, json=body)
-        try:
-            payload = decimal_json.loads(response.content)
-        except ValueError:
-            raise VendorRequestError(VENDOR, f"POST {path} answered with something that is not JSON: "
-                                     f"{short_text(response)}", status=response.status_code) from None
+        response = self.session.request("POST", path, json=body)
+        payload = self.session.decode(f"POST {path}", response)
         if not isinstance(payload, dict) or payload.get("success") is not True:
             raise VendorRequestError(VENDOR, f"POST {path} did not succeed: {short_text(response)}",
                                      status=response.status_code)
         return payload
-
     def _by_day(self, path: str, key: str, first_day: date, last_day: date, **filters) -> list[tuple[date, dict]]:
         rows = []
         for offset in range((last_day - first_day).days + 1):

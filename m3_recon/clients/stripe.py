@@ -1,9 +1,10 @@
-"""The Stripe connector: the official ``stripe`` SDK behind a request budget and bounded retries.
+"""The Stripe client (no Dagster): the official ``stripe`` SDK behind the shared request budget and retries.
 
 Reads (and, only when asked, writes an M3 customer number into a customer's metadata). Every
 request passes through one ``RequestBudget`` (Stripe allows 100 reads/s live, 25 in test mode) and
-``retry_call``, which retries 429s, 5xx and network timeouts with capped backoff, honours
-``Stripe-Should-Retry`` and ``Retry-After``, and then gives up with an actionable error.
+``retry_call`` (``m3_recon.clients.http``), which retries 429s, 5xx, lock conflicts (409) and network
+timeouts with capped backoff, honours ``Stripe-Should-Retry`` and ``Retry-After``, and then gives up
+with an actionable error.
 Returns plain JSON objects exactly as Stripe sent them: list pages come through the SDK's
 ``raw_request`` (its auth, API version and error mapping, no ``StripeObject`` per row), and a day of
 balance transactions is read as disjoint ``created`` slices paged concurrently (``list_created``).
@@ -15,14 +16,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-import dagster as dg
 import stripe
-from pydantic import Field, PrivateAttr
 
+from m3_recon.clients.http import (RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call,
+                                   retryable_status)
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
-from m3_recon.resilience import RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call
 
 STRIPE_API_VERSION = "2026-10-28.endive"
+DEFAULT_API_BASE = "https://api.stripe.com"
 stripe.enable_telemetry = False
 
 
@@ -50,46 +51,35 @@ def classify_stripe_error(exc: BaseException) -> RetryVerdict | None:
     if should_retry == "false":
         return RetryVerdict(retry=False)
     status = exc.http_status or 0
-    retryable = should_retry == "true" or status in (409, 429) or status >= 500
+    retryable = should_retry == "true" or status == 409 or retryable_status(status)
     return RetryVerdict(retry=retryable, retry_after=retry_after)
 
 
-class StripeResource(dg.ConfigurableResource):
+class StripeClient:
     """Read access to one Stripe account."""
 
-    api_key: str = Field(description="Secret or restricted key (STRIPE_API_KEY); never logged.")
-    api_base: str = Field(default="https://api.stripe.com", description="STRIPE_API_BASE")
-    max_requests_per_second: float = Field(default=25.0, description="STRIPE_MAX_REQUESTS_PER_SECOND")
-    max_attempts: int = Field(default=5, description="STRIPE_MAX_ATTEMPTS: tries per request")
-    timeout_seconds: float = Field(default=30.0, description="STRIPE_TIMEOUT_SECONDS per request")
-    page_size: int = Field(default=100, ge=1, le=100)
-    concurrency: int = Field(default=4, ge=1, description="STRIPE_CONCURRENCY: list cursor chains paged at once "
-                             "(never more than the request budget per second)")
-    window_slices: int = Field(default=8, ge=1, description="sub-windows a created-time window is cut into")
-
-    _client: stripe.StripeClient | None = PrivateAttr(default=None)
-
-    def client(self) -> stripe.StripeClient:
-        if self._client is None:
-            budget = RequestBudget(self.max_requests_per_second)
-            self._client = stripe.StripeClient(
-                self.api_key,
-                stripe_version=STRIPE_API_VERSION,
-                base_addresses={"api": self.api_base.rstrip("/")},
-                max_network_retries=0,  # retries are ours: the SDK ignores Retry-After and plain 429s
-                http_client=BudgetedRequestsClient(budget, timeout=self.timeout_seconds),
-            )
-        return self._client
+    def __init__(self, api_key: str, *, api_base: str = DEFAULT_API_BASE, requests_per_second: float = 25.0,
+                 max_attempts: int = 5, timeout_seconds: float = 30.0, page_size: int = 100, concurrency: int = 4,
+                 window_slices: int = 8):
+        self.api_key, self.api_base = api_key, api_base
+        self.requests_per_second, self.max_attempts = requests_per_second, max_attempts
+        self.page_size, self.concurrency, self.window_slices = page_size, concurrency, window_slices
+        self.sdk = stripe.StripeClient(  # one SDK client (and one request budget) shared by every cursor chain
+            api_key,
+            stripe_version=STRIPE_API_VERSION,
+            base_addresses={"api": api_base.rstrip("/")},
+            max_network_retries=0,  # retries are ours: the SDK ignores Retry-After and plain 429s
+            http_client=BudgetedRequestsClient(RequestBudget(requests_per_second), timeout=timeout_seconds),
+        )
 
     # -- paging ---------------------------------------------------------------------------------
     def _list_page(self, service: str, params: dict) -> dict:
         """One list page as the JSON Stripe sent: the SDK's ``raw_request`` (its requestor, auth, API
         version and error mapping) without turning every object into a ``StripeObject``."""
         endpoint = f"GET /v1/{service}"
-        client = self.client()
 
         def call() -> dict:
-            return client.raw_request("get", f"/v1/{service}", **params).data
+            return self.sdk.raw_request("get", f"/v1/{service}", **params).data
 
         try:
             return retry_call(call, classify_stripe_error, RetryPolicy(max_attempts=self.max_attempts))
@@ -137,7 +127,6 @@ class StripeResource(dg.ConfigurableResource):
         chain is complete on its own, so together they are the whole window exactly once."""
         bounds = _slices(created_gte, created_lt, self.window_slices)
         params = params or {}
-        self.client()  # one client (and one request budget) shared by every chain
 
         failed = threading.Event()  # one chain failed: the others ask for no further page
 
@@ -149,7 +138,7 @@ class StripeResource(dg.ConfigurableResource):
                 failed.set()
                 raise
 
-        workers = max(1, min(len(bounds), self.concurrency, int(self.max_requests_per_second)))
+        workers = max(1, min(len(bounds), self.concurrency, int(self.requests_per_second)))
         if workers == 1:
             return [obj for bound in bounds for obj in chain(bound)]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"stripe-{service}") as pool:
@@ -174,8 +163,7 @@ class StripeResource(dg.ConfigurableResource):
 
     def set_customer_metadata(self, customer_id: str, metadata: dict[str, str]) -> dict:
         """Set metadata keys on one customer (the only write this connector makes, and only when asked)."""
-        client = self.client()
-        return retry_call(lambda: client.v1.customers.update(customer_id, {"metadata": metadata}).to_dict(),
+        return retry_call(lambda: self.sdk.v1.customers.update(customer_id, {"metadata": metadata}).to_dict(),
                           classify_stripe_error, RetryPolicy(max_attempts=self.max_attempts))
 
     def payout_lines(self, payout_id: str) -> list[dict]:

@@ -20,7 +20,7 @@ from datetime import datetime
 
 import duckdb
 
-from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, m3_date, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, m3_amount, m3_date, minor_units
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
 from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher

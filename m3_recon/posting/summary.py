@@ -17,7 +17,7 @@ from typing import TextIO
 
 import duckdb
 
-from m3_recon.defs.m3.client import m3_amount
+from m3_recon.clients.m3 import m3_amount
 from m3_recon.posting.outbox import (CASH_SOURCE, FAILED, GL_SOURCE, HELD, OUTBOX, PENDING, POSTED_UNVERIFIED,
                                      ROUTE_CASH, ROUTE_GL, SENT, VERIFIED)
 from m3_recon.warehouse import table_exists

@@ -243,7 +243,7 @@ def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
 def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.settlement_transactions(first_day, last_day)
+    objects = heartland.client().settlement_transactions(first_day, last_day)
     rows, by_type = _replace(duckdb, context, window, objects, TRANSACTIONS_TABLE, TRANSACTIONS_DDL,
                              TRANSACTIONS_SELECT, TRANSACTIONS_REJECTION,
                              f"SELECT type, count(*), sum(signed_amount) FROM {TRANSACTIONS_TABLE} "
@@ -264,7 +264,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
 def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.disputes(first_day, last_day)
+    objects = heartland.client().disputes(first_day, last_day)
     rows, by_stage = _replace(duckdb, context, window, objects, DISPUTES_TABLE, DISPUTES_DDL, DISPUTES_SELECT,
                               DISPUTES_REJECTION,
                               f"SELECT stage, result, count(*), sum(signed_amount) FROM {DISPUTES_TABLE} "
@@ -285,7 +285,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
 def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.deposits(first_day, last_day)
+    objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, by_status = _replace(duckdb, context, window, objects, DEPOSITS_TABLE, DEPOSITS_DDL, DEPOSITS_SELECT,
                                DEPOSITS_REJECTION,
