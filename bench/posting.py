@@ -36,14 +36,14 @@ from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SEC
 from m3_recon.sandbox.m3_ledger import CONO, DIVI, M3Ledger  # noqa: E402
 from m3_recon.sandbox.server import SandboxClock, VendorServer  # noqa: E402
 from m3_recon.sandbox.world import Period, build_world  # noqa: E402
+from m3_recon.sql import create_table  # noqa: E402
 
 PERIOD = Period(date(2026, 10, 1), 31)
 
 
 def generate(conn: duckdb.DuckDBPyConnection, lines: int, per_voucher: int) -> int:
     """Balanced vouchers totalling ``lines`` lines; returns the number of vouchers."""
-    conn.execute(f"CREATE TABLE core_gl_journal_lines "
-                 f"({', '.join(f'{c} {t}' for c, t in GL_JOURNAL_LINE_COLUMNS.items())})")
+    conn.execute(create_table("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS))
     rows, voucher = [], 0
     while len(rows) < lines:
         size = min(per_voucher, lines - len(rows))

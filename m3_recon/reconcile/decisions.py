@@ -33,6 +33,7 @@ import duckdb
 
 from m3_recon.money import money
 from m3_recon.settings import PROJECT_ROOT
+from m3_recon.sql import literal_list
 from m3_recon.warehouse import table_exists
 
 ACTIONS = ("assign", "accept", "write_off", "dismiss")
@@ -319,7 +320,7 @@ def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first: str, end:
             JOIN core_cash_applications c ON c.processor = r.processor AND c.source_id = r.source_id
             JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application'
                  AND p.sent_at_utc IS NOT NULL
-            WHERE r.reason_code IN ({", ".join(f"'{r}'" for r in sorted(APPLYING_REASONS))})
+            WHERE r.reason_code IN {literal_list(sorted(APPLYING_REASONS))}
               AND r.settlement_date >= DATE '{first}' AND r.settlement_date < DATE '{end}'
             GROUP BY r.exception_id
         )

@@ -26,6 +26,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import wire
 from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.sql import add_column
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -114,7 +115,7 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     fees_amount BIGINT, chargebacks_count INTEGER, chargebacks_amount BIGINT,
     reversals_count INTEGER, reversals_amount BIGINT,
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR, fee_signs VARCHAR
-); ALTER TABLE {DEPOSITS_TABLE} ADD COLUMN IF NOT EXISTS fee_signs VARCHAR"""
+); {add_column(DEPOSITS_TABLE, "fee_signs", "VARCHAR")}"""
 
 # Which signs of GP's discounts and fees make the deposit's identity hold (deposit = sales − refunds −
 # chargebacks + reversals − discounts − fees + tax), first match wins: GP's own convention (money out

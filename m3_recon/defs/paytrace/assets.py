@@ -31,6 +31,7 @@ from m3_recon.defs.paytrace.resources import PayTraceResource
 from m3_recon.errors import VendorRequestError
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.sql import add_column, create_table
 from m3_recon.warehouse import naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -73,9 +74,8 @@ AUTO_SETTLE_TIME = time(20)  # PayTrace's default auto-settlement, in the accoun
 
 
 def _ddl(table: str, columns: list) -> str:
-    create = f"CREATE TABLE IF NOT EXISTS {table} (" + ", ".join(f"{name} {sql}" for name, sql, _ in columns) + ")"
-    return create + "".join(f"; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {sql}"
-                            for name, sql, _ in columns if name in ADDED_COLUMNS)
+    return "; ".join([create_table(table, {name: kind for name, kind, _ in columns}),
+                      *(add_column(table, name, kind) for name, kind, _ in columns if name in ADDED_COLUMNS)])
 
 
 INSERT_SELECT = "SELECT * REPLACE (CAST(raw AS JSON) AS raw) FROM docs"

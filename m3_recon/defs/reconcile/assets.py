@@ -35,6 +35,7 @@ from m3_recon.canonical.stripe import PAYERS_SQL as STRIPE_PAYERS
 from m3_recon.journals import AccountMap
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts, unknown_category_exceptions)
+from m3_recon.sql import create_table, nullable
 from m3_recon.warehouse import naive_utc, replace_days, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -52,10 +53,6 @@ def _days(window: FetchWindow) -> tuple[str, str]:
 
 def _window(context, config) -> FetchWindow:
     return fetch_window(context.partition_time_window, config.lookback_days)
-
-
-def _table(columns: dict[str, str]) -> str:
-    return ", ".join(f"{c} {t}" for c, t in columns.items())
 
 
 def journal_exceptions(conn, first: str, end: str) -> str:
@@ -99,7 +96,7 @@ def bank_lines_relation(conn) -> str:
     """The imported bank statement lines, or an empty relation of their shape before the first import."""
     if table_exists(conn, "raw_bank_statement_lines"):
         return "raw_bank_statement_lines"
-    columns = ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
+    columns = ", ".join(f"NULL::{nullable(t)} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
     return f"(SELECT {columns} WHERE false)"
 
 
@@ -154,7 +151,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
     first, end = _days(window)
     rules = MatchingRules.load()
     with duckdb.get_connection() as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS core_payment_allocations ({_table(ALLOCATION_COLUMNS)})")
+        conn.execute(create_table("core_payment_allocations", ALLOCATION_COLUMNS))
         load_decisions(conn)
         frozen = freeze_posted_payments(conn, first, end)
         conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines l "
