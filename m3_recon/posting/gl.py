@@ -29,7 +29,6 @@ from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingReje
 KEY1_LENGTH = 15
 RECORD_TYPE = "I1"
 VOUCHER_GROUP = 1
-TECHNICAL_FIELDS = ("RNNO", "GRNR", "DIVI")  # sent when the site's template has a position for them
 ACCOUNTS = tuple(f"ait{i}" for i in range(1, 8))
 
 
