@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import duckdb
 
+from m3_recon.money import money_sql
+
 BLOCKS = "core_posting_blocks"
 BLOCK_COLUMNS = {"processor": "VARCHAR NOT NULL", "day": "DATE NOT NULL", "check_name": "VARCHAR NOT NULL",
                  "detail": "VARCHAR NOT NULL"}
@@ -68,7 +70,7 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> Non
             FROM core_settlement_lines l JOIN mismatched m USING (processor, payout_id)
             UNION ALL
             SELECT DISTINCT j.processor, coalesce(j.source_date, j.accounting_date), 'vouchers_balance',
-                   'voucher ' || u.voucher_key || ' does not balance in ' || u.currency || ' by ' || u.off
+                   'voucher ' || u.voucher_key || ' does not balance: off by ' || {money_sql('u.off', 'u.currency')}
             FROM journal_lines j JOIN (SELECT voucher_key, currency, sum(amount_minor) AS off FROM journal_lines
                                        GROUP BY ALL HAVING sum(amount_minor) <> 0) u USING (voucher_key)
             UNION ALL
@@ -83,7 +85,7 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> Non
             WHERE a.status = 'auto'
             UNION ALL
             SELECT r.processor, t.settlement_date, 'clearing_nets_to_zero_per_payout',
-                   'payout ' || r.payout_id || ' leaves ' || r.clearing_net_minor || ' on clearing'
+                   'payout ' || r.payout_id || ' leaves ' || {money_sql('r.clearing_net_minor', 't.currency')} || ' on clearing'
             FROM clearing_residue r JOIN core_payout_reconciliation t USING (processor, payout_id)
             WHERE r.payout_status IN ('paid', 'failed')
         )
