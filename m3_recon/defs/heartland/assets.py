@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR, fee_signs VARCHAR
 ); ALTER TABLE {DEPOSITS_TABLE} ADD COLUMN IF NOT EXISTS fee_signs VARCHAR"""
 
-# Which signs of GP's discounts and fees make the deposit's identity hold (deposit = sales − refunds −
+# Which signs of GP's discounts and fees make the deposit's identity hold (summed in 128 bits, so components too
+# large to add up leave the deposit untied and quarantined instead of aborting the load) (deposit = sales − refunds −
 # chargebacks + reversals − discounts − fees + tax), first match wins: GP's own convention (money out
 # negative, as sent), both sent as positive money out, or one of them a credit. None: quarantined.
 FEE_SIGNS = (("as sent", 1, 1), ("both negated", -1, -1), ("discounts negated", -1, 1), ("fees negated", 1, -1))
@@ -132,8 +133,8 @@ WITH sent AS (
            {_group_minor('$.discounts.amount')} AS discounts, {_group_minor('$.fees.amount')} AS fees
     FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)
 ), signed AS (
-    SELECT *, CASE {" ".join(f"WHEN net = sales + refunds + chargebacks + reversals + tax + {d} * discounts "
-                             f"+ {f} * fees THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
+    SELECT *, CASE {" ".join(f"WHEN net = CAST(sales AS HUGEINT) + refunds + chargebacks + reversals + tax "
+                             f"+ {d} * discounts + {f} * fees THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
     FROM sent
 ), chosen AS (
     SELECT *, CASE fee_signs {" ".join(f"WHEN '{name}' THEN {d}" for name, d, _ in FEE_SIGNS)} ELSE 1 END AS d_sign,
