@@ -95,7 +95,7 @@ def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, 
                'unknown_category' AS reason_code, l.processor, l.source_id, l.settlement_date, l.currency,
                l.amount_minor, NULL::BIGINT AS unapplied_minor, to_json([c.category]) AS candidates,
                l.processor || ' category ' || coalesce('''' || c.category || '''', '(not in the staging table)')
-               || ' is not in the mapping: ' || l.amount_minor || ' ' || l.currency
+               || ' is not in the mapping: ' || {money_sql('l.amount_minor', 'l.currency')}
                || coalesce(' (payout ' || l.payout_id || ')', '') || ' ' || $where AS detail
         FROM {lines} l LEFT JOIN ({categories}) c USING (processor, source_id)
         WHERE l.line_type = 'unknown_category'""", {"where": where})
