@@ -85,7 +85,7 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> Non
             WHERE a.status = 'auto'
             UNION ALL
             SELECT r.processor, t.settlement_date, 'clearing_nets_to_zero_per_payout',
-                   'payout ' || r.payout_id || ' leaves ' || {money_sql('r.clearing_net_minor', 't.currency')} || ' on clearing'
+                   'payout ' || r.payout_id || ' leaves ' || r.clearing_net_minor || ' on clearing'
             FROM clearing_residue r JOIN core_payout_reconciliation t USING (processor, payout_id)
             WHERE r.payout_status IN ('paid', 'failed')
         )
