@@ -278,6 +278,8 @@ def test_materialize_is_idempotent_and_equals_the_generator(gp, ledger, tmp_path
     deposits_meta = first_result.asset_materializations_for_node("raw_heartland_deposits")[0].metadata
     assert deposits_meta["deposits_unexplained_by_lines"].value == 0
     assert deposits_meta["deposits_not_summing"].value == 0
+    assert {(c.check_name, c.passed) for c in first_result.get_asset_check_evaluations()} == {
+        ("deposit_totals_add_up", True), ("deposits_sum_to_their_lines", True)}
 
     # Only the partition's own day is replaced when the look-back is zero.
     assert materialize(database, "2026-10-22", lookback_days=0).success

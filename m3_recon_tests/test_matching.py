@@ -248,7 +248,7 @@ def tieout(payouts, lines):
     conn.execute("CREATE TABLE payouts AS SELECT * FROM payouts_df")
     lines_table(conn, lines)
     tie_out_payouts(conn, payouts="payouts", lines="lines")
-    payout_exceptions(conn)
+    payout_exceptions(conn, tieout="payout_tieout")
     return conn
 
 

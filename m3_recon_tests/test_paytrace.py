@@ -311,6 +311,25 @@ def test_a_partition_equals_the_generator_and_rematerialising_replaces_it(paytra
     assert materialization.metadata["batches_out_of_balance"].value == []
     assert materialization.metadata["rows"].value == len(batch.transaction_ids)
     assert query(db, "SELECT count(*) FROM raw_paytrace_transactions WHERE raw->>'$.amount' IS NULL") == [(0,)]
+    (identity,) = result.get_asset_check_evaluations()
+    assert (identity.check_name, identity.passed, identity.metadata["batches_checked"].value) == (
+        "batches_sum_to_their_transactions", True, 1)
+
+
+def test_a_batch_whose_totals_differ_from_its_transactions_fails_the_batch_identity_check(paytrace, tmp_path,
+                                                                                          monkeypatch):
+    day = date(2026, 10, 15)
+    (batch,) = batches_on(paytrace.ledger, day, day).values()
+    counted, itemised = paytrace.ledger.totals, paytrace.ledger.batch_transactions
+    totals = counted(batch)  # the batch record still counts every transaction ...
+    monkeypatch.setattr(paytrace.ledger, "totals", lambda b: totals if b.number == batch.number else counted(b))
+    monkeypatch.setattr(paytrace.ledger, "batch_transactions",  # ... while PayTrace itemises one fewer
+                        lambda b: itemised(b)[1:] if b.number == batch.number else itemised(b))
+    result = materialize(paytrace, str(tmp_path / "w.duckdb"), day.isoformat())
+    assert result.success  # a warning for a person, not a stop: the payout tie-out names the residue
+    (identity,) = result.get_asset_check_evaluations()
+    assert (identity.passed, identity.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert identity.metadata["examples"].value == [batch.number]
 
 
 def test_the_8pm_pacific_cutoff_decides_the_partition_across_the_dst_change(paytrace, tmp_path):

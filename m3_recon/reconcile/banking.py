@@ -18,6 +18,7 @@ line explains although the statements already run ``business_days`` business day
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import duckdb
 
@@ -157,7 +158,7 @@ def bank_status(conn: duckdb.DuckDBPyConnection, *, tieout: str) -> None:
         FROM {tieout} t LEFT JOIN bank_matches m USING (processor, payout_id)""")
 
 
-def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines: str, first_day: str, end_day: str,
+def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines: str, first_day: date, end_day: date,
                     business_days: int = DEFAULT_BUSINESS_DAYS) -> None:
     """Create temp table ``bank_exceptions`` (exception-register columns) for payouts of ``payouts`` and
     bank lines booked in [first_day, end_day). Needs ``bank_matches`` and ``bank_calendar``."""
@@ -191,9 +192,9 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
                || b.bank_account || ' (' || coalesce(nullif(b.description, ''), 'no text') || ') matches no payout, '
                || 'deposit or batch: find who paid it'
         FROM {bank_lines} b
-        WHERE b.amount_minor > 0 AND b.booking_date >= DATE '{first_day}' AND b.booking_date < DATE '{end_day}'
+        WHERE b.amount_minor > 0 AND b.booking_date >= $first AND b.booking_date < $end
           AND (b.bank_account, b.statement_id, b.line_ref) NOT IN
-              (SELECT (bank_account, statement_id, line_ref) FROM bank_matches)""")
+              (SELECT (bank_account, statement_id, line_ref) FROM bank_matches)""", {"first": first_day, "end": end_day})
 
 
 def _descriptor_frame(descriptors: dict[str, str]):

@@ -66,15 +66,15 @@ def tie_out_payouts(conn: duckdb.DuckDBPyConnection, *, payouts: str, lines: str
         FROM compared""")
 
 
-def payout_exceptions(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create temp table ``payout_exceptions`` (exception columns) for every mismatched payout."""
-    conn.execute("""
+def payout_exceptions(conn: duckdb.DuckDBPyConnection, *, tieout: str) -> None:
+    """Create temp table ``payout_exceptions`` (exception columns) for every mismatched payout of ``tieout``."""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE payout_exceptions AS
         SELECT 'EX-' || upper(substr(md5('payout_mismatch|' || processor || '|' || payout_id), 1, 12)) AS exception_id,
                'payout_mismatch' AS reason_code, processor, payout_id AS source_id, settlement_date, currency,
                payout_amount_minor AS amount_minor, difference_minor AS unapplied_minor,
                net_by_line_type AS candidates, residue AS detail
-        FROM payout_tieout WHERE status = 'mismatch'""")
+        FROM {tieout} WHERE status = 'mismatch'""")
 
 
 def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, categories: str,
@@ -134,12 +134,12 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     return {"new": new, "cleared": cleared}
 
 
-def record_decisions(conn: duckdb.DuckDBPyConnection) -> int:
-    """Mark exceptions finance decided on (temp table ``exception_decisions``) resolved or dismissed, with
+def record_decisions(conn: duckdb.DuckDBPyConnection, *, decisions: str) -> int:
+    """Mark exceptions finance decided on (``decisions``, ``load_decisions``) resolved or dismissed, with
     who, when and why. Returns how many register rows carry a decision."""
-    conn.execute("""
+    conn.execute(f"""
         UPDATE out_recon_exceptions r
         SET status = CASE d.action WHEN 'dismiss' THEN 'dismissed' ELSE 'resolved' END, decision = d.action,
             decided_by = d.decided_by, decided_at_utc = d.decided_at_utc, decision_reason = d.reason
-        FROM exception_decisions d WHERE r.exception_id = d.exception_id""")
+        FROM {decisions} d WHERE r.exception_id = d.exception_id""")
     return conn.execute("SELECT count(*) FROM out_recon_exceptions WHERE decision IS NOT NULL").fetchone()[0]

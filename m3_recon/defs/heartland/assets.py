@@ -287,6 +287,15 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"gpapi", "duckdb"}, pool="duckdb_writer",
     deps=[raw_heartland_settlement_transactions, raw_heartland_disputes],
+    check_specs=[
+        dg.AssetCheckSpec("deposit_totals_add_up", asset="raw_heartland_deposits",
+                          description="Every deposit's net equals its sales − refunds − discount − fees − "
+                                      "chargebacks + reversals (with either fee sign)."),
+        dg.AssetCheckSpec("deposits_sum_to_their_lines", asset="raw_heartland_deposits",
+                          description="Every deposit's net equals the settlement transactions and disputes loaded "
+                                      "for it plus its discount, fee and tax amounts as GP signs them (the deposit "
+                                      "identity)."),
+    ],
     description="GP API daily net deposits with their sales, refunds, discount, fee, chargeback and reversal "
                 "totals, checked against the transactions and disputes loaded for the same dates.",
 )
@@ -311,4 +320,12 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
         "deposits_not_summing": unbalanced,
         "deposits_with_fee_signs_chosen_by_identity": fees_resigned,
         "deposits_unexplained_by_lines": len(unexplained),
-    })
+    }, check_results=[
+        dg.AssetCheckResult(check_name="deposit_totals_add_up", passed=not unbalanced,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"deposits_checked": rows, "deposits_not_summing": unbalanced}),
+        dg.AssetCheckResult(check_name="deposits_sum_to_their_lines", passed=not unexplained,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"deposits_checked": rows, "deposits_unexplained_by_lines": len(unexplained),
+                                      "examples": dg.MetadataValue.json(unexplained[:10])}),
+    ])

@@ -225,6 +225,9 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConf
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"paytrace", "duckdb"}, pool="duckdb_writer", deps=[raw_paytrace_batches],
+    check_specs=[dg.AssetCheckSpec("batches_sum_to_their_transactions", asset="raw_paytrace_transactions",
+                                   description="Every batch of the window has as many transactions as it counts, and "
+                                               "their signed amounts sum to its net total (the batch identity).")],
     description="The transactions each PayTrace batch settled (sales and refunds), by the batch's business "
                 "date, with M3 invoice / customer references, amounts in cents and UTC timestamps.",
 )
@@ -261,4 +264,7 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: Lookbac
         "sales_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"),
         "refunds_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
         "unsettled_created_on_last_date": dg.MetadataValue.int(len(awaiting)),
-    })
+    }, check_results=[dg.AssetCheckResult(
+        check_name="batches_sum_to_their_transactions", passed=not out_of_balance, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"batches_checked": len(batches), "batches_out_of_balance": len(out_of_balance),
+                  "examples": dg.MetadataValue.json([number for (number,) in out_of_balance[:10]])})])

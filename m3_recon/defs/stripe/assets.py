@@ -184,6 +184,9 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"stripe", "duckdb"}, pool="duckdb_writer", deps=[raw_stripe_payouts],
+    check_specs=[dg.AssetCheckSpec("payout_lines_net_to_zero", asset="raw_stripe_payout_lines",
+                                   description="Every itemised payout's balance transactions, its own payout line "
+                                               "included, net to zero (the payout identity).")],
     description="The balance transactions settled by each automatic payout (Stripe's `payout=` filter), "
                 "including the payout's own `type=payout` line; payouts still `in_progress` wait for a "
                 "later run within the look-back.",
@@ -218,7 +221,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
         "rows": rows, "fetch_window": str(window), "payouts_itemised": len(ready),
         "payouts_awaiting_itemisation": len(payouts) - len(ready),
         "payouts_with_nonzero_net": unbalanced,
-    })
+    }, check_results=[dg.AssetCheckResult(
+        check_name="payout_lines_net_to_zero", passed=not unbalanced, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"payouts_checked": len(ready), "payouts_with_nonzero_net": unbalanced})])
 
 
 CUSTOMERS_SELECT = f"""
