@@ -174,7 +174,8 @@ def _decimal_parts(text: str) -> str:
 
 def _scaled_sql(exponent: int) -> str:
     digits = f"p.whole || rpad(left(p.fraction, {exponent}), {exponent}, '0')" if exponent else "p.whole"
-    return f"TRY_CAST(p.sign || coalesce(nullif(ltrim({digits}, '0'), ''), '0') AS BIGINT)"
+    # -2**63 is a BIGINT, but not its negation or absolute value: out of range, as in ``amount_defect``
+    return f"nullif(TRY_CAST(p.sign || coalesce(nullif(ltrim({digits}, '0'), ''), '0') AS BIGINT), {-BIGINT_MAX - 1})"
 
 
 def minor_units_sql(text: str, exponent: int) -> str:

@@ -14,6 +14,7 @@ from datetime import date, datetime
 
 import duckdb
 
+from m3_recon.money import money_sql
 from m3_recon.sql import ensure_table
 
 RECONCILIATION_COLUMNS = {
@@ -56,8 +57,9 @@ def tie_out_payouts(conn: duckdb.DuckDBPyConnection, *, payouts: str, lines: str
                     WHEN NOT itemised THEN 'pending'
                     WHEN difference_minor = 0 THEN 'tied' ELSE 'mismatch' END AS status,
                CASE WHEN difference_minor <> 0 AND itemised AND payout_status NOT IN ('failed', 'canceled') THEN
-                   'payout ' || payout_amount_minor || ' ' || currency || ' vs lines net ' || lines_net_minor
-                   || ': residue ' || difference_minor || ' ' || currency
+                   'payout ' || {money_sql('payout_amount_minor', 'currency')} || ' vs lines net '
+                   || {money_sql('lines_net_minor', 'currency')} || ': residue '
+                   || {money_sql('difference_minor', 'currency')}
                    || CASE WHEN itemised_line_count > line_count
                            THEN '; ' || (itemised_line_count - line_count) || ' itemised line(s) missing from core_settlement_lines'
                            ELSE '; every itemised line is present, so the residue is unexplained by the processor' END
@@ -94,7 +96,7 @@ def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, 
                'unknown_category' AS reason_code, l.processor, l.source_id, l.settlement_date, l.currency,
                l.amount_minor, NULL::BIGINT AS unapplied_minor, to_json([c.category]) AS candidates,
                l.processor || ' category ' || coalesce('''' || c.category || '''', '(not in the staging table)')
-               || ' is not in the mapping: ' || l.amount_minor || ' ' || l.currency
+               || ' is not in the mapping: ' || {money_sql('l.amount_minor', 'l.currency')}
                || coalesce(' (payout ' || l.payout_id || ')', '') || ' ' || $where AS detail
         FROM {lines} l LEFT JOIN ({categories}) c USING (processor, source_id)
         WHERE l.line_type = 'unknown_category'""", {"where": where})

@@ -20,7 +20,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings, wire
 from m3_recon.clients.m3 import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.money import money_by_currency
+from m3_recon.money import money, money_by_currency
 from m3_recon.partitions import daily_partitions
 from m3_recon.reconcile.matching import MatchingRules, normalised
 from m3_recon.warehouse import documents_table, naive_utc, replace_snapshot, replace_window
@@ -130,8 +130,8 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
         "taken_at_utc": taken_at.isoformat(timespec="seconds"),
         "open_invoices_last_day": sum(n for _, n, _ in by_currency),
         "outstanding_last_day": dg.MetadataValue.md(
-            "| currency | invoices | outstanding (minor units) |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_currency)),
+            "| currency | invoices | outstanding |\n|---|---:|---:|\n"
+            + "\n".join(f"| {c} | {n} | {money(s, c)} |" for c, n, s in by_currency)),
     })
 
 

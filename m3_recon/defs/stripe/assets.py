@@ -15,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.money import money_by_currency
+from m3_recon.money import money, money_by_currency
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
@@ -137,8 +137,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                               rejection=rejection("balance transaction", ("amount", "fee", "net")),
                               run_id=context.run.run_id)
         by_category = conn.execute(
-            "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
-            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY 1 ORDER BY 1",
+            "SELECT reporting_category, upper(currency), count(*), sum(net) FROM raw_stripe_balance_transactions "
+            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY ALL ORDER BY ALL",
             [naive_utc(window.start), naive_utc(window.end)]).fetchall()
         pending = conn.execute(
             "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
@@ -150,8 +150,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
         "fetch_window": str(window),
         "pending": pending,
         "by_reporting_category": dg.MetadataValue.md(
-            "| category | rows | net (minor units) |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_category)),
+            "| category | rows | net |\n|---|---:|---:|\n"
+            + "\n".join(f"| {c} | {n} | {money(s, cur)} |" for c, cur, n, s in by_category)),
     })
 
 @dg.asset(
