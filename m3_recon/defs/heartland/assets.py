@@ -27,6 +27,7 @@ from m3_recon import wire
 from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.money import money_sql
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.sql import add_column
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -115,7 +116,7 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     fees_amount BIGINT, chargebacks_count INTEGER, chargebacks_amount BIGINT,
     reversals_count INTEGER, reversals_amount BIGINT,
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR, fee_signs VARCHAR
-); ALTER TABLE {DEPOSITS_TABLE} ADD COLUMN IF NOT EXISTS fee_signs VARCHAR"""
+); {add_column(DEPOSITS_TABLE, "fee_signs", "VARCHAR")}"""
 
 # Which signs of GP's discounts and fees make the deposit's identity hold (summed in 128 bits, so components too
 # large to add up leave the deposit untied and quarantined instead of aborting the load) (deposit = sales − refunds −
@@ -250,7 +251,7 @@ def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
 def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.settlement_transactions(first_day, last_day)
+    objects = heartland.client().settlement_transactions(first_day, last_day)
     rows, by_type = _replace(duckdb, context, window, objects, TRANSACTIONS_TABLE, TRANSACTIONS_DDL,
                              TRANSACTIONS_SELECT, TRANSACTIONS_REJECTION,
                              f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
@@ -271,7 +272,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
 def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.disputes(first_day, last_day)
+    objects = heartland.client().disputes(first_day, last_day)
     rows, by_stage = _replace(duckdb, context, window, objects, DISPUTES_TABLE, DISPUTES_DDL, DISPUTES_SELECT,
                               DISPUTES_REJECTION,
                               f"SELECT stage, result, count(*), {_summed('signed_amount')} FROM {DISPUTES_TABLE} "
@@ -302,7 +303,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
 def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.deposits(first_day, last_day)
+    objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, by_status = _replace(duckdb, context, window, objects, DEPOSITS_TABLE, DEPOSITS_DDL, DEPOSITS_SELECT,
                                DEPOSITS_REJECTION,
