@@ -16,13 +16,14 @@ from m3_recon.exceptions_cli import cmd_resolve
 from m3_recon.journals import AccountMap
 from m3_recon.journals.window import run_window as derive_window_journals
 from m3_recon.reconcile.banking import BANKING_COLUMNS
-from m3_recon.reconcile.decisions import DecisionError, decide, load_decisions, new_decision, record
+from m3_recon.reconcile.decisions import DecisionError, apply_decisions, decide, load_decisions, new_decision, record
 from m3_recon.reconcile.matching import REASON_CODES
 from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, record_decisions, register_exceptions
 from m3_recon.reconcile.window import allocate_payments
 from m3_recon.sandbox import Sandbox
 from m3_recon_tests.conftest import ClosedBooks, close_definitions, run_close
-from m3_recon_tests.test_matching import DAY, RULES, invoice, line
+from m3_recon_tests.test_matching import DAY, RULES, invoice, line, run
+from m3_recon_tests.test_matching_references import TWO_YEARS
 
 END = DAY + timedelta(days=1)
 
@@ -208,3 +209,40 @@ def dismiss_after_posting(books, capsys):
                             [source_id]).fetchall()
     assert len(raised) == 1 and raised[0][0] == "open" and f"applied to invoice {invoice}" in raised[0][1]
     assert kept == [(invoice, "auto")]  # what M3 holds is not silently undone
+
+
+# -- an invoice number M3 reuses across years: assign names one invoice, or nothing is applied -----------------
+def _unreferenced_payment_against_a_number_open_in_two_years():
+    """The matcher's tables for one payment without a reference, with invoice 26000001 open in 2025 and 2026."""
+    conn = run([line("p1", 80_00, customer="C9")], TWO_YEARS)
+    (exception_id,) = conn.execute("SELECT exception_id FROM match_exceptions WHERE source_id = 'p1'").fetchone()
+    return conn, exception_id
+
+
+@pytest.mark.parametrize("year,applied", [(None, []), (2025, [("26000001", 2025, 80_00, "manual", "auto")]),
+                                          (2026, [("26000001", 2026, 80_00, "manual", "auto")])])
+def test_an_assign_without_a_year_applies_nothing_when_the_number_is_open_in_two_years(tmp_path, year, applied):
+    conn, exception_id = _unreferenced_payment_against_a_number_open_in_two_years()
+    path = tmp_path / "decisions.jsonl"
+    record(new_decision(exception_id, "assign", "controller", "remittance", "26000001", year), path)
+    load_decisions(conn, path)
+    assert apply_decisions(conn, decisions="exception_decisions", payments="lines", invoices="invoices",
+                           earlier="earlier") == len(applied)
+    assert conn.execute("SELECT invoice_number, invoice_year, allocated_minor, rule, status FROM match_allocations "
+                        "WHERE status = 'auto'").fetchall() == applied
+    still_open = conn.execute("SELECT count(*) FROM match_exceptions WHERE exception_id = ?", [exception_id]).fetchone()
+    assert still_open == (0 if applied else 1,)
+
+
+def test_the_cli_refuses_an_assign_without_a_year_when_the_number_is_open_in_two_years(tmp_path):
+    conn, exception_id = _unreferenced_payment_against_a_number_open_in_two_years()
+    conn.execute("CREATE TABLE out_recon_exceptions AS SELECT *, 'open' AS status FROM match_exceptions")
+    conn.execute("CREATE TABLE core_open_invoices AS SELECT * FROM invoices")
+    conn.execute("CREATE TABLE core_payment_allocations AS SELECT * FROM match_allocations")
+    path = tmp_path / "decisions.jsonl"
+    with pytest.raises(DecisionError, match="invoice 26000001 is open in 2 invoice years; name one with --year"):
+        decide(conn, new_decision(exception_id, "assign", "controller", "remittance", "26000001"), 0, path)
+    assert not path.exists()
+    recorded = decide(conn, new_decision(exception_id, "assign", "controller", "remittance", "26000001", 2025), 0,
+                      path)
+    assert recorded.decision.invoice_year == 2025 and path.exists()

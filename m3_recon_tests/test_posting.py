@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from m3_recon.defs.m3.client import M3Client
+from m3_recon.clients.m3 import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
@@ -593,7 +593,7 @@ def test_a_refused_voucher_fails_the_summary_with_the_next_step(sandboxes, wareh
     assert print_posting_summary(out) == 1
     assert "4 vouchers failed (e.g. JV2610020001: M3: GLS840MI/AddBatchHead answered NOK in field INTN: Interface " \
            "GLNOTTHERE does not exist (HTTP 200)) -> next: M3 refused them" in out.getvalue()
-    assert "gl                failed                4 vouchers  debits EUR 412.37; USD 2,475.77" in out.getvalue()
+    assert "gl                failed                4 vouchers  debits 412.37 EUR; 2,475.77 USD" in out.getvalue()
     assert "posting: needs a person — 4 failed, 1 held" in out.getvalue()
 
 

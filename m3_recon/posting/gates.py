@@ -25,6 +25,8 @@ from datetime import date
 
 import duckdb
 
+from m3_recon.money import money_sql
+
 BLOCKS = "core_posting_blocks"
 BLOCK_COLUMNS = {"processor": "VARCHAR NOT NULL", "day": "DATE NOT NULL", "check_name": "VARCHAR NOT NULL",
                  "detail": "VARCHAR NOT NULL"}
@@ -75,7 +77,7 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: da
             FROM core_settlement_lines l JOIN mismatched m USING (processor, payout_id)
             UNION ALL
             SELECT DISTINCT j.processor, coalesce(j.source_date, j.accounting_date), 'vouchers_balance',
-                   'voucher ' || u.voucher_key || ' does not balance in ' || u.currency || ' by ' || u.off
+                   'voucher ' || u.voucher_key || ' does not balance: off by ' || {money_sql('u.off', 'u.currency')}
             FROM {journal_lines} j JOIN (SELECT voucher_key, currency, sum(amount_minor) AS off FROM {journal_lines}
                                        GROUP BY ALL HAVING sum(amount_minor) <> 0) u USING (voucher_key)
             UNION ALL

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from m3_recon.money import money_sql
 from m3_recon.settings import PROJECT_ROOT
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "anomaly_rules.toml"
@@ -79,7 +80,8 @@ def flag_anomalies(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: da
               AND disputes > {float(spikes['spike_factor'])} * disputes_avg
             UNION ALL
             SELECT 'unusual_payout', processor, payout_id, settlement_date, currency, amount_minor, NULL,
-                   'payout ' || round(amount_minor / 100, 2) || ' vs usual ' || round(usual / 100, 2)
+                   'payout ' || {money_sql('amount_minor', 'currency')} || ' vs usual '
+                       || {money_sql('usual', 'currency')}
             FROM payout_history
             WHERE settlement_date >= $first AND settlement_date < $end
               AND history >= {int(payout['min_history'])} AND usual > 0

@@ -22,6 +22,8 @@ from datetime import date
 
 import duckdb
 
+from m3_recon.money import money_sql
+
 DEFAULT_DESCRIPTORS = {"stripe": "STRIPE", "paytrace": "PAYTRACE", "heartland": "HEARTLAND|GLOBAL PAYMENTS"}
 DEFAULT_BUSINESS_DAYS = 3
 MAX_ROUNDS = 5
@@ -176,7 +178,7 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
                    AS exception_id,
                'payout_not_banked' AS reason_code, processor, payout_id AS source_id, settlement_date, currency,
                amount_minor, NULL::BIGINT AS unapplied_minor, to_json([]) AS candidates,
-               processor || ' payout ' || payout_id || ' of ' || amount_minor || ' ' || currency || ' due ' || due
+               processor || ' payout ' || payout_id || ' of ' || {money_sql('amount_minor', 'currency')} || ' due ' || due
                || ' is on no bank statement although the statements run to ' || as_of || ' (more than '
                || {int(business_days)} || ' business days later): ask the processor for its trace and the bank'
                    AS detail
@@ -186,7 +188,7 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
                                          || b.line_ref), 1, 12)),
                'unexplained_bank_credit', 'bank', b.bank_account || '/' || b.statement_id || '/' || b.line_ref,
                b.booking_date, b.currency, b.amount_minor, NULL, to_json([]),
-               'credit of ' || b.amount_minor || ' ' || b.currency || ' booked ' || b.booking_date || ' on account '
+               'credit of ' || {money_sql('b.amount_minor', 'b.currency')} || ' booked ' || b.booking_date || ' on account '
                || b.bank_account || ' (' || coalesce(nullif(b.description, ''), 'no text') || ') matches no payout, '
                || 'deposit or batch: find who paid it'
         FROM {bank_lines} b

@@ -14,14 +14,17 @@ from __future__ import annotations
 import duckdb
 
 from m3_recon.journals import AccountMap
+from m3_recon.money import figure
 from m3_recon.sandbox import Sandbox
-from m3_recon.sandbox.m3_ledger import GL_SERIES
+from m3_recon.sandbox.m3_ledger import GL_SERIES, LOCAL_CURRENCY
+from m3_recon.sql import literal_list
 
 IN_TRANSIT = ("pending", "in_transit")
 
 
 def _money(minor: int) -> str:
-    return f"{minor / 100:,.2f}"
+    """An amount of M3's local currency, with that currency's decimals."""
+    return figure(minor, LOCAL_CURRENCY)
 
 
 def print_trial_balance(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
@@ -32,7 +35,8 @@ def print_trial_balance(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bo
         route = "gl" if line.voucher_series == GL_SERIES else "cash"
         sides = accounts.setdefault(line.ait1, {"gl": [0, 0], "cash": [0, 0]})[route]
         sides[0 if line.local_minor > 0 else 1] += abs(line.local_minor)
-    print("\nM3 trial balance (local currency; GL = GLS840MI vouchers, cash = ARS040MI payment vouchers):")
+    print(f"\nM3 trial balance (local currency {LOCAL_CURRENCY}; GL = GLS840MI vouchers, cash = ARS040MI payment "
+          "vouchers):")
     print(f"  {'account':<10} {'GL debit':>15} {'GL credit':>15} {'cash debit':>15} {'cash credit':>15} {'balance':>15}")
     total = 0
     for account in sorted(accounts):
@@ -47,7 +51,7 @@ def print_trial_balance(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bo
         SELECT l.processor, sum(l.net_minor) FROM core_settlement_lines l
         WHERE l.line_type <> 'payout' AND (l.payout_id IS NULL OR (l.processor, l.payout_id) IN (
             SELECT (processor, payout_id) FROM core_payout_reconciliation
-            WHERE payout_status IN ({', '.join(repr(s) for s in IN_TRANSIT)})))
+            WHERE payout_status IN {literal_list(IN_TRANSIT)}))
         GROUP BY 1""").fetchall())
     for processor, account in sorted(AccountMap.load().clearing.items()):
         sides = accounts.get(account, {"gl": [0, 0], "cash": [0, 0]})
