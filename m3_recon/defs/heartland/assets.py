@@ -18,15 +18,16 @@ id or a usable deposit date cannot be placed in a partition and goes to ``core_q
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.heartland.resources import HeartlandResource
+from m3_recon.defs.metadata import markdown_table
 from m3_recon.money import money_sql
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -210,12 +211,8 @@ WHERE deposit_date >= ? AND deposit_date < ?"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> tuple[FetchWindow, date, date]:
     """The run's window and its inclusive first and last deposit dates (GP's date filters are inclusive)."""
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
-    context.log.info(f"GP API deposit dates {first_day}..{last_day} for partitions "
-                     f"{context.partition_key_range.start}..{context.partition_key_range.end} "
-                     f"(look-back {config.lookback_days} days)")
-    return window, first_day, last_day
+    window = logged_fetch_window(context, config, "GP API deposit dates")
+    return window, window.first_day, window.last_day
 
 
 def _replace(duckdb: DuckDBResource, context: dg.AssetExecutionContext, window: FetchWindow, objects: list[dict],
@@ -235,12 +232,6 @@ def _summed(amount: str) -> str:
     return money_sql(f"sum({amount})", "upper(currency)")
 
 
-def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
-    columns = header.count("|") - 1
-    return dg.MetadataValue.md(header + "\n|" + "---|" * columns + "\n"
-                               + "\n".join("| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows))
-
-
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"gpapi", "duckdb"}, pool="duckdb_writer",
@@ -258,7 +249,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
         "without_reference": sum(1 for o in objects if not o.get("reference")),
-        "by_type": _table("| type | rows | signed amount |", by_type),
+        "by_type": markdown_table(["type", "rows", "signed amount"], by_type),
     })
 
 
@@ -279,7 +270,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
                               "ORDER BY ALL")
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "by_stage": _table("| stage | result | rows | signed amount |", by_stage),
+        "by_stage": markdown_table(["stage", "result", "rows", "signed amount"], by_stage, text_columns=2),
     })
 
 
@@ -316,7 +307,7 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
                             f"disputes: {', '.join(unexplained[:10])}")
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "by_status": _table("| status | deposits | net |", by_status),
+        "by_status": markdown_table(["status", "deposits", "net"], by_status),
         "deposits_not_summing": unbalanced,
         "deposits_with_fee_signs_chosen_by_identity": fees_resigned,
         "deposits_unexplained_by_lines": len(unexplained),

@@ -14,9 +14,10 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
+from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.money import money, money_by_currency
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.money import money
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -115,10 +116,7 @@ SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    context.log.info(f"Stripe fetch window {window} for partitions {context.partition_key_range.start}"
-                     f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
-    return window
+    return logged_fetch_window(context, config, "Stripe created days (UTC)")
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
@@ -149,9 +147,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
         "quarantined": len(objects) - rows,
         "fetch_window": str(window),
         "pending": pending,
-        "by_reporting_category": dg.MetadataValue.md(
-            "| category | rows | net |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {money(s, cur)} |" for c, cur, n, s in by_category)),
+        "by_reporting_category": markdown_table(["category", "rows", "net"],
+                                                [(c, n, money(s, cur)) for c, cur, n, s in by_category]),
     })
 
 @dg.asset(
@@ -177,8 +174,7 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
             "AND status <> 'failed' GROUP BY 1 ORDER BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall()
     return dg.MaterializeResult(metadata={
         "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
-        "paid_out": money_by_currency(paid_out),
-        "paid_out_minor": dg.MetadataValue.json({c: int(a) for c, a in paid_out}),
+        **money_totals("paid_out", paid_out),
     })
 
 @dg.asset(
