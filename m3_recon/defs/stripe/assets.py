@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
@@ -128,20 +129,15 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
-                              window_column="created_at_utc", start=window.start, end=window.end,
-                              rejection=rejection("balance transaction", ("amount", "fee", "net")),
-                              run_id=context.run.run_id)
-        by_category = conn.execute(
-            "SELECT reporting_category, upper(currency), count(*), sum(net) FROM raw_stripe_balance_transactions "
-            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY ALL ORDER BY ALL",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchall()
-        pending = conn.execute(
-            "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
-            "AND created_at_utc >= ? AND created_at_utc < ?",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
+    rows, (by_category, [(pending,)]) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+        insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
+        rejection=rejection("balance transaction", ("amount", "fee", "net")),
+        summaries=["SELECT reporting_category, upper(currency), count(*), sum(net) "
+                   "FROM raw_stripe_balance_transactions WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY ALL ORDER BY ALL",
+                   "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
+                   "AND created_at_utc >= ? AND created_at_utc < ?"])
     return dg.MaterializeResult(metadata={
         "rows": rows,
         "quarantined": len(objects) - rows,
@@ -161,19 +157,16 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.payouts(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-                              docs=documents_table(objects, context.run.run_id), window_column="created_at_utc",
-                              start=window.start, end=window.end, rejection=rejection("payout"),
-                              run_id=context.run.run_id)
-        by_status = dict(conn.execute(
-            "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
-        paid_out = conn.execute(
-            "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "AND status <> 'failed' GROUP BY 1 ORDER BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall()
+    rows, (by_status, paid_out) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
+        window_column="created_at_utc", rejection=rejection("payout"),
+        summaries=["SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY 1",
+                   "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? "
+                   "AND created_at_utc < ? AND status <> 'failed' GROUP BY 1 ORDER BY 1"])
     return dg.MaterializeResult(metadata={
-        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
+        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window),
+        "by_status": dg.MetadataValue.json(dict(by_status)),
         **money_totals("paid_out", paid_out),
     })
 
