@@ -11,6 +11,7 @@ import duckdb
 import requests
 
 from m3_recon.money import money_sql
+from m3_recon.sql import create_table
 
 ALERT_COLUMNS = {
     "alert_id": "VARCHAR NOT NULL", "exception_id": "VARCHAR NOT NULL", "reason_code": "VARCHAR NOT NULL",
@@ -23,7 +24,7 @@ MAX_MESSAGES_PER_POST = 50
 
 def raise_alerts(conn: duckdb.DuckDBPyConnection, now: datetime) -> int:
     """Add an alert for every open exception that has none yet; returns how many were raised."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS out_alerts ({', '.join(f'{c} {t}' for c, t in ALERT_COLUMNS.items())})")
+    conn.execute(create_table("out_alerts", ALERT_COLUMNS))
     return conn.execute(f"""
         INSERT INTO out_alerts
         SELECT 'AL-' || substr(e.exception_id, 4), e.exception_id, e.reason_code, e.processor, e.source_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from m3_recon.defs.m3.client import M3Client
+from m3_recon.clients.m3 import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS

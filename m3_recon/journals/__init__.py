@@ -37,7 +37,6 @@ COUNTER_ACCOUNT = {"fee": "processing_fees", "refund": "refunds", "dispute": "ch
                    "dispute_reversal": "chargebacks", "reserve_hold": "reserves", "reserve_release": "reserves",
                    "adjustment": "adjustments", "payout_failure": "bank", "other": "other",
                    "unknown_category": "suspense"}
-FEE_ACCOUNT = {"dispute": "dispute_fees"}  # fees on other lines go to processing_fees
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import date, datetime
 import duckdb
 
 from m3_recon.money import money_sql
+from m3_recon.sql import ensure_table
 
 RECONCILIATION_COLUMNS = {
     "processor": "VARCHAR NOT NULL", "payout_id": "VARCHAR NOT NULL", "currency": "VARCHAR NOT NULL",
@@ -108,10 +109,7 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     New ones open with first_seen = now; ones seen again keep their first_seen (and are reopened if they
     had cleared); ones in the window that are no longer found are marked cleared. Returns counts.
     """
-    columns = ", ".join(f"{c} {t}" for c, t in REGISTER_COLUMNS.items())
-    conn.execute(f"CREATE TABLE IF NOT EXISTS out_recon_exceptions ({columns})")
-    for column, kind in REGISTER_COLUMNS.items():  # a register created by an older release gains new columns
-        conn.execute(f"ALTER TABLE out_recon_exceptions ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
+    ensure_table(conn, "out_recon_exceptions", REGISTER_COLUMNS)
     scope = ("settlement_date >= $first AND settlement_date < $end AND list_contains($codes, reason_code)")
     params = {"first": first_day, "end": end_day, "codes": list(reason_codes), "now": now}
     new = conn.execute(f"SELECT count(*) FROM {found} f WHERE NOT EXISTS "

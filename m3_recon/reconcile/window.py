@@ -28,13 +28,10 @@ from m3_recon.reconcile.posted import (applications_in_m3, book_local_values, fr
                                        matchable_invoices)
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts, unknown_category_exceptions)
+from m3_recon.sql import create_table, nullable
 from m3_recon.warehouse import replace_days, table_exists
 
 REGISTER_REASONS = (*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS)
-
-
-def _table(columns: dict[str, str]) -> str:
-    return ", ".join(f"{c} {t}" for c, t in columns.items())
 
 
 def days_of(conn: duckdb.DuckDBPyConnection, *, source: str, into: str, first_day: date, end_day: date,
@@ -77,7 +74,7 @@ def allocate_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, fir
 
     Payments M3 already holds keep their stored allocations unless finance decided otherwise; earlier
     allocations M3 does not hold yet still bind their invoices; ``decisions`` assign or accept payments."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS core_payment_allocations ({_table(ALLOCATION_COLUMNS)})")
+    conn.execute(create_table("core_payment_allocations", ALLOCATION_COLUMNS))
     applications = applications_in_m3(conn)
     frozen = freeze_posted_payments(conn, first_day, end_day, decisions=decisions, into="frozen_payments")
     days_of(conn, source="core_settlement_lines", into="window_lines", first_day=first_day, end_day=end_day,
@@ -110,7 +107,7 @@ def bank_lines_relation(conn: duckdb.DuckDBPyConnection) -> str:
     """The imported bank statement lines, or an empty relation of their shape before the first import."""
     if table_exists(conn, "raw_bank_statement_lines"):
         return "raw_bank_statement_lines"
-    columns = ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
+    columns = ", ".join(f"NULL::{nullable(t)} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
     return f"(SELECT {columns} WHERE false)"
 
 

@@ -17,6 +17,7 @@ from m3_recon.journals import AccountMap
 from m3_recon.money import figure
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.m3_ledger import GL_SERIES, LOCAL_CURRENCY
+from m3_recon.sql import literal_list
 
 IN_TRANSIT = ("pending", "in_transit")
 
@@ -50,7 +51,7 @@ def print_trial_balance(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bo
         SELECT l.processor, sum(l.net_minor) FROM core_settlement_lines l
         WHERE l.line_type <> 'payout' AND (l.payout_id IS NULL OR (l.processor, l.payout_id) IN (
             SELECT (processor, payout_id) FROM core_payout_reconciliation
-            WHERE payout_status IN ({', '.join(repr(s) for s in IN_TRANSIT)})))
+            WHERE payout_status IN {literal_list(IN_TRANSIT)}))
         GROUP BY 1""").fetchall())
     for processor, account in sorted(AccountMap.load().clearing.items()):
         sides = accounts.get(account, {"gl": [0, 0], "cash": [0, 0]})

@@ -29,6 +29,7 @@ from m3_recon.defs.metadata import markdown_table
 from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.money import money_sql
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
+from m3_recon.sql import add_column
 from m3_recon.warehouse import Rejection, naive_utc
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -117,7 +118,7 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
     fees_amount BIGINT, chargebacks_count INTEGER, chargebacks_amount BIGINT,
     reversals_count INTEGER, reversals_amount BIGINT,
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR, fee_signs VARCHAR
-); ALTER TABLE {DEPOSITS_TABLE} ADD COLUMN IF NOT EXISTS fee_signs VARCHAR"""
+); {add_column(DEPOSITS_TABLE, "fee_signs", "VARCHAR")}"""
 
 # Which signs of GP's discounts and fees make the deposit's identity hold (summed in 128 bits, so components too
 # large to add up leave the deposit untied and quarantined instead of aborting the load) (deposit = sales − refunds −
@@ -230,7 +231,7 @@ def _summed(amount: str) -> str:
 def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.settlement_transactions(first_day, last_day)
+    objects = heartland.client().settlement_transactions(first_day, last_day)
     rows, (by_type,) = store_vendor_objects(
         duckdb, context, window, objects, table=TRANSACTIONS_TABLE, ddl=TRANSACTIONS_DDL,
         insert_select=TRANSACTIONS_SELECT, window_column="deposit_date", rejection=TRANSACTIONS_REJECTION,
@@ -252,7 +253,7 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
 def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.disputes(first_day, last_day)
+    objects = heartland.client().disputes(first_day, last_day)
     rows, (by_stage,) = store_vendor_objects(
         duckdb, context, window, objects, table=DISPUTES_TABLE, ddl=DISPUTES_DDL, insert_select=DISPUTES_SELECT,
         window_column="deposit_date", rejection=DISPUTES_REJECTION,
@@ -283,7 +284,7 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
 def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackConfig,
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.deposits(first_day, last_day)
+    objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, (by_status,) = store_vendor_objects(
         duckdb, context, window, objects, table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL, insert_select=DEPOSITS_SELECT,

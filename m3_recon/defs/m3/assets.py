@@ -18,7 +18,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings, wire
-from m3_recon.defs.m3.client import m3_date, minor_units
+from m3_recon.clients.m3 import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.money import money
@@ -112,7 +112,7 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     start, end = window.start.astimezone(timezone.utc), window.end.astimezone(timezone.utc)
     days = [(start + timedelta(days=i)).date() for i in range((end - start).days)]
     taken_at = datetime.now(timezone.utc)
-    records = m3.open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
+    records = m3.client().open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
     context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
                      f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     docs = _snapshot_docs(records, days, taken_at, context.run.run_id)
@@ -170,7 +170,7 @@ WHERE nullif(trim(raw->>'$.CUNO'), '') IS NOT NULL"""
                 "status and e-mail (field M3_CUSTOMER_EMAIL_FIELD, default EMAL), for the customer cross-reference.",
 )
 def raw_m3_customers(context: dg.AssetExecutionContext, m3: M3Resource, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    records = m3.customers()
+    records = m3.client().customers()
     email_field = settings.m3_customer_email_field()
     with duckdb.get_connection() as conn:
         rows = replace_snapshot(conn, table="raw_m3_customers", select_sql=customers_select(email_field),

@@ -128,7 +128,7 @@ def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchW
 def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
+    objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
     rows, (by_category, [(pending,)]) = store_vendor_objects(
         duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
         insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
@@ -156,7 +156,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
 def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig,
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.payouts(window.start_epoch, window.end_epoch)
+    objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
     rows, (by_status, paid_out) = store_vendor_objects(
         duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
         window_column="created_at_utc", rejection=rejection("payout"),
@@ -190,8 +190,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
             "WHERE automatic AND created_at_utc >= ? AND created_at_utc < ? ORDER BY created_at_utc", bounds,
         ).fetchall()
     ready = [(pid, created) for pid, created, status in payouts if status == "completed"]
+    client = stripe.client()
     with ThreadPoolExecutor(max_workers=PAYOUT_LINE_WORKERS) as pool:
-        itemised = list(pool.map(lambda p: stripe.payout_lines(p[0]), ready))
+        itemised = list(pool.map(lambda p: client.payout_lines(p[0]), ready))
     objects, payout_ids, payout_created = [], [], []
     for (payout_id, created), lines in zip(ready, itemised):
         objects.extend(lines)
@@ -228,7 +229,7 @@ WHERE raw->>'$.id' IS NOT NULL"""
 )
 def raw_stripe_customers(context: dg.AssetExecutionContext, stripe: StripeResource,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
-    objects = stripe.customers()
+    objects = stripe.client().customers()
     with duckdb.get_connection() as conn:
         rows = replace_snapshot(conn, table="raw_stripe_customers", select_sql=CUSTOMERS_SELECT,
                                 docs=documents_table(objects, context.run.run_id))
