@@ -25,7 +25,7 @@ from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY
 from m3_recon.sandbox.heartland_ledger import CURRENCY, DAY, HeartlandLedger, build_heartland_ledger
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.truth import truth_misses
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.warehouse import documents_table, replace_window
 # the checks one run of the period evaluates: the raw layer's integrity and the canonical schemas
 CHECKS_RUN = ["conforms_to_schema", "conforms_to_schema", "deposit_totals_add_up", "deposits_sum_to_their_lines"]
@@ -381,11 +381,6 @@ def test_discounts_and_fees_take_the_sign_the_deposit_identity_chooses(discounts
 SEED = 12  # a period with refunds, chargebacks, reversals and all four of the planner's edge cases
 PERIOD = Period(date(2026, 10, 1), 31)
 HEARTLAND_ASSETS = [raw_heartland_settlement_transactions, raw_heartland_disputes, raw_heartland_deposits]
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SEC
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.settings import SettingsError
 
 SEED = 11
@@ -40,11 +40,6 @@ CONFIG = posting_config_from_env({})
 BIG = "JV2610020001"  # 8 lines: head + 7 lines in one bulk call, line 8 + CtrlBatch + UpdBatch in the next
 HELD = "JV2610040002"
 SPLIT = "CA2610070001"  # 7 applications: head + 7 lines in one bulk call, ControlBatch in the next
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 class M3Sandbox:
@@ -614,10 +609,10 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
             ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
         "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
         "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
-        "invoice_year INTEGER)": [
-            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026),
-            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026),
-            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026)],
+        "invoice_year INTEGER, invoice_currency VARCHAR)": [
+            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026, "JPY"),
+            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026, "USD"),
+            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026, "USD")],
         "core_match_exceptions (processor VARCHAR, source_id VARCHAR, unapplied_minor BIGINT, reason_code VARCHAR)": [],
         "core_open_invoices (invoice_number VARCHAR, invoice_year INTEGER, outstanding_minor BIGINT)": [
             ("I1", 2026, 1000), ("I2", 2026, 200), ("I3", 2026, 300)],
@@ -635,6 +630,9 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
         ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
         ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
+    (detail,) = conn.execute("SELECT detail FROM posting_blocks WHERE check_name = ?",
+                             ["allocations_sum_to_payment"]).fetchone()
+    assert detail == "payment t5 allocates 400 JPY + unapplied 0 JPY of 500 JPY"  # the invoice currency's decimals
 
 
 def test_the_m3_posting_run_fails_when_m3_refused_a_voucher(sandboxes, warehouse, monkeypatch):

@@ -33,7 +33,8 @@ BLOCK_COLUMNS = {"processor": "VARCHAR NOT NULL", "day": "DATE NOT NULL", "check
 
 UNBALANCED_PAYMENTS = """
     SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
-           coalesce(any_value(e.unapplied), 0) AS unapplied, any_value(a.settlement_date) AS settlement_date
+           coalesce(any_value(e.unapplied), 0) AS unapplied, any_value(a.invoice_currency) AS currency,
+           any_value(a.settlement_date) AS settlement_date
     FROM core_payment_allocations a
     LEFT JOIN (SELECT processor, source_id, sum(unapplied_minor) AS unapplied FROM core_match_exceptions
                WHERE reason_code = 'overpayment' GROUP BY ALL) e USING (processor, source_id)
@@ -82,8 +83,9 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: da
                                        GROUP BY ALL HAVING sum(amount_minor) <> 0) u USING (voucher_key)
             UNION ALL
             SELECT processor, settlement_date, 'allocations_sum_to_payment',
-                   'payment ' || source_id || ' allocates ' || allocated || ' + unapplied ' || unapplied
-                   || ' of ' || payment_invoice_amount_minor
+                   'payment ' || source_id || ' allocates ' || {money_sql('allocated', 'currency')}
+                   || ' + unapplied ' || {money_sql('unapplied', 'currency')}
+                   || ' of ' || {money_sql('payment_invoice_amount_minor', 'currency')}
             FROM ({UNBALANCED_PAYMENTS})
             UNION ALL
             SELECT DISTINCT a.processor, a.settlement_date, 'no_invoice_over_allocated',

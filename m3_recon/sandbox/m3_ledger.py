@@ -228,6 +228,15 @@ def record_missing(what: str, field_name: str) -> LedgerError:
     return LedgerError(f"{what} does not exist", "XRE0103", field_name)
 
 
+def _open_batch(batch, what: str, field_name: str):
+    """A GL or payment batch that can still take lines: M3 refuses one it does not hold or has already updated."""
+    if batch is None:
+        raise record_missing(what, field_name)
+    if batch.status == BATCH_UPDATED:
+        raise LedgerError(f"{what} is already updated", field=field_name)
+    return batch
+
+
 _COLUMNS = [f.name for f in fields(LedgerLine)]
 _GL_COLUMNS = [f.name for f in fields(GLLine)]
 _SCHEMA = f"""
@@ -549,12 +558,7 @@ class M3Ledger:
             self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
 
     def _open_gl_batch(self, key: str) -> GLBatch:
-        batch = self._gl_batches.get(key)
-        if batch is None:
-            raise record_missing(f"Batch {key}", "KEY1")
-        if batch.status == BATCH_UPDATED:
-            raise LedgerError(f"Batch {key} is already updated", field="KEY1")
-        return batch
+        return _open_batch(self._gl_batches.get(key), f"Batch {key}", "KEY1")
 
     def control_gl_batch(self, key: str) -> list[GLEntry]:
         """CtrlBatch: read every line with the interface's template and check the vouchers it makes."""
@@ -682,12 +686,7 @@ class M3Ledger:
             batch.lines[line.transaction] = line
 
     def _open_payment_batch(self, batch_id: int) -> PaymentBatch:
-        batch = self._payment_batches.get(batch_id)
-        if batch is None:
-            raise record_missing(f"Payment batch {batch_id}", "PBID")
-        if batch.status == BATCH_UPDATED:
-            raise LedgerError(f"Payment batch {batch_id} is already updated", field="PBID")
-        return batch
+        return _open_batch(self._payment_batches.get(batch_id), f"Payment batch {batch_id}", "PBID")
 
     def control_payment_batch(self, batch_id: int, now: int) -> list[LedgerLine]:
         """ControlBatch: check every line against the customer ledger and book them as one payment voucher."""

@@ -11,9 +11,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
+from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.journals import AccountMap
 from m3_recon.journals.window import Journals, run_window
-from m3_recon.money import money, money_by_currency
+from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.poster import post_pending
@@ -46,9 +47,7 @@ def journal_checks(conn, journals: Journals) -> list[dg.AssetCheckResult]:
                             passed=not residue, severity=dg.AssetCheckSeverity.ERROR,
                             metadata={"tied_payouts_with_clearing_residue": len(residue),
                                       "payouts_in_transit": sum(n for _, n, _ in in_transit),
-                                      "in_transit_on_clearing": money_by_currency([(c, a) for c, _, a in in_transit]),
-                                      "in_transit_on_clearing_minor": dg.MetadataValue.json(
-                                          {c: int(a) for c, _, a in in_transit}),
+                                      **money_totals("in_transit_on_clearing", [(c, a) for c, _, a in in_transit]),
                                       "examples": dg.MetadataValue.json([list(map(str, r)) for r in residue[:5]])}),
     ]
 
@@ -100,14 +99,11 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
         "correction_vouchers": revisions,
         "blocked_processor_days": dg.MetadataValue.json([b for (b,) in blocked]),
-        "debits": money_by_currency(debits),
-        "debits_minor": dg.MetadataValue.json({c: int(a) for c, a in debits}),
-        "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
-            f"| {e} | {n} | {money(d, c)} |" for e, c, n, d in by_entry))})
+        **money_totals("debits", debits),
+        "by_entry": markdown_table(["entry", "lines", "debits"], [(e, n, money(d, c)) for e, c, n, d in by_entry])})
     yield dg.MaterializeResult(asset_key="core_cash_applications", metadata={
         "fetch_window": str(window), "payment_batches": batches, "applications": applications,
-        "applied": money_by_currency(applied),
-        "applied_minor": dg.MetadataValue.json({c: int(a) for c, a in applied})})
+        **money_totals("applied", applied)})
     yield from checks
 
 
@@ -130,8 +126,7 @@ def out_m3_postings(context: dg.AssetExecutionContext, duckdb: DuckDBResource, m
         context.log.warning(f"{outcome.route} voucher {outcome.voucher_key} posted but not verified: {outcome.error}")
     metadata = {
         **summary.counts(),
-        "outbox": dg.MetadataValue.md("| route | status | vouchers |\n|---|---|---:|\n" + "\n".join(
-            f"| {r} | {s} | {n} |" for r, s, n in by_status))}
+        "outbox": markdown_table(["route", "status", "vouchers"], by_status, text_columns=2)}
     if failed:
         raise dg.Failure(description=f"{len(failed)} voucher(s) failed in M3 this run (e.g. {failed[0].voucher_key}: "
                                      f"{failed[0].error}); see out_m3_postings.last_error", metadata=metadata)
