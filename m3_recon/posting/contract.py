@@ -22,6 +22,7 @@ GL_JOURNAL_LINE_COLUMNS = {
     "route": "VARCHAR NOT NULL",              # 'gl' (GLS840MI) — cash application lives in core_cash_applications
     "held_reason": "VARCHAR",                 # not NULL = the voucher must not be posted (e.g. unmapped category)
     "source_date": "DATE",                    # the settlement day of what the line books (window key)
+    "local_minor": "BIGINT",                  # the amount in M3's local currency (ACAM); = amount_minor when local
 }
 
 CASH_APPLICATION_COLUMNS = {

@@ -70,7 +70,10 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> Non
             SELECT DISTINCT j.processor, coalesce(j.source_date, j.accounting_date), 'vouchers_balance',
                    'voucher ' || u.voucher_key || ' does not balance in ' || u.currency || ' by ' || u.off
             FROM journal_lines j JOIN (SELECT voucher_key, currency, sum(amount_minor) AS off FROM journal_lines
-                                       GROUP BY ALL HAVING sum(amount_minor) <> 0) u USING (voucher_key)
+                                       GROUP BY ALL HAVING sum(amount_minor) <> 0
+                                       UNION ALL
+                                       SELECT voucher_key, 'local currency', sum(local_minor) FROM journal_lines
+                                       GROUP BY ALL HAVING sum(local_minor) <> 0) u USING (voucher_key)
             UNION ALL
             SELECT processor, settlement_date, 'allocations_sum_to_payment',
                    'payment ' || source_id || ' allocates ' || allocated || ' + unapplied ' || unapplied

@@ -11,7 +11,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
+from m3_recon import settings
+from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals, load_exchange_rates
 from m3_recon.money import money, money_by_currency
 from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
@@ -32,13 +33,16 @@ OWNERS = ["team:finance-systems"]
 
 
 
-def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
-    """Vouchers balance; and every tied payout of the window that has reached the bank (or failed) and whose
+def journal_checks(conn, first: str, end: str, local: str) -> list[dg.AssetCheckResult]:
+    """Vouchers balance, per currency and in M3's local currency ``local``; and every tied payout of the window that has reached the bank (or failed) and whose
     lines all lie in the window (so all its clearing movements were derived in this run) nets to zero on
     clearing. A payout still in transit is not yet booked to the bank, so its amount is still on clearing:
-    that residue is named in the check's metadata instead."""
+    that residue (in local currency) is named in the check's metadata instead."""
     unbalanced = conn.execute("""SELECT voucher_key, currency, sum(amount_minor) FROM journal_lines
-                                 GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall()
+                                 GROUP BY ALL HAVING sum(amount_minor) <> 0
+                                 UNION ALL
+                                 SELECT voucher_key, 'local ' || ?, sum(local_minor) FROM journal_lines
+                                 GROUP BY ALL HAVING sum(local_minor) <> 0""", [local]).fetchall()
     clearing_by_payout(conn)
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE clearing_residue AS
@@ -52,9 +56,8 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
     residue = conn.execute("SELECT processor, payout_id, clearing_net_minor FROM clearing_residue "
                            "WHERE payout_status IN ('paid', 'failed')").fetchall()
     in_transit = conn.execute(
-        "SELECT p.currency, count(*), sum(r.clearing_net_minor) FROM clearing_residue r "
-        "JOIN core_payouts p USING (processor, payout_id) WHERE r.payout_status IN ('pending', 'in_transit') "
-        "GROUP BY 1").fetchall()
+        "SELECT ?, count(*), sum(r.clearing_net_minor) FROM clearing_residue r "
+        "WHERE r.payout_status IN ('pending', 'in_transit') GROUP BY 1", [local]).fetchall()
     return [
         dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -106,8 +109,11 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
                      "SELECT e.processor, e.source_id, d.action = 'write_off' AS written_off "
                      "FROM core_match_exceptions e LEFT JOIN exception_decisions d USING (exception_id) "
                      "WHERE e.reason_code = 'overpayment'")
+        local = settings.local_currency()
+        load_exchange_rates(conn, settings.exchange_rates_file(), local)
         derive_journals(conn, AccountMap.load(), lines="journal_window_lines", payouts="journal_window_payouts",
-                        allocations="journal_window_allocations", overpaid="journal_overpaid")
+                        allocations="journal_window_allocations", overpaid="journal_overpaid", local_currency=local,
+                        rates="exchange_rates", payout_lines="core_settlement_lines")
         revisions = corrections(conn)
         replace_days(conn, first_day=first, end_day=end, date_column="source_date", writes=[
             ("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, "SELECT * FROM journal_lines")])
@@ -125,7 +131,7 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
         batches, applications = conn.execute(
             "SELECT count(DISTINCT voucher_key), count(*) FROM cash_applications").fetchone()
         applied = conn.execute("SELECT currency, sum(amount_minor) FROM cash_applications GROUP BY 1").fetchall()
-        checks = journal_checks(conn, first, end)
+        checks = journal_checks(conn, first, end, local)
         freeze_posted_payments(conn, first, end)  # applications_in_m3, for the over-allocation gate
         posting_blocks(conn, first, end)
         replace_days(conn, first_day=first, end_day=end, date_column="day", writes=[

@@ -29,7 +29,8 @@ from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, 
                                          fill_customers_from_xref, match_payments)
 from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
 from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow, load_decisions
-from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
+from m3_recon.reconcile.posted import (book_local_values, check_local_currency, freeze_posted_payments, keep_frozen,
+                                      matchable_invoices)
 from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
 from m3_recon.canonical.stripe import PAYERS_SQL as STRIPE_PAYERS
 from m3_recon.journals import AccountMap
@@ -171,7 +172,8 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
         match_payments(conn, rules, lines="window_payments", invoices="matchable_invoices",
                        earlier="earlier_allocations", history="linkable_allocations")
         decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
-        book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations")
+        book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations",
+                          local_currency=check_local_currency(conn, "core_open_invoices", settings.local_currency()))
         keep_frozen(conn, first, end)
         replace_days(conn, first_day=first, end_day=end, writes=[
             ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
