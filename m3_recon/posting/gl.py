@@ -54,7 +54,8 @@ class GLRoute:
         accounts = {name.upper(): line[name] for name in ACCOUNTS if line[name]}
         local = self.config.local_currency
         # a line in another currency carries its local amount, so M3 books the value the journal balanced in
-        acam = m3_amount(_local(line), local) if line["currency"] != local else None
+        local_minor = _local(line, local) if line["currency"] != local else None
+        acam = m3_amount(local_minor, local) if local_minor is not None else None
         if self.config.line_form == LINE_FORM_FIELDS:
             return ("AddBatchLineFld", {
                 "KEY1": key, "LINE": line["line_number"], "INRI": RECORD_TYPE, "GRNR": VOUCHER_GROUP, **accounts,
@@ -156,29 +157,35 @@ class GLRoute:
         return Verdict(VERIFIED, m3_voucher_number=numbers[0])
 
 
-def _in_m3(rows: list[dict], local: str) -> list[tuple]:
-    """M3's lines as (date, accounts, currency, amount, local amount where M3 shows one, text)."""
+def _in_m3(rows: list[dict], local: str, compared: list[bool]) -> list[tuple]:
+    """M3's lines as (date, accounts, currency, amount, local amount where ``compared``, text)."""
+    ordered = sorted(rows, key=lambda r: int(r["JSNO"]))
     return [(m3_date(r["ACDT"]), tuple(r[name.upper()] for name in ACCOUNTS), r["CUCD"],
-             minor_units(r["CUAM"], r["CUCD"]), minor_units(r["ACAM"], local) if r.get("ACAM") else None, r["VTXT"])
-            for r in sorted(rows, key=lambda r: int(r["JSNO"]))]
+             minor_units(r["CUAM"], r["CUCD"]),
+             minor_units(r["ACAM"], local) if i < len(compared) and compared[i] else None, r["VTXT"])
+            for i, r in enumerate(ordered)]
 
 
-def _expected(voucher: Voucher, shows_local: bool) -> list[tuple]:
+def _expected(voucher: Voucher, local: str) -> list[tuple]:
     return [(ln["accounting_date"], tuple((ln[name] or "").strip() for name in ACCOUNTS), ln["currency"],
-             ln["amount_minor"], _local(ln) if shows_local else None, ln["voucher_text"].rstrip())
-            for ln in voucher.lines]
+             ln["amount_minor"], _local(ln, local), ln["voucher_text"].rstrip()) for ln in voucher.lines]
 
 
-def _local(line: dict) -> int:
-    """A journal line's local amount; a line stored before local amounts were kept is in local currency."""
-    return line["amount_minor"] if line.get("local_minor") is None else line["local_minor"]
+def _local(line: dict, local: str) -> int | None:
+    """A journal line's local amount (ACAM); a line stored before local amounts were kept has it only when it is
+    in the local currency (None: M3 converts it at its own rate)."""
+    if line.get("local_minor") is not None:
+        return line["local_minor"]
+    return line["amount_minor"] if line["currency"] == local else None
 
 
 def _differs(voucher: Voucher, rows: list[dict], local: str) -> str | None:
     """How M3's lines of a voucher differ from the journal's (accounts, currency, amount, local amount where M3
-    lists it, date, text), or None when they are the same line for line."""
-    in_m3 = _in_m3(rows, local)
-    expected = _expected(voucher, shows_local=any(r.get("ACAM") for r in rows))
+    lists it and the journal has one, date, text), or None when they are the same line for line."""
+    expected = _expected(voucher, local)
+    listed = any(r.get("ACAM") for r in rows)
+    expected = [e if listed else e[:4] + (None,) + e[5:] for e in expected]
+    in_m3 = _in_m3(rows, local, [e[4] is not None for e in expected])
     if in_m3 == expected:
         return None
     differ = next((i for i, (a, b) in enumerate(zip(in_m3, expected)) if a != b), min(len(in_m3), len(expected)))
