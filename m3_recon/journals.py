@@ -143,7 +143,8 @@ def load_exchange_rates(conn: duckdb.DuckDBPyConnection, path: str | Path | None
                                      f"local currency {local_currency}")
                 rows.append((currency, valid_from, rate))
     conn.execute(f"CREATE OR REPLACE TEMP TABLE exchange_rates ({RATES_COLUMNS})")
-    conn.executemany("INSERT INTO exchange_rates VALUES (?, ?, ?)", rows)
+    if rows:
+        conn.executemany("INSERT INTO exchange_rates VALUES (?, ?, ?)", rows)
     return len(rows)
 
 
