@@ -178,8 +178,9 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
 
     def at_rate(minor: str, currency: str, day: str) -> str:
         """SQL: ``minor`` of ``currency`` in local minor units at M3's rate of ``day`` (NULL when none is known)."""
-        rate = (f"(SELECT arg_max(r.rate, r.valid_from) FROM {rate_table} r "
-                f"WHERE r.currency = {currency} AND r.valid_from <= {day})")
+        rate = (f"(SELECT arg_max(rate_value, rate_from) FROM (SELECT currency AS rate_currency, valid_from AS "
+                f"rate_from, rate AS rate_value FROM {rate_table}) WHERE rate_currency = {currency} "
+                f"AND rate_from <= {day})")  # names of its own, so an unqualified outer column binds outside
         return f"CASE WHEN {currency} = '{local}' THEN {minor} ELSE {convert_sql(minor, currency, repr(local), rate)} END"
 
     conn.execute(f"""

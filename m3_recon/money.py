@@ -60,7 +60,7 @@ def convert_sql(minor: str, source: str, target: str, rate: str) -> str:
     (DECIMAL) rate; exact decimal arithmetic, half-up rounding (DuckDB rounds DECIMAL half away from zero)."""
     shift = f"{exponent_sql(target)} - {exponent_sql(source)}"
     scale = " ".join(f"WHEN {d} THEN {Decimal(1).scaleb(d):f}" for d in range(-3, 4))
-    return (f"CAST(round(CAST({minor} AS DECIMAL(18, 0)) * CAST({rate} AS DECIMAL(18, 8)) "
+    return (f"CAST(round(CAST({minor} AS DECIMAL(38, 0)) * CAST({rate} AS DECIMAL(18, 8)) "
             f"* (CASE {shift} {scale} END), 0) AS BIGINT)")
 
 

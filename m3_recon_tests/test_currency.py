@@ -135,7 +135,7 @@ def test_settlement_in_another_currency_than_local_books_local_values_and_fx_in_
     # settlement day and 0.93 when the payout arrives
     conn = journals("EUR", [("ch_1", "USD", "charge", 108_00, 3_20)], ("USD", 104_80),
                     [("ch_1", "26000001", "USD", 108_00, 108_00, 99_36)],
-                    rates=[("USD", "2026-09-30", "0.925"), ("USD", ARRIVED, "0.93")])
+                    rates=[("USD", "2026-09-30", "0.925"), ("USD", ARRIVED, "0.93"), ("JPY", DAY, "0.0062")])
     assert entries(conn) == [
         ("fx", "1193", "EUR", 54, 54), ("fx", "8210", "EUR", -54, -54),  # €99.90 received for €99.36 booked
         # the payout leaves clearing at what its lines brought there: €99.90 − €2.96
