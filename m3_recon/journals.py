@@ -40,7 +40,8 @@ import duckdb
 
 from m3_recon.money import convert_sql, known_currency
 from m3_recon.settings import PROJECT_ROOT
-from m3_recon.warehouse import table_exists
+from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.warehouse import add_missing_columns, table_exists
 
 DEFAULT_ACCOUNTS_FILE = PROJECT_ROOT / "data" / "gl_accounts.toml"
 PROCESSOR_CODES = {"stripe": "S", "paytrace": "P", "heartland": "H"}
@@ -102,18 +103,27 @@ class AccountMap:
 
 # Every booking on the ledger by both routes: GLS840MI voucher lines as derived, and each ARS040MI cash
 # application as the two lines M3 books for it (clearing debited, receivable credited, at the booked local
-# value in the payment's settlement currency); ``local_minor`` is every line in M3's local currency. Needs ``core_gl_journal_lines``, ``core_cash_applications``,
+# value in the payment's settlement currency); ``local_minor`` is every line in M3's local currency, and
+# ``settlement_currency`` / ``settlement_minor`` the line in the processor's settlement currency: where that is
+# not the local currency, a cash application counts at what settled for the invoice and an FX line (booked in
+# local currency only) at nothing. Needs ``core_gl_journal_lines``, ``core_cash_applications``,
 # ``core_settlement_lines`` and a ``gl_chart`` table (``AccountMap.chart``).
 LEDGER_LINES = """
     SELECT 'GLS840MI' AS route, j.voucher_key, j.accounting_date, j.processor, j.ait1 AS account, j.currency,
            j.amount_minor, j.entry, j.payout_id, j.source_id, j.held_reason,
-           coalesce(j.local_minor, j.amount_minor) AS local_minor
+           coalesce(j.local_minor, j.amount_minor) AS local_minor,
+           coalesce(l.currency, j.currency) AS settlement_currency,
+           CASE WHEN j.entry = 'fx' AND j.currency <> l.currency THEN 0 ELSE j.amount_minor END AS settlement_minor
     FROM core_gl_journal_lines j
+    LEFT JOIN (SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL) l
+         USING (processor, source_id)
     UNION ALL
     SELECT 'ARS040MI', c.voucher_key, c.accounting_date, c.processor, g.account, coalesce(l.currency, c.currency),
            CASE WHEN g.account_key = 'receivable' THEN -c.local_minor ELSE c.local_minor END, 'cash_application',
            c.payout_id, c.source_id, NULL,
-           CASE WHEN g.account_key = 'receivable' THEN -c.local_minor ELSE c.local_minor END
+           CASE WHEN g.account_key = 'receivable' THEN -c.local_minor ELSE c.local_minor END,
+           coalesce(l.currency, c.currency),
+           CASE WHEN g.account_key = 'receivable' THEN -1 ELSE 1 END * coalesce(c.settlement_minor, c.local_minor)
     FROM core_cash_applications c
     JOIN gl_chart g ON g.account_key IN ('receivable', 'clearing:' || c.processor)
     LEFT JOIN (SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL) l
@@ -305,7 +315,9 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
                                        ORDER BY a.source_id, a.invoice_number, a.invoice_year) AS INTEGER) AS line_number,
                a.settlement_date AS accounting_date, a.customer, a.invoice_number,
                CAST(a.invoice_year AS INTEGER) AS invoice_year, a.invoice_currency AS currency,
-               a.allocated_minor AS amount_minor, a.processor, a.source_id, l.payout_id, a.local_minor
+               a.allocated_minor AS amount_minor, a.processor, a.source_id, l.payout_id, a.local_minor,
+               CASE WHEN l.currency = '{local}' THEN a.local_minor ELSE a.allocated_settlement_minor END
+                   AS settlement_minor
         FROM applied a JOIN code c USING (processor) LEFT JOIN {lines} l USING (processor, source_id)
         WHERE a.allocated_minor > 0""")
 
@@ -339,6 +351,9 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
                  "voucher_key VARCHAR, accounting_date DATE, currency VARCHAR, amount_minor BIGINT, detail VARCHAR)")
     if not (table_exists(conn, "out_m3_postings") and table_exists(conn, "core_gl_journal_lines")):
         return 0
+    add_missing_columns(conn, "core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS)  # stored by an older release
+    if table_exists(conn, "core_cash_applications"):
+        add_missing_columns(conn, "core_cash_applications", CASH_APPLICATION_COLUMNS)
     revisions = 0
     for route, derived, stored, group in (
         ("gl", "journal_lines", "core_gl_journal_lines",
@@ -355,8 +370,10 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
             CREATE OR REPLACE TEMP TABLE frozen_bases AS
             SELECT base, max(revision) + 1 AS next_revision FROM sent_keys
             WHERE base IN (SELECT voucher_key FROM {derived}) GROUP BY base""")
-        amount = "payout_id, amount_minor, local_minor"
-        sums = "max(payout_id) AS payout_id, sum(amount_minor) AS amount_minor, sum(local_minor) AS local_minor"
+        settled = "" if route == "gl" else ", settlement_minor"
+        amount = "payout_id, amount_minor, local_minor" + settled
+        sums = ("max(payout_id) AS payout_id, sum(amount_minor) AS amount_minor, sum(local_minor) AS local_minor"
+                + ("" if route == "gl" else ", sum(settlement_minor) AS settlement_minor"))
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE known_payout AS
             SELECT processor, source_id, max(payout_id) AS payout_id FROM {derived}
@@ -370,6 +387,7 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
                 SELECT k.base, {", ".join(f"s.{c.strip()}" for c in group.split(","))},
                        s.payout_id, -s.amount_minor AS amount_minor,
                        -coalesce(s.local_minor, s.amount_minor) AS local_minor  -- a line stored before local values
+                       {"" if route == "gl" else ", -coalesce(s.settlement_minor, s.local_minor) AS settlement_minor"}
                 FROM {stored} s JOIN sent_keys k USING (voucher_key) WHERE k.base IN (SELECT base FROM frozen_bases)
             )
             SELECT f.base || 'R' || f.next_revision AS voucher_key, d.*

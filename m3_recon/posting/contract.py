@@ -38,6 +38,8 @@ CASH_APPLICATION_COLUMNS = {
     "source_id": "VARCHAR NOT NULL",          # the payment line
     "payout_id": "VARCHAR",
     "local_minor": "BIGINT",                  # M3's booked local value of the amount (what clearing receives)
+    "settlement_minor": "BIGINT",             # what it moves clearing by in the settlement currency (not sent):
+                                              # local_minor when that is the local currency, else what settled
 }
 
 POSTING_COLUMNS = {
