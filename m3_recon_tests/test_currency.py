@@ -210,3 +210,39 @@ def test_an_eleventh_revision_gets_its_own_key():
                                  " AND voucher_key NOT IN (SELECT voucher_key FROM core_cash_applications)"
                                  ).fetchone()[0])
     assert keys == [f"CHA20261001R{n}" for n in range(1, 12)]
+
+
+def test_corrections_read_journals_stored_before_local_amounts_without_a_revision():
+    """A warehouse from before local amounts: its stored lines lack local_minor / settlement_minor; the same
+    journals derived again are no revision (their local amounts are the amounts, as M3 has them)."""
+    conn = journals("USD", [("tx_1", "USD", "charge", 100_00, 1_00)], ("USD", 99_00),
+                    [("tx_1", "26000001", "USD", 100_00, 100_00, 100_00)])
+    conn.execute("CREATE TABLE core_gl_journal_lines AS SELECT * EXCLUDE (local_minor) FROM journal_lines")
+    conn.execute("CREATE TABLE core_cash_applications AS SELECT * EXCLUDE (settlement_minor) FROM cash_applications")
+    conn.execute("CREATE TABLE out_m3_postings AS SELECT DISTINCT voucher_key, 'gl' AS route, "
+                 "TIMESTAMP '2026-10-02 02:00' AS sent_at_utc FROM journal_lines UNION ALL "
+                 "SELECT DISTINCT voucher_key, 'cash_application', TIMESTAMP '2026-10-02 02:00' FROM cash_applications")
+    assert corrections(conn) == 0
+
+
+def test_the_sandbox_m3_keeps_eur_books_with_yen_and_takes_a_lines_local_amount():
+    from datetime import date
+
+    from m3_recon.sandbox.m3_ledger import M3Ledger
+    from m3_recon.sandbox.world import Period, build_world
+
+    world = build_world(7, Period(date(2026, 10, 1), 3), customers=12, local_currency="EUR")
+    assert world.heartland_currency == "JPY"
+    assert {c.currency for c in world.customers_of("heartland")} == {"JPY"}
+    m3 = M3Ledger(world)
+    yen = next(line for line in m3.lines(2**40) if line.currency == "JPY")
+    assert yen.local_minor == convert(yen.amount_minor, "JPY", "EUR", yen.rate)  # whole yen to euro cents
+    m3.add_gl_batch("GHD20261002", "GLUPLOAD", "test", "", 0)
+    day = date(2026, 10, 2)
+    for number, (account, amount, acam) in enumerate([("1193", "10000", "62.50"), ("6810", "-10000", "")], start=1):
+        m3.add_gl_batch_line("GHD20261002", number, {"AIT1": account, "CUCD": "JPY", "CUAM": amount,
+                                                     "ACDT": "20261002", "ACAM": acam})
+    booked = m3.update_gl_batch("GHD20261002", 0)
+    assert [(line.amount_minor, line.local_minor) for line in booked] == [
+        (10_000, 62_50),  # the local amount the journal gave
+        (-10_000, convert(-10_000, "JPY", "EUR", m3.gl_rate("JPY", day)))]  # none given: M3's rate of the day
