@@ -31,6 +31,7 @@ import pandas as pd  # noqa: E402
 
 from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS  # noqa: E402
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments  # noqa: E402
+from m3_recon.sql import column_list, nullable  # noqa: E402
 
 
 def generate(conn: duckdb.DuckDBPyConnection, n: int) -> None:
@@ -65,8 +66,7 @@ def generate(conn: duckdb.DuckDBPyConnection, n: int) -> None:
         FROM cases;
         UPDATE lines SET net_minor = amount_minor, presentment_amount_minor = amount_minor;
     """)
-    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
-    conn.execute(f"CREATE TABLE earlier ({columns})")
+    conn.execute(f"CREATE TABLE earlier ({column_list({c: nullable(t) for c, t in ALLOCATION_COLUMNS.items()})})")
     assert [r[0] for r in conn.execute("DESCRIBE lines").fetchall()] == list(SETTLEMENT_LINE_COLUMNS)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from m3_recon.money import money
+from m3_recon.money import money, money_by_currency
 from m3_recon.posting.summary import print_posting_summary
 from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
@@ -154,10 +154,12 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
         print(f"  {processor:<10} {judged - len(misses):>4}/{judged} payments land where the generator says")
 
     print("\nPayouts / deposits / batches (core_payout_reconciliation):")
-    for processor, status, count, residue in conn.execute(
-            "SELECT processor, status, count(*), sum(abs(difference_minor)) FROM core_payout_reconciliation "
-            "GROUP BY ALL ORDER BY ALL").fetchall():
-        print(f"  {processor:<10} {status:<9} {count:>4}" + (f"  residue {residue / 100:,.2f}" if residue else ""))
+    for processor, status, count, residues in conn.execute(
+            "SELECT processor, status, sum(n), list((currency, residue) ORDER BY currency) FILTER (residue <> 0) "
+            "FROM (SELECT processor, status, currency, count(*) AS n, sum(abs(difference_minor)) AS residue "
+            "FROM core_payout_reconciliation GROUP BY ALL) GROUP BY ALL ORDER BY ALL").fetchall():
+        print(f"  {processor:<10} {status:<9} {count:>4}"
+              + (f"  residue {money_by_currency([tuple(r) for r in residues])}" if residues else ""))
     mismatched_unexcepted = conn.execute("""
         SELECT count(*) FROM core_payout_reconciliation t WHERE status = 'mismatch' AND NOT EXISTS (
             SELECT 1 FROM out_recon_exceptions e WHERE e.source_id = t.payout_id AND e.status = 'open')""").fetchone()[0]

@@ -1,7 +1,8 @@
 """The one currency model: ISO 4217 codes and exponents, conversion between currencies in integer minor
-units (half-up, no floats, in Python and as the same expression in SQL), and money as people read it —
+units (half-up, no floats: ``convert``, and ``convert_sql`` the same in DuckDB), and money as people read it —
 ``1,234.56 USD`` with each currency's own decimals, never divided by 100 blindly and never summed across
-currencies."""
+currencies. ``money_sql`` writes the same text inside DuckDB, for messages built in SQL (exception details,
+alerts)."""
 
 from __future__ import annotations
 
@@ -49,29 +50,46 @@ def convert(minor: int, source: str, target: str, rate: Decimal) -> int:
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def exponent_sql(currency: str) -> str:
-    """SQL: the ISO 4217 exponent of the currency code in column or expression ``currency``."""
-    cases = " ".join(f"WHEN '{c}' THEN {e}" for c, e in sorted(CURRENCY_EXPONENTS.items()))
-    return f"(CASE upper({currency}) {cases} ELSE 2 END)"
-
-
-def convert_sql(minor: str, source: str, target: str, rate: str) -> str:
-    """SQL twin of ``convert``: expressions for the amount in minor units, the two currency codes and the
-    (DECIMAL) rate; exact decimal arithmetic, half-up rounding (DuckDB rounds DECIMAL half away from zero)."""
-    shift = f"{exponent_sql(target)} - {exponent_sql(source)}"
-    scale = " ".join(f"WHEN {d} THEN {Decimal(1).scaleb(d):f}" for d in range(-3, 4))
-    return (f"CAST(round(CAST({minor} AS DECIMAL(38, 0)) * CAST({rate} AS DECIMAL(18, 8)) "
-            f"* (CASE {shift} {scale} END), 0) AS BIGINT)")
+def figure(minor: int, currency: str) -> str:
+    """The number alone, for a column headed with its currency: ``123456`` USD -> ``'1,234.56'``."""
+    return f"{major(minor, currency):,.{exponent(currency)}f}"
 
 
 def money(minor: int | None, currency: str | None) -> str:
     """``123456`` USD -> ``'1,234.56 USD'``; ``None`` -> ``''``."""
     if minor is None or currency is None:
         return ""
-    return f"{major(minor, currency):,.{exponent(currency)}f} {currency}"
+    return f"{figure(minor, currency)} {currency}"
 
 
 def money_by_currency(totals: dict[str, int] | list[tuple[str, int]]) -> str:
     """``{'USD': 100, 'EUR': 250}`` -> ``'2.50 EUR; 1.00 USD'`` (one figure per currency, never a sum across them)."""
     items = sorted(totals.items() if isinstance(totals, dict) else totals)
     return "; ".join(money(amount or 0, currency) for currency, amount in items) or "0"
+
+
+def exponent_sql(currency: str) -> str:
+    """DuckDB: the exponent of the currency code in SQL expression ``currency``."""
+    listed = " ".join(f"WHEN '{code}' THEN {places}" for code, places in sorted(CURRENCY_EXPONENTS.items()))
+    return f"CASE upper(trim({currency})) {listed} ELSE 2 END"
+
+
+def money_sql(minor: str, currency: str) -> str:
+    """DuckDB: ``money()`` of SQL expressions ``minor`` (integer minor units; a fraction is rounded half away
+    from zero, as a median can have one) and ``currency``, or NULL when either is NULL. Integers only."""
+    read = (f"list_transform([{{'m': CAST(round({minor}) AS HUGEINT), 'c': {currency}}}], "
+            f"lambda q: {{'m': q.m, 'c': q.c, 'e': {exponent_sql('q.c')}}})")
+    unit = "CAST(10 ** p.e AS HUGEINT)"
+    return (f"list_transform({read}, lambda p: CASE WHEN p.m < 0 THEN '-' ELSE '' END "
+            f"|| format('{{:,}}', abs(p.m) // {unit}) "
+            f"|| CASE WHEN p.e > 0 THEN '.' || lpad(CAST(abs(p.m) % {unit} AS VARCHAR), p.e, '0') ELSE '' END "
+            f"|| ' ' || p.c)[1]")
+
+
+def convert_sql(minor: str, source: str, target: str, rate: str) -> str:
+    """SQL twin of ``convert``: expressions for the amount in minor units, the two currency codes and the
+    (DECIMAL) rate; exact decimal arithmetic, half-up rounding (DuckDB rounds DECIMAL half away from zero)."""
+    shift = f"({exponent_sql(target)}) - ({exponent_sql(source)})"
+    scale = " ".join(f"WHEN {d} THEN {Decimal(1).scaleb(d):f}" for d in range(-3, 4))
+    return (f"CAST(round(CAST({minor} AS DECIMAL(38, 0)) * CAST({rate} AS DECIMAL(18, 8)) "
+            f"* (CASE {shift} {scale} END), 0) AS BIGINT)")

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from m3_recon import decimal_json
+from m3_recon.sql import ensure_table
 
 
 QUARANTINE_DDL = """
@@ -116,12 +117,6 @@ def query_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | dict |
     return table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
 
 
-def add_missing_columns(conn: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]) -> None:
-    """A table made by an older release gains the columns it lacks (nullable: old rows have no value)."""
-    for column, kind in columns.items():
-        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
-
-
 def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes: list[tuple[str, dict[str, str], str]],
                  date_column: str = "settlement_date") -> None:
     """In one transaction, for each (table, columns, select_sql): create the table if needed, delete its rows
@@ -129,8 +124,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes:
     conn.execute("BEGIN TRANSACTION")
     try:
         for table, columns, select_sql in writes:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
-            add_missing_columns(conn, table, columns)
+            ensure_table(conn, table, columns)
             conn.execute(f"DELETE FROM {table} WHERE {date_column} >= ? AND {date_column} < ?", [first_day, end_day])
             conn.execute(f"INSERT INTO {table} BY NAME {select_sql}")
         conn.execute("COMMIT")

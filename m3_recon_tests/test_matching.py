@@ -248,7 +248,7 @@ def tieout(payouts, lines):
     conn.execute("CREATE TABLE payouts AS SELECT * FROM payouts_df")
     lines_table(conn, lines)
     tie_out_payouts(conn, payouts="payouts", lines="lines")
-    payout_exceptions(conn)
+    payout_exceptions(conn, tieout="payout_tieout")
     return conn
 
 
@@ -267,7 +267,7 @@ def test_payout_tie_out_statuses_and_named_residue():
     rows = conn.execute("SELECT payout_id, status, difference_minor FROM payout_tieout ORDER BY 1").fetchall()
     assert rows == [("po1", "tied", 0), ("po2", "mismatch", 1_75), ("po3", "failed", 0), ("po4", "pending", 12_00)]
     residue = conn.execute("SELECT source_id, unapplied_minor, detail FROM payout_exceptions").fetchall()
-    assert residue == [("po2", 1_75, "payout 5000 USD vs lines net 4825: residue 175 USD; "
+    assert residue == [("po2", 1_75, "payout 50.00 USD vs lines net 48.25 USD: residue 1.75 USD; "
                                      "1 itemised line(s) missing from core_settlement_lines")]
 
 

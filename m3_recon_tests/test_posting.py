@@ -13,8 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from m3_recon.defs.m3.client import M3Client
-from m3_recon.defs.reconcile.assets import journal_exceptions
+from m3_recon.clients.m3 import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
@@ -23,6 +22,7 @@ from m3_recon.posting.layout import LayoutError, ParmLayout
 from m3_recon.posting.outbox import ROUTE_CASH, ROUTE_GL, Voucher
 from m3_recon.posting.poster import PostingInterrupted, post_pending
 from m3_recon.posting.summary import print_posting_summary
+from m3_recon.reconcile.window import journal_exceptions
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
@@ -539,8 +539,8 @@ def test_a_voucher_m3_accepted_but_does_not_show_yet_is_posted_unverified_never_
     assert "4 vouchers posted_unverified (e.g. JV2610020001: M3 accepted batch" in out.getvalue()
     assert "they are never resent" in out.getvalue()
     with duckdb.connect(str(warehouse)) as conn:  # the next close registers them as exceptions: alerted
-        found = journal_exceptions(conn, "2026-10-01", "2026-10-31")
-        alerted = conn.execute(f"SELECT source_id, processor, detail FROM ({found}) "
+        found = journal_exceptions(conn, date(2026, 10, 1), date(2026, 10, 31))
+        alerted = conn.execute(f"SELECT source_id, processor, detail FROM {found} "
                                "WHERE reason_code = 'voucher_unverified' ORDER BY 1").fetchall()
     assert [key for key, *_ in alerted] == sorted(unverified) and alerted[0][1] == "stripe"
     assert "gl voucher JV2610020001 (M3 batch JV2610020001): M3 accepted batch" in alerted[0][2]
@@ -594,7 +594,7 @@ def test_a_refused_voucher_fails_the_summary_with_the_next_step(sandboxes, wareh
     assert print_posting_summary(out) == 1
     assert "4 vouchers failed (e.g. JV2610020001: M3: GLS840MI/AddBatchHead answered NOK in field INTN: Interface " \
            "GLNOTTHERE does not exist (HTTP 200)) -> next: M3 refused them" in out.getvalue()
-    assert "gl                failed                4 vouchers  debits EUR 412.37; USD 2,475.77" in out.getvalue()
+    assert "gl                failed                4 vouchers  debits 412.37 EUR; 2,475.77 USD" in out.getvalue()
     assert "posting: needs a person — 4 failed, 1 held" in out.getvalue()
 
 
@@ -633,7 +633,8 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         conn.execute(f"CREATE TABLE {table}")
         if rows:
             conn.executemany(f"INSERT INTO {table.split()[0]} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-    posting_blocks(conn, "2026-10-01", "2026-10-09")  # day 9 lies outside the window
+    posting_blocks(conn, d(1), d(9), journal_lines="journal_lines", clearing_residue="clearing_residue",
+                   applications="applications_in_m3")  # day 9 lies outside the window
     assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
         ("heartland", d(8), "vouchers_balance"), ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),

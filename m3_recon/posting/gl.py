@@ -20,7 +20,7 @@ from datetime import datetime
 
 import duckdb
 
-from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, m3_date, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, m3_amount, m3_date, minor_units
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
 from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher
@@ -29,7 +29,6 @@ from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingReje
 KEY1_LENGTH = 15
 RECORD_TYPE = "I1"
 VOUCHER_GROUP = 1
-TECHNICAL_FIELDS = ("RNNO", "GRNR", "DIVI")  # sent when the site's template has a position for them
 ACCOUNTS = tuple(f"ait{i}" for i in range(1, 8))
 
 

@@ -34,6 +34,7 @@ import duckdb
 
 from m3_recon.canonical.references import TextReference, load_text_references
 from m3_recon.settings import PROJECT_ROOT
+from m3_recon.sql import literal
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "matching_rules.toml"
 
@@ -136,8 +137,8 @@ def normalised(expr: str, rules: MatchingRules) -> str:
 
 def reference_tokens(expr: str, rules: MatchingRules) -> str:
     """SQL: the distinct normalised references a reference text names, split at the list separators."""
-    separators = rules.list_separators.replace("'", "''")
-    return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), '{separators}'), "
+    return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), "
+            f"{literal(rules.list_separators)}), "
             f"t -> {normalised('t', rules)}), t -> t IS NOT NULL))")
 
 

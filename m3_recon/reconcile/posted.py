@@ -6,16 +6,32 @@ local value M3 books for each new allocation, and which invoices M3 no longer li
 
 from __future__ import annotations
 
+from datetime import date
+
 import duckdb
 
 from m3_recon.money import convert_sql, known_currency
 from m3_recon.warehouse import table_exists
 
 
-def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> int:
-    """Temp tables ``payments_in_m3`` (every payment with anything sent to M3), ``applications_in_m3`` (allocations
-    whose cash application was sent) and ``frozen_payments`` (payments in [first, end) with something in M3 and
-    no decision, whose allocations are kept). Needs ``exception_decisions`` loaded."""
+def applications_in_m3(conn: duckdb.DuckDBPyConnection, into: str = "applications_in_m3") -> str:
+    """Temp table ``into`` (processor, source_id, invoice_number, invoice_year): allocations whose cash application
+    was sent to M3. M3's outstanding amounts already include them, so they no longer bind invoices. Returns ``into``."""
+    applied = ("SELECT DISTINCT c.processor, c.source_id, c.invoice_number, c.invoice_year FROM core_cash_applications c "
+               "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
+               "AND p.sent_at_utc IS NOT NULL"
+               if table_exists(conn, "out_m3_postings") and table_exists(conn, "core_cash_applications") else
+               "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS invoice_number, "
+               "NULL::INTEGER AS invoice_year WHERE false")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {applied}")
+    return into
+
+
+def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: date, *, decisions: str,
+                           into: str = "frozen_payments") -> int:
+    """Temp table ``into`` (processor, source_id): payments of [first_day, end_day) with anything sent to M3 (cash
+    application or GL lines) and no decision in ``decisions`` (``load_decisions``), whose allocations are kept.
+    Returns how many."""
     parts = []
     if table_exists(conn, "out_m3_postings"):
         sent = "SELECT voucher_key, route FROM out_m3_postings WHERE sent_at_utc IS NOT NULL"
@@ -25,28 +41,21 @@ def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str
         if table_exists(conn, "core_gl_journal_lines"):
             parts.append(f"SELECT j.processor, j.source_id FROM core_gl_journal_lines j JOIN ({sent}) p "
                          f"ON p.voucher_key = j.voucher_key AND p.route = 'gl' WHERE j.source_id IS NOT NULL")
-    union = " UNION ".join(parts) or "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false"
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE payments_in_m3 AS SELECT DISTINCT * FROM ({union})")
-    applied = ("SELECT DISTINCT c.processor, c.source_id, c.invoice_number, c.invoice_year FROM core_cash_applications c "
-               "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
-               "AND p.sent_at_utc IS NOT NULL" if parts and table_exists(conn, "core_cash_applications") else
-               "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS invoice_number, "
-               "NULL::INTEGER AS invoice_year WHERE false")
-    # Applications M3 already booked: its outstanding amounts include them, so they no longer bind invoices.
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE applications_in_m3 AS {applied}")
-    decided = ("SELECT e.processor, e.source_id FROM core_match_exceptions e JOIN exception_decisions d "
+    in_m3 = " UNION ".join(parts) or "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false"
+    decided = (f"SELECT e.processor, e.source_id FROM core_match_exceptions e JOIN {decisions} d "
                "USING (exception_id)" if table_exists(conn, "core_match_exceptions")
                else "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false")
     allocations = ("core_payment_allocations" if table_exists(conn, "core_payment_allocations") else
                    "(SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date "
                    "WHERE false)")
     conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE frozen_payments AS
+        CREATE OR REPLACE TEMP TABLE {into} AS
         SELECT DISTINCT a.processor, a.source_id FROM {allocations} a
-        JOIN payments_in_m3 m USING (processor, source_id)
-        WHERE a.settlement_date >= DATE '{first}' AND a.settlement_date < DATE '{end}'
-          AND (a.processor, a.source_id) NOT IN (SELECT (processor, source_id) FROM ({decided}))""")
-    return conn.execute("SELECT count(*) FROM frozen_payments").fetchone()[0]
+        JOIN ({in_m3}) m USING (processor, source_id)
+        WHERE a.settlement_date >= $first AND a.settlement_date < $end
+          AND (a.processor, a.source_id) NOT IN (SELECT (processor, source_id) FROM ({decided}))""",
+                 {"first": first_day, "end": end_day})
+    return conn.execute(f"SELECT count(*) FROM {into}").fetchone()[0]
 
 
 def check_local_currency(conn: duckdb.DuckDBPyConnection, invoices: str, configured: str) -> str:
@@ -54,6 +63,8 @@ def check_local_currency(conn: duckdb.DuckDBPyConnection, invoices: str, configu
     M3 itself reports on the open invoices (``GetInvTotInfo.LOCD``, column ``local_currency``) — local values
     booked in another currency than M3 keeps would be wrong by the exchange rate, so a mismatch stops the run."""
     local = known_currency(configured, "M3_LOCAL_CURRENCY")
+    if "local_currency" not in {d[0] for d in conn.execute(f"SELECT * FROM {invoices} LIMIT 0").description}:
+        return local  # invoices read without M3's LOCD: nothing to compare with
     reported = [c for (c,) in conn.execute(
         f"SELECT DISTINCT upper(trim(local_currency)) FROM {invoices} WHERE coalesce(trim(local_currency), '') <> '' "
         "ORDER BY 1").fetchall()]
@@ -107,15 +118,15 @@ def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: s
           AND a.invoice_number = booked.invoice_number AND a.invoice_year = booked.invoice_year""")
 
 
-def keep_frozen(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> None:
-    """Put the frozen payments' stored allocations and exceptions back into this run's results."""
-    if not conn.execute("SELECT count(*) FROM frozen_payments").fetchone()[0]:
+def keep_frozen(conn: duckdb.DuckDBPyConnection, *, frozen: str) -> None:
+    """Put the ``frozen`` payments' stored allocations and exceptions back into this run's results."""
+    if not conn.execute(f"SELECT count(*) FROM {frozen}").fetchone()[0]:
         return
-    frozen = "(processor, source_id) IN (SELECT (processor, source_id) FROM frozen_payments)"
-    conn.execute(f"DELETE FROM match_allocations WHERE {frozen}")
-    conn.execute(f"DELETE FROM match_exceptions WHERE {frozen}")
-    conn.execute(f"INSERT INTO match_allocations BY NAME SELECT * FROM core_payment_allocations WHERE {frozen}")
-    conn.execute(f"INSERT INTO match_exceptions BY NAME SELECT * FROM core_match_exceptions WHERE {frozen}")
+    kept = f"(processor, source_id) IN (SELECT (processor, source_id) FROM {frozen})"
+    conn.execute(f"DELETE FROM match_allocations WHERE {kept}")
+    conn.execute(f"DELETE FROM match_exceptions WHERE {kept}")
+    conn.execute(f"INSERT INTO match_allocations BY NAME SELECT * FROM core_payment_allocations WHERE {kept}")
+    conn.execute(f"INSERT INTO match_exceptions BY NAME SELECT * FROM core_match_exceptions WHERE {kept}")
 
 
 def matchable_invoices(conn: duckdb.DuckDBPyConnection) -> None:

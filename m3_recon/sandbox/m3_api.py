@@ -147,7 +147,6 @@ MUST_BE_ENTERED = {"CUNO": "WCU0202", "PYNO": "WPY0202", "CINO": "WCI0202", "INY
                    "TRNO": "WTR0202", "PYAM": "WPY0202", "FRDT": "WFR0202", "TODT": "WTO0202",
                    "MINM": "WMI0202"}
 
-KEY_OUT = ("YEA4", "JRNO", "JSNO")
 INVOICE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "TRCD", "PYNO", "CUNO", "CINO", "INYR", "VSER", "VONO",
                "TDSC", "CUCD", "ARAT", "CUAM", "IVDT", "DUDT", "ACDT", "TEPY", "RECO", "REDE", "DTP5")
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import duckdb
 
 from m3_recon.journals import AccountMap
-from m3_recon.money import convert, exponent, major
+from m3_recon.money import convert, figure
 from m3_recon.sandbox import Sandbox
 from m3_recon.sandbox.m3_ledger import GL_SERIES
+from m3_recon.sql import literal_list
 
 IN_TRANSIT = ("pending", "in_transit")
 
@@ -33,7 +34,7 @@ def not_yet_at_the_bank(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> di
             FROM core_settlement_lines l
             WHERE l.line_type <> 'payout' AND (l.payout_id IS NULL OR (l.processor, l.payout_id) IN (
                 SELECT (processor, payout_id) FROM core_payout_reconciliation
-                WHERE payout_status IN ({', '.join(repr(s) for s in IN_TRANSIT)})))""").fetchall():
+                WHERE payout_status IN {literal_list(IN_TRANSIT)}))""").fetchall():
         rate = m3.gl_rate(currency, day)
         value = net if currency == local else convert(amount, currency, local, rate) - convert(fee, currency, local,
                                                                                                rate)
@@ -47,14 +48,15 @@ def print_trial_balance(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bo
     local = sandbox.m3.local_currency
 
     def _money(minor: int) -> str:
-        return f"{major(minor, local):,.{exponent(local)}f}"
+        return figure(minor, local)
 
     accounts: dict[str, dict[str, list[int]]] = {}
     for line in sandbox.m3.gl_lines(sandbox.clock.now()):
         route = "gl" if line.voucher_series == GL_SERIES else "cash"
         sides = accounts.setdefault(line.ait1, {"gl": [0, 0], "cash": [0, 0]})[route]
         sides[0 if line.local_minor > 0 else 1] += abs(line.local_minor)
-    print(f"\nM3 trial balance (local currency {local}; GL = GLS840MI vouchers, cash = ARS040MI payment vouchers):")
+    print(f"\nM3 trial balance (local currency {local}; GL = GLS840MI vouchers, cash = ARS040MI payment "
+          "vouchers):")
     print(f"  {'account':<10} {'GL debit':>15} {'GL credit':>15} {'cash debit':>15} {'cash credit':>15} {'balance':>15}")
     total = 0
     for account in sorted(accounts):

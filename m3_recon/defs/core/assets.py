@@ -20,6 +20,7 @@ from m3_recon.canonical.references import with_text_references
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import MatchingRules
+from m3_recon.sql import create_table, nullable
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -30,10 +31,6 @@ OWNERS = ["team:finance-systems"]
 
 # One mapping per processor (m3_recon/canonical/<processor>.py); a placeholder is None until written.
 MAPPINGS = tuple(m for m in (stripe.MAPPING, paytrace.MAPPING, heartland.MAPPING) if m is not None)
-
-
-def _ddl(table: str, columns: dict[str, str]) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
 
 
 def load_candidates(conn: duckdb.DuckDBPyConnection, window: FetchWindow, sql_of, deps_of) -> pd.DataFrame:
@@ -47,11 +44,11 @@ def replace_canonical(conn: duckdb.DuckDBPyConnection, *, table: str, columns: d
                       valid: pd.DataFrame, rejected: pd.DataFrame, run_id: str) -> None:
     """Replace the window of ``table`` with ``valid`` and of its quarantine entries with ``rejected``."""
     first, last = window.start.date(), window.end.date()
-    select = ", ".join(f"CAST({c} AS {t.replace(' NOT NULL', '')})" for c, t in columns.items())
+    select = ", ".join(f"CAST({c} AS {nullable(t)})" for c, t in columns.items())
     quarantined_at = naive_utc(datetime.now(timezone.utc))
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(_ddl(table, columns))
+        conn.execute(create_table(table, columns))
         conn.execute(QUARANTINE_DDL)
         conn.execute(f"DELETE FROM {table} WHERE settlement_date >= ? AND settlement_date < ?", [first, last])
         conn.execute("DELETE FROM core_quarantine WHERE table_name = ? AND partition_date >= ? AND partition_date < ?",

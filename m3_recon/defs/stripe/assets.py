@@ -15,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.money import money_by_currency
+from m3_recon.money import money, money_by_currency
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
@@ -129,7 +129,7 @@ def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchW
 def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
+    objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
                               insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
@@ -137,8 +137,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                               rejection=rejection("balance transaction", ("amount", "fee", "net")),
                               run_id=context.run.run_id)
         by_category = conn.execute(
-            "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
-            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY 1 ORDER BY 1",
+            "SELECT reporting_category, upper(currency), count(*), sum(net) FROM raw_stripe_balance_transactions "
+            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY ALL ORDER BY ALL",
             [naive_utc(window.start), naive_utc(window.end)]).fetchall()
         pending = conn.execute(
             "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
@@ -150,8 +150,8 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
         "fetch_window": str(window),
         "pending": pending,
         "by_reporting_category": dg.MetadataValue.md(
-            "| category | rows | net (minor units) |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_category)),
+            "| category | rows | net |\n|---|---:|---:|\n"
+            + "\n".join(f"| {c} | {n} | {money(s, cur)} |" for c, cur, n, s in by_category)),
     })
 
 @dg.asset(
@@ -163,7 +163,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
 def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig,
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.payouts(window.start_epoch, window.end_epoch)
+    objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
     with duckdb.get_connection() as conn:
         rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
                               docs=documents_table(objects, context.run.run_id), window_column="created_at_utc",
@@ -184,6 +184,9 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"stripe", "duckdb"}, pool="duckdb_writer", deps=[raw_stripe_payouts],
+    check_specs=[dg.AssetCheckSpec("payout_lines_net_to_zero", asset="raw_stripe_payout_lines",
+                                   description="Every itemised payout's balance transactions, its own payout line "
+                                               "included, net to zero (the payout identity).")],
     description="The balance transactions settled by each automatic payout (Stripe's `payout=` filter), "
                 "including the payout's own `type=payout` line; payouts still `in_progress` wait for a "
                 "later run within the look-back.",
@@ -198,8 +201,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
             "WHERE automatic AND created_at_utc >= ? AND created_at_utc < ? ORDER BY created_at_utc", bounds,
         ).fetchall()
     ready = [(pid, created) for pid, created, status in payouts if status == "completed"]
+    client = stripe.client()
     with ThreadPoolExecutor(max_workers=PAYOUT_LINE_WORKERS) as pool:
-        itemised = list(pool.map(lambda p: stripe.payout_lines(p[0]), ready))
+        itemised = list(pool.map(lambda p: client.payout_lines(p[0]), ready))
     objects, payout_ids, payout_created = [], [], []
     for (payout_id, created), lines in zip(ready, itemised):
         objects.extend(lines)
@@ -218,7 +222,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
         "rows": rows, "fetch_window": str(window), "payouts_itemised": len(ready),
         "payouts_awaiting_itemisation": len(payouts) - len(ready),
         "payouts_with_nonzero_net": unbalanced,
-    })
+    }, check_results=[dg.AssetCheckResult(
+        check_name="payout_lines_net_to_zero", passed=not unbalanced, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"payouts_checked": len(ready), "payouts_with_nonzero_net": unbalanced})])
 
 
 CUSTOMERS_SELECT = f"""
@@ -234,7 +240,7 @@ WHERE raw->>'$.id' IS NOT NULL"""
 )
 def raw_stripe_customers(context: dg.AssetExecutionContext, stripe: StripeResource,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
-    objects = stripe.customers()
+    objects = stripe.client().customers()
     with duckdb.get_connection() as conn:
         rows = replace_snapshot(conn, table="raw_stripe_customers", select_sql=CUSTOMERS_SELECT,
                                 docs=documents_table(objects, context.run.run_id))

@@ -41,7 +41,8 @@ import duckdb
 from m3_recon.money import convert_sql, known_currency
 from m3_recon.settings import PROJECT_ROOT
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
-from m3_recon.warehouse import add_missing_columns, table_exists
+from m3_recon.sql import ensure_table
+from m3_recon.warehouse import table_exists
 
 DEFAULT_ACCOUNTS_FILE = PROJECT_ROOT / "data" / "gl_accounts.toml"
 PROCESSOR_CODES = {"stripe": "S", "paytrace": "P", "heartland": "H"}
@@ -50,7 +51,6 @@ COUNTER_ACCOUNT = {"fee": "processing_fees", "refund": "refunds", "dispute": "ch
                    "dispute_reversal": "chargebacks", "reserve_hold": "reserves", "reserve_release": "reserves",
                    "adjustment": "adjustments", "payout_failure": "bank", "other": "other",
                    "unknown_category": "suspense"}
-FEE_ACCOUNT = {"dispute": "dispute_fees"}  # fees on other lines go to processing_fees
 
 
 @dataclass(frozen=True)
@@ -351,9 +351,8 @@ def corrections(conn: duckdb.DuckDBPyConnection) -> int:
                  "voucher_key VARCHAR, accounting_date DATE, currency VARCHAR, amount_minor BIGINT, detail VARCHAR)")
     if not (table_exists(conn, "out_m3_postings") and table_exists(conn, "core_gl_journal_lines")):
         return 0
-    add_missing_columns(conn, "core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS)  # stored by an older release
-    if table_exists(conn, "core_cash_applications"):
-        add_missing_columns(conn, "core_cash_applications", CASH_APPLICATION_COLUMNS)
+    ensure_table(conn, "core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS)  # stored by an older release: new columns
+    ensure_table(conn, "core_cash_applications", CASH_APPLICATION_COLUMNS)
     revisions = 0
     for route, derived, stored, group in (
         ("gl", "journal_lines", "core_gl_journal_lines",
