@@ -237,7 +237,8 @@ def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
     assert [name for name, _ in calls] == ["AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"]
     assert calls[0][1] == {"KEY1": "JV1", "INTN": "GLUPLOAD", "DESC": "Stripe payout po_1"}
     assert calls[1][1]["PARM"] == ("I1" + "000000003" + "00000001" + "AAA" + "1580      " + "STRIPE    " + " " * 50
-                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40))
+                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40)
+                                   + " " * 17)  # ACAM: blank on a line in M3's local currency
     assert CONFIG.layout.parse(calls[1][1]["PARM"].rstrip())["CUAM"] == "-1234.56"
     with pytest.raises(LayoutError, match="VTXT .* is 41 characters; interface GLUPLOAD holds 40"):
         CONFIG.layout.build({"VTXT": "x" * 41})
@@ -604,9 +605,12 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         "core_settlement_lines (processor VARCHAR, payout_id VARCHAR, settlement_date DATE)": [
             ("heartland", "dep1", d(2)), ("heartland", "dep1", d(3)), ("paytrace", "b1", d(3))],
         "journal_lines (voucher_key VARCHAR, currency VARCHAR, amount_minor BIGINT, processor VARCHAR, "
-        "source_date DATE, accounting_date DATE)": [
-            ("GSD20261004", "USD", 100, "stripe", d(4), d(4)), ("GSD20261004", "USD", -99, "stripe", d(4), d(4)),
-            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
+        "source_date DATE, accounting_date DATE, local_minor BIGINT)": [
+            ("GSD20261004", "USD", 100, "stripe", d(4), d(4), 100), ("GSD20261004", "USD", -99, "stripe", d(4), d(4), -99),
+            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3), 100),
+            ("GPD20261003", "USD", -100, "paytrace", d(3), d(3), -100),
+            # balanced in yen, not in local currency
+            ("GHD20261008", "JPY", 100, "heartland", d(8), d(8), 67), ("GHD20261008", "JPY", -100, "heartland", d(8), d(8), -66)],
         "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
         "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
         "invoice_year INTEGER, invoice_currency VARCHAR)": [
@@ -628,7 +632,7 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
                    applications="applications_in_m3")  # day 9 lies outside the window
     assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
-        ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
+        ("heartland", d(8), "vouchers_balance"), ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
         ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
     (detail,) = conn.execute("SELECT detail FROM posting_blocks WHERE check_name = ?",
                              ["allocations_sum_to_payment"]).fetchone()

@@ -72,7 +72,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
     with duckdb.get_connection() as conn:
         load_decisions(conn, into="exception_decisions")
         allocated = allocate_payments(conn, MatchingRules.load(), window.start.date(), window.end.date(),
-                                      decisions="exception_decisions")
+                                      decisions="exception_decisions", local_currency=settings.local_currency())
         payments, auto, suggested, unmatched = conn.execute(f"""
             SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
                    count(DISTINCT source_id) FILTER (status = 'suggested'),
