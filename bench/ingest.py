@@ -10,7 +10,7 @@ its budget (goal >= 80 %).
 
 The Stripe sandbox runs in its own process (so its CPU is not the client's) with ``--charges``
 charges in one UTC day (plus the refunds, disputes and payouts that follow them) and a fixed latency
-on every request. The timed part is ``StripeResource.balance_transactions`` for that day, exactly as
+on every request. The timed part is ``StripeClient.balance_transactions`` for that day, exactly as
 the ``raw_stripe_balance_transactions`` asset calls it (source expanded, 100 per page, the request
 budget of ``--budget`` requests/s): raw pages through the SDK's ``raw_request``, the day cut into
 time slices paged concurrently. The run fails unless every balance transaction of the day arrives
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from m3_recon.defs.stripe.resources import StripeResource  # noqa: E402
+from m3_recon.clients.stripe import StripeClient  # noqa: E402
 from m3_recon.sandbox import SANDBOX_STRIPE_KEY  # noqa: E402
 from m3_recon.sandbox.server import SandboxClock, VendorServer  # noqa: E402
 from m3_recon.sandbox.stripe_api import StripeApp  # noqa: E402
@@ -58,9 +58,9 @@ def serve(charges: int, latency_ms: int, pipe) -> None:
     server.stop()
 
 
-def sdk_object_path(stripe: StripeResource) -> list[dict]:
+def sdk_object_path(stripe: StripeClient) -> list[dict]:
     """The reference: one cursor chain through the SDK's list method, each page turned into StripeObjects."""
-    service = stripe.client().v1.balance_transactions
+    service = stripe.sdk.v1.balance_transactions
     params = {"created": {"gte": DAY.start_epoch, "lt": DAY.end_epoch}, "expand": ["data.source"], "limit": 100}
     rows = []
     while True:
@@ -94,9 +94,9 @@ def readers(latency_ms: int, days: int, m3_bulk_size: int) -> None:
     reader makes enough requests to show a rate; the code path is the assets' own."""
     from datetime import timedelta
 
-    from m3_recon.defs.heartland.resources import HeartlandResource
-    from m3_recon.defs.m3.client import M3Client
-    from m3_recon.defs.paytrace.resources import PayTraceResource
+    from m3_recon.clients.heartland import HeartlandClient
+    from m3_recon.clients.m3 import M3Client
+    from m3_recon.clients.paytrace import PayTraceClient
     from m3_recon.sandbox import Sandbox
     from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY
     from m3_recon.sandbox.paytrace_api import SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME
@@ -105,15 +105,15 @@ def readers(latency_ms: int, days: int, m3_bulk_size: int) -> None:
         for server in sandbox.servers.values():
             server.faults.configure(latency_ms=latency_ms)
         first, last = sandbox.period.start, sandbox.period.start + timedelta(days=days - 1)
-        paytrace = PayTraceResource(username=SANDBOX_PAYTRACE_USERNAME, password=SANDBOX_PAYTRACE_PASSWORD,
-                                    api_base=sandbox.url("paytrace"))
-        gp = HeartlandResource(app_id=SANDBOX_GP_APP_ID, app_key=SANDBOX_GP_APP_KEY,
-                               api_base=f"{sandbox.url('heartland')}/ucp", page_size=20)
+        paytrace = PayTraceClient(SANDBOX_PAYTRACE_USERNAME, SANDBOX_PAYTRACE_PASSWORD,
+                                  api_base=sandbox.url("paytrace"))
+        gp = HeartlandClient(SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, api_base=f"{sandbox.url('heartland')}/ucp",
+                             page_size=20)
         m3 = M3Client.from_ionapi(sandbox.ionapi_path, 100, "AAA", bulk_size=m3_bulk_size)
         cases = [
-            ("PayTrace", "paytrace", paytrace.max_requests_per_second,
+            ("PayTrace", "paytrace", paytrace.session.requests_per_second,
              lambda: len(paytrace.batches(first, last)) + len(paytrace.transactions(first, last))),
-            ("GP API", "heartland", gp.max_requests_per_second,
+            ("GP API", "heartland", gp.session.requests_per_second,
              lambda: sum(len(read(first, last)) for read in (gp.settlement_transactions, gp.deposits, gp.disputes))),
             ("M3", "m3", 10.0, lambda: len(m3.open_invoices())),
         ]
@@ -153,10 +153,10 @@ def main() -> int:
     print(f"Stripe: {len(expected):,} balance transactions in {DAY.start} ({args.charges:,} charges) | latency "
           f"{args.latency_ms} ms | budget {args.budget:g} requests/s | physical limit {limit:,.0f} objects/s")
     try:
-        def resource_() -> StripeResource:
-            return StripeResource(api_key=SANDBOX_STRIPE_KEY, api_base=url, max_requests_per_second=args.budget,
-                                  concurrency=args.concurrency)
-        stripe = resource_()
+        def client_() -> StripeClient:
+            return StripeClient(SANDBOX_STRIPE_KEY, api_base=url, requests_per_second=args.budget,
+                                concurrency=args.concurrency)
+        stripe = client_()
         rate = measure(f"raw pages, {args.concurrency} chains x time slices",
                        lambda: stripe.balance_transactions(DAY.start_epoch, DAY.end_epoch), expected)
         applies = args.latency_ms == 50 and args.budget == 25 and len(expected) >= 10_000
@@ -165,7 +165,7 @@ def main() -> int:
         print(f"goal    >= {GOAL_OBJECTS_PER_SECOND:,} objects/s: {rate:,.0f} objects/s {verdict}; "
               f"{rate / limit:.0%} of the physical limit")
         if not args.no_reference:
-            reference = measure("SDK objects, one chain (reference)", lambda: sdk_object_path(resource_()),
+            reference = measure("SDK objects, one chain (reference)", lambda: sdk_object_path(client_()),
                                 expected)
             print(f"ratio   {rate / reference:.1f}x the SDK object path, same run")
     finally:

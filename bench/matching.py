@@ -7,8 +7,11 @@
 Data is generated deterministically inside DuckDB with the product's mix of cases: ~78 % exact
 reference, 8 % customer + amount only, 5 % partial payments, 3 % one payment for two invoices,
 3 % overpayments, 3 % with no reference at all. Each engine runs in its own process so its peak
-memory (max RSS) is its own; generation is not timed. The pandas implementation applies the same
-rules 1-3 with merges and group-bys, and the two engines' auto allocations are compared.
+memory (max RSS) is its own; generation is not timed. The pandas reference applies rules 1-3 and
+produces every exception they leave, with merges and group-bys, as the engine does (rules 1b, 4 and 5
+do not arise in this data: no reference lists, one currency, no refunds). The run fails unless both
+produce the same auto allocations and the same exceptions (payment, reason, unapplied amount). Wall
+time is the figure; CPU seconds and the load average are printed beside it because the machine is shared.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import time
@@ -31,6 +35,7 @@ import pandas as pd  # noqa: E402
 
 from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS  # noqa: E402
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments  # noqa: E402
+from m3_recon.sql import column_list, nullable  # noqa: E402
 
 
 def generate(conn: duckdb.DuckDBPyConnection, n: int) -> None:
@@ -65,8 +70,7 @@ def generate(conn: duckdb.DuckDBPyConnection, n: int) -> None:
         FROM cases;
         UPDATE lines SET net_minor = amount_minor, presentment_amount_minor = amount_minor;
     """)
-    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
-    conn.execute(f"CREATE TABLE earlier ({columns})")
+    conn.execute(f"CREATE TABLE earlier ({column_list({c: nullable(t) for c, t in ALLOCATION_COLUMNS.items()})})")
     assert [r[0] for r in conn.execute("DESCRIBE lines").fetchall()] == list(SETTLEMENT_LINE_COLUMNS)
 
 
@@ -77,24 +81,32 @@ def _connect(threads: int | None) -> duckdb.DuckDBPyConnection:
     return conn
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_duckdb(n: int, threads: int) -> dict:
     conn = _connect(threads)
     generate(conn, n)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     match_payments(conn, MatchingRules.load(), lines="lines", invoices="invoices", earlier="earlier")
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     summary = conn.execute("SELECT status, count(*), sum(allocated_minor) FROM match_allocations "
                            "GROUP BY ALL ORDER BY ALL").fetchall()
-    return {"engine": "duckdb", "seconds": seconds, "summary": [list(map(int, r[1:])) + [r[0]] for r in summary],
-            "auto": _auto(conn.execute("SELECT source_id, invoice_number, allocated_minor FROM match_allocations "
-                                       "WHERE status = 'auto'").df())}
+    return {"engine": "duckdb", "seconds": seconds, "cpu_seconds": cpu,
+            "summary": [list(map(int, r[1:])) + [r[0]] for r in summary],
+            "auto": _digest(conn.execute("SELECT source_id, invoice_number, allocated_minor FROM match_allocations "
+                                         "WHERE status = 'auto'").df(), "allocated_minor"),
+            "exceptions": _digest(conn.execute("SELECT source_id, reason_code, unapplied_minor "
+                                               "FROM match_exceptions").df(), "unapplied_minor")}
 
 
-def _auto(frame: pd.DataFrame) -> list:
-    """Row count, total and a digest of the sorted (payment, invoice, amount) triples."""
-    rows = sorted(zip(frame["source_id"].astype(str), frame["invoice_number"].astype(str),
-                      frame["allocated_minor"].astype("int64").tolist()))
-    return [len(rows), int(frame["allocated_minor"].sum()), hashlib.sha256(repr(rows).encode()).hexdigest()[:16]]
+def _digest(frame: pd.DataFrame, amount: str) -> list:
+    """Row count, total and a digest of the sorted (payment, invoice or reason, amount) triples."""
+    first, second = frame.columns[0], frame.columns[1]
+    rows = sorted(zip(frame[first].astype(str), frame[second].astype(str), frame[amount].astype("int64").tolist()))
+    return [len(rows), int(frame[amount].sum()), hashlib.sha256(repr(rows).encode()).hexdigest()[:16]]
 
 
 def run_pandas(n: int) -> dict:
@@ -102,10 +114,12 @@ def run_pandas(n: int) -> dict:
     generate(conn, n)
     lines, invoices = conn.execute("SELECT * FROM lines").df(), conn.execute("SELECT * FROM invoices").df()
     conn.close()
-    started = time.perf_counter()
-    auto = pandas_matching(lines, invoices, MatchingRules.load())
-    seconds = time.perf_counter() - started
-    return {"engine": "pandas", "seconds": seconds, "auto": _auto(auto)}
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    auto, exceptions = pandas_matching(lines, invoices, MatchingRules.load())
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    return {"engine": "pandas", "seconds": seconds, "cpu_seconds": cpu,
+            "auto": _digest(auto[["source_id", "invoice_number", "allocated_minor"]], "allocated_minor"),
+            "exceptions": _digest(exceptions, "unapplied_minor")}
 
 
 def _norm(series: pd.Series, rules: MatchingRules) -> pd.Series:
@@ -115,69 +129,99 @@ def _norm(series: pd.Series, rules: MatchingRules) -> pd.Series:
     return cleaned.replace("", None)
 
 
-def pandas_matching(lines: pd.DataFrame, invoices: pd.DataFrame, rules: MatchingRules) -> pd.DataFrame:
-    """Rules 1-3 as a straightforward pandas implementation (single-currency data): auto allocations."""
-    key = ["processor", "source_id"]
-    pay = lines[(lines.line_type == "charge") & (lines.amount_minor > 0)].copy()
+def _exceptions(frame: pd.DataFrame, reason, unapplied) -> pd.DataFrame:
+    return pd.DataFrame({"source_id": frame.source_id, "reason_code": reason, "unapplied_minor": unapplied})
+
+
+def pandas_matching(lines: pd.DataFrame, invoices: pd.DataFrame,
+                    rules: MatchingRules) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rules 1-3 and every exception they leave, as a straightforward pandas implementation: the auto
+    allocations and the exceptions (reason, unapplied amount). Amounts are compared in the settlement currency
+    (the data are single-currency: rule 4 does not arise) and the data hold no reference lists (rule 1b)
+    and no refunds (rule 5), so those are left out here; the engine runs them all."""
+    order = ["occurred_at_utc", "processor", "source_id"]
+    pay = lines[(lines.line_type == "charge") & (lines.amount_minor > 0)].reset_index(drop=True)
+    pay["pid"] = pay.index
     pay["ref_norm"] = _norm(pay.invoice_ref, rules)
-    inv = invoices.copy()
+    inv = invoices.reset_index(drop=True)
+    inv["iid"] = inv.index
     inv["ref_norm"] = _norm(inv.invoice_number, rules)
-    inv["remaining"] = inv.outstanding_minor
-    # Rule 1
+    inv["rem"] = inv.outstanding_minor
+    exceptions = []
+    # Rule 1: exact reference; a number of several invoices is decided by the named customer, else the open one
     hits = pay.dropna(subset=["ref_norm"]).merge(inv, on="ref_norm", suffixes=("", "_inv"))
-    hits["n_hits"] = hits.groupby(key)["invoice_number"].transform("size")
-    ok = hits[(hits.n_hits == 1) & (hits.customer_ref.isna() | (hits.customer_ref == hits.customer))].copy()
-    ok = ok.sort_values(["invoice_number", "occurred_at_utc", "processor", "source_id"])
-    ok["before"] = ok.groupby("invoice_number")["amount_minor"].cumsum() - ok["amount_minor"]
-    ok["allocated"] = np.maximum(np.minimum(ok.amount_minor, ok.remaining - ok.before), 0)
+    reused = hits.pid.duplicated(keep=False)
+    if reused.any():
+        tied = hits[reused].assign(own=lambda f: f.customer == f.customer_ref, open=lambda f: f.rem > 0)
+        tied = tied[tied.own == tied.groupby("pid").own.transform("max")]
+        tied = tied[tied.open == tied.groupby("pid").open.transform("max")]
+        hits = pd.concat([hits[~reused], tied.drop(columns=["own", "open"])], ignore_index=True)
+    hits["n_left"] = hits.groupby("pid").iid.transform("size")
+    hits["problem"] = np.select(
+        [hits.n_left > 1, hits.currency_inv != hits.currency,
+         hits.customer_ref.notna() & (hits.customer_ref != hits.customer)],
+        ["ambiguous_reference", "currency_mismatch", "customer_mismatch"], "")
+    bad = hits[hits.problem != ""].drop_duplicates(["pid", "problem"])
+    exceptions.append(_exceptions(bad, bad.problem, 0))
+    ok = hits[hits.problem == ""].sort_values(["iid"] + order)
+    ok["before"] = ok.groupby("iid").amount_minor.cumsum() - ok.amount_minor
+    ok["allocated"] = np.maximum(np.minimum(ok.amount_minor, ok.rem - ok.before), 0)
+    paid = ok[ok.allocated == 0]
+    over = ok[(ok.allocated > 0) & (ok.allocated < ok.amount_minor)]
+    exceptions += [_exceptions(paid, "invoice_already_paid", paid.amount_minor),
+                   _exceptions(over, "overpayment", over.amount_minor - over.allocated)]
     r1 = ok[ok.allocated > 0]
-    done = set(zip(hits.processor, hits.source_id))
-    used = r1.groupby("invoice_number")["allocated"].sum()
-    inv["rem"] = inv.remaining - inv.invoice_number.map(used).fillna(0).astype("int64")
-    # Rule 2
-    open_pay = pay[pay.customer_ref.notna() & ~pd.Series(list(zip(pay.processor, pay.source_id)), index=pay.index).isin(done)]
-    cand = open_pay.merge(inv[inv.rem > 0], left_on=["customer_ref", "amount_minor"], right_on=["customer", "rem"],
-                          suffixes=("", "_inv"))
-    days = (cand.settlement_date - cand.invoice_date).dt.days if hasattr(cand.settlement_date, "dt") else \
-        (pd.to_datetime(cand.settlement_date) - pd.to_datetime(cand.invoice_date)).dt.days
+    inv["rem"] -= inv.iid.map(ok.groupby("iid").allocated.sum()).fillna(0).astype("int64")
+    decided = pay.pid.isin(hits.pid)
+    # Rule 2: customer + exactly what is left of one invoice, dated within the window
+    cand = pay[pay.customer_ref.notna() & ~decided].merge(
+        inv[inv.rem > 0], left_on=["customer_ref", "amount_minor"], right_on=["customer", "rem"], suffixes=("", "_inv"))
+    days = (pd.to_datetime(cand.settlement_date) - pd.to_datetime(cand.invoice_date)).dt.days
     cand = cand[(days <= rules.days_before_payment) & (days >= -rules.days_after_payment)].copy()
-    cand["n_cand"] = cand.groupby(key)["invoice_number"].transform("size")
-    single = cand[cand.n_cand == 1].sort_values(["invoice_number", "occurred_at_utc", "processor", "source_id"])
-    r2 = single[single.groupby("invoice_number").cumcount() == 0].assign(allocated=lambda f: f.amount_minor)
-    done |= set(zip(cand.processor, cand.source_id))
-    used2 = r2.groupby("invoice_number")["allocated"].sum()
-    inv["rem"] = inv.rem - inv.invoice_number.map(used2).fillna(0).astype("int64")
-    # Rule 3
-    open_pay = pay[pay.customer_ref.notna() & ~pd.Series(list(zip(pay.processor, pay.source_id)), index=pay.index).isin(done)]
-    cand = open_pay.merge(inv[inv.rem > 0], left_on="customer_ref", right_on="customer", suffixes=("", "_inv"))
+    cand["n_cand"] = cand.groupby("pid").iid.transform("size")
+    ambiguous = cand[cand.n_cand > 1].drop_duplicates("pid")
+    single = cand[cand.n_cand == 1].sort_values(["iid"] + order)
+    first = single.groupby("iid").cumcount() == 0
+    claimed = single[~first]
+    exceptions += [_exceptions(ambiguous, "ambiguous_amount", 0), _exceptions(claimed, "invoice_claimed", 0)]
+    r2 = single[first].assign(allocated=lambda f: f.amount_minor)
+    inv["rem"] -= inv.iid.map(r2.groupby("iid").allocated.sum()).fillna(0).astype("int64")
+    decided |= pay.pid.isin(cand.pid)
+    # Rule 3: one payment, a unique group of 2..3 of the customer's oldest open invoices summing to it
+    cand = pay[pay.customer_ref.notna() & ~decided].merge(inv[inv.rem > 0], left_on="customer_ref",
+                                                          right_on="customer", suffixes=("", "_inv"))
     days = (pd.to_datetime(cand.settlement_date) - pd.to_datetime(cand.invoice_date)).dt.days
     cand = cand[(days <= rules.days_before_payment) & (days >= -rules.days_after_payment) & (cand.amount_minor > cand.rem)]
-    cand = cand.sort_values(key + ["invoice_date", "invoice_number"])
-    cand["rk"] = cand.groupby(key).cumcount() + 1
-    cand = cand[cand.rk <= rules.max_candidates][key + ["invoice_number", "rem", "rk", "amount_minor"]]
-    groups = []
-    pairs = cand.merge(cand, on=key + ["amount_minor"], suffixes=("_a", "_b"))
+    cand = cand.sort_values(["pid", "invoice_date", "iid"])
+    cand["rk"] = cand.groupby("pid").cumcount() + 1
+    cand = cand[cand.rk <= rules.max_candidates][["pid", "iid", "rem", "rk", "amount_minor"]]
+    pairs = cand.merge(cand, on=["pid", "amount_minor"], suffixes=("_a", "_b"))
     pairs = pairs[pairs.rk_a < pairs.rk_b]
-    groups.append(pairs[pairs.rem_a + pairs.rem_b == pairs.amount_minor].assign(
-        members=lambda f: list(zip(f.invoice_number_a, f.invoice_number_b)))[key + ["members"]])
+    groups = [pairs[pairs.rem_a + pairs.rem_b == pairs.amount_minor].assign(
+        members=lambda f: list(zip(f.iid_a, f.iid_b)))[["pid", "members"]]]
     if rules.max_invoices >= 3:
         partial = pairs[pairs.rem_a + pairs.rem_b < pairs.amount_minor]
-        triples = partial.merge(cand.rename(columns={"invoice_number": "invoice_number_c", "rem": "rem_c", "rk": "rk_c"}),
-                                on=key + ["amount_minor"])
-        triples = triples[(triples.rk_b < triples.rk_c) & (triples.rem_a + triples.rem_b + triples.rem_c == triples.amount_minor)]
-        groups.append(triples.assign(members=lambda f: list(zip(f.invoice_number_a, f.invoice_number_b, f.invoice_number_c)))
-                      [key + ["members"]])
-    found = pd.concat(groups, ignore_index=True)
-    found["n_groups"] = found.groupby(key)["members"].transform("size")
-    unique = found[found.n_groups == 1].explode("members").rename(columns={"members": "invoice_number"})
-    unique = unique.merge(inv[["invoice_number", "rem"]], on="invoice_number")
-    shared = unique.groupby("invoice_number")["source_id"].transform("nunique") > 1
-    losers = set(zip(unique[shared].processor, unique[shared].source_id))
-    unique = unique[~pd.Series(list(zip(unique.processor, unique.source_id)), index=unique.index).isin(losers)]
-    r3 = unique.assign(allocated=unique.rem)
-    out = pd.concat([r1[key + ["invoice_number", "allocated"]], r2[key + ["invoice_number", "allocated"]],
-                     r3[key + ["invoice_number", "allocated"]]], ignore_index=True)
-    return out.rename(columns={"allocated": "allocated_minor"})[["source_id", "invoice_number", "allocated_minor"]]
+        triples = partial.merge(cand.rename(columns={"iid": "iid_c", "rem": "rem_c", "rk": "rk_c"}),
+                                on=["pid", "amount_minor"])
+        triples = triples[(triples.rk_b < triples.rk_c)
+                          & (triples.rem_a + triples.rem_b + triples.rem_c == triples.amount_minor)]
+        groups.append(triples.assign(members=lambda f: list(zip(f.iid_a, f.iid_b, f.iid_c)))[["pid", "members"]])
+    found = pd.concat(groups, ignore_index=True).merge(pay[["pid", "source_id"]], on="pid")
+    found["n_groups"] = found.groupby("pid").members.transform("size")
+    several = found[found.n_groups > 1].drop_duplicates("pid")
+    unique = found[found.n_groups == 1].explode("members").rename(columns={"members": "iid"})
+    competing = unique.pid.isin(unique[unique.groupby("iid").pid.transform("nunique") > 1].pid)
+    exceptions += [_exceptions(several, "ambiguous_invoice_group", 0),
+                   _exceptions(unique[competing].drop_duplicates("pid"), "competing_payments", 0)]
+    r3 = unique[~competing].merge(inv[["iid", "rem"]], on="iid").rename(columns={"rem": "allocated"})
+    decided |= pay.pid.isin(found.pid)
+    # Payments no rule found anything for
+    rest = pay[~decided]
+    exceptions.append(_exceptions(rest, np.where(rest.ref_norm.notna(), "invoice_not_found", np.where(
+        rest.customer_ref.isna(), "no_reference", "no_matching_invoice")), rest.amount_minor))
+    auto = pd.concat([r[["pid", "iid", "allocated"]] for r in (r1, r2, r3)], ignore_index=True)
+    auto = auto.merge(pay[["pid", "source_id"]], on="pid").merge(inv[["iid", "invoice_number"]], on="iid")
+    return auto.rename(columns={"allocated": "allocated_minor"}), pd.concat(exceptions, ignore_index=True)
 
 
 def _child(engine: str, n: int, threads: int, queue) -> None:
@@ -224,7 +268,8 @@ def main() -> int:
     n = SMOKE_N if args.smoke else args.n
     duck = measure("duckdb", n, args.threads)
     print(f"duckdb  N={n:>11,}  {duck['seconds']:7.2f} s  {n / duck['seconds']:>12,.0f} lines/s  "
-          f"peak {duck['peak_rss_mib']:,.0f} MiB")
+          f"peak {duck['peak_rss_mib']:,.0f} MiB  (cpu {duck['cpu_seconds']:.2f} s, {args.threads} threads; "
+          f"load average {os.getloadavg()[0]:.1f})")
     for count, total, status in duck["summary"]:
         print(f"        {status:<10} {count:>10,} allocation rows  {total:>16,} minor units")
     goal = GOAL_SECONDS.get(n)
@@ -236,14 +281,17 @@ def main() -> int:
     if not args.no_pandas:
         panda = measure("pandas", n, args.threads)
         print(f"pandas  N={n:>11,}  {panda['seconds']:7.2f} s  {n / panda['seconds']:>12,.0f} lines/s  "
-              f"peak {panda['peak_rss_mib']:,.0f} MiB")
-        same = panda["auto"] == duck["auto"]
+              f"peak {panda['peak_rss_mib']:,.0f} MiB  (cpu {panda['cpu_seconds']:.2f} s; "
+              f"load average {os.getloadavg()[0]:.1f})")
+        same = panda["auto"] == duck["auto"] and panda["exceptions"] == duck["exceptions"]
         ratio = panda["seconds"] / duck["seconds"]
         print(f"ratio   pandas / duckdb = {ratio:.1f}x (goal >= {GOAL_SPEEDUP:.0f}x at N >= 1,000,000: "
               f"{_verdict(ratio >= GOAL_SPEEDUP) if n >= 1_000_000 else 'not applicable'}); "
-              f"auto allocations identical: {same} ({duck['auto'][0]:,} rows, {duck['auto'][1]:,} minor units)")
+              f"auto allocations and exceptions identical: {same} ({duck['auto'][0]:,} allocations, "
+              f"{duck['auto'][1]:,} minor units; {duck['exceptions'][0]:,} exceptions, "
+              f"{duck['exceptions'][1]:,} minor units unapplied)")
         if not same:
-            print(json.dumps({"duckdb": duck["auto"], "pandas": panda["auto"]}))
+            print(json.dumps({engine["engine"]: [engine["auto"], engine["exceptions"]] for engine in (duck, panda)}))
             return 1
     return 0
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
-from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE, M3Client  # noqa: E402
+from m3_recon.clients.m3 import DEFAULT_BULK_SIZE, M3Client  # noqa: E402
 from m3_recon.posting.config import DEFAULT_CONCURRENCY, posting_config_from_env  # noqa: E402
 from m3_recon.posting.contract import GL_JOURNAL_LINE_COLUMNS  # noqa: E402
 from m3_recon.posting.poster import post_pending  # noqa: E402
@@ -36,14 +36,14 @@ from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SEC
 from m3_recon.sandbox.m3_ledger import CONO, DIVI, M3Ledger  # noqa: E402
 from m3_recon.sandbox.server import SandboxClock, VendorServer  # noqa: E402
 from m3_recon.sandbox.world import Period, build_world  # noqa: E402
+from m3_recon.sql import create_table  # noqa: E402
 
 PERIOD = Period(date(2026, 10, 1), 31)
 
 
 def generate(conn: duckdb.DuckDBPyConnection, lines: int, per_voucher: int) -> int:
     """Balanced vouchers totalling ``lines`` lines; returns the number of vouchers."""
-    conn.execute(f"CREATE TABLE core_gl_journal_lines "
-                 f"({', '.join(f'{c} {t}' for c, t in GL_JOURNAL_LINE_COLUMNS.items())})")
+    conn.execute(create_table("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS))
     rows, voucher = [], 0
     while len(rows) < lines:
         size = min(per_voucher, lines - len(rows))

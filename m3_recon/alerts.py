@@ -10,6 +10,9 @@ from datetime import datetime
 import duckdb
 import requests
 
+from m3_recon.money import money_sql
+from m3_recon.sql import create_table
+
 ALERT_COLUMNS = {
     "alert_id": "VARCHAR NOT NULL", "exception_id": "VARCHAR NOT NULL", "reason_code": "VARCHAR NOT NULL",
     "processor": "VARCHAR NOT NULL", "source_id": "VARCHAR NOT NULL", "settlement_date": "DATE",
@@ -21,13 +24,13 @@ MAX_MESSAGES_PER_POST = 50
 
 def raise_alerts(conn: duckdb.DuckDBPyConnection, now: datetime) -> int:
     """Add an alert for every open exception that has none yet; returns how many were raised."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS out_alerts ({', '.join(f'{c} {t}' for c, t in ALERT_COLUMNS.items())})")
-    return conn.execute("""
+    conn.execute(create_table("out_alerts", ALERT_COLUMNS))
+    return conn.execute(f"""
         INSERT INTO out_alerts
         SELECT 'AL-' || substr(e.exception_id, 4), e.exception_id, e.reason_code, e.processor, e.source_id,
                e.settlement_date, e.currency, e.amount_minor,
                e.processor || ' ' || e.source_id || ': ' || e.reason_code || ' — ' || e.detail
-                   || coalesce(' (' || printf('%.2f', e.amount_minor / 100.0) || ' ' || e.currency || ')', ''),
+                   || coalesce(' (' || {money_sql('e.amount_minor', 'e.currency')} || ')', ''),
                ?, NULL, NULL
         FROM out_recon_exceptions e
         WHERE e.status = 'open' AND e.exception_id NOT IN (SELECT exception_id FROM out_alerts)""", [now]).fetchone()[0]

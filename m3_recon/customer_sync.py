@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from m3_recon.defs.stripe.resources import StripeResource
+from m3_recon.clients.stripe import StripeClient
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class MetadataChange:
     current: str | None
 
 
-def pending_changes(conn: duckdb.DuckDBPyConnection, stripe: StripeResource, metadata_key: str) -> list[MetadataChange]:
+def pending_changes(conn: duckdb.DuckDBPyConnection, stripe: StripeClient, metadata_key: str) -> list[MetadataChange]:
     live = {c["id"]: (c.get("metadata") or {}).get(metadata_key) for c in stripe.customers()}
     mapped = conn.execute("SELECT processor_customer_id, customer FROM core_customer_xref WHERE processor = 'stripe' "
                           "ORDER BY 1").fetchall()
@@ -30,7 +30,7 @@ def pending_changes(conn: duckdb.DuckDBPyConnection, stripe: StripeResource, met
             if stripe_id in live and live[stripe_id] != customer]
 
 
-def sync_customers(conn: duckdb.DuckDBPyConnection, stripe: StripeResource, metadata_key: str,
+def sync_customers(conn: duckdb.DuckDBPyConnection, stripe: StripeClient, metadata_key: str,
                    write: bool = False) -> list[MetadataChange]:
     """The changes needed (and, with ``write``, made)."""
     changes = pending_changes(conn, stripe, metadata_key)

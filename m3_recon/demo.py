@@ -23,11 +23,12 @@ from pathlib import Path
 
 import duckdb
 
-from m3_recon.money import money
+from m3_recon.money import money, money_by_currency
 from m3_recon.posting.summary import print_posting_summary
 from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
 from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
+from m3_recon.sandbox import flavour as sandbox_flavour
 from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
@@ -35,19 +36,24 @@ from m3_recon.settings import PROJECT_ROOT
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False) -> int:
+def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False,
+             local_currency: str = "USD") -> int:
     began = time.monotonic()
     problems = input_problems()
     if problems:
         raise PreflightError(problems)
-    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
-    ledger = persisted_ledger_path(seed, start, days, quirks)
-    if quirks:  # another reading of the vendors closes into its own warehouse, as it posts to its own M3 ledger
+    flavour = sandbox_flavour(quirks, local_currency)
+    ledger = persisted_ledger_path(seed, start, days, quirks, local_currency)
+    if flavour:  # another world closes into its own warehouse, as it posts to its own M3 ledger
         os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
+        os.environ.setdefault("M3_RECON_ANALYST_DUCKDB_PATH",
+                              str(PROJECT_ROOT / "data" / f"m3_recon_analyst{flavour}.duckdb"))
+        os.environ.setdefault("M3_RECON_REPORTS_PATH", str(PROJECT_ROOT / "data" / f"reports{flavour}"))
     if reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
+    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks,
+                 local_currency=local_currency) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
         from m3_recon import settings
@@ -59,7 +65,8 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
             raise PreflightError(problems)
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
-              + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
+              + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else "")
+              + (f"; M3 keeps its books in {local_currency}" if local_currency != "USD" else ""))
         write_bank_statements(sandbox, ledger.parent / f"bank_seed{seed}_{start}_{days}d{flavour}")
         result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "
@@ -147,10 +154,12 @@ def report(conn: duckdb.DuckDBPyConnection, sandbox: Sandbox) -> bool:
         print(f"  {processor:<10} {judged - len(misses):>4}/{judged} payments land where the generator says")
 
     print("\nPayouts / deposits / batches (core_payout_reconciliation):")
-    for processor, status, count, residue in conn.execute(
-            "SELECT processor, status, count(*), sum(abs(difference_minor)) FROM core_payout_reconciliation "
-            "GROUP BY ALL ORDER BY ALL").fetchall():
-        print(f"  {processor:<10} {status:<9} {count:>4}" + (f"  residue {residue / 100:,.2f}" if residue else ""))
+    for processor, status, count, residues in conn.execute(
+            "SELECT processor, status, sum(n), list((currency, residue) ORDER BY currency) FILTER (residue <> 0) "
+            "FROM (SELECT processor, status, currency, count(*) AS n, sum(abs(difference_minor)) AS residue "
+            "FROM core_payout_reconciliation GROUP BY ALL) GROUP BY ALL ORDER BY ALL").fetchall():
+        print(f"  {processor:<10} {status:<9} {count:>4}"
+              + (f"  residue {money_by_currency([tuple(r) for r in residues])}" if residues else ""))
     mismatched_unexcepted = conn.execute("""
         SELECT count(*) FROM core_payout_reconciliation t WHERE status = 'mismatch' AND NOT EXISTS (
             SELECT 1 FROM out_recon_exceptions e WHERE e.source_id = t.payout_id AND e.status = 'open')""").fetchone()[0]

@@ -106,7 +106,7 @@ def check_stripe() -> list[Check]:
         return [_not_configured("stripe", "STRIPE_API_KEY")]
     from m3_recon.defs.stripe.definitions import stripe_resource_from_env
 
-    stripe = _initialised(_quick(stripe_resource_from_env()))
+    stripe = _initialised(_quick(stripe_resource_from_env())).client()
     mode = stripe_mode(stripe.api_key)
     try:
         next(iter(stripe.list_all("balance_transactions", {})), None)
@@ -128,11 +128,11 @@ def check_stripe() -> list[Check]:
 def check_paytrace() -> list[Check]:
     if not (os.environ.get("PAYTRACE_USERNAME") and os.environ.get("PAYTRACE_PASSWORD")):
         return [_not_configured("paytrace", "PAYTRACE_USERNAME and PAYTRACE_PASSWORD")]
+    from m3_recon.clients.paytrace import CREDENTIAL_HINT
     from m3_recon.defs.paytrace.definitions import paytrace_resource_from_env
-    from m3_recon.defs.paytrace.resources import CREDENTIAL_HINT
 
-    paytrace = _initialised(_quick(paytrace_resource_from_env()))
-    session = paytrace.session()
+    paytrace = _initialised(_quick(paytrace_resource_from_env())).client()
+    session = paytrace.session
     try:
         session.authenticator.headers(session)
     except (VendorError, ValueError) as exc:
@@ -149,12 +149,12 @@ def check_paytrace() -> list[Check]:
 def check_heartland() -> list[Check]:
     if not (os.environ.get("GP_API_APP_ID") and os.environ.get("GP_API_APP_KEY")):
         return [_not_configured("heartland", "GP_API_APP_ID and GP_API_APP_KEY")]
+    from m3_recon.clients.heartland import CREDENTIAL_HINT
     from m3_recon.defs.heartland.definitions import heartland_resource_from_env
-    from m3_recon.defs.heartland.resources import CREDENTIAL_HINT
 
-    heartland = _initialised(_quick(heartland_resource_from_env()))
-    session = heartland.session()
-    token = heartland.access_token()
+    heartland = _initialised(_quick(heartland_resource_from_env())).client()
+    session = heartland.session
+    token = heartland.access_token
     try:
         granted = token.data_account_name(session)
     except (VendorError, ValueError) as exc:
@@ -185,7 +185,7 @@ def _read_probe(client, program: str, transaction: str) -> None:
 
 def _m3_program_check(client, program: str, transactions: tuple[str, ...], purpose: str) -> Check:
     """Every transaction of ``program`` the pipeline runs, probed without writing anything."""
-    from m3_recon.defs.m3.client import M3Error
+    from m3_recon.clients.m3 import M3Error
     from m3_recon.posting.config import LINE_FORM_FIELDS, posting_config_from_env
     from m3_recon.posting.route import not_served
 
@@ -234,7 +234,7 @@ def _m3_program_check(client, program: str, transactions: tuple[str, ...], purpo
 def check_m3() -> list[Check]:
     if not (os.environ.get("M3_IONAPI_FILE") or os.environ.get("M3_BASE_URL")):
         return [_not_configured("m3", "M3_IONAPI_FILE (ION API) or M3_BASE_URL with M3_USERNAME / M3_PASSWORD")]
-    from m3_recon.defs.m3.client import M3Error, IonApiAuth
+    from m3_recon.clients.m3 import IonApiAuth, M3Error
     from m3_recon.defs.m3.definitions import m3_resource_from_env
 
     m3 = _initialised(_quick(m3_resource_from_env()))

@@ -67,7 +67,7 @@ def cmd_customers_sync(args) -> int:
     key = settings.customer_metadata_key()
     with dg.build_resources({"stripe": stripe_resource_from_env()}) as built, \
             warehouse_resource_from_env().get_connection() as conn:  # EnvVar secrets resolved as in a run
-        changes = sync_customers(conn, built.stripe, key, write=args.write)
+        changes = sync_customers(conn, built.stripe.client(), key, write=args.write)
     verb = "set" if args.write else "would set"
     for change in changes:
         print(f"{change.stripe_customer}: {verb} metadata {key}={change.m3_customer} (now {change.current or 'unset'})")

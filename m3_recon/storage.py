@@ -37,6 +37,7 @@ from pydantic import Field
 
 from m3_recon import settings
 from m3_recon.settings import SettingsError
+from m3_recon.sql import literal
 
 WAREHOUSE_VARIABLE = "M3_RECON_WAREHOUSE"
 CATALOG_VARIABLE = "M3_RECON_DUCKLAKE_CATALOG"
@@ -80,10 +81,6 @@ def libpq_url(url: str) -> str:
     takes) works too, so one database URL can serve both."""
     driver_url = "postgresql+psycopg2://"
     return "postgresql://" + url[len(driver_url):] if url.startswith(driver_url) else url
-
-
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class WarehouseLockedError(WarehouseUnavailableError):
@@ -185,10 +182,10 @@ class DuckLakeResource(DuckDBResource):
     def _attach(self, conn: duckdb.DuckDBPyConnection, catalog: str) -> None:
         if "://" not in self.data_path:
             os.makedirs(self.data_path, exist_ok=True)
-        options = [f"DATA_PATH {sql_literal(self.data_path)}"]
+        options = [f"DATA_PATH {literal(self.data_path)}"]
         if self.metadata_schema:
-            options.append(f"METADATA_SCHEMA {sql_literal(self.metadata_schema)}")
-        attach = (f"ATTACH {sql_literal('ducklake:postgres:' + catalog)} AS {LAKE_NAME} ({', '.join(options)})")
+            options.append(f"METADATA_SCHEMA {literal(self.metadata_schema)}")
+        attach = (f"ATTACH {literal('ducklake:postgres:' + catalog)} AS {LAKE_NAME} ({', '.join(options)})")
         for attempt in range(1, ATTACH_ATTEMPTS + 1):
             try:
                 conn.execute(attach)

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from m3_recon import decimal_json
+from m3_recon.sql import ensure_table
 
 
 QUARANTINE_DDL = """
@@ -123,9 +124,7 @@ def replace_days(conn: duckdb.DuckDBPyConnection, *, first_day, end_day, writes:
     conn.execute("BEGIN TRANSACTION")
     try:
         for table, columns, select_sql in writes:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
-            for column, kind in columns.items():  # a table made by an older release gains new columns
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
+            ensure_table(conn, table, columns)
             conn.execute(f"DELETE FROM {table} WHERE {date_column} >= ? AND {date_column} < ?", [first_day, end_day])
             conn.execute(f"INSERT INTO {table} BY NAME {select_sql}")
         conn.execute("COMMIT")

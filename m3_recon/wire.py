@@ -24,6 +24,8 @@ import re
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
+from m3_recon.sql import quoted
+
 BIGINT_MAX = 2**63 - 1
 
 # Calendar date, optional time (extended or basic), optional fraction, optional offset.
@@ -44,11 +46,6 @@ class WireValueError(ValueError):
 def _with_parts(parts: str, expression: str) -> str:
     """DuckDB: ``expression`` over ``p``, the struct of regular-expression groups ``parts`` (evaluated once)."""
     return f"list_transform([{parts}], lambda p: {expression})[1]"
-
-
-def _quoted(sql_text: str) -> str:
-    """DuckDB: ``'<text>'`` for a reason message."""
-    return f"'''' || {sql_text} || ''''"
 
 
 # -- instants ------------------------------------------------------------------------------------------
@@ -112,8 +109,8 @@ def instant_defect_sql(text: str) -> str:
     """DuckDB: ``instant``'s message for a non-empty ``text`` that is no instant, else NULL."""
     shown = f"trim({text})"
     return (f"CASE WHEN coalesce({shown}, '') <> '' AND {instant_sql(text)} IS NULL THEN "
-            f"CASE WHEN regexp_full_match({shown}, '{ISO_INSTANT}') THEN {_quoted(shown)} || ' is not a valid date "
-            f"or time' ELSE {_quoted(shown)} || ' is not a time (expected {ISO_EXAMPLE})' END END")
+            f"CASE WHEN regexp_full_match({shown}, '{ISO_INSTANT}') THEN {quoted(shown)} || ' is not a valid date "
+            f"or time' ELSE {quoted(shown)} || ' is not a time (expected {ISO_EXAMPLE})' END END")
 
 
 def calendar_date(value) -> date | None:
@@ -177,7 +174,8 @@ def _decimal_parts(text: str) -> str:
 
 def _scaled_sql(exponent: int) -> str:
     digits = f"p.whole || rpad(left(p.fraction, {exponent}), {exponent}, '0')" if exponent else "p.whole"
-    return f"TRY_CAST(p.sign || coalesce(nullif(ltrim({digits}, '0'), ''), '0') AS BIGINT)"
+    # -2**63 is a BIGINT, but not its negation or absolute value: out of range, as in ``amount_defect``
+    return f"nullif(TRY_CAST(p.sign || coalesce(nullif(ltrim({digits}, '0'), ''), '0') AS BIGINT), {-BIGINT_MAX - 1})"
 
 
 def minor_units_sql(text: str, exponent: int) -> str:
@@ -194,7 +192,7 @@ def amount_defect_sql(text: str, exponent: int, unit: str = "minor units") -> st
     return _with_parts(_decimal_parts(text), (
         f"CASE WHEN coalesce({shown}, '') = '' THEN NULL "
         f"WHEN NOT regexp_full_match({shown}, '{PLAIN_DECIMAL}') OR (p.whole = '' AND p.fraction = '') "
-        f"THEN {_quoted(shown)} || ' is not an amount' "
+        f"THEN {quoted(shown)} || ' is not an amount' "
         f"WHEN rtrim(substr(p.fraction, {exponent + 1}), '0') <> '' THEN {shown} || ' is not a whole number of {unit}' "
         f"WHEN {_scaled_sql(exponent)} IS NULL "
         f"THEN {shown} || ' is too large: m3-recon stores amounts as 64-bit {unit}' "

@@ -48,7 +48,7 @@ def test_fee_drift_refund_spike_and_unusual_payout_are_flagged_on_the_day_only()
     flags = {r[0]: r[1] for r in conn.execute("SELECT reason_code, detail FROM anomaly_exceptions").fetchall()}
     assert flags == {"fee_rate_drift": "effective fee rate 9.0 % vs trailing 3.0 %",
                      "refund_spike": "6 refunds vs 0.5 a day before",
-                     "unusual_payout": "payout 6000.0 vs usual 970.09"}  # median of 970.04 … 970.13
+                     "unusual_payout": "payout 6,000.00 USD vs usual 970.09 USD"}  # median of 970.04 … 970.13
     flag_anomalies(conn, "2026-10-10", "2026-10-15")  # ordinary days: nothing
     assert conn.execute("SELECT count(*) FROM anomaly_exceptions").fetchone() == (0,)
 

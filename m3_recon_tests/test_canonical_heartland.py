@@ -22,11 +22,13 @@ from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.partitions import FetchWindow
 from m3_recon.reconcile.tieout import tie_out_payouts
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
-from m3_recon.sandbox.heartland_ledger import CURRENCY, DAY, HeartlandLedger, build_heartland_ledger
+from m3_recon.sandbox.heartland_ledger import DAY, HeartlandLedger, build_heartland_ledger
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.truth import truth_misses
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.warehouse import documents_table, replace_window
+# the checks one run of the period evaluates: the raw layer's integrity and the canonical schemas
+CHECKS_RUN = ["conforms_to_schema", "conforms_to_schema", "deposit_totals_add_up", "deposits_sum_to_their_lines"]
 
 DEPOSIT_DAY = date(2026, 10, 5)
 WINDOW = FetchWindow(datetime(2026, 10, 5, tzinfo=timezone.utc), datetime(2026, 10, 6, tzinfo=timezone.utc))
@@ -329,6 +331,31 @@ def test_unusable_deposits_are_quarantined_with_the_reason(broken, reasons):
     assert conn.execute("SELECT DISTINCT raw_payload->>'$.id' FROM core_quarantine").fetchall() == [("DEP_0000000001",)]
 
 
+BIGINT_MAX = str(2**63 - 1)
+
+
+def test_amounts_beyond_64_bits_quarantine_their_row_and_the_rest_of_the_load_goes_on():
+    """Each amount fits a BIGINT, but a refund's sign flip, a chargeback's absolute value or a deposit's identity
+    would not: the row is quarantined with its reason and every other row of the window is loaded."""
+    conn, stored = stage_raw(
+        [transaction(1), transaction(2, "REFUND", "-9223372036854775808")],
+        [dispute(1), dispute(2, amount="-9223372036854775808")],
+        [deposit(1, sales=(1, "10000"), chargebacks=(1, "-10000")),
+         deposit(2, sales=(1, BIGINT_MAX), discounts=(0, "0"), fees="0", tax=(1, "5"))
+         | {"amount": BIGINT_MAX, "funding_type": "CREDIT"}])
+    assert stored == {TRANSACTIONS_TABLE: 2, DISPUTES_TABLE: 2, DEPOSITS_TABLE: 2}
+    lines, _, payouts, _ = canonical(conn)
+    assert sorted(lines["source_id"]) == ["DEP_0000000002:TAX", "DIS_0001:CHARGEBACK", "TRN_0001"]
+    assert list(payouts["payout_id"]) == ["DEP_0000000001"]  # the deposit that cannot add up is quarantined
+    too_large = f"-9223372036854775808 is too large: m3-recon stores amounts as 64-bit cents: {REPULL}"
+    untied = (f"GP deposit DEP_0000000002 amount {BIGINT_MAX} does not equal sales − refunds − chargebacks + "
+              f"reversals − discounts − fees + tax with discounts and fees of either sign (sales {BIGINT_MAX}, refunds "
+              f"0, chargebacks 0, reversals 0, discounts 0, fees 0, tax 5): {REPULL}")
+    assert [(s, r) for s, _, _, r in quarantined(conn)] == [
+        ("DEP_0000000002", untied), ("DIS_0002:CHARGEBACK", f"GP amount {too_large}"),
+        ("TRN_0002", f"GP amount {too_large}")]
+
+
 @pytest.mark.parametrize("discounts,fees,signs", [
     ("-650", "-2520", "as sent"), ("650", "2520", "both negated"), ("650", "-2520", "discounts negated"),
     ("-650", "2520", "fees negated"), (650, 2520, "both negated")],
@@ -354,11 +381,6 @@ def test_discounts_and_fees_take_the_sign_the_deposit_identity_chooses(discounts
 SEED = 12  # a period with refunds, chargebacks, reversals and all four of the planner's edge cases
 PERIOD = Period(date(2026, 10, 1), 31)
 HEARTLAND_ASSETS = [raw_heartland_settlement_transactions, raw_heartland_disputes, raw_heartland_deposits]
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 @pytest.fixture(scope="module")
@@ -394,11 +416,12 @@ def close_period(gp: VendorServer, db: str, last_day: date) -> dg.ExecuteInProce
 
 def generator_lines(ledger: HeartlandLedger) -> dict[str, tuple[str, int]]:
     """Every money movement of every deposit as the generator made it: id -> (currency, signed minor units)."""
-    lines = {t.id: (CURRENCY, -t.amount if t.type == "REFUND" else t.amount) for t in ledger.transactions.values()}
-    lines |= {f"{d.id}:{a.stage}": (CURRENCY, -d.amount if a.funding_type == "DEBIT" else d.amount)
+    currency = ledger.currency
+    lines = {t.id: (currency, -t.amount if t.type == "REFUND" else t.amount) for t in ledger.transactions.values()}
+    lines |= {f"{d.id}:{a.stage}": (currency, -d.amount if a.funding_type == "DEBIT" else d.amount)
               for d in ledger.disputes.values() for a in d.adjustments}
     for d in ledger.deposits.values():
-        lines |= {f"{d.id}:{suffix}": (CURRENCY, -amount)
+        lines |= {f"{d.id}:{suffix}": (currency, -amount)
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return lines
 
@@ -409,7 +432,8 @@ def test_the_period_maps_to_the_generators_lines_ties_out_and_matches_as_planned
     result = close_period(gp, db, last_deposit)
     assert result.success
     checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(checks) == 2 and all(e.event_specific_data.passed for e in checks)
+    assert sorted(e.event_specific_data.check_name for e in checks) == CHECKS_RUN
+    assert all(e.event_specific_data.passed for e in checks)
 
     expected = generator_lines(ledger)
     net = sum(amount for _, amount in expected.values())
@@ -418,7 +442,7 @@ def test_the_period_maps_to_the_generators_lines_ties_out_and_matches_as_planned
         assert conn.execute("SELECT count(*) FROM core_quarantine").fetchone() == (0,)
         got = conn.execute("SELECT currency, count(*), sum(amount_minor), sum(fee_minor), sum(net_minor) "
                            "FROM core_settlement_lines GROUP BY ALL").fetchall()
-        assert got == [(CURRENCY, len(expected), net, 0, net)]
+        assert got == [(ledger.currency, len(expected), net, 0, net)]
         lines = dict(conn.execute("SELECT source_id, net_minor FROM core_settlement_lines").fetchall())
         assert lines == {source_id: amount for source_id, (_, amount) in expected.items()}
         assert dict(conn.execute("SELECT line_type, count(*) FROM core_settlement_lines GROUP BY ALL").fetchall()) == {

@@ -86,7 +86,7 @@ def test_unknown_category_is_a_line_of_its_own_its_payout_ties_and_it_is_an_exce
         [row] = conn.execute("SELECT reason_code, source_id, amount_minor, currency, candidates::VARCHAR, detail "
                              "FROM category_exceptions").fetchall()
         assert row[:5] == ("unknown_category", "txn_0002", 2_345, "USD", '["new_product_settlement"]')
-        assert row[5].startswith("stripe category 'new_product_settlement' is not in the mapping: 2345 USD "
+        assert row[5].startswith("stripe category 'new_product_settlement' is not in the mapping: 23.45 USD "
                                  "(payout po_1) " + where)
 
 

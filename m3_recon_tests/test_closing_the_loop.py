@@ -69,7 +69,7 @@ def test_writing_m3_numbers_back_to_stripe_is_a_dry_run_unless_asked_and_idempot
     from m3_recon.customer_sync import sync_customers
 
     sandbox, database, _ = closed
-    stripe = stripe_resource_for(sandbox)
+    stripe = stripe_resource_for(sandbox).client()
     master = sandbox.stripe.customer_master
     by_email = {i for i, n in master.expected_xref.items() if "erp_customer_id" not in master.customers[i].metadata}
     with duckdb.connect(database, read_only=True) as conn:

@@ -1,18 +1,31 @@
 """Finance resolves exceptions without code: assign, accept, write off, dismiss — recorded with who,
-when and why, honoured by the next run, and never lost on a rerun."""
+when and why, honoured by the next run, and never lost on a rerun. The decisions' effect on allocations,
+journals and the register is checked on a small warehouse through the plain window functions (no Dagster);
+one whole close with posting proves what M3 already holds is not undone by a later dismissal."""
 
 from argparse import Namespace
+from datetime import datetime, timedelta
 
 import duckdb
+import pandas as pd
 import pytest
 
 from m3_recon import cli
+from m3_recon.canonical.model import PAYOUT_COLUMNS, SETTLEMENT_LINE_COLUMNS
 from m3_recon.exceptions_cli import cmd_resolve
-from m3_recon.reconcile.decisions import DecisionError, decide, load_decisions, new_decision, record
+from m3_recon.journals import AccountMap
+from m3_recon.journals.window import run_window as derive_window_journals
+from m3_recon.reconcile.banking import BANKING_COLUMNS
+from m3_recon.reconcile.decisions import DecisionError, apply_decisions, decide, load_decisions, new_decision, record
+from m3_recon.reconcile.matching import REASON_CODES
+from m3_recon.reconcile.tieout import RECONCILIATION_COLUMNS, record_decisions, register_exceptions
+from m3_recon.reconcile.window import allocate_payments
 from m3_recon.sandbox import Sandbox
 from m3_recon_tests.conftest import ClosedBooks, close_definitions, run_close
+from m3_recon_tests.test_matching import DAY, RULES, invoice, line, run
+from m3_recon_tests.test_matching_references import TWO_YEARS
 
-FIRST, LAST = "2026-10-01", "2026-10-12"
+END = DAY + timedelta(days=1)
 
 
 def resolve(exception_id, action, invoice=None, why="checked the remittance"):
@@ -20,48 +33,77 @@ def resolve(exception_id, action, invoice=None, why="checked the remittance"):
                                  why=why))
 
 
-def test_decisions_are_honoured_by_the_next_run_and_survive_reruns(sandbox_environment, tmp_path, capsys):
-    sandbox = sandbox_environment
-    db = str(tmp_path / "work.duckdb")
-    definitions = close_definitions(db)
-    assert run_close(definitions, FIRST, LAST).success
-    truth = {t.payment_id: t for t in sandbox.world.payments}
-    with duckdb.connect(db, read_only=True) as conn:
-        register = conn.execute("SELECT exception_id, reason_code, source_id, unapplied_minor FROM out_recon_exceptions "
-                                "WHERE status = 'open' ORDER BY 1").fetchall()
-        applied = {r[0] for r in conn.execute("SELECT invoice_number FROM core_payment_allocations "
-                                               "WHERE status = 'auto'").fetchall()}
-    unreferenced = next(r for r in register if r[1] == "no_reference" and truth[r[2]].kind == "full"
-                        and truth[r[2]].allocations[0].invoice not in applied)
-    ambiguous = next(r for r in register if r[1] == "ambiguous_amount")
-    overpaid = next(r for r in register if r[1] == "overpayment" and r[3] <= 5000)
-    dismissed = next(r for r in register if r[1] == "no_matching_invoice")
-    intended = truth[unreferenced[2]].allocations[0]
+# One payment per decision: no reference at all (assign), two invoices of the customer with its amount (accept
+# one), 0.40 more than its invoice (write off the excess), and nothing of its customer matches (dismiss).
+PAYMENTS = [line("ch_unref", 120_00), line("ch_ambiguous", 50_00, customer="C2"),
+            line("ch_over", 100_40, invoice="26000004"), line("ch_none", 77_00, customer="C4")]
+INVOICES = [invoice("26000001", "C1", 120_00), invoice("26000002", "C2", 50_00), invoice("26000003", "C2", 50_00),
+            invoice("26000004", "C3", 100_00)]
 
-    assert resolve(unreferenced[0], "accept") == 2  # nothing was suggested: accept is refused, nothing recorded
+
+def small_warehouse(path):
+    """The tables one window's allocation, journals and register read, holding PAYMENTS and INVOICES."""
+    with duckdb.connect(str(path)) as conn:
+        for table, columns in (("core_settlement_lines", SETTLEMENT_LINE_COLUMNS), ("core_payouts", PAYOUT_COLUMNS),
+                               ("core_payout_reconciliation", RECONCILIATION_COLUMNS | BANKING_COLUMNS)):
+            conn.execute(f"CREATE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+        conn.register("lines_df", pd.DataFrame(PAYMENTS, columns=list(SETTLEMENT_LINE_COLUMNS)))
+        conn.execute("INSERT INTO core_settlement_lines SELECT * FROM lines_df")
+        conn.register("invoices_df", pd.DataFrame(INVOICES))
+        conn.execute("CREATE TABLE core_open_invoices AS SELECT *, outstanding_minor AS outstanding_local_minor, "
+                     "1.0::DECIMAL(13, 6) AS exchange_rate FROM invoices_df")
+        conn.execute("CREATE TABLE raw_m3_open_invoices AS SELECT invoice_number, invoice_year, customer, currency, "
+                     "invoice_date, DATE '2026-10-01' AS snapshot_date FROM invoices_df")
+
+
+def close_window(path, decisions_file, run: int):
+    """What the close does for the window, without Dagster: allocate, derive the journals, register exceptions."""
+    with duckdb.connect(str(path)) as conn:
+        load_decisions(conn, decisions_file, into="decided")
+        allocate_payments(conn, RULES, DAY, END, decisions="decided")
+        derive_window_journals(conn, AccountMap.load(), DAY, END, decisions="decided")
+        register_exceptions(conn, found="match_exceptions", first_day=DAY, end_day=END, reason_codes=tuple(REASON_CODES),
+                            now=datetime(2026, 10, 11, run))
+        record_decisions(conn, decisions="decided")
+
+
+def test_decisions_are_honoured_by_the_next_run_and_survive_reruns(tmp_path, monkeypatch, capsys):
+    warehouse, decisions_file = tmp_path / "work.duckdb", tmp_path / "decisions.jsonl"
+    monkeypatch.setenv("M3_RECON_ANALYST_DUCKDB_PATH", str(warehouse))  # the register the CLI reads
+    monkeypatch.setenv("M3_RECON_DECISIONS_FILE", str(decisions_file))
+    small_warehouse(warehouse)
+    close_window(warehouse, decisions_file, run=0)
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        register = dict(conn.execute("SELECT source_id, exception_id || '/' || reason_code || '/' || "
+                                     "coalesce(unapplied_minor, 0) FROM out_recon_exceptions").fetchall())
+    assert {k: v.split("/", 1)[1] for k, v in register.items()} == {
+        "ch_unref": "no_reference/12000", "ch_ambiguous": "ambiguous_amount/0", "ch_over": "overpayment/40",
+        "ch_none": "no_matching_invoice/7700"}
+    exception = {k: v.split("/")[0] for k, v in register.items()}
+
+    assert resolve(exception["ch_unref"], "accept") == 2  # nothing was suggested: accept is refused, nothing recorded
     assert "Not recorded" in capsys.readouterr().out
-    assert resolve(unreferenced[0], "assign", invoice=intended.invoice) == 0
-    assert resolve(ambiguous[0], "accept", invoice=truth[ambiguous[2]].allocations[0].invoice) == 0
-    assert resolve(overpaid[0], "write_off", why="customer rounding, not worth a refund") == 0
-    assert resolve(dismissed[0], "dismiss", why="refunded outside the processor") == 0
+    assert resolve(exception["ch_unref"], "assign", invoice="26000001") == 0
+    assert resolve(exception["ch_ambiguous"], "accept", invoice="26000003") == 0
+    assert resolve(exception["ch_over"], "write_off", why="customer rounding, not worth a refund") == 0
+    assert resolve(exception["ch_none"], "dismiss", why="refunded outside the processor") == 0
 
-    for _ in range(2):  # the next run applies them; a further rerun keeps them
-        assert run_close(definitions, FIRST, LAST).success
-        with duckdb.connect(db, read_only=True) as conn:
-            assert conn.execute("SELECT invoice_number, allocated_minor, rule, status FROM core_payment_allocations "
-                                "WHERE source_id = ?", [unreferenced[2]]).fetchall() == [
-                (intended.invoice, intended.amount_minor, "manual", "auto")]
-            assert conn.execute("SELECT status FROM core_payment_allocations WHERE source_id = ?",
-                                [ambiguous[2]]).fetchall() == [("auto",)]
-            decided = dict(conn.execute("SELECT exception_id, status || '/' || decided_by FROM out_recon_exceptions "
+    for run in (1, 2):  # the next run applies them; a further rerun keeps them
+        close_window(warehouse, decisions_file, run)
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            assert conn.execute("SELECT source_id, invoice_number, allocated_minor, rule, status "
+                                "FROM core_payment_allocations WHERE source_id IN ('ch_unref', 'ch_ambiguous') "
+                                "ORDER BY 1").fetchall() == [
+                ("ch_ambiguous", "26000003", 50_00, "manual", "auto"), ("ch_unref", "26000001", 120_00, "manual", "auto")]
+            decided = dict(conn.execute("SELECT source_id, status || '/' || decided_by FROM out_recon_exceptions "
                                         "WHERE decision IS NOT NULL").fetchall())
-            assert decided == {unreferenced[0]: "resolved/controller", ambiguous[0]: "resolved/controller",
-                               overpaid[0]: "resolved/controller", dismissed[0]: "dismissed/controller"}
-            write_off = conn.execute("SELECT ait1, amount_minor FROM core_gl_journal_lines WHERE entry = 'write_off' "
-                                     "AND source_id = ? AND amount_minor < 0", [overpaid[2]]).fetchall()
-            assert len(write_off) == 1 and write_off[0][0] == "8295"  # the excess, in the settlement currency
+            assert decided == {"ch_unref": "resolved/controller", "ch_ambiguous": "resolved/controller",
+                               "ch_over": "resolved/controller", "ch_none": "dismissed/controller"}
+            # the excess, in the settlement currency, to the write-off account instead of unapplied cash
+            assert conn.execute("SELECT ait1, amount_minor FROM core_gl_journal_lines WHERE entry = 'write_off' "
+                                "AND source_id = 'ch_over' AND amount_minor < 0").fetchall() == [("8295", -40)]
             assert conn.execute("SELECT count(*) FROM core_gl_journal_lines WHERE entry = 'unapplied_payment' "
-                                "AND source_id = ?", [overpaid[2]]).fetchone() == (0,)
+                                "AND source_id = 'ch_over'").fetchone() == (0,)
     assert cli.main(["exceptions", "list", "--status", "resolved"]) == 0  # through the m3-recon command
     assert "showing 3 of 3\n" in capsys.readouterr().out
     assert cli.main(["exceptions", "list", "--status", "dismissed"]) == 0
@@ -167,3 +209,40 @@ def dismiss_after_posting(books, capsys):
                             [source_id]).fetchall()
     assert len(raised) == 1 and raised[0][0] == "open" and f"applied to invoice {invoice}" in raised[0][1]
     assert kept == [(invoice, "auto")]  # what M3 holds is not silently undone
+
+
+# -- an invoice number M3 reuses across years: assign names one invoice, or nothing is applied -----------------
+def _unreferenced_payment_against_a_number_open_in_two_years():
+    """The matcher's tables for one payment without a reference, with invoice 26000001 open in 2025 and 2026."""
+    conn = run([line("p1", 80_00, customer="C9")], TWO_YEARS)
+    (exception_id,) = conn.execute("SELECT exception_id FROM match_exceptions WHERE source_id = 'p1'").fetchone()
+    return conn, exception_id
+
+
+@pytest.mark.parametrize("year,applied", [(None, []), (2025, [("26000001", 2025, 80_00, "manual", "auto")]),
+                                          (2026, [("26000001", 2026, 80_00, "manual", "auto")])])
+def test_an_assign_without_a_year_applies_nothing_when_the_number_is_open_in_two_years(tmp_path, year, applied):
+    conn, exception_id = _unreferenced_payment_against_a_number_open_in_two_years()
+    path = tmp_path / "decisions.jsonl"
+    record(new_decision(exception_id, "assign", "controller", "remittance", "26000001", year), path)
+    load_decisions(conn, path)
+    assert apply_decisions(conn, decisions="exception_decisions", payments="lines", invoices="invoices",
+                           earlier="earlier") == len(applied)
+    assert conn.execute("SELECT invoice_number, invoice_year, allocated_minor, rule, status FROM match_allocations "
+                        "WHERE status = 'auto'").fetchall() == applied
+    still_open = conn.execute("SELECT count(*) FROM match_exceptions WHERE exception_id = ?", [exception_id]).fetchone()
+    assert still_open == (0 if applied else 1,)
+
+
+def test_the_cli_refuses_an_assign_without_a_year_when_the_number_is_open_in_two_years(tmp_path):
+    conn, exception_id = _unreferenced_payment_against_a_number_open_in_two_years()
+    conn.execute("CREATE TABLE out_recon_exceptions AS SELECT *, 'open' AS status FROM match_exceptions")
+    conn.execute("CREATE TABLE core_open_invoices AS SELECT * FROM invoices")
+    conn.execute("CREATE TABLE core_payment_allocations AS SELECT * FROM match_allocations")
+    path = tmp_path / "decisions.jsonl"
+    with pytest.raises(DecisionError, match="invoice 26000001 is open in 2 invoice years; name one with --year"):
+        decide(conn, new_decision(exception_id, "assign", "controller", "remittance", "26000001"), 0, path)
+    assert not path.exists()
+    recorded = decide(conn, new_decision(exception_id, "assign", "controller", "remittance", "26000001", 2025), 0,
+                      path)
+    assert recorded.decision.invoice_year == 2025 and path.exists()

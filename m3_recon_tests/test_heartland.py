@@ -12,20 +12,19 @@ import pytest
 import requests
 from dagster_duckdb import DuckDBResource
 
+from m3_recon.clients.heartland import REFRESH_MARGIN_SECONDS, GpApiAccessToken, HeartlandClient, access_token_secret
+from m3_recon.clients.http import VendorSession
 from m3_recon.defs.heartland.assets import (
     DEPOSITS_TABLE, DISPUTES_TABLE, TRANSACTIONS_TABLE, raw_heartland_deposits, raw_heartland_disputes,
     raw_heartland_settlement_transactions,
 )
 from m3_recon.defs.heartland.definitions import heartland_resource_from_env
-from m3_recon.defs.heartland.resources import (
-    REFRESH_MARGIN_SECONDS, GpApiAccessToken, HeartlandResource, access_token_secret,
-)
+from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.errors import VendorAuthError, VendorUnavailableError
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp, sandbox_env
 from m3_recon.sandbox.heartland_ledger import DAY, HeartlandLedger, build_heartland_ledger
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
-from m3_recon.sandbox.world import Period, build_world
-from m3_recon.vendor_http import VendorSession
+from m3_recon.sandbox.world import Period
 
 SEED = 7
 PERIOD = Period(date(2026, 10, 1), 21)
@@ -33,11 +32,6 @@ FIRST, LAST = date(2026, 10, 1), date(2026, 10, 31)
 ASSETS = [raw_heartland_settlement_transactions, raw_heartland_disputes, raw_heartland_deposits]
 GP_HEADERS = {"X-GP-Version": "2021-03-22"}
 TABLE_KEYS = {TRANSACTIONS_TABLE: "id", DEPOSITS_TABLE: "id", DISPUTES_TABLE: "id, stage"}
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +62,11 @@ def clean_sandbox(request, settled_now):
         server.app.clock.set(settled_now)
 
 
-def connector(gp: VendorServer, **overrides) -> HeartlandResource:
+def connector(gp: VendorServer, **overrides) -> HeartlandClient:
+    """The client as the Heartland resource builds it from these settings."""
     settings = {"app_id": SANDBOX_GP_APP_ID, "app_key": SANDBOX_GP_APP_KEY, "api_base": f"{gp.url}/ucp",
                 "max_requests_per_second": 500.0, **overrides}
-    return HeartlandResource(**settings)
+    return HeartlandResource(**settings).client()
 
 
 def sign_in(gp: VendorServer, app_key: str = SANDBOX_GP_APP_KEY, **extra) -> requests.Response:
@@ -188,14 +183,14 @@ def test_every_sale_is_a_planned_payment_with_its_references_on_the_wire(gp, wor
 
 def test_only_what_exists_at_the_sandbox_clock_is_visible(gp, ledger):
     held = next(d for d in ledger.deposits.values() if d.released_at is not None)
-    resource = connector(gp)
+    client = connector(gp)
     gp.app.clock.set(held.created - 1)
-    assert held.id not in {d["id"] for d in resource.deposits(FIRST, LAST)}
-    assert all(t["deposit_id"] != held.id for t in resource.settlement_transactions(FIRST, LAST))
+    assert held.id not in {d["id"] for d in client.deposits(FIRST, LAST)}
+    assert all(t["deposit_id"] != held.id for t in client.settlement_transactions(FIRST, LAST))
     gp.app.clock.set(held.created)
-    assert [d["status"] for d in resource.deposits(held.deposit_date, held.deposit_date)] == ["DELAYED"]
+    assert [d["status"] for d in client.deposits(held.deposit_date, held.deposit_date)] == ["DELAYED"]
     gp.app.clock.set(held.released_at)
-    assert [d["status"] for d in resource.deposits(held.deposit_date, held.deposit_date)] == ["RELEASED"]
+    assert [d["status"] for d in client.deposits(held.deposit_date, held.deposit_date)] == ["RELEASED"]
 
 
 # -- the connector -----------------------------------------------------------------------------------
@@ -235,11 +230,11 @@ def test_token_is_renewed_before_it_expires(gp):
 
 
 def test_expired_token_is_replaced_after_a_401(gp, ledger):
-    resource = connector(gp)
-    before = resource.deposits(FIRST, LAST)
+    client = connector(gp)
+    before = client.deposits(FIRST, LAST)
     gp.app.expire_tokens()
-    assert resource.deposits(FIRST, LAST) == before
-    assert resource.access_token().sign_ins == 2
+    assert client.deposits(FIRST, LAST) == before
+    assert client.access_token.sign_ins == 2
 
 
 def test_rate_limits_server_errors_and_timeouts_are_survived(gp):
@@ -278,6 +273,8 @@ def test_materialize_is_idempotent_and_equals_the_generator(gp, ledger, tmp_path
     deposits_meta = first_result.asset_materializations_for_node("raw_heartland_deposits")[0].metadata
     assert deposits_meta["deposits_unexplained_by_lines"].value == 0
     assert deposits_meta["deposits_not_summing"].value == 0
+    assert {(c.check_name, c.passed) for c in first_result.get_asset_check_evaluations()} == {
+        ("deposit_totals_add_up", True), ("deposits_sum_to_their_lines", True)}
 
     # Only the partition's own day is replaced when the look-back is zero.
     assert materialize(database, "2026-10-22", lookback_days=0).success

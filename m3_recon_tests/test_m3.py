@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
-from m3_recon.defs.m3.client import IncompleteReadError, M3Client, M3Error, m3_amount, minor_units
+from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, m3_amount, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
@@ -30,11 +30,6 @@ PERIOD = Period(date(2026, 10, 1), 10)
 DAY = 86_400
 FAST = {"sleep": lambda seconds: None, "requests_per_second": 1_000}  # no waiting between retries or calls
 NOW = PERIOD.end_epoch + DAY
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 @pytest.fixture(scope="module")
@@ -245,10 +240,10 @@ def test_expired_token_is_renewed_by_refresh_then_by_password_grant(world, ionap
     customer = world.invoices[0].customer
     first = client.execute("ARS200MI", "LstInvoices", CUNO=customer, maxrecs=0)
     auth = client.session.authenticator
-    token, refresh = auth._access_token, auth._refresh_token
+    token, refresh = auth._token, auth._refresh_token
     clock.set(clock.now() + 7_201)  # the sandbox's access tokens last 7,200 s
     assert client.execute("ARS200MI", "LstInvoices", CUNO=customer, maxrecs=0) == first
-    assert auth._access_token != token and auth._refresh_token != refresh
+    assert auth._token != token and auth._refresh_token != refresh
     reuse = requests.post(f"{m3[0].url}/{SANDBOX_M3_TENANT}/as/token.oauth2", timeout=5, data={
         "grant_type": "refresh_token", "refresh_token": refresh, "client_id": SANDBOX_M3_CLIENT_ID,
         "client_secret": SANDBOX_M3_CLIENT_SECRET})

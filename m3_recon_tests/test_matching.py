@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from m3_recon.canonical.model import SETTLEMENT_LINE_COLUMNS
+from m3_recon.reconcile import matching
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, match_payments
 from m3_recon.reconcile.posted import book_local_values, matchable_invoices
 from m3_recon.reconcile.tieout import payout_exceptions, register_exceptions, tie_out_payouts
@@ -163,7 +164,7 @@ def booked_local(instalments, outstanding, outstanding_local, earlier=()):
     conn.execute("ALTER TABLE invoices ADD COLUMN outstanding_local_minor BIGINT")
     conn.execute("ALTER TABLE invoices ADD COLUMN exchange_rate DECIMAL(18, 6)")
     conn.execute("UPDATE invoices SET outstanding_local_minor = ?, exchange_rate = 1.08375", [outstanding_local])
-    book_local_values(conn, invoices="invoices", earlier="earlier")
+    book_local_values(conn, invoices="invoices", earlier="earlier", local_currency="USD")
     return conn.execute("SELECT source_id, allocated_minor, allocated_local_minor FROM match_allocations "
                         "ORDER BY source_id").fetchall()
 
@@ -229,6 +230,13 @@ def test_allocations_never_exceed_the_payment_or_the_invoice():
     lines = [line(f"p{i}", 10_00 * i + (1 if i % 2 else 0), invoice=f"2600000{i}", seconds=i) for i in range(1, 6)]
     lines += [line("q1", 30_00, customer="C1", seconds=10), line("q2", 30_00, invoice="26000003", seconds=11)]
     conn = run(lines, invoices)
+    # what was applied (so the two checks below cannot pass by applying nothing): each p<i> settles its
+    # invoice, the 1-cent excess of the odd ones unapplied; q2 finds 26000003 taken by p3, q1 nothing open
+    assert [a for a in allocations(conn) if a[4] == "auto"] == [
+        (f"p{i}", f"2600000{i}", 10_00 * i, "exact_reference", "auto") for i in range(1, 6)]
+    assert [(s, r, u) for s, r, u, _ in exceptions(conn)] == [
+        ("p1", "overpayment", 1), ("p3", "overpayment", 1), ("p5", "overpayment", 1),
+        ("q1", "no_matching_invoice", 30_00), ("q2", "invoice_already_paid", 30_00)]
     over = conn.execute("""SELECT a.invoice_number FROM match_allocations a JOIN invoices i USING (invoice_number)
                            WHERE a.status = 'auto' GROUP BY a.invoice_number, i.outstanding_minor
                            HAVING sum(a.allocated_minor) > i.outstanding_minor""").fetchall()
@@ -242,13 +250,84 @@ def test_allocations_never_exceed_the_payment_or_the_invoice():
     assert unbalanced == []
 
 
+# -- each rule alone: its statements run on the inputs and the rules before it; its own table is checked --
+
+
+def rules_up_to(lines, invoices, *rule_statements):
+    conn = duckdb.connect()
+    lines_table(conn, lines)
+    conn.register("inv_df", pd.DataFrame(invoices, columns=list(invoice("x", "c", 0))))
+    conn.execute("CREATE TABLE invoices AS SELECT * FROM inv_df")
+    earlier_table(conn)
+    for statement in [*matching._inputs(RULES, "lines", "invoices", "earlier"), *rule_statements]:
+        conn.execute(statement)
+    return conn
+
+
+def rule_rows(conn, table):
+    return conn.execute(f"SELECT p.source_id, i.invoice_number, r.allocated, r.problem FROM {table} r "
+                        "JOIN m_pay p ON p.rowid = r.pid JOIN m_inv i ON i.rowid = r.iid ORDER BY 1, 2").fetchall()
+
+
+def open_amounts(conn):
+    return conn.execute("SELECT i.invoice_number, o.rem FROM m_open o JOIN m_inv i ON i.rowid = o.iid "
+                        "ORDER BY 1").fetchall()
+
+
+def test_rule_1_applies_instalments_oldest_first_and_leaves_the_rest_open():
+    conn = rules_up_to([line("p1", 40_00, invoice="26000001", seconds=1), line("p2", 70_00, invoice="INV 26000001", seconds=2),
+                        line("p3", 5_00, invoice="26000002", customer="C2")],
+                       [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 5_00), invoice("26000003", "C1", 7_00)],
+                       *matching._exact_reference())
+    assert rule_rows(conn, "m_r1") == [("p1", "26000001", 40_00, None), ("p2", "26000001", 60_00, None),
+                                       ("p3", "26000002", 5_00, "customer_mismatch")]
+    # 26000001 is settled (p2's 10.00 beyond it is an overpayment); a mismatch takes nothing off its invoice
+    assert open_amounts(conn) == [("26000002", 5_00), ("26000003", 7_00)]
+
+
+def test_rule_2_matches_what_is_left_of_an_invoice_and_takes_it_off():
+    conn = rules_up_to([line("p1", 60_00, invoice="26000001"), line("q1", 30_00, customer="C1", seconds=1),
+                        line("q2", 30_00, customer="C1", seconds=2), line("q3", 45_00, customer="C2"),
+                        line("q4", 40_00, customer="C1")],
+                       [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 30_00),
+                        invoice("26000003", "C2", 45_00), invoice("26000004", "C2", 45_00)],
+                       *matching._exact_reference(), *matching._reference_list(RULES), *matching._customer_amount(RULES))
+    assert rule_rows(conn, "m_r2") == [("q1", "26000002", 30_00, None), ("q2", "26000002", 30_00, "invoice_claimed"),
+                                       ("q3", "26000003", 45_00, "ambiguous_amount"),
+                                       ("q3", "26000004", 45_00, "ambiguous_amount"),
+                                       ("q4", "26000001", 40_00, None)]  # 100.00 less p1's 60.00 by rule 1
+    assert open_amounts(conn) == [("26000001", 0), ("26000002", 0), ("26000003", 45_00), ("26000004", 45_00)]
+
+
+def test_rule_3_applies_one_group_and_holds_payments_competing_for_one():
+    conn = rules_up_to([line("r1", 68_83, customer="C1"), line("s1", 30_00, customer="C2", seconds=1),
+                        line("s2", 30_00, customer="C2", seconds=2)],
+                       [invoice("26000001", "C1", 10_00), invoice("26000002", "C1", 25_50),
+                        invoice("26000003", "C1", 33_33), invoice("26000004", "C1", 1_00),
+                        invoice("26000011", "C2", 10_00), invoice("26000012", "C2", 20_00)],
+                       *matching._exact_reference(), *matching._reference_list(RULES),
+                       *matching._customer_amount(RULES), *matching._multi_invoice(RULES))
+    assert rule_rows(conn, "m_r3") == [
+        ("r1", "26000001", 10_00, None), ("r1", "26000002", 25_50, None), ("r1", "26000003", 33_33, None),
+        ("s1", "26000011", 10_00, "competing_payments"), ("s1", "26000012", 20_00, "competing_payments"),
+        ("s2", "26000011", 10_00, "competing_payments"), ("s2", "26000012", 20_00, "competing_payments")]
+
+
+@pytest.mark.parametrize("number", ["26000001", "0026000001", "INV-26000001", "inv 0026000001", "A-7", "0000", ""])
+def test_invoice_numbers_of_digits_take_the_short_path_to_the_same_reference(number):
+    found = duckdb.connect().execute(
+        f"SELECT {matching._normalised_number('n', RULES)}, {matching.normalised('n', RULES)} FROM (SELECT ? AS n)",
+        [number]).fetchone()
+    assert found[0] == found[1]
+
+
 def tieout(payouts, lines):
     conn = duckdb.connect()
     conn.register("payouts_df", pd.DataFrame(payouts))
     conn.execute("CREATE TABLE payouts AS SELECT * FROM payouts_df")
     lines_table(conn, lines)
     tie_out_payouts(conn, payouts="payouts", lines="lines")
-    payout_exceptions(conn)
+    payout_exceptions(conn, tieout="payout_tieout")
     return conn
 
 
@@ -267,7 +346,7 @@ def test_payout_tie_out_statuses_and_named_residue():
     rows = conn.execute("SELECT payout_id, status, difference_minor FROM payout_tieout ORDER BY 1").fetchall()
     assert rows == [("po1", "tied", 0), ("po2", "mismatch", 1_75), ("po3", "failed", 0), ("po4", "pending", 12_00)]
     residue = conn.execute("SELECT source_id, unapplied_minor, detail FROM payout_exceptions").fetchall()
-    assert residue == [("po2", 1_75, "payout 5000 USD vs lines net 4825: residue 175 USD; "
+    assert residue == [("po2", 1_75, "payout 50.00 USD vs lines net 48.25 USD: residue 1.75 USD; "
                                      "1 itemised line(s) missing from core_settlement_lines")]
 
 

@@ -212,10 +212,10 @@ def test_a_decision_on_a_tie_applies_only_when_it_names_the_year(tmp_path):
     decisions = tmp_path / "decisions.jsonl"
     record(new_decision(exception_id, "assign", "ap", "remittance", "26000001"), decisions)
     load_decisions(conn, decisions)
-    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 0  # which year? not applied
+    assert apply_decisions(conn, decisions="exception_decisions", payments="lines", invoices="invoices", earlier="earlier") == 0  # which year? not applied
     record(new_decision(exception_id, "assign", "ap", "remittance says 2026", "26000001", 2026), decisions)
     load_decisions(conn, decisions)
-    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 1
+    assert apply_decisions(conn, decisions="exception_decisions", payments="lines", invoices="invoices", earlier="earlier") == 1
     assert allocations_by_year(conn) == [("p1", "26000001", 2026, 125_00, "auto")]
     assert exceptions(conn) == []
 
@@ -230,6 +230,6 @@ def test_accepting_a_suggested_list_applies_every_invoice_of_it_oldest_first(tmp
     decisions = tmp_path / "decisions.jsonl"
     record(new_decision(exception_id, "accept", "ap", "the customer mistyped the third number"), decisions)
     load_decisions(conn, decisions)
-    assert apply_decisions(conn, invoices="invoices", earlier="earlier") == 1
+    assert apply_decisions(conn, decisions="exception_decisions", payments="lines", invoices="invoices", earlier="earlier") == 1
     assert allocations(conn) == [("p1", "26000001", 100_00, "manual", "auto"), ("p1", "26000002", 150_00, "manual", "auto")]
     assert exceptions(conn) == []

@@ -13,15 +13,16 @@ import requests
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import decimal_json
+from m3_recon.clients.http import VendorSession
+from m3_recon.clients.paytrace import PasswordGrantToken, cents, local_timestamp
 from m3_recon.defs.paytrace.assets import raw_paytrace_batches, raw_paytrace_transactions
-from m3_recon.defs.paytrace.resources import PasswordGrantToken, PayTraceResource, cents, local_timestamp
+from m3_recon.defs.paytrace.resources import PayTraceResource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
 from m3_recon.sandbox.paytrace_api import (SANDBOX_PAYTRACE_PASSWORD, SANDBOX_PAYTRACE_USERNAME, PayTraceApp,
                                            sandbox_env)
 from m3_recon.sandbox.paytrace_ledger import PACIFIC, build_paytrace_ledger, cutoff_probe_days, local_epoch
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
 from m3_recon.sandbox.world import Period, build_world
-from m3_recon.vendor_http import VendorSession
 
 PERIOD = Period(date(2026, 10, 1), 35)  # 2026-10-01 .. 2026-11-04: covers the DST end on 2026-11-01
 SETTLED_NOW = PERIOD.end_epoch + 10 * 86_400
@@ -97,9 +98,9 @@ def test_dollars_become_cents_and_pacific_wall_times_become_utc():
 
 # -- connector over HTTP -------------------------------------------------------------------------------
 def test_batches_and_their_transactions_equal_the_generator(paytrace):
-    resource = resource_for(paytrace.url)
+    client = resource_for(paytrace.url).client()
     first, last = PERIOD.start, PERIOD.end + timedelta(days=1)
-    loaded = resource.batches(first, last)
+    loaded = client.batches(first, last)
     expected = batches_on(paytrace.ledger, first, last)
     assert [batch["number"] for _, batch in loaded] == sorted(expected)
     for day, batch in loaded:
@@ -127,20 +128,20 @@ def test_batches_and_their_transactions_equal_the_generator(paytrace):
             assert truth.expected_status == "unmatched" and truth.expected_reason is not None
     assert {t.kind for t in truths.values()} >= {"full", "partial", "multi"}
     some = expected[sorted(expected)[len(expected) // 2]]
-    rows = resource.batch_transactions(some.number)
+    rows = client.batch_transactions(some.number)
     assert [row["transaction_id"] for row in rows] == some.transaction_ids
     assert sum(cents(r["amount"]) * (-1 if r["transaction_type"] == "REFUND" else 1) for r in rows) == \
         paytrace.ledger.totals(some).net_minor
 
 
 def test_date_ranges_are_asked_one_business_day_at_a_time(paytrace):
-    resource = resource_for(paytrace.url)
+    client = resource_for(paytrace.url).client()
     before = paytrace.server.faults.served
     first, last = date(2026, 10, 3), date(2026, 10, 12)
-    loaded = resource.batches(first, last)
+    loaded = client.batches(first, last)
     assert paytrace.server.faults.served - before == 1 + 10  # one token, then one request per day
     assert sorted(batch["number"] for _, batch in loaded) == sorted(batches_on(paytrace.ledger, first, last))
-    sales = resource.transactions(first, last, transaction_type="SALE")
+    sales = client.transactions(first, last, transaction_type="SALE")
     ids = [row["transaction_id"] for row in sales]
     assert len(ids) == len(set(ids))
     assert set(ids) == {t.id for t in paytrace.ledger.transactions.values() if t.type == "SALE"
@@ -149,9 +150,9 @@ def test_date_ranges_are_asked_one_business_day_at_a_time(paytrace):
 
 def test_bad_credentials_name_the_variables_and_never_echo_the_password(paytrace):
     secret = "this-is-a-wrong-password-4711"
-    resource = resource_for(paytrace.url, password=secret)
+    client = resource_for(paytrace.url, password=secret).client()
     with pytest.raises(VendorAuthError) as info:
-        resource.batches(PERIOD.start, PERIOD.start)
+        client.batches(PERIOD.start, PERIOD.start)
     message = str(info.value)
     assert "PAYTRACE_USERNAME" in message and "PAYTRACE_PASSWORD" in message and "HTTP 401" in message
     assert "invalid_grant" in message
@@ -163,9 +164,9 @@ def test_an_expired_token_mid_run_is_replaced_transparently(paytrace):
                       wall_clock=StepClock(1_000))  # a 7,200 s token dies after about seven requests
     server = VendorServer(app, paytrace.clock).start()
     try:
-        resource = resource_for(server.url)
-        loaded = resource.batches(PERIOD.start, PERIOD.end)
-        itemised = [resource.batch_transactions(batch["number"]) for _, batch in loaded[:10]]
+        client = resource_for(server.url).client()
+        loaded = client.batches(PERIOD.start, PERIOD.end)
+        itemised = [client.batch_transactions(batch["number"]) for _, batch in loaded[:10]]
     finally:
         server.stop()
     assert sorted(batch["number"] for _, batch in loaded) == sorted(batches_on(paytrace.ledger, PERIOD.start,
@@ -200,20 +201,20 @@ def test_the_token_is_renewed_shortly_before_it_expires(paytrace):
     Fault(stall_seconds=1.5, count=1, path_prefix="/v1/"),  # longer than the client's 0.5 s timeout
 ], ids=["429", "500", "503-on-token", "timeout"])
 def test_transient_faults_are_survived_without_losing_rows(paytrace, fault):
-    resource = resource_for(paytrace.url, timeout_seconds=0.5)
+    client = resource_for(paytrace.url, timeout_seconds=0.5).client()
     paytrace.server.faults.configure(faults=[fault])
     first, last = date(2026, 10, 20), date(2026, 10, 22)
-    loaded = resource.batches(first, last)
+    loaded = client.batches(first, last)
     assert sorted(batch["number"] for _, batch in loaded) == sorted(batches_on(paytrace.ledger, first, last))
     assert paytrace.server.faults.pending == 0
 
 
 def test_a_persistent_outage_gives_up_after_the_bounded_attempts(paytrace):
-    resource = resource_for(paytrace.url, max_attempts=2)
+    client = resource_for(paytrace.url, max_attempts=2).client()
     paytrace.server.faults.configure(faults=[Fault(status=503, headers={"Retry-After": "0"}, count=5,
                                                    path_prefix="/v1/")])
     with pytest.raises(VendorUnavailableError, match="kept failing after 2 attempts") as info:
-        resource.batches(PERIOD.start, PERIOD.start)
+        client.batches(PERIOD.start, PERIOD.start)
     assert info.value.status == 503
     assert paytrace.server.faults.pending == 3
 
@@ -239,7 +240,7 @@ def test_rejected_requests_use_paytraces_error_shapes(paytrace):
     no_token = requests.post(f"{url}/v1/batches/export", json={}, timeout=5)
     assert no_token.status_code == 401 and no_token.json()["error"] == "invalid_token"
     with pytest.raises(VendorRequestError, match="Batch Number 999999 was not found") as info:
-        resource_for(url).batch_transactions(999_999)
+        resource_for(url).client().batch_transactions(999_999)
     assert info.value.status == 400
 
 
@@ -263,18 +264,18 @@ def test_an_expired_token_is_refused_in_oauths_shape(paytrace):
 def test_nothing_after_the_sandbox_clock_is_visible(paytrace):
     now = local_epoch(date(2026, 10, 10), 12 * 3_600)  # noon Pacific on Oct 10
     paytrace.clock.set(now)
-    resource = resource_for(paytrace.url)
-    loaded = resource.batches(date(2026, 10, 8), date(2026, 10, 12))
+    client = resource_for(paytrace.url).client()
+    loaded = client.batches(date(2026, 10, 8), date(2026, 10, 12))
     assert sorted(batch["number"] for _, batch in loaded) == sorted(batches_on(paytrace.ledger, date(2026, 10, 8),
                                                                                date(2026, 10, 9)))
-    pending = resource.transactions(date(2026, 10, 9), date(2026, 10, 10), transaction_type="PENDING")
+    pending = client.transactions(date(2026, 10, 9), date(2026, 10, 10), transaction_type="PENDING")
     expected = {t.id for t in paytrace.ledger.transactions.values()
                 if t.created <= now and paytrace.ledger.batches[t.batch].settled_at > now}
     assert {row["transaction_id"] for row in pending} == expected and expected
     assert {row["settled"] for row in pending} == {""}
     (still_open,) = batches_on(paytrace.ledger, date(2026, 10, 10), date(2026, 10, 10))
     with pytest.raises(VendorRequestError, match=f"Batch Number {still_open} was not found"):
-        resource.batch_transactions(still_open)
+        client.batch_transactions(still_open)
 
 
 # -- assets into DuckDB -------------------------------------------------------------------------------
@@ -311,6 +312,25 @@ def test_a_partition_equals_the_generator_and_rematerialising_replaces_it(paytra
     assert materialization.metadata["batches_out_of_balance"].value == []
     assert materialization.metadata["rows"].value == len(batch.transaction_ids)
     assert query(db, "SELECT count(*) FROM raw_paytrace_transactions WHERE raw->>'$.amount' IS NULL") == [(0,)]
+    (identity,) = result.get_asset_check_evaluations()
+    assert (identity.check_name, identity.passed, identity.metadata["batches_checked"].value) == (
+        "batches_sum_to_their_transactions", True, 1)
+
+
+def test_a_batch_whose_totals_differ_from_its_transactions_fails_the_batch_identity_check(paytrace, tmp_path,
+                                                                                          monkeypatch):
+    day = date(2026, 10, 15)
+    (batch,) = batches_on(paytrace.ledger, day, day).values()
+    counted, itemised = paytrace.ledger.totals, paytrace.ledger.batch_transactions
+    totals = counted(batch)  # the batch record still counts every transaction ...
+    monkeypatch.setattr(paytrace.ledger, "totals", lambda b: totals if b.number == batch.number else counted(b))
+    monkeypatch.setattr(paytrace.ledger, "batch_transactions",  # ... while PayTrace itemises one fewer
+                        lambda b: itemised(b)[1:] if b.number == batch.number else itemised(b))
+    result = materialize(paytrace, str(tmp_path / "w.duckdb"), day.isoformat())
+    assert result.success  # a warning for a person, not a stop: the payout tie-out names the residue
+    (identity,) = result.get_asset_check_evaluations()
+    assert (identity.passed, identity.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert identity.metadata["examples"].value == [batch.number]
 
 
 def test_the_8pm_pacific_cutoff_decides_the_partition_across_the_dst_change(paytrace, tmp_path):

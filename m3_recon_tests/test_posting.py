@@ -13,8 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from m3_recon.defs.m3.client import M3Client
-from m3_recon.defs.reconcile.assets import journal_exceptions
+from m3_recon.clients.m3 import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
@@ -23,11 +22,12 @@ from m3_recon.posting.layout import LayoutError, ParmLayout
 from m3_recon.posting.outbox import ROUTE_CASH, ROUTE_GL, Voucher
 from m3_recon.posting.poster import PostingInterrupted, post_pending
 from m3_recon.posting.summary import print_posting_summary
+from m3_recon.reconcile.window import journal_exceptions
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.settings import SettingsError
 
 SEED = 11
@@ -40,11 +40,6 @@ CONFIG = posting_config_from_env({})
 BIG = "JV2610020001"  # 8 lines: head + 7 lines in one bulk call, line 8 + CtrlBatch + UpdBatch in the next
 HELD = "JV2610040002"
 SPLIT = "CA2610070001"  # 7 applications: head + 7 lines in one bulk call, ControlBatch in the next
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 class M3Sandbox:
@@ -242,7 +237,8 @@ def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
     assert [name for name, _ in calls] == ["AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"]
     assert calls[0][1] == {"KEY1": "JV1", "INTN": "GLUPLOAD", "DESC": "Stripe payout po_1"}
     assert calls[1][1]["PARM"] == ("I1" + "000000003" + "00000001" + "AAA" + "1580      " + "STRIPE    " + " " * 50
-                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40))
+                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40)
+                                   + " " * 17)  # ACAM: blank on a line in M3's local currency
     assert CONFIG.layout.parse(calls[1][1]["PARM"].rstrip())["CUAM"] == "-1234.56"
     with pytest.raises(LayoutError, match="VTXT .* is 41 characters; interface GLUPLOAD holds 40"):
         CONFIG.layout.build({"VTXT": "x" * 41})
@@ -538,8 +534,8 @@ def test_a_voucher_m3_accepted_but_does_not_show_yet_is_posted_unverified_never_
     assert "4 vouchers posted_unverified (e.g. JV2610020001: M3 accepted batch" in out.getvalue()
     assert "they are never resent" in out.getvalue()
     with duckdb.connect(str(warehouse)) as conn:  # the next close registers them as exceptions: alerted
-        found = journal_exceptions(conn, "2026-10-01", "2026-10-31")
-        alerted = conn.execute(f"SELECT source_id, processor, detail FROM ({found}) "
+        found = journal_exceptions(conn, date(2026, 10, 1), date(2026, 10, 31))
+        alerted = conn.execute(f"SELECT source_id, processor, detail FROM {found} "
                                "WHERE reason_code = 'voucher_unverified' ORDER BY 1").fetchall()
     assert [key for key, *_ in alerted] == sorted(unverified) and alerted[0][1] == "stripe"
     assert "gl voucher JV2610020001 (M3 batch JV2610020001): M3 accepted batch" in alerted[0][2]
@@ -593,7 +589,7 @@ def test_a_refused_voucher_fails_the_summary_with_the_next_step(sandboxes, wareh
     assert print_posting_summary(out) == 1
     assert "4 vouchers failed (e.g. JV2610020001: M3: GLS840MI/AddBatchHead answered NOK in field INTN: Interface " \
            "GLNOTTHERE does not exist (HTTP 200)) -> next: M3 refused them" in out.getvalue()
-    assert "gl                failed                4 vouchers  debits EUR 412.37; USD 2,475.77" in out.getvalue()
+    assert "gl                failed                4 vouchers  debits 412.37 EUR; 2,475.77 USD" in out.getvalue()
     assert "posting: needs a person — 4 failed, 1 held" in out.getvalue()
 
 
@@ -609,15 +605,18 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         "core_settlement_lines (processor VARCHAR, payout_id VARCHAR, settlement_date DATE)": [
             ("heartland", "dep1", d(2)), ("heartland", "dep1", d(3)), ("paytrace", "b1", d(3))],
         "journal_lines (voucher_key VARCHAR, currency VARCHAR, amount_minor BIGINT, processor VARCHAR, "
-        "source_date DATE, accounting_date DATE)": [
-            ("GSD20261004", "USD", 100, "stripe", d(4), d(4)), ("GSD20261004", "USD", -99, "stripe", d(4), d(4)),
-            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
+        "source_date DATE, accounting_date DATE, local_minor BIGINT)": [
+            ("GSD20261004", "USD", 100, "stripe", d(4), d(4), 100), ("GSD20261004", "USD", -99, "stripe", d(4), d(4), -99),
+            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3), 100),
+            ("GPD20261003", "USD", -100, "paytrace", d(3), d(3), -100),
+            # balanced in yen, not in local currency
+            ("GHD20261008", "JPY", 100, "heartland", d(8), d(8), 67), ("GHD20261008", "JPY", -100, "heartland", d(8), d(8), -66)],
         "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
         "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
-        "invoice_year INTEGER)": [
-            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026),
-            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026),
-            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026)],
+        "invoice_year INTEGER, invoice_currency VARCHAR)": [
+            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026, "JPY"),
+            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026, "USD"),
+            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026, "USD")],
         "core_match_exceptions (processor VARCHAR, source_id VARCHAR, unapplied_minor BIGINT, reason_code VARCHAR)": [],
         "core_open_invoices (invoice_number VARCHAR, invoice_year INTEGER, outstanding_minor BIGINT)": [
             ("I1", 2026, 1000), ("I2", 2026, 200), ("I3", 2026, 300)],
@@ -629,11 +628,15 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         conn.execute(f"CREATE TABLE {table}")
         if rows:
             conn.executemany(f"INSERT INTO {table.split()[0]} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-    posting_blocks(conn, "2026-10-01", "2026-10-09")  # day 9 lies outside the window
+    posting_blocks(conn, d(1), d(9), journal_lines="journal_lines", clearing_residue="clearing_residue",
+                   applications="applications_in_m3")  # day 9 lies outside the window
     assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
-        ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
+        ("heartland", d(8), "vouchers_balance"), ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
         ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
+    (detail,) = conn.execute("SELECT detail FROM posting_blocks WHERE check_name = ?",
+                             ["allocations_sum_to_payment"]).fetchone()
+    assert detail == "payment t5 allocates 400 JPY + unapplied 0 JPY of 500 JPY"  # the invoice currency's decimals
 
 
 def test_the_m3_posting_run_fails_when_m3_refused_a_voucher(sandboxes, warehouse, monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from m3_recon.resilience import RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call
+from m3_recon.clients.http import RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call
 
 
 class FakeClock:

@@ -33,7 +33,11 @@ def rows(db, sql):
 
 def test_a_partition_holds_exactly_the_generators_objects_for_that_day(sandbox, tmp_path):
     db = str(tmp_path / "w.duckdb")
-    assert run(sandbox, db, "2026-10-15").success
+    result = run(sandbox, db, "2026-10-15")
+    assert result.success
+    (identity,) = result.get_asset_check_evaluations()  # each itemised payout's lines net to zero
+    assert (identity.check_name, identity.passed) == ("payout_lines_net_to_zero", True)
+    assert identity.metadata["payouts_checked"].value > 0
     start, end = day_bounds("2026-10-15")
     ledger = sandbox.stripe
     expected_txns = {t.id: t for t in ledger.balance_transactions.values() if start <= t.created < end}

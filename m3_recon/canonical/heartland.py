@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from m3_recon import wire
 from m3_recon.canonical.model import ProcessorMapping
+from m3_recon.sql import literal_list, quoted, values
 
 TRANSACTION_LINE_TYPES = {"SALE": "charge", "REFUND": "refund"}
 # GP's settlement dispute stages (Disputes-2021-03-22 `stage` filter enum).
@@ -52,19 +53,6 @@ DEPOSIT_FUNDING_TYPES = ("CREDIT", "DEBIT")
 CUSTOMER_IN_DESCRIPTION = r"^Customer ([^\s,;]+)"
 MAPPING_FILE = "m3_recon/canonical/heartland.py"
 REPULL = "re-pull its deposit date, and raise it with Global Payments if it persists"
-
-
-def _values(rows) -> str:
-    return ", ".join("(" + ", ".join(f"'{v}'" for v in row) + ")" for row in rows)
-
-
-def _in(values) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
-
-
-def _quoted(expr: str) -> str:
-    """SQL for a value in quotes, or ``null``, for a reason text."""
-    return f"coalesce('''' || ({expr}) || '''', 'null')"
 
 
 def _unusable(row: str, column: str, field: str, defect) -> str:
@@ -111,6 +99,30 @@ UNTIED = ("'GP deposit ' || component.id || ' amount ' || component.net_amount |
 COMPONENTS_ITEMISED = " + ".join(
     f"CAST({column} IS DISTINCT FROM 0 AS INTEGER)" for _, column, *_ in DEPOSIT_COMPONENTS)
 
+
+def _rejected(row: str, unmapped: str, occurred_column: str, occurred_field: str) -> str:
+    """SQL columns of a GP transaction or dispute ``row``: ``reject_reason``, the first of ``unmapped`` (a GP code
+    finance has not mapped), an unusable amount and an unusable time; its partition date and raw payload."""
+    return f"""coalesce(
+        {unmapped},
+        {_unusable(row, 'signed_amount', 'amount', _not_cents)},
+        {_unusable(row, occurred_column, occurred_field, wire.instant_defect_sql)}
+    ) AS reject_reason,
+    {row}.deposit_date AS partition_date, CAST({row}.raw AS VARCHAR) AS raw_payload"""
+
+
+TXN_REJECTED = _rejected("txn", f"""CASE WHEN txn_type.line_type IS NULL
+        THEN 'unknown GP settlement transaction type ' || {quoted('txn.type', 'null')}
+             || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
+        END""", "created_at_utc", "time_created")
+DISPUTE_REJECTED = _rejected("dispute", f"""CASE WHEN stage.stage IS NULL
+        THEN 'unknown GP dispute stage ' || {quoted('dispute.stage', 'null')}
+             || ': add it to DISPUTE_STAGES in {MAPPING_FILE} once finance has decided how it is booked'
+             WHEN funding.line_type IS NULL THEN 'GP dispute funding_type ' || {quoted('dispute.funding_type', 'null')}
+             || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
+             || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
+        END""", "stage_created_at_utc", "stage_time_created")
+
 SETTLEMENT_LINES_SQL = f"""
 WITH txn AS ({_latest('raw_heartland_settlement_transactions', 'id', IN_WINDOW)}
 ), known_txn AS (
@@ -122,10 +134,10 @@ WITH txn AS ({_latest('raw_heartland_settlement_transactions', 'id', IN_WINDOW)}
 ), component AS (
     SELECT deposit.*, c.component, c.line_type, c.label
     FROM ({_latest('raw_heartland_deposits', 'id', IN_WINDOW)}) deposit
-    CROSS JOIN (VALUES {_values((s, t, d) for s, _, _, t, d in DEPOSIT_COMPONENTS)}) c(component, line_type, label)
-), txn_type(type, line_type) AS (VALUES {_values(TRANSACTION_LINE_TYPES.items())}
-), stage(stage) AS (VALUES {_values((s,) for s in DISPUTE_STAGES)}
-), funding(funding_type, line_type) AS (VALUES {_values(DISPUTE_FUNDING_LINE_TYPES.items())})
+    CROSS JOIN (VALUES {values((s, t, d) for s, _, _, t, d in DEPOSIT_COMPONENTS)}) c(component, line_type, label)
+), txn_type(type, line_type) AS (VALUES {values(TRANSACTION_LINE_TYPES.items())}
+), stage(stage) AS (VALUES {values((s,) for s in DISPUTE_STAGES)}
+), funding(funding_type, line_type) AS (VALUES {values(DISPUTE_FUNDING_LINE_TYPES.items())})
 SELECT
     'heartland' AS processor, txn.id AS source_id, txn_type.line_type,
     txn.created_at_utc AS occurred_at_utc, txn.deposit_date AS settlement_date, txn.deposit_id AS payout_id,
@@ -138,14 +150,7 @@ SELECT
     CASE WHEN txn.type = 'REFUND' THEN txn.parent_transaction_id END AS original_source_id,
     lower(txn.card_brand) AS card_brand, right(txn.masked_card_number, 4) AS card_last4,
     txn.description,
-    coalesce(
-        CASE WHEN txn_type.line_type IS NULL THEN 'unknown GP settlement transaction type ' || {_quoted('txn.type')}
-             || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
-        END,
-        {_unusable('txn', 'signed_amount', 'amount', _not_cents)},
-        {_unusable('txn', 'created_at_utc', 'time_created', wire.instant_defect_sql)}
-    ) AS reject_reason,
-    txn.deposit_date AS partition_date, CAST(txn.raw AS VARCHAR) AS raw_payload
+    {TXN_REJECTED}
 FROM txn
 LEFT JOIN txn_type USING (type)
 LEFT JOIN known_txn parent ON parent.id = txn.parent_transaction_id AND txn.type = 'REFUND'
@@ -162,17 +167,7 @@ SELECT
     lower(dispute.card_brand) AS card_brand, right(dispute.masked_card_number, 4) AS card_last4,
     dispute.stage || ' ' || coalesce(dispute.reason_code, '') || ': ' || coalesce(dispute.reason_description, '')
         AS description,
-    coalesce(
-        CASE WHEN stage.stage IS NULL THEN 'unknown GP dispute stage ' || {_quoted('dispute.stage')}
-             || ': add it to DISPUTE_STAGES in {MAPPING_FILE} once finance has decided how it is booked'
-             WHEN funding.line_type IS NULL THEN 'GP dispute funding_type ' || {_quoted('dispute.funding_type')}
-             || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
-             || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
-        END,
-        {_unusable('dispute', 'signed_amount', 'amount', _not_cents)},
-        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', wire.instant_defect_sql)}
-    ) AS reject_reason,
-    dispute.deposit_date AS partition_date, CAST(dispute.raw AS VARCHAR) AS raw_payload
+    {DISPUTE_REJECTED}
 FROM dispute
 LEFT JOIN stage USING (stage)
 LEFT JOIN funding USING (funding_type)
@@ -200,22 +195,22 @@ FROM component WHERE {COMPONENT_AMOUNT} IS DISTINCT FROM 0
 
 PAYOUTS_SQL = f"""
 WITH deposit AS ({_latest('raw_heartland_deposits', 'id', IN_WINDOW)}
-), status(gp_status, status) AS (VALUES {_values(DEPOSIT_STATUSES.items())})
+), status(gp_status, status) AS (VALUES {values(DEPOSIT_STATUSES.items())})
 -- source_id names a rejected deposit in core_quarantine; GP itemises every deposit in its own totals.
 SELECT 'heartland' AS processor, deposit.id AS payout_id, deposit.id AS source_id,
        upper(deposit.currency) AS currency,
        deposit.net_amount AS amount_minor, CAST(deposit.deposit_date AS TIMESTAMP) AS created_at_utc,
        deposit.deposit_date AS settlement_date,
-       CASE WHEN deposit.status IN {_in(FUNDED_ON_DEPOSIT_DATE)} THEN deposit.deposit_date END AS arrival_date,
+       CASE WHEN deposit.status IN {literal_list(FUNDED_ON_DEPOSIT_DATE)} THEN deposit.deposit_date END AS arrival_date,
        status.status, TRUE AS itemised,
        CAST(coalesce(deposit.sales_count, 0) + coalesce(deposit.refunds_count, 0)
             + coalesce(deposit.chargebacks_count, 0) + coalesce(deposit.reversals_count, 0) + {COMPONENTS_ITEMISED}
             AS BIGINT) AS line_count,
-       CASE WHEN status.status IS NULL THEN 'unknown GP deposit status ' || {_quoted('deposit.status')}
+       CASE WHEN status.status IS NULL THEN 'unknown GP deposit status ' || {quoted('deposit.status', 'null')}
                  || ': add it to DEPOSIT_STATUSES in {MAPPING_FILE} once finance has decided whether the money '
                  || 'reached the bank'
-            WHEN deposit.funding_type NOT IN {_in(DEPOSIT_FUNDING_TYPES)} OR deposit.funding_type IS NULL
-                 THEN 'GP deposit funding_type ' || {_quoted('deposit.funding_type')}
+            WHEN deposit.funding_type NOT IN {literal_list(DEPOSIT_FUNDING_TYPES)} OR deposit.funding_type IS NULL
+                 THEN 'GP deposit funding_type ' || {quoted('deposit.funding_type', 'null')}
                  || ' is neither CREDIT nor DEBIT, so the sign of the deposit is unknown: ask Global Payments'
             WHEN deposit.net_amount IS NULL THEN {_unusable('deposit', 'net_amount', 'amount', _not_cents)}
             WHEN deposit.fee_signs IS NULL AND {COMPONENTS_READ.replace('component.', 'deposit.')}

@@ -20,6 +20,7 @@ stays empty; refunds carry the invoice and customer references the clerk keyed.
 from __future__ import annotations
 
 from m3_recon.canonical.model import ProcessorMapping
+from m3_recon.sql import literal, quoted, values
 
 # PayTrace transaction types that move money (``transaction_type`` values of the v1 export and the
 # legacy API's TRANXTYPE: SALE, Force / FORCED SALE, Str/FWD, Capture, Refund).
@@ -39,19 +40,14 @@ NOT_BOOKED_ADVICE = ("; it is not booked as a money movement. If PayTrace counts
                      "the batch will not tie out: raise it with PayTrace support")
 
 
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _kinds() -> str:
-    rows = [f"({_quoted(t)}, {_quoted(line_type)}, NULL)" for t, line_type in sorted(MONEY_TYPES.items())]
-    rows += [f"({_quoted(t)}, NULL, {_quoted(why)})" for t, why in sorted(NOT_BOOKED.items())]
-    return ", ".join(rows)
+    return values([(t, line_type, None) for t, line_type in sorted(MONEY_TYPES.items())]
+                  + [(t, None, why) for t, why in sorted(NOT_BOOKED.items())])
 
 
 def _sent(alias: str, path: str) -> str:
     """SQL: what PayTrace sent at a JSON path of the row's raw record, quoted, or 'nothing'."""
-    return f"coalesce('''' || json_extract_string({alias}.raw, '{path}') || '''', 'nothing')"
+    return quoted(f"json_extract_string({alias}.raw, '{path}')", "nothing")
 
 
 def _defect(alias: str, field: str) -> str:
@@ -91,7 +87,7 @@ SELECT
             || 'how it is booked'
         WHEN kind.line_type IS NULL THEN
             txn.named || ' is a ' || kind.transaction_type || ' row: ' || kind.not_booked
-            || {_quoted(NOT_BOOKED_ADVICE)}
+            || {literal(NOT_BOOKED_ADVICE)}
         WHEN txn.settled_at_utc IS NULL AND (txn.defects->>'$.settled') IS NOT NULL THEN
             txn.named || ' has no usable settled time (' || {_defect('txn', 'settled')} || '): have PayTrace '
             || 'correct it, then re-materialise batch date ' || txn.batch_date

@@ -19,12 +19,9 @@ from pathlib import Path
 import duckdb
 
 from m3_recon.canonical.model import PROCESSORS
+from m3_recon.sql import literal
 
 JSON_PATH = re.compile(r"^\$(\.[A-Za-z0-9_]+|\[\d+\])+$")
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,8 @@ class TextReference:
 
     def sql(self, raw: str) -> str:
         """SQL: the list of references this rule finds in the JSON text ``raw``."""
-        return (f"regexp_extract_all(coalesce(json_extract_string({raw}, {_literal(self.field)}), ''), "
-                f"{_literal(self.pattern)}, {self.group})")
+        return (f"regexp_extract_all(coalesce(json_extract_string({raw}, {literal(self.field)}), ''), "
+                f"{literal(self.pattern)}, {self.group})")
 
 
 def load_text_references(entries: list[dict], path: Path) -> tuple[TextReference, ...]:
@@ -61,7 +58,7 @@ def load_text_references(entries: list[dict], path: Path) -> tuple[TextReference
         if not JSON_PATH.match(rule.field):
             raise ValueError(f"{where}: field must be a JSON path like $.source.description, not {rule.field!r}")
         try:
-            conn.execute(f"SELECT {rule.sql(_literal('{}'))}").fetchall()
+            conn.execute(f"SELECT {rule.sql(literal('{}'))}").fetchall()
         except (re.error, duckdb.Error) as exc:
             raise ValueError(f"{where}: pattern {rule.pattern!r} is not a usable regular expression ({exc})") from None
         rules.append(rule)

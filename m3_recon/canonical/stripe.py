@@ -12,6 +12,7 @@ customer references of the charge they reverse, and keep its id in ``original_so
 from __future__ import annotations
 
 from m3_recon.canonical.model import ProcessorMapping
+from m3_recon.sql import values
 
 # Stripe's 37 reporting categories (Report Run filter enum, stripe-python 16.1.0).
 KNOWN_CATEGORIES = (
@@ -33,13 +34,9 @@ CATEGORY_LINE_TYPES = {
 }
 
 
-def _values(pairs) -> str:
-    return ", ".join(f"('{a}', '{b}')" for a, b in pairs)
-
-
 def _category_line_types() -> str:
     mapped = dict.fromkeys(KNOWN_CATEGORIES, "other") | CATEGORY_LINE_TYPES
-    return _values(sorted(mapped.items()))
+    return values(sorted(mapped.items()))
 
 
 SETTLEMENT_LINES_SQL = f"""

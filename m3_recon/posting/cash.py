@@ -22,7 +22,7 @@ from datetime import datetime
 import duckdb
 import pyarrow as pa
 
-from m3_recon.defs.m3.client import M3Client, M3Error, m3_amount, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, m3_amount, minor_units
 from m3_recon.posting.config import PostingConfig
 from m3_recon.posting.outbox import ROUTE_CASH, Voucher
 from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict

@@ -30,6 +30,7 @@ import duckdb
 
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS, POSTING_COLUMNS
 from m3_recon.posting.gates import BLOCKS, held_reasons_sql
+from m3_recon.sql import create_table
 from m3_recon.warehouse import table_exists
 
 OUTBOX = "out_m3_postings"
@@ -42,11 +43,13 @@ PENDING, SENT, VERIFIED, FAILED, HELD = "pending", "sent", "verified", "failed",
 POSTED_UNVERIFIED = "posted_unverified"  # M3 accepted the batch; the voucher was not read back yet
 PBID_FIRST, PBID_SPAN = 1_000_000_000, 9_000_000_000  # ten-digit payment batch numbers
 
-OUTBOX_DDL = f"CREATE TABLE IF NOT EXISTS {OUTBOX} ({', '.join(f'{c} {t}' for c, t in POSTING_COLUMNS.items())})"
+OUTBOX_DDL = create_table(OUTBOX, POSTING_COLUMNS)
 
 # What each route's content hash covers: everything that reaches M3, in line order.
+# A line's local amount counts where it is not the amount itself (a foreign line's ACAM); NULL adds nothing,
+# so a local-currency voucher hashes as it did before local amounts existed.
 _GL_HASHED = ("line_number", "accounting_date", "ait1", "ait2", "ait3", "ait4", "ait5", "ait6", "ait7", "currency",
-              "amount_minor", "voucher_text")
+              "amount_minor", "voucher_text", "nullif(local_minor, amount_minor)")
 _CASH_HASHED = ("line_number", "accounting_date", "customer", "invoice_number", "invoice_year", "currency",
                 "amount_minor")
 

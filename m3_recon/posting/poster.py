@@ -36,7 +36,7 @@ from typing import Callable, TypeVar
 
 import duckdb
 
-from m3_recon.defs.m3.client import M3Client
+from m3_recon.clients.m3 import M3Client
 from m3_recon.errors import VendorError
 from m3_recon.posting import outbox
 from m3_recon.posting.cash import CashRoute

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import duckdb
 
-from m3_recon.defs.m3.client import M3Error
+from m3_recon.clients.m3 import M3Error
 from m3_recon.posting.outbox import Voucher
 
 RECORD_ALREADY_EXISTS = "XRE0104"

@@ -17,7 +17,7 @@ from typing import TextIO
 
 import duckdb
 
-from m3_recon.defs.m3.client import m3_amount
+from m3_recon.money import money_by_currency
 from m3_recon.posting.outbox import (CASH_SOURCE, FAILED, GL_SOURCE, HELD, OUTBOX, PENDING, POSTED_UNVERIFIED,
                                      ROUTE_CASH, ROUTE_GL, SENT, VERIFIED)
 from m3_recon.warehouse import table_exists
@@ -50,10 +50,6 @@ class PostingReport:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("ch") else "s"))
-
-
-def _money(amounts: list[tuple[str, int]]) -> str:
-    return "; ".join(f"{currency} {m3_amount(minor, currency):,}" for currency, minor in amounts if currency)
 
 
 def held_step(reason: str) -> str:
@@ -96,7 +92,7 @@ def posting_report(conn: duckdb.DuckDBPyConnection) -> PostingReport:
     for route, status, vouchers, money in rows:
         unit, what = ROUTE_UNITS.get(route, ("voucher", "amount"))
         report.counts[status] = report.counts.get(status, 0) + vouchers
-        spent = _money([(c, int(a or 0)) for c, a in money])
+        spent = money_by_currency([(c, int(a or 0)) for c, a in money]) if money else ""
         report.lines.append(f"  {route:<17} {status:<18} {_plural(vouchers, unit):>13}"
                             + (f"  {what} {spent}" if spent else ""))
     held = conn.execute(f"SELECT last_error, count(*) FROM {OUTBOX} WHERE status = ? GROUP BY 1", [HELD]).fetchall()

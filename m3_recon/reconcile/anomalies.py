@@ -9,10 +9,12 @@ like any other exception.
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import duckdb
 
+from m3_recon.money import money_sql
 from m3_recon.settings import PROJECT_ROOT
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "anomaly_rules.toml"
@@ -28,7 +30,7 @@ def _id(kind: str, key: str) -> str:
     return f"'EX-' || upper(substr(md5('{kind}|' || {key}), 1, 12))"
 
 
-def flag_anomalies(conn: duckdb.DuckDBPyConnection, first_day: str, end_day: str,
+def flag_anomalies(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: date,
                    rules_file: Path = DEFAULT_RULES_FILE) -> None:
     with open(rules_file, "rb") as handle:
         rules = tomllib.load(handle)
@@ -53,7 +55,7 @@ def flag_anomalies(conn: duckdb.DuckDBPyConnection, first_day: str, end_day: str
                    w_spike AS (PARTITION BY processor, currency ORDER BY settlement_date
                                RANGE BETWEEN INTERVAL {int(spikes['trailing_days'])} DAY PRECEDING AND INTERVAL 1 DAY PRECEDING)
         ), today AS (
-            SELECT * FROM history WHERE settlement_date >= DATE '{first_day}' AND settlement_date < DATE '{end_day}'
+            SELECT * FROM history WHERE settlement_date >= $first AND settlement_date < $end
         ), payout_history AS (
             SELECT *, median(amount_minor) OVER w AS usual, count(*) OVER w AS history
             FROM core_payouts
@@ -78,13 +80,14 @@ def flag_anomalies(conn: duckdb.DuckDBPyConnection, first_day: str, end_day: str
               AND disputes > {float(spikes['spike_factor'])} * disputes_avg
             UNION ALL
             SELECT 'unusual_payout', processor, payout_id, settlement_date, currency, amount_minor, NULL,
-                   'payout ' || round(amount_minor / 100, 2) || ' vs usual ' || round(usual / 100, 2)
+                   'payout ' || {money_sql('amount_minor', 'currency')} || ' vs usual '
+                       || {money_sql('usual', 'currency')}
             FROM payout_history
-            WHERE settlement_date >= DATE '{first_day}' AND settlement_date < DATE '{end_day}'
+            WHERE settlement_date >= $first AND settlement_date < $end
               AND history >= {int(payout['min_history'])} AND usual > 0
               AND (amount_minor > {float(payout['max_ratio'])} * usual OR amount_minor * {float(payout['max_ratio'])} < usual)
         )
         SELECT {_id("anomaly", "reason_code || '|' || processor || '|' || source_id")} AS exception_id, reason_code,
                processor, source_id, settlement_date, currency, amount_minor, unapplied_minor,
                to_json([]) AS candidates, detail
-        FROM flags""")
+        FROM flags""", {"first": first_day, "end": end_day})

@@ -18,8 +18,11 @@ line explains although the statements already run ``business_days`` business day
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import duckdb
+
+from m3_recon.money import money_sql
 
 DEFAULT_DESCRIPTORS = {"stripe": "STRIPE", "paytrace": "PAYTRACE", "heartland": "HEARTLAND|GLOBAL PAYMENTS"}
 DEFAULT_BUSINESS_DAYS = 3
@@ -155,7 +158,7 @@ def bank_status(conn: duckdb.DuckDBPyConnection, *, tieout: str) -> None:
         FROM {tieout} t LEFT JOIN bank_matches m USING (processor, payout_id)""")
 
 
-def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines: str, first_day: str, end_day: str,
+def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines: str, first_day: date, end_day: date,
                     business_days: int = DEFAULT_BUSINESS_DAYS) -> None:
     """Create temp table ``bank_exceptions`` (exception-register columns) for payouts of ``payouts`` and
     bank lines booked in [first_day, end_day). Needs ``bank_matches`` and ``bank_calendar``."""
@@ -175,7 +178,7 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
                    AS exception_id,
                'payout_not_banked' AS reason_code, processor, payout_id AS source_id, settlement_date, currency,
                amount_minor, NULL::BIGINT AS unapplied_minor, to_json([]) AS candidates,
-               processor || ' payout ' || payout_id || ' of ' || amount_minor || ' ' || currency || ' due ' || due
+               processor || ' payout ' || payout_id || ' of ' || {money_sql('amount_minor', 'currency')} || ' due ' || due
                || ' is on no bank statement although the statements run to ' || as_of || ' (more than '
                || {int(business_days)} || ' business days later): ask the processor for its trace and the bank'
                    AS detail
@@ -185,13 +188,13 @@ def bank_exceptions(conn: duckdb.DuckDBPyConnection, *, payouts: str, bank_lines
                                          || b.line_ref), 1, 12)),
                'unexplained_bank_credit', 'bank', b.bank_account || '/' || b.statement_id || '/' || b.line_ref,
                b.booking_date, b.currency, b.amount_minor, NULL, to_json([]),
-               'credit of ' || b.amount_minor || ' ' || b.currency || ' booked ' || b.booking_date || ' on account '
+               'credit of ' || {money_sql('b.amount_minor', 'b.currency')} || ' booked ' || b.booking_date || ' on account '
                || b.bank_account || ' (' || coalesce(nullif(b.description, ''), 'no text') || ') matches no payout, '
                || 'deposit or batch: find who paid it'
         FROM {bank_lines} b
-        WHERE b.amount_minor > 0 AND b.booking_date >= DATE '{first_day}' AND b.booking_date < DATE '{end_day}'
+        WHERE b.amount_minor > 0 AND b.booking_date >= $first AND b.booking_date < $end
           AND (b.bank_account, b.statement_id, b.line_ref) NOT IN
-              (SELECT (bank_account, statement_id, line_ref) FROM bank_matches)""")
+              (SELECT (bank_account, statement_id, line_ref) FROM bank_matches)""", {"first": first_day, "end": end_day})
 
 
 def _descriptor_frame(descriptors: dict[str, str]):

@@ -11,6 +11,7 @@ maps to at most one M3 customer (checked when the table is stored); several may 
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import duckdb
 
@@ -78,7 +79,7 @@ def build_customer_xref(conn: duckdb.DuckDBPyConnection, *, processor_customers:
         FROM customer_xref_decided WHERE conflict IS NOT NULL""")
 
 
-def xref_exceptions(conn: duckdb.DuckDBPyConnection, *, conflicts: str | None, day: str) -> None:
+def xref_exceptions(conn: duckdb.DuckDBPyConnection, *, conflicts: str | None, day: date) -> None:
     """Create temp table ``xref_exceptions`` (exception-register columns): one ``customer_xref_conflict``
     per conflicting processor customer (``conflicts``, or none before the first cross-reference), dated
     ``day`` (the close that found it)."""
@@ -89,8 +90,8 @@ def xref_exceptions(conn: duckdb.DuckDBPyConnection, *, conflicts: str | None, d
         SELECT 'EX-' || upper(substr(md5('customer_xref_conflict|' || processor || '|' || processor_customer_id),
                                      1, 12)) AS exception_id,
                'customer_xref_conflict' AS reason_code, processor, processor_customer_id AS source_id,
-               DATE '{day}' AS settlement_date, NULL::VARCHAR AS currency, NULL::BIGINT AS amount_minor,
+               CAST($day AS DATE) AS settlement_date, NULL::VARCHAR AS currency, NULL::BIGINT AS amount_minor,
                NULL::BIGINT AS unapplied_minor, to_json(matches) AS candidates,
                processor || ' customer ' || processor_customer_id || ': ' || detail
                || '; payments naming only this customer stay unmatched until it is fixed' AS detail
-        FROM {conflicts}""")
+        FROM {conflicts}""", {"day": day})

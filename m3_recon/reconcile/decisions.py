@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -192,23 +192,26 @@ def decide(register: duckdb.DuckDBPyConnection, decision: Decision, write_off_li
     return Recorded(decision, record(decision, path), status, tuple(notes))
 
 
-def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None) -> int:
-    """Temp table ``exception_decisions``: the latest valid decision per exception. Returns how many."""
+def load_decisions(conn: duckdb.DuckDBPyConnection, path: Path | None = None, into: str = "exception_decisions") -> int:
+    """Temp table ``into``: the latest valid decision per exception. Returns how many."""
     rows = read_decisions(path)
-    conn.execute("CREATE OR REPLACE TEMP TABLE exception_decisions (exception_id VARCHAR, action VARCHAR, "
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {into} (exception_id VARCHAR, action VARCHAR, "
                  "decided_by VARCHAR, reason VARCHAR, decided_at_utc TIMESTAMP, invoice_number VARCHAR, "
                  "invoice_year INTEGER, seq INTEGER)")
     if rows:
-        conn.executemany("INSERT INTO exception_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.executemany(f"INSERT INTO {into} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          [(d.exception_id, d.action, d.decided_by, d.reason, d.decided_at_utc.rstrip("Z"),
                            d.invoice_number, d.invoice_year, i) for i, d in enumerate(rows)])
-    conn.execute("DELETE FROM exception_decisions WHERE seq NOT IN "
-                 "(SELECT max(seq) FROM exception_decisions GROUP BY exception_id)")
-    return conn.execute("SELECT count(*) FROM exception_decisions").fetchone()[0]
+    conn.execute(f"DELETE FROM {into} WHERE seq NOT IN (SELECT max(seq) FROM {into} GROUP BY exception_id)")
+    return conn.execute(f"SELECT count(*) FROM {into}").fetchone()[0]
 
 
-def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str) -> int:
-    """Rewrite ``match_allocations`` / ``match_exceptions`` for payments finance assigned or accepted.
+def apply_decisions(conn: duckdb.DuckDBPyConnection, *, decisions: str, payments: str, invoices: str,
+                    earlier: str) -> int:
+    """Rewrite ``match_allocations`` / ``match_exceptions`` for payments finance assigned or accepted in
+    ``decisions`` (``load_decisions``). ``payments``: the settlement lines the matcher was given (their
+    presentment and settlement amounts price the payment in the invoice's currency); ``invoices``: open
+    invoices; ``earlier``: allocations from before the window that still bind invoices.
 
     The payment is applied to the decided invoice up to what is still outstanding (counting every other
     automatic allocation), as status ``auto`` with rule ``manual``; its exceptions of this window are
@@ -218,7 +221,7 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
         CREATE OR REPLACE TEMP TABLE decided_payments AS
         WITH decided AS (
             SELECT e.processor, e.source_id, d.*, e.candidates
-            FROM match_exceptions e JOIN exception_decisions d USING (exception_id)
+            FROM match_exceptions e JOIN {decisions} d USING (exception_id)
             WHERE d.action IN ('assign', 'accept')
         ), target AS (
             SELECT d.processor, d.source_id,
@@ -249,7 +252,7 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
     if not rewritten:
         return 0
     # Several decided invoices (an accepted list) take the payment oldest first, as the matcher would.
-    conn.execute("""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE decided_rows AS
         WITH payment AS (
             SELECT DISTINCT ON (processor, source_id) processor, source_id, line_type, settlement_date,
@@ -260,7 +263,8 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
                    greatest(d.remaining, 0) AS remaining,
                    CASE WHEN d.currency = p.presentment_currency THEN p.presentment_amount_minor
                         WHEN d.currency = p.currency THEN p.amount_minor END AS pay_inv
-            FROM payment a JOIN decided_payments d USING (processor, source_id) JOIN m_pay p USING (processor, source_id)
+            FROM payment a JOIN decided_payments d USING (processor, source_id)
+            JOIN (SELECT * FROM {payments} WHERE line_type = 'charge' AND amount_minor > 0) p USING (processor, source_id)
         )
         SELECT processor, source_id, line_type, settlement_date, customer, invoice_number, invoice_year,
                invoice_currency, payment_currency, payment_amount_minor, pay_inv,
@@ -298,17 +302,21 @@ def apply_decisions(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str
     return rewritten
 
 
-def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> str:
-    """SQL, in the exception register's shape, for payments of [first, end) that M3 holds applied to an invoice
-    (their cash application was sent, after an assign or accept) while the decision in force on their exception
-    now dismisses it: the close keeps what M3 holds, and a person must reverse it in M3.
-    Needs ``exception_decisions`` loaded."""
+def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: date, *, decisions: str,
+                               into: str = "dismissals_m3_holds") -> str:
+    """Temp table ``into``, in the exception register's shape: payments of [first_day, end_day) that M3 holds applied
+    to an invoice (their cash application was sent, after an assign or accept) while the decision in force on their
+    exception (``decisions``) now dismisses it: the close keeps what M3 holds, and a person must reverse it in M3.
+    Returns ``into``."""
     if not all(table_exists(conn, t) for t in ("out_recon_exceptions", "core_cash_applications", "out_m3_postings")):
-        return ("SELECT NULL::VARCHAR AS exception_id, NULL::VARCHAR AS reason_code, NULL::VARCHAR AS processor, "
-                "NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date, NULL::VARCHAR AS currency, "
-                "NULL::BIGINT AS amount_minor, NULL::BIGINT AS unapplied_minor, NULL::JSON AS candidates, "
-                "NULL::VARCHAR AS detail WHERE false")
-    return f"""
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS "
+                     "SELECT NULL::VARCHAR AS exception_id, NULL::VARCHAR AS reason_code, NULL::VARCHAR AS processor, "
+                     "NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date, NULL::VARCHAR AS currency, "
+                     "NULL::BIGINT AS amount_minor, NULL::BIGINT AS unapplied_minor, NULL::JSON AS candidates, "
+                     "NULL::VARCHAR AS detail WHERE false")
+        return into
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {into} AS
         WITH held AS (
             SELECT r.exception_id, any_value(r.processor) AS processor, any_value(r.source_id) AS source_id,
                    any_value(r.settlement_date) AS settlement_date, any_value(r.currency) AS currency,
@@ -319,8 +327,8 @@ def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first: str, end:
             JOIN core_cash_applications c ON c.processor = r.processor AND c.source_id = r.source_id
             JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application'
                  AND p.sent_at_utc IS NOT NULL
-            WHERE r.reason_code IN ({", ".join(f"'{r}'" for r in sorted(APPLYING_REASONS))})
-              AND r.settlement_date >= DATE '{first}' AND r.settlement_date < DATE '{end}'
+            WHERE list_contains($reasons, r.reason_code)
+              AND r.settlement_date >= $first AND r.settlement_date < $end
             GROUP BY r.exception_id
         )
         SELECT 'EX-' || upper(substr(md5('posted_voucher_changed|' || d.exception_id || '|' || d.action), 1, 12))
@@ -330,4 +338,6 @@ def decisions_m3_cannot_follow(conn: duckdb.DuckDBPyConnection, first: str, end:
                'finance decided ' || d.action || ' on ' || d.exception_id || ' (' || d.decided_by || ', '
                    || strftime(d.decided_at_utc, '%Y-%m-%d %H:%M') || ') but M3 holds the payment applied to invoice '
                    || h.applications || ': reverse the application in M3 by hand, or assign it again' AS detail
-        FROM exception_decisions d JOIN held h USING (exception_id) WHERE d.action = 'dismiss'"""
+        FROM {decisions} d JOIN held h USING (exception_id) WHERE d.action = 'dismiss'""",
+                 {"reasons": sorted(APPLYING_REASONS), "first": first_day, "end": end_day})
+    return into

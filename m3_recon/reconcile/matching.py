@@ -34,6 +34,7 @@ import duckdb
 
 from m3_recon.canonical.references import TextReference, load_text_references
 from m3_recon.settings import PROJECT_ROOT
+from m3_recon.sql import literal
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "data" / "matching_rules.toml"
 
@@ -134,10 +135,19 @@ def normalised(expr: str, rules: MatchingRules) -> str:
     return f"nullif(ltrim({cleaned}, '0'), '')"
 
 
+def _normalised_number(column: str, rules: MatchingRules) -> str:
+    """``normalised`` for a column of invoice numbers: one of digits only (as M3 numbers invoices) is already
+    clean but for its leading zeros — one scan instead of two rewrites — unless a prefix is digits itself."""
+    if any(re.sub(r"[^A-Z0-9]", "", prefix.upper()).isdigit() for prefix in rules.strip_prefixes):
+        return normalised(column, rules)
+    return (f"CASE WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
+            f"ELSE {normalised(column, rules)} END")
+
+
 def reference_tokens(expr: str, rules: MatchingRules) -> str:
     """SQL: the distinct normalised references a reference text names, split at the list separators."""
-    separators = rules.list_separators.replace("'", "''")
-    return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), '{separators}'), "
+    return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), "
+            f"{literal(rules.list_separators)}), "
             f"t -> {normalised('t', rules)}), t -> t IS NOT NULL))")
 
 
@@ -183,54 +193,66 @@ def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lin
 
 
 def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, history: str) -> list[str]:
-    # Internally a payment is its pid and an invoice its iid: joins run on integers, not on text keys.
-    # "Oldest first" is (occurred_at_utc, processor, source_id) for payments, (invoice_date, iid) for invoices.
-    conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
-                                      rules.confidence_multi_invoice)
-    window = (f"i.invoice_date BETWEEN p.settlement_date - INTERVAL {rules.days_before_payment} DAY "
-              f"AND p.settlement_date + INTERVAL {rules.days_after_payment} DAY")
+    """The rules in order, each a list of statements over the temp tables the ones before it created.
+
+    ``m_pay`` holds the window's charges and ``m_inv`` the invoices (``_inputs``); a payment is the rowid
+    of its m_pay row (``pid``) and an invoice the rowid of its m_inv row (``iid``), so the rules join on
+    integers, never on text. ``m_open`` holds what is left of each invoice that rule 1 did not settle; each
+    later rule takes what it applies off it. Rule 4 (foreign currency) is ``in_invoice_currency`` in every rule.
+    """
+    return [*_inputs(rules, lines, invoices, earlier), *_exact_reference(), *_reference_list(rules),
+            *_customer_amount(rules), *_multi_invoice(rules), _allocations(rules), _reversals(lines, history),
+            _exceptions()]
+
+
+def _inputs(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> list[str]:
+    """``m_pay``: the window's charges with their normalised reference. ``m_inv``: the invoices with theirs and
+    ``remaining``, the outstanding amount less earlier unposted auto allocations. Each is read once; the
+    references are normalised in parallel, and the rowid numbers the rows (``row_number() OVER ()`` would
+    stream on one thread over a second copy)."""
+    return [
+        f"""CREATE OR REPLACE TEMP TABLE m_pay AS
+            SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+                   {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
+                   presentment_currency, presentment_amount_minor
+            FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
+        f"""CREATE OR REPLACE TEMP TABLE m_inv AS
+            SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
+                   {_normalised_number('i.invoice_number', rules)} AS ref_norm,
+                   i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
+            FROM {invoices} i
+            LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
+                       WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
+                   USING (invoice_number, invoice_year)""",
+    ]
+
+
+def _exact_reference() -> list[str]:
+    """Rule 1: the payment's normalised reference is an invoice's. A number of several invoice years is
+    decided by ``_deciding_invoices``; another customer's invoice or another currency is a problem (suggested
+    or unmatched). Several payments of one invoice are applied oldest first (occurred_at_utc, processor,
+    source_id), each up to what is left: an instalment leaves the residual open, the excess of a payment
+    is an overpayment. Creates ``m_r1`` (pid, iid, pay_inv, problem, allocated) and ``m_open``."""
     pay_inv = in_invoice_currency("p", "i")
     return [
-        # -- inputs ---------------------------------------------------------------------------------
-        # The normalising regular expressions run in parallel in a materialised CTE; the numbering after
-        # it (row_number() OVER () streams on one thread) only counts rows, in the input's order.
-        f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            WITH normalised AS MATERIALIZED (
-                SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
-                       {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
-                       presentment_currency, presentment_amount_minor
-                FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0)
-            SELECT row_number() OVER () AS pid, * FROM normalised""",
-        f"""CREATE OR REPLACE TEMP TABLE m_inv AS
-            WITH normalised AS MATERIALIZED (
-                SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
-                       {normalised('i.invoice_number', rules)} AS ref_norm,
-                       i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
-                FROM {invoices} i
-                LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
-                           WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
-                       USING (invoice_number, invoice_year))
-            SELECT row_number() OVER () AS iid, * FROM normalised""",
-        # -- rule 1: exact reference; several payments of one invoice are applied oldest first ----------
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
-            WITH reused AS (  -- numbers of several invoices (years): only their hits need deciding
-                SELECT ref_norm FROM m_inv WHERE ref_norm IS NOT NULL GROUP BY ref_norm HAVING count(*) > 1
-            ), candidates AS MATERIALIZED (
-                SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
-                       p.ref_norm IN (SELECT ref_norm FROM reused) AS reused,
+            WITH candidates AS MATERIALIZED (
+                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
                        coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
-            ), hits AS (
+            ), reused AS (  -- a number of several invoices (years): only its hits need deciding
+                SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
+            ), shared AS (  -- invoices several payments may be applied to: only they need an order
+                SELECT iid FROM candidates WHERE pay_inv IS NOT NULL GROUP BY iid HAVING count(*) > 1
+            ), hits AS NOT MATERIALIZED (  -- read twice; not worth a copy
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
                             WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
                        END AS problem
-                FROM (SELECT *, 1 AS n_left FROM candidates WHERE NOT reused
+                FROM (SELECT *, 1 AS n_left FROM candidates WHERE pid NOT IN (SELECT pid FROM reused)
                       UNION ALL BY NAME
-                      {_deciding_invoices('(SELECT * FROM candidates WHERE reused)', 'pid')})
-            ), shared AS (
-                SELECT iid FROM hits WHERE problem IS NULL GROUP BY iid HAVING count(*) > 1
+                      {_deciding_invoices('(SELECT * FROM candidates WHERE pid IN (SELECT pid FROM reused))', 'pid')})
             )
             SELECT pid, iid, pay_inv, problem, greatest(least(pay_inv, remaining), 0) AS allocated
             FROM hits WHERE problem IS NOT NULL OR iid NOT IN (SELECT iid FROM shared)
@@ -239,25 +261,46 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                    greatest(least(h.pay_inv, h.remaining - coalesce(sum(h.pay_inv) OVER (
                        PARTITION BY h.iid ORDER BY p.occurred_at_utc, p.processor, p.source_id
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0)
-            FROM hits h JOIN m_pay p USING (pid) WHERE h.problem IS NULL AND h.iid IN (SELECT iid FROM shared)""",
-        """CREATE OR REPLACE TEMP TABLE m_inv1 AS
-           SELECT i.iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
-           FROM m_inv i LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r1 WHERE problem IS NULL GROUP BY iid) r
-                USING (iid)""",
-        *_reference_list(rules),
-        # -- rule 2: customer + exact outstanding amount ----------------------------------------------
+            FROM hits h JOIN m_pay p ON p.rowid = h.pid
+            WHERE h.problem IS NULL AND h.iid IN (SELECT iid FROM shared)""",
+        # Only invoices with something left: the later rules never apply to the others.
+        """CREATE OR REPLACE TEMP TABLE m_open AS
+           SELECT i.rowid AS iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
+           FROM m_inv i
+           LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r1 WHERE problem IS NULL GROUP BY iid) r
+                  ON r.iid = i.rowid
+           WHERE i.remaining - coalesce(r.used, 0) > 0""",
+        # The payments rule 1 did not decide, the only ones the later rules look at.
+        """CREATE OR REPLACE TEMP TABLE m_rest AS
+           SELECT rowid AS pid, * FROM m_pay WHERE rowid NOT IN (SELECT pid FROM m_r1)""",
+    ]
+
+
+def _undecided(*rule_tables: str) -> str:
+    """SQL: the payments rule 1 did not decide (``m_rest``) that none of ``rule_tables`` holds."""
+    return "SELECT * FROM m_rest WHERE " + " AND ".join(f"pid NOT IN (SELECT pid FROM {table})" for table in rule_tables)
+
+
+def _date_window(rules: MatchingRules) -> str:
+    return (f"i.invoice_date BETWEEN p.settlement_date - INTERVAL {rules.days_before_payment} DAY "
+            f"AND p.settlement_date + INTERVAL {rules.days_after_payment} DAY")
+
+
+def _customer_amount(rules: MatchingRules) -> list[str]:
+    """Rule 2: a payment no reference decided, of a named customer, equal to what is left of one of the
+    customer's open invoices dated within the window. One candidate is applied, several are suggested
+    (``ambiguous_amount``); of several payments with the one same candidate only the oldest is applied, the
+    others are ``invoice_claimed``. Creates ``m_r2`` (pid, iid, pay_inv, n_cand, allocated, problem)."""
+    pay_inv = in_invoice_currency("p", "i")
+    return [
         f"""CREATE OR REPLACE TEMP TABLE m_r2 AS
-            WITH open_pay AS (
-                SELECT * FROM m_pay WHERE customer_ref IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)
-                  AND pid NOT IN (SELECT pid FROM m_rl)
-            ), cand AS (
-                SELECT p.pid, i.iid, {pay_inv} AS pay_inv
-                FROM open_pay p JOIN m_inv1 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
+            WITH cand AS (
+                SELECT p.pid, i.iid, {pay_inv} AS pay_inv, p.occurred_at_utc, p.processor, p.source_id
+                FROM ({_undecided('m_rl')}) p
+                JOIN m_open i ON i.customer = p.customer_ref AND i.rem > 0 AND {_date_window(rules)}
                 WHERE {pay_inv} = i.rem
             ), counted AS (
-                SELECT c.*, n.n_cand, p.occurred_at_utc, p.processor, p.source_id
-                FROM cand c JOIN (SELECT pid, count(*) AS n_cand FROM cand GROUP BY pid) n USING (pid)
-                JOIN m_pay p USING (pid)
+                SELECT c.*, n.n_cand FROM cand c JOIN (SELECT pid, count(*) AS n_cand FROM cand GROUP BY pid) n USING (pid)
             )
             SELECT pid, iid, pay_inv, n_cand, pay_inv AS allocated,
                    CASE WHEN n_cand > 1 THEN 'ambiguous_amount'
@@ -266,23 +309,33 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                         THEN 'invoice_claimed'
                    END AS problem
             FROM counted""",
-        """CREATE OR REPLACE TEMP TABLE m_inv2 AS
-           SELECT i.* EXCLUDE (rem), i.rem - coalesce(r.used, 0) AS rem
-           FROM m_inv1 i LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r2 WHERE problem IS NULL GROUP BY iid) r
-                USING (iid)""",
-        # -- rule 3: one payment, several invoices (bounded subset search) ----------------------------
+        _take_off_open("m_r2", "problem IS NULL"),
+    ]
+
+
+def _take_off_open(rule_table: str, applied: str) -> str:
+    """SQL: what ``rule_table`` applies (its rows where ``applied``) taken off the invoices' open amounts."""
+    return f"""UPDATE m_open SET rem = m_open.rem - r.used
+               FROM (SELECT iid, sum(allocated) AS used FROM {rule_table} WHERE {applied} GROUP BY iid) r
+               WHERE m_open.iid = r.iid"""
+
+
+def _multi_invoice(rules: MatchingRules) -> list[str]:
+    """Rule 3: one payment for several invoices of its customer whose open amounts add up to it exactly —
+    the customer's oldest ``max_candidates`` open invoices in the window, each smaller than the payment,
+    searched for groups of 2..``max_invoices`` (``_subset_sql``). One group is applied; several are suggested
+    (``ambiguous_invoice_group``); two payments' groups sharing an invoice are both ``competing_payments``.
+    Creates ``m_r3`` (pid, iid, pay_inv, allocated, n_groups, problem)."""
+    pay_inv = in_invoice_currency("p", "i")
+    return [
         f"""CREATE OR REPLACE TEMP TABLE m_r3_cand AS
-            WITH open_pay AS (
-                SELECT * FROM m_pay WHERE customer_ref IS NOT NULL
-                  AND pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
-                  AND pid NOT IN (SELECT pid FROM m_rl)
-            ), cand AS (
+            SELECT * FROM (
                 SELECT p.pid, i.iid, i.currency AS invoice_currency, i.rem, {pay_inv} AS pay_inv,
                        row_number() OVER (PARTITION BY p.pid ORDER BY i.invoice_date, i.iid) AS rk
-                FROM open_pay p JOIN m_inv2 i ON i.customer = p.customer_ref AND i.rem > 0 AND {window}
-                WHERE {pay_inv} > i.rem
-            )
-            SELECT * FROM cand WHERE rk <= {rules.max_candidates}""",
+                FROM ({_undecided('m_rl', 'm_r2')}) p
+                JOIN m_open i ON i.customer = p.customer_ref AND i.rem > 0 AND {_date_window(rules)}
+                WHERE {pay_inv} > i.rem)
+            WHERE rk <= {rules.max_candidates}""",
         _subset_sql(rules.max_invoices),
         """CREATE OR REPLACE TEMP TABLE m_r3 AS
            WITH groups AS (
@@ -294,109 +347,124 @@ def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, h
                   CASE WHEN m.n_groups > 1 THEN 'ambiguous_invoice_group' END AS problem
            FROM members m JOIN m_r3_cand c USING (pid, rk)
            QUALIFY m.n_groups = 1 OR row_number() OVER (PARTITION BY c.pid, c.iid ORDER BY m.group_no) = 1""",
-        # Two payments' unique groups sharing an invoice: neither is applied automatically.
         """UPDATE m_r3 SET problem = 'competing_payments'
            WHERE problem IS NULL AND iid IN (
                SELECT iid FROM m_r3 WHERE problem IS NULL GROUP BY iid HAVING count(DISTINCT pid) > 1)""",
         """UPDATE m_r3 SET problem = 'competing_payments'
            WHERE problem IS NULL AND pid IN (SELECT pid FROM m_r3 WHERE problem = 'competing_payments')""",
-        # -- allocations ------------------------------------------------------------------------------
-        f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
-            WITH matched AS (
-                SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
-                       CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
-                       CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
-                            WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
-                            ELSE 'unmatched' END AS status
-                FROM m_r1
-                UNION ALL
-                SELECT pid, iid, pay_inv, allocated, 'reference_list',
-                       CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
-                UNION ALL
-                SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
-                       CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
-                            ELSE 'unmatched' END
-                FROM m_r2
-                UNION ALL
-                SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
-                       CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
-                FROM m_r3
-            )
-            SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
-                   coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
-                   CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
-                   p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
-                   m.pay_inv AS payment_invoice_amount_minor,
-                   CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
-                   CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
-                        WHEN m.allocated = m.pay_inv THEN p.amount_minor
-                        ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
-                       AS allocated_settlement_minor,
-                   coalesce(m.rule, 'none') AS rule,
-                   CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
-                   coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
-                   CAST(NULL AS BIGINT) AS allocated_local_minor
-            FROM m_pay p LEFT JOIN matched m USING (pid) LEFT JOIN m_inv i USING (iid)""",
-        # -- rule 5: refunds and disputes follow the charge they reverse ------------------------------
-        f"""INSERT INTO match_allocations
-            WITH reversal AS (
-                SELECT * FROM {lines}
-                WHERE line_type IN ('refund', 'dispute', 'dispute_reversal') AND original_source_id IS NOT NULL
-            ), charge_allocation AS (
-                SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
-                FROM match_allocations WHERE status = 'auto'
-                UNION ALL
-                SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
-                FROM {history} WHERE status = 'auto' AND line_type = 'charge'
-            )
-            SELECT r.processor, r.source_id, r.line_type, r.settlement_date, coalesce(a.customer, r.customer_ref),
-                   a.invoice_number, CAST(a.invoice_year AS INTEGER), a.invoice_currency, r.currency, r.amount_minor,
-                   NULL, 0, 0, 'reversal_link', CAST(CASE WHEN a.source_id IS NULL THEN 0 ELSE 1 END AS DECIMAL(4, 3)),
-                   CASE WHEN a.source_id IS NULL THEN 'unmatched' ELSE 'auto' END, r.original_source_id, NULL
-            FROM reversal r
-            LEFT JOIN charge_allocation a ON a.processor = r.processor AND a.source_id = r.original_source_id""",
-        # -- exceptions -------------------------------------------------------------------------------
-        f"""CREATE OR REPLACE TEMP TABLE match_exceptions AS
-            WITH problem AS (
-                SELECT pid, problem AS reason_code, 0 AS unapplied_minor, list(DISTINCT iid) AS candidates
-                FROM m_r1 WHERE problem IS NOT NULL GROUP BY ALL
-                UNION ALL
-                SELECT pid, 'invoice_already_paid', pay_inv, [iid] FROM m_r1 WHERE problem IS NULL AND allocated = 0
-                UNION ALL
-                SELECT pid, 'overpayment', pay_inv - allocated, [iid]
-                FROM m_r1 WHERE problem IS NULL AND allocated > 0 AND allocated < pay_inv
-                UNION ALL
-                SELECT pid, problem, 0, list(DISTINCT iid) FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
-                UNION ALL
-                SELECT * FROM m_rl_exceptions
-                UNION ALL
-                SELECT pid, any_value(problem), 0, list(DISTINCT iid) FROM m_r3 WHERE problem IS NOT NULL GROUP BY pid
-                UNION ALL
-                SELECT pid, CASE WHEN ref_norm IS NOT NULL THEN 'invoice_not_found'
-                                 WHEN customer_ref IS NULL THEN 'no_reference' ELSE 'no_matching_invoice' END,
-                       amount_minor, []
-                FROM m_pay WHERE pid NOT IN (SELECT pid FROM m_r1) AND pid NOT IN (SELECT pid FROM m_r2)
-                             AND pid NOT IN (SELECT pid FROM m_r3) AND pid NOT IN (SELECT pid FROM m_rl)
-            ), candidate_numbers AS (
-                SELECT c.pid, c.reason_code, list(i.invoice_number ORDER BY i.invoice_number) AS numbers
-                FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c JOIN m_inv i USING (iid)
-                GROUP BY ALL
-            ), named AS (
-                SELECT p.processor, p.source_id, p.settlement_date, p.currency, p.amount_minor, problem.reason_code,
-                       problem.unapplied_minor, c.numbers AS candidates
-                FROM problem JOIN m_pay p USING (pid) LEFT JOIN candidate_numbers c USING (pid, reason_code)
-                UNION ALL
-                SELECT a.processor, a.source_id, a.settlement_date, a.payment_currency, a.payment_amount_minor,
-                       'reversal_of_unapplied_payment', 0, []
-                FROM match_allocations a WHERE a.rule = 'reversal_link' AND a.status = 'unmatched'
-            )
-            SELECT 'EX-' || upper(substr(md5(reason_code || '|' || processor || '|' || source_id), 1, 12))
-                       AS exception_id,
-                   reason_code, processor, source_id, settlement_date, currency, amount_minor, unapplied_minor,
-                   to_json(coalesce(candidates, [])) AS candidates,
-                   CASE reason_code {_reason_texts()} END AS detail
-            FROM named""",
     ]
+
+
+def _allocations(rules: MatchingRules) -> str:
+    """``match_allocations``: every rule's rows with rule name, confidence and status, and one ``unmatched``
+    row per payment no rule found anything for. The text columns are read once, here, through the integer
+    keys. A partly applied payment's settlement amount is its share of the invoice-currency amount, rounded
+    half up (``_settlement_share``)."""
+    conf_ref, conf_amt, conf_multi = (rules.confidence_reference, rules.confidence_customer_amount,
+                                      rules.confidence_multi_invoice)
+    return f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
+        WITH matched AS (
+            SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
+                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+                   CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
+                        WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
+                        ELSE 'unmatched' END AS status
+            FROM m_r1
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'reference_list',
+                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
+                   CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
+                        ELSE 'unmatched' END
+            FROM m_r2
+            UNION ALL
+            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+                   CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
+            FROM m_r3
+        )
+        SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
+               coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
+               CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
+               p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
+               m.pay_inv AS payment_invoice_amount_minor,
+               CASE WHEN m.status = 'unmatched' THEN 0 ELSE coalesce(m.allocated, 0) END AS allocated_minor,
+               CASE WHEN m.status = 'unmatched' OR m.allocated IS NULL OR m.pay_inv IS NULL THEN 0
+                    WHEN m.allocated = m.pay_inv THEN p.amount_minor
+                    ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
+                   AS allocated_settlement_minor,
+               coalesce(m.rule, 'none') AS rule,
+               CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
+               coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
+               CAST(NULL AS BIGINT) AS allocated_local_minor
+        FROM m_pay p LEFT JOIN matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid"""
+
+
+def _reversals(lines: str, history: str) -> str:
+    """Rule 5: a refund or dispute is linked to the auto allocation of the charge it reverses, in this window
+    or in ``history``; one whose charge was never applied is ``unmatched`` (an exception)."""
+    return f"""INSERT INTO match_allocations
+        WITH reversal AS (
+            SELECT * FROM {lines}
+            WHERE line_type IN ('refund', 'dispute', 'dispute_reversal') AND original_source_id IS NOT NULL
+        ), charge_allocation AS (
+            SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
+            FROM match_allocations WHERE status = 'auto'
+            UNION ALL
+            SELECT processor, source_id, customer, invoice_number, invoice_year, invoice_currency
+            FROM {history} WHERE status = 'auto' AND line_type = 'charge'
+        )
+        SELECT r.processor, r.source_id, r.line_type, r.settlement_date, coalesce(a.customer, r.customer_ref),
+               a.invoice_number, CAST(a.invoice_year AS INTEGER), a.invoice_currency, r.currency, r.amount_minor,
+               NULL, 0, 0, 'reversal_link', CAST(CASE WHEN a.source_id IS NULL THEN 0 ELSE 1 END AS DECIMAL(4, 3)),
+               CASE WHEN a.source_id IS NULL THEN 'unmatched' ELSE 'auto' END, r.original_source_id, NULL
+        FROM reversal r
+        LEFT JOIN charge_allocation a ON a.processor = r.processor AND a.source_id = r.original_source_id"""
+
+
+def _exceptions() -> str:
+    """``match_exceptions``: every payment not applied in full, with a reason code and the candidate invoices —
+    each rule's problems, the unapplied part of a rule-1 payment (``invoice_already_paid``, ``overpayment``)
+    and of a list (``m_rl_exceptions``), payments no rule found anything for, and unlinked reversals."""
+    return f"""CREATE OR REPLACE TEMP TABLE match_exceptions AS
+        WITH problem AS (
+            SELECT pid, problem AS reason_code, 0 AS unapplied_minor, list(DISTINCT iid) AS candidates
+            FROM m_r1 WHERE problem IS NOT NULL GROUP BY ALL
+            UNION ALL
+            SELECT pid, 'invoice_already_paid', pay_inv, [iid] FROM m_r1 WHERE problem IS NULL AND allocated = 0
+            UNION ALL
+            SELECT pid, 'overpayment', pay_inv - allocated, [iid]
+            FROM m_r1 WHERE problem IS NULL AND allocated > 0 AND allocated < pay_inv
+            UNION ALL
+            SELECT pid, problem, 0, list(DISTINCT iid) FROM m_r2 WHERE problem IS NOT NULL GROUP BY ALL
+            UNION ALL
+            SELECT * FROM m_rl_exceptions
+            UNION ALL
+            SELECT pid, any_value(problem), 0, list(DISTINCT iid) FROM m_r3 WHERE problem IS NOT NULL GROUP BY pid
+            UNION ALL
+            SELECT pid, CASE WHEN ref_norm IS NOT NULL THEN 'invoice_not_found'
+                             WHEN customer_ref IS NULL THEN 'no_reference' ELSE 'no_matching_invoice' END,
+                   amount_minor, []
+            FROM ({_undecided('m_rl', 'm_r2', 'm_r3')})
+        ), candidate_numbers AS (
+            SELECT c.pid, c.reason_code, list(i.invoice_number ORDER BY i.invoice_number) AS numbers
+            FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c JOIN m_inv i ON i.rowid = c.iid
+            GROUP BY ALL
+        ), named AS (
+            SELECT p.processor, p.source_id, p.settlement_date, p.currency, p.amount_minor, problem.reason_code,
+                   problem.unapplied_minor, c.numbers AS candidates
+            FROM problem JOIN m_pay p ON p.rowid = problem.pid LEFT JOIN candidate_numbers c USING (pid, reason_code)
+            UNION ALL
+            SELECT a.processor, a.source_id, a.settlement_date, a.payment_currency, a.payment_amount_minor,
+                   'reversal_of_unapplied_payment', 0, []
+            FROM match_allocations a WHERE a.rule = 'reversal_link' AND a.status = 'unmatched'
+        )
+        SELECT 'EX-' || upper(substr(md5(reason_code || '|' || processor || '|' || source_id), 1, 12))
+                   AS exception_id,
+               reason_code, processor, source_id, settlement_date, currency, amount_minor, unapplied_minor,
+               to_json(coalesce(candidates, [])) AS candidates,
+               CASE reason_code {_reason_texts()} END AS detail
+        FROM named"""
 
 
 def _deciding_invoices(candidates: str, key: str) -> str:
@@ -418,22 +486,23 @@ def _reference_list(rules: MatchingRules) -> list[str]:
     remaining amounts, the excess an overpayment when it is larger. Otherwise the payment is suggested
     (reason of its first problem); two such payments naming the same invoice are ``competing_payments``.
     Creates ``m_rl`` (pid, iid, pay_inv, allocated, problem, status) and ``m_rl_exceptions`` (the shape of
-    the exception union) and takes what it applies off ``m_inv1``.
+    the exception union) and takes what it applies off ``m_open``.
     """
     pay_inv = in_invoice_currency("p", "h")
     return [
         # A table of its own, so only these few references are split (not every payment's).
         """CREATE OR REPLACE TEMP TABLE m_rl_unresolved AS
-           SELECT pid, customer_ref, invoice_ref FROM m_pay WHERE ref_norm IS NOT NULL AND pid NOT IN (SELECT pid FROM m_r1)""",
+           SELECT pid, customer_ref, invoice_ref FROM m_rest WHERE ref_norm IS NOT NULL""",
         f"""CREATE OR REPLACE TEMP TABLE m_rl_hits AS
             WITH listed AS MATERIALIZED (
                 SELECT pid, customer_ref, unnest(tokens) AS token FROM (
                     SELECT pid, customer_ref, {reference_tokens('invoice_ref', rules)} AS tokens FROM m_rl_unresolved)
                 WHERE len(tokens) > 1
             ), hit AS MATERIALIZED (
-                SELECT l.pid, l.token, l.customer_ref, i.iid, i.customer, i.currency, i.invoice_date,
-                       i.invoice_number, r.rem, coalesce(i.customer = l.customer_ref, false) AS own, r.rem > 0 AS open
-                FROM listed l JOIN m_inv i ON i.ref_norm = l.token JOIN m_inv1 r ON r.iid = i.iid
+                SELECT l.pid, l.token, l.customer_ref, i.rowid AS iid, i.customer, i.currency, i.invoice_date,
+                       i.invoice_number, coalesce(r.rem, 0) AS rem, coalesce(i.customer = l.customer_ref, false) AS own,
+                       r.rem IS NOT NULL AND r.rem > 0 AS open
+                FROM listed l JOIN m_inv i ON i.ref_norm = l.token LEFT JOIN m_open r ON r.iid = i.rowid
             )
             SELECT * FROM ({_deciding_invoices('hit', 'pid, token')})
             UNION ALL BY NAME  -- numbers naming no invoice, of payments whose other numbers do
@@ -447,7 +516,7 @@ def _reference_list(rules: MatchingRules) -> list[str]:
                             WHEN {pay_inv} IS NULL THEN 'currency_mismatch'
                             WHEN h.customer_ref IS NOT NULL AND h.customer_ref <> h.customer THEN 'customer_mismatch'
                        END AS problem
-                FROM m_rl_hits h JOIN m_pay p USING (pid)
+                FROM m_rl_hits h JOIN m_pay p ON p.rowid = h.pid
             ), payment AS (
                 SELECT pid, coalesce(min(problem), CASE WHEN count(DISTINCT pay_inv) > 1 THEN 'currency_mismatch' END)
                            AS problem
@@ -479,9 +548,7 @@ def _reference_list(rules: MatchingRules) -> list[str]:
            SELECT pid, CASE WHEN sum(allocated) = 0 THEN 'invoice_already_paid' ELSE 'overpayment' END,
                   any_value(pay_inv) - sum(allocated), list(DISTINCT iid)
            FROM m_rl WHERE problem IS NULL GROUP BY pid HAVING sum(allocated) < any_value(pay_inv)""",
-        """UPDATE m_inv1 SET rem = m_inv1.rem - r.used
-           FROM (SELECT iid, sum(allocated) AS used FROM m_rl WHERE status = 'auto' GROUP BY iid) r
-           WHERE m_inv1.iid = r.iid""",
+        _take_off_open("m_rl", "status = 'auto'"),
     ]
 
 

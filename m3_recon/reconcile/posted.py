@@ -6,15 +6,32 @@ local value M3 books for each new allocation, and which invoices M3 no longer li
 
 from __future__ import annotations
 
+from datetime import date
+
 import duckdb
 
+from m3_recon.money import convert_sql, known_currency
 from m3_recon.warehouse import table_exists
 
 
-def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> int:
-    """Temp tables ``payments_in_m3`` (every payment with anything sent to M3), ``applications_in_m3`` (allocations
-    whose cash application was sent) and ``frozen_payments`` (payments in [first, end) with something in M3 and
-    no decision, whose allocations are kept). Needs ``exception_decisions`` loaded."""
+def applications_in_m3(conn: duckdb.DuckDBPyConnection, into: str = "applications_in_m3") -> str:
+    """Temp table ``into`` (processor, source_id, invoice_number, invoice_year): allocations whose cash application
+    was sent to M3. M3's outstanding amounts already include them, so they no longer bind invoices. Returns ``into``."""
+    applied = ("SELECT DISTINCT c.processor, c.source_id, c.invoice_number, c.invoice_year FROM core_cash_applications c "
+               "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
+               "AND p.sent_at_utc IS NOT NULL"
+               if table_exists(conn, "out_m3_postings") and table_exists(conn, "core_cash_applications") else
+               "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS invoice_number, "
+               "NULL::INTEGER AS invoice_year WHERE false")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {applied}")
+    return into
+
+
+def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: date, *, decisions: str,
+                           into: str = "frozen_payments") -> int:
+    """Temp table ``into`` (processor, source_id): payments of [first_day, end_day) with anything sent to M3 (cash
+    application or GL lines) and no decision in ``decisions`` (``load_decisions``), whose allocations are kept.
+    Returns how many."""
     parts = []
     if table_exists(conn, "out_m3_postings"):
         sent = "SELECT voucher_key, route FROM out_m3_postings WHERE sent_at_utc IS NOT NULL"
@@ -24,37 +41,48 @@ def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first: str, end: str
         if table_exists(conn, "core_gl_journal_lines"):
             parts.append(f"SELECT j.processor, j.source_id FROM core_gl_journal_lines j JOIN ({sent}) p "
                          f"ON p.voucher_key = j.voucher_key AND p.route = 'gl' WHERE j.source_id IS NOT NULL")
-    union = " UNION ".join(parts) or "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false"
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE payments_in_m3 AS SELECT DISTINCT * FROM ({union})")
-    applied = ("SELECT DISTINCT c.processor, c.source_id, c.invoice_number, c.invoice_year FROM core_cash_applications c "
-               "JOIN out_m3_postings p ON p.voucher_key = c.voucher_key AND p.route = 'cash_application' "
-               "AND p.sent_at_utc IS NOT NULL" if parts and table_exists(conn, "core_cash_applications") else
-               "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS invoice_number, "
-               "NULL::INTEGER AS invoice_year WHERE false")
-    # Applications M3 already booked: its outstanding amounts include them, so they no longer bind invoices.
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE applications_in_m3 AS {applied}")
-    decided = ("SELECT e.processor, e.source_id FROM core_match_exceptions e JOIN exception_decisions d "
+    in_m3 = " UNION ".join(parts) or "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false"
+    decided = (f"SELECT e.processor, e.source_id FROM core_match_exceptions e JOIN {decisions} d "
                "USING (exception_id)" if table_exists(conn, "core_match_exceptions")
                else "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id WHERE false")
     allocations = ("core_payment_allocations" if table_exists(conn, "core_payment_allocations") else
                    "(SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::DATE AS settlement_date "
                    "WHERE false)")
     conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE frozen_payments AS
+        CREATE OR REPLACE TEMP TABLE {into} AS
         SELECT DISTINCT a.processor, a.source_id FROM {allocations} a
-        JOIN payments_in_m3 m USING (processor, source_id)
-        WHERE a.settlement_date >= DATE '{first}' AND a.settlement_date < DATE '{end}'
-          AND (a.processor, a.source_id) NOT IN (SELECT (processor, source_id) FROM ({decided}))""")
-    return conn.execute("SELECT count(*) FROM frozen_payments").fetchone()[0]
+        JOIN ({in_m3}) m USING (processor, source_id)
+        WHERE a.settlement_date >= $first AND a.settlement_date < $end
+          AND (a.processor, a.source_id) NOT IN (SELECT (processor, source_id) FROM ({decided}))""",
+                 {"first": first_day, "end": end_day})
+    return conn.execute(f"SELECT count(*) FROM {into}").fetchone()[0]
 
 
-def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str) -> None:
-    """Fix each new automatic allocation's value in M3's local currency as M3 books a payment: at the invoice's
-    rate, except the one that settles the invoice, which takes whatever local amount is left — so a fully paid
+def check_local_currency(conn: duckdb.DuckDBPyConnection, invoices: str, configured: str) -> str:
+    """M3's local currency: ``configured`` (M3_LOCAL_CURRENCY), which must be a known ISO 4217 code and the one
+    M3 itself reports on the open invoices (``GetInvTotInfo.LOCD``, column ``local_currency``) — local values
+    booked in another currency than M3 keeps would be wrong by the exchange rate, so a mismatch stops the run."""
+    local = known_currency(configured, "M3_LOCAL_CURRENCY")
+    if "local_currency" not in {d[0] for d in conn.execute(f"SELECT * FROM {invoices} LIMIT 0").description}:
+        return local  # invoices read without M3's LOCD: nothing to compare with
+    reported = [c for (c,) in conn.execute(
+        f"SELECT DISTINCT upper(trim(local_currency)) FROM {invoices} WHERE coalesce(trim(local_currency), '') <> '' "
+        "ORDER BY 1").fetchall()]
+    if reported and reported != [local]:
+        raise ValueError(f"M3 keeps its books in {', '.join(reported)} (LOCD of its open invoices) but "
+                         f"M3_LOCAL_CURRENCY is {local}: set M3_LOCAL_CURRENCY={reported[0]}")
+    return local
+
+
+def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str, local_currency: str) -> None:
+    """Fix each new automatic allocation's value in M3's local currency as M3 books a payment: itself for an
+    invoice in the local currency, else at the invoice's rate (ARAT, local per unit of the invoice currency, each
+    currency's decimals, half-up), except the one that settles the invoice, which takes whatever local amount is left — so a fully paid
     foreign invoice leaves no local residue in M3, whether its instalments arrive night by night or in one
     backfill. What is left counts M3's outstanding local amount, ``earlier`` allocations M3 does not hold yet
     (their values are booked already) and this run's earlier instalments (oldest first). Kept with the
     allocation, so later runs never recompute it from changed balances."""
+    local = known_currency(local_currency, "M3's local currency")
     conn.execute(f"""
         UPDATE match_allocations a SET allocated_local_minor = booked.local_minor
         FROM (
@@ -64,10 +92,10 @@ def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: s
                 FROM {earlier} WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL
             ), new AS (
                 SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.settlement_date,
-                       a.allocated_minor, a.invoice_currency = a.payment_currency AS same_currency,
+                       a.allocated_minor, a.invoice_currency = '{local}' AS same_currency,
                        i.outstanding_minor - coalesce(p.minor, 0) AS open_minor,
                        i.outstanding_local_minor - coalesce(p.local_minor, 0) AS open_local_minor,
-                       CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) AS at_rate
+                       {convert_sql('a.allocated_minor', 'a.invoice_currency', repr(local), 'i.exchange_rate')} AS at_rate
                 FROM match_allocations a
                 JOIN {invoices} i ON a.invoice_number = i.invoice_number AND a.invoice_year = i.invoice_year
                 LEFT JOIN pending p ON a.invoice_number = p.invoice_number AND a.invoice_year = p.invoice_year
@@ -90,15 +118,15 @@ def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: s
           AND a.invoice_number = booked.invoice_number AND a.invoice_year = booked.invoice_year""")
 
 
-def keep_frozen(conn: duckdb.DuckDBPyConnection, first: str, end: str) -> None:
-    """Put the frozen payments' stored allocations and exceptions back into this run's results."""
-    if not conn.execute("SELECT count(*) FROM frozen_payments").fetchone()[0]:
+def keep_frozen(conn: duckdb.DuckDBPyConnection, *, frozen: str) -> None:
+    """Put the ``frozen`` payments' stored allocations and exceptions back into this run's results."""
+    if not conn.execute(f"SELECT count(*) FROM {frozen}").fetchone()[0]:
         return
-    frozen = "(processor, source_id) IN (SELECT (processor, source_id) FROM frozen_payments)"
-    conn.execute(f"DELETE FROM match_allocations WHERE {frozen}")
-    conn.execute(f"DELETE FROM match_exceptions WHERE {frozen}")
-    conn.execute(f"INSERT INTO match_allocations BY NAME SELECT * FROM core_payment_allocations WHERE {frozen}")
-    conn.execute(f"INSERT INTO match_exceptions BY NAME SELECT * FROM core_match_exceptions WHERE {frozen}")
+    kept = f"(processor, source_id) IN (SELECT (processor, source_id) FROM {frozen})"
+    conn.execute(f"DELETE FROM match_allocations WHERE {kept}")
+    conn.execute(f"DELETE FROM match_exceptions WHERE {kept}")
+    conn.execute(f"INSERT INTO match_allocations BY NAME SELECT * FROM core_payment_allocations WHERE {kept}")
+    conn.execute(f"INSERT INTO match_exceptions BY NAME SELECT * FROM core_match_exceptions WHERE {kept}")
 
 
 def matchable_invoices(conn: duckdb.DuckDBPyConnection) -> None:

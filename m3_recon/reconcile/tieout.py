@@ -14,6 +14,9 @@ from datetime import date, datetime
 
 import duckdb
 
+from m3_recon.money import money_sql
+from m3_recon.sql import ensure_table
+
 RECONCILIATION_COLUMNS = {
     "processor": "VARCHAR NOT NULL", "payout_id": "VARCHAR NOT NULL", "currency": "VARCHAR NOT NULL",
     "settlement_date": "DATE NOT NULL", "arrival_date": "DATE", "payout_status": "VARCHAR NOT NULL",
@@ -54,8 +57,9 @@ def tie_out_payouts(conn: duckdb.DuckDBPyConnection, *, payouts: str, lines: str
                     WHEN NOT itemised THEN 'pending'
                     WHEN difference_minor = 0 THEN 'tied' ELSE 'mismatch' END AS status,
                CASE WHEN difference_minor <> 0 AND itemised AND payout_status NOT IN ('failed', 'canceled') THEN
-                   'payout ' || payout_amount_minor || ' ' || currency || ' vs lines net ' || lines_net_minor
-                   || ': residue ' || difference_minor || ' ' || currency
+                   'payout ' || {money_sql('payout_amount_minor', 'currency')} || ' vs lines net '
+                   || {money_sql('lines_net_minor', 'currency')} || ': residue '
+                   || {money_sql('difference_minor', 'currency')}
                    || CASE WHEN itemised_line_count > line_count
                            THEN '; ' || (itemised_line_count - line_count) || ' itemised line(s) missing from core_settlement_lines'
                            ELSE '; every itemised line is present, so the residue is unexplained by the processor' END
@@ -63,15 +67,15 @@ def tie_out_payouts(conn: duckdb.DuckDBPyConnection, *, payouts: str, lines: str
         FROM compared""")
 
 
-def payout_exceptions(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create temp table ``payout_exceptions`` (exception columns) for every mismatched payout."""
-    conn.execute("""
+def payout_exceptions(conn: duckdb.DuckDBPyConnection, *, tieout: str) -> None:
+    """Create temp table ``payout_exceptions`` (exception columns) for every mismatched payout of ``tieout``."""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE payout_exceptions AS
         SELECT 'EX-' || upper(substr(md5('payout_mismatch|' || processor || '|' || payout_id), 1, 12)) AS exception_id,
                'payout_mismatch' AS reason_code, processor, payout_id AS source_id, settlement_date, currency,
                payout_amount_minor AS amount_minor, difference_minor AS unapplied_minor,
                net_by_line_type AS candidates, residue AS detail
-        FROM payout_tieout WHERE status = 'mismatch'""")
+        FROM {tieout} WHERE status = 'mismatch'""")
 
 
 def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, categories: str,
@@ -92,7 +96,7 @@ def unknown_category_exceptions(conn: duckdb.DuckDBPyConnection, *, lines: str, 
                'unknown_category' AS reason_code, l.processor, l.source_id, l.settlement_date, l.currency,
                l.amount_minor, NULL::BIGINT AS unapplied_minor, to_json([c.category]) AS candidates,
                l.processor || ' category ' || coalesce('''' || c.category || '''', '(not in the staging table)')
-               || ' is not in the mapping: ' || l.amount_minor || ' ' || l.currency
+               || ' is not in the mapping: ' || {money_sql('l.amount_minor', 'l.currency')}
                || coalesce(' (payout ' || l.payout_id || ')', '') || ' ' || $where AS detail
         FROM {lines} l LEFT JOIN ({categories}) c USING (processor, source_id)
         WHERE l.line_type = 'unknown_category'""", {"where": where})
@@ -105,10 +109,7 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     New ones open with first_seen = now; ones seen again keep their first_seen (and are reopened if they
     had cleared); ones in the window that are no longer found are marked cleared. Returns counts.
     """
-    columns = ", ".join(f"{c} {t}" for c, t in REGISTER_COLUMNS.items())
-    conn.execute(f"CREATE TABLE IF NOT EXISTS out_recon_exceptions ({columns})")
-    for column, kind in REGISTER_COLUMNS.items():  # a register created by an older release gains new columns
-        conn.execute(f"ALTER TABLE out_recon_exceptions ADD COLUMN IF NOT EXISTS {column} {kind.replace(' NOT NULL', '')}")
+    ensure_table(conn, "out_recon_exceptions", REGISTER_COLUMNS)
     scope = ("settlement_date >= $first AND settlement_date < $end AND list_contains($codes, reason_code)")
     params = {"first": first_day, "end": end_day, "codes": list(reason_codes), "now": now}
     new = conn.execute(f"SELECT count(*) FROM {found} f WHERE NOT EXISTS "
@@ -131,12 +132,12 @@ def register_exceptions(conn: duckdb.DuckDBPyConnection, *, found: str, first_da
     return {"new": new, "cleared": cleared}
 
 
-def record_decisions(conn: duckdb.DuckDBPyConnection) -> int:
-    """Mark exceptions finance decided on (temp table ``exception_decisions``) resolved or dismissed, with
+def record_decisions(conn: duckdb.DuckDBPyConnection, *, decisions: str) -> int:
+    """Mark exceptions finance decided on (``decisions``, ``load_decisions``) resolved or dismissed, with
     who, when and why. Returns how many register rows carry a decision."""
-    conn.execute("""
+    conn.execute(f"""
         UPDATE out_recon_exceptions r
         SET status = CASE d.action WHEN 'dismiss' THEN 'dismissed' ELSE 'resolved' END, decision = d.action,
             decided_by = d.decided_by, decided_at_utc = d.decided_at_utc, decision_reason = d.reason
-        FROM exception_decisions d WHERE r.exception_id = d.exception_id""")
+        FROM {decisions} d WHERE r.exception_id = d.exception_id""")
     return conn.execute("SELECT count(*) FROM out_recon_exceptions WHERE decision IS NOT NULL").fetchone()[0]

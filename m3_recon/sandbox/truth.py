@@ -9,6 +9,7 @@ from m3_recon.canonical.stripe import PAYERS_SQL
 from m3_recon.reconcile.matching import ALLOCATION_COLUMNS, MatchingRules, fill_customers_from_xref, match_payments
 from m3_recon.sandbox.customer_master import build_customer_master
 from m3_recon.sandbox.world import World
+from m3_recon.sql import column_list, nullable
 from m3_recon.warehouse import table_exists
 
 
@@ -23,7 +24,7 @@ def truth_misses(conn: duckdb.DuckDBPyConnection, world: World, processor: str, 
     """Run the matcher over ``lines`` and return (payments judged, the ones that did not land as expected).
     Stripe payments that name no customer take the one the generator's customer cross-reference gives."""
     conn.register("truth_invoices", invoices_frame(world))
-    columns = ", ".join(f"{c} {t.replace(' NOT NULL', '')}" for c, t in ALLOCATION_COLUMNS.items())
+    columns = column_list({c: nullable(t) for c, t in ALLOCATION_COLUMNS.items()})
     conn.execute(f"CREATE OR REPLACE TEMP TABLE truth_earlier ({columns})")
     if table_exists(conn, "raw_stripe_balance_transactions"):
         conn.register("truth_xref", pd.DataFrame(
@@ -89,7 +90,7 @@ def expected_movements(sandbox) -> dict[str, dict[str, Movement]]:
     heartland |= {f"{d.id}:{suffix}": -amount for d in gp.deposits.values() if d.id in deposited
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return {"stripe": stripe, "paytrace": paytrace,
-            "heartland": {source_id: ("USD", net, 0, net) for source_id, net in heartland.items()}}
+            "heartland": {source_id: (sandbox.heartland.currency, net, 0, net) for source_id, net in heartland.items()}}
 
 
 def expected_banking(sandbox) -> tuple[dict[str, set[str]], int]:

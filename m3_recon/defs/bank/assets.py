@@ -23,6 +23,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings
 from m3_recon.defs.bank.statements import StatementError, file_hash, read_statement
 from m3_recon.reconcile.banking import BANK_LINE_COLUMNS
+from m3_recon.sql import create_table
 from m3_recon.warehouse import naive_utc, rollback_quietly
 
 GROUP = "bank"
@@ -69,8 +70,7 @@ def import_statements(conn, paths: list[str | Path], skip_unreadable: bool = Fal
     """Import ``paths``; returns one result per file. An unreadable file raises ``StatementError`` (nothing
     imported) unless ``skip_unreadable``, when its result carries the defect in ``error``."""
     conn.execute(FILES_DDL)
-    columns = ", ".join(f"{c} {t}" for c, t in BANK_LINE_COLUMNS.items())
-    conn.execute(f"CREATE TABLE IF NOT EXISTS raw_bank_statement_lines ({columns})")
+    conn.execute(create_table("raw_bank_statement_lines", BANK_LINE_COLUMNS))
     known = {h for (h,) in conn.execute("SELECT file_hash FROM raw_bank_statement_files").fetchall()}
     parsed, errors, results = [], [], []
     for path in map(Path, paths):

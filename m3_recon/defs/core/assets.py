@@ -17,9 +17,11 @@ from dagster_duckdb import DuckDBResource
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.canonical.references import with_text_references
+from m3_recon.defs.metadata import markdown_table
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import MatchingRules
+from m3_recon.sql import create_table, nullable
 from m3_recon.warehouse import QUARANTINE_DDL, naive_utc, query_frame, rollback_quietly, table_exists
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -30,10 +32,6 @@ OWNERS = ["team:finance-systems"]
 
 # One mapping per processor (m3_recon/canonical/<processor>.py); a placeholder is None until written.
 MAPPINGS = tuple(m for m in (stripe.MAPPING, paytrace.MAPPING, heartland.MAPPING) if m is not None)
-
-
-def _ddl(table: str, columns: dict[str, str]) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})"
 
 
 def load_candidates(conn: duckdb.DuckDBPyConnection, window: FetchWindow, sql_of, deps_of) -> pd.DataFrame:
@@ -47,11 +45,11 @@ def replace_canonical(conn: duckdb.DuckDBPyConnection, *, table: str, columns: d
                       valid: pd.DataFrame, rejected: pd.DataFrame, run_id: str) -> None:
     """Replace the window of ``table`` with ``valid`` and of its quarantine entries with ``rejected``."""
     first, last = window.start.date(), window.end.date()
-    select = ", ".join(f"CAST({c} AS {t.replace(' NOT NULL', '')})" for c, t in columns.items())
+    select = ", ".join(f"CAST({c} AS {nullable(t)})" for c, t in columns.items())
     quarantined_at = naive_utc(datetime.now(timezone.utc))
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(_ddl(table, columns))
+        conn.execute(create_table(table, columns))
         conn.execute(QUARANTINE_DDL)
         conn.execute(f"DELETE FROM {table} WHERE settlement_date >= ? AND settlement_date < ?", [first, last])
         conn.execute("DELETE FROM core_quarantine WHERE table_name = ? AND partition_date >= ? AND partition_date < ?",
@@ -103,8 +101,7 @@ def _materialize(context, config, duckdb_resource, *, table, columns, schema, sq
                     **summarize(conn, window)}
     if len(rejected):
         reasons = rejected["reason"].value_counts().head(10)
-        metadata["quarantine_reasons"] = dg.MetadataValue.md(
-            "| reason | rows |\n|---|---:|\n" + "\n".join(f"| {r} | {n} |" for r, n in reasons.items()))
+        metadata["quarantine_reasons"] = markdown_table(["reason", "rows"], reasons.items())
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
@@ -113,9 +110,9 @@ def _lines_summary(conn, window) -> dict:
         "SELECT processor, currency, count(*), sum(amount_minor), sum(fee_minor), sum(net_minor) "
         "FROM core_settlement_lines WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
         [window.start.date(), window.end.date()]).fetchall()
-    return {"totals_by_processor": dg.MetadataValue.md(
-        "| processor | currency | lines | amount | fee | net |\n|---|---|---:|---:|---:|---:|\n"
-        + "\n".join(f"| {p} | {c} | {n} | {money(a, c)} | {money(f, c)} | {money(t, c)} |" for p, c, n, a, f, t in by))}
+    return {"totals_by_processor": markdown_table(
+        ["processor", "currency", "lines", "amount", "fee", "net"],
+        [(p, c, n, money(a, c), money(f, c), money(t, c)) for p, c, n, a, f, t in by], text_columns=2)}
 
 
 def _payouts_summary(conn, window) -> dict:
@@ -123,9 +120,8 @@ def _payouts_summary(conn, window) -> dict:
         "SELECT processor, status, currency, count(*), sum(amount_minor) FROM core_payouts "
         "WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
         [window.start.date(), window.end.date()]).fetchall()
-    return {"payouts_by_status": dg.MetadataValue.md(
-        "| processor | status | payouts | amount |\n|---|---|---:|---:|\n"
-        + "\n".join(f"| {p} | {s} | {n} | {money(a, c)} |" for p, s, c, n, a in by))}
+    return {"payouts_by_status": markdown_table(["processor", "status", "payouts", "amount"],
+                                                [(p, s, n, money(a, c)) for p, s, c, n, a in by], text_columns=2)}
 
 
 def _deps(name: str) -> list[dg.AssetKey]:

@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings
 from m3_recon.reconcile.customers import XREF_COLUMNS, build_customer_xref
+from m3_recon.sql import column_list
 
 GROUP = "customers"
 OWNERS = ["team:finance-systems"]
@@ -40,10 +41,9 @@ def store_customer_xref(conn) -> None:
     if twice:
         raise ValueError("the customer cross-reference maps a processor customer to several M3 customers: "
                          + "; ".join(f"{p} {c} -> {', '.join(m)}" for p, c, m in twice))
-    columns = ", ".join(f"{c} {t}" for c, t in XREF_COLUMNS.items())
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f"CREATE OR REPLACE TABLE core_customer_xref ({columns})")
+        conn.execute(f"CREATE OR REPLACE TABLE core_customer_xref ({column_list(XREF_COLUMNS)})")
         conn.execute("INSERT INTO core_customer_xref SELECT * FROM customer_xref")
         conn.execute("CREATE OR REPLACE TABLE core_customer_xref_conflicts AS SELECT * FROM customer_xref_conflicts")
         conn.execute("COMMIT")

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from m3_recon import settings
+from m3_recon.clients.heartland import DEFAULT_API_BASE
 from m3_recon.defs.heartland.assets import (
     raw_heartland_deposits, raw_heartland_disputes, raw_heartland_settlement_transactions,
 )
@@ -21,7 +22,7 @@ def heartland_resource_from_env() -> HeartlandResource:
     return HeartlandResource(
         app_id=dg.EnvVar("GP_API_APP_ID"),
         app_key=dg.EnvVar("GP_API_APP_KEY"),
-        api_base=os.environ.get("GP_API_BASE", "https://apis.globalpay.com/ucp"),
+        api_base=os.environ.get("GP_API_BASE", DEFAULT_API_BASE),
         account_name=os.environ.get("GP_API_ACCOUNT_NAME", ""),
         merchant_id=os.environ.get("HEARTLAND_MERCHANT_ID", ""),
         token_seconds_to_expire=settings.int_setting("GP_API_TOKEN_SECONDS", 3_600, minimum=60),

@@ -18,9 +18,10 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings, wire
-from m3_recon.defs.m3.client import m3_date, minor_units
+from m3_recon.clients.m3 import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.money import money_by_currency
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.money import money
 from m3_recon.partitions import daily_partitions
 from m3_recon.reconcile.matching import MatchingRules, normalised
 from m3_recon.warehouse import documents_table, naive_utc, replace_snapshot, replace_window
@@ -111,7 +112,7 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     start, end = window.start.astimezone(timezone.utc), window.end.astimezone(timezone.utc)
     days = [(start + timedelta(days=i)).date() for i in range((end - start).days)]
     taken_at = datetime.now(timezone.utc)
-    records = m3.open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
+    records = m3.client().open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
     context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
                      f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     docs = _snapshot_docs(records, days, taken_at, context.run.run_id)
@@ -129,9 +130,8 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
         "open_invoices_read": len(records),
         "taken_at_utc": taken_at.isoformat(timespec="seconds"),
         "open_invoices_last_day": sum(n for _, n, _ in by_currency),
-        "outstanding_last_day": dg.MetadataValue.md(
-            "| currency | invoices | outstanding (minor units) |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_currency)),
+        "outstanding_last_day": markdown_table(["currency", "invoices", "outstanding"],
+                                               [(c, n, money(s, c)) for c, n, s in by_currency]),
     })
 
 
@@ -150,8 +150,7 @@ def core_open_invoices(context: dg.AssetExecutionContext, duckdb: DuckDBResource
     return dg.MaterializeResult(metadata={
         "rows": sum(n for _, n, _, _ in by_currency),
         "snapshot_date": str(max((d for *_, d in by_currency), default=None)),
-        "outstanding": money_by_currency([(c, s) for c, _, s, _ in by_currency]),
-        "outstanding_minor_by_currency": dg.MetadataValue.json({c: int(s) for c, _, s, _ in by_currency}),
+        **money_totals("outstanding", [(c, s) for c, _, s, _ in by_currency]),
     })
 
 
@@ -171,7 +170,7 @@ WHERE nullif(trim(raw->>'$.CUNO'), '') IS NOT NULL"""
                 "status and e-mail (field M3_CUSTOMER_EMAIL_FIELD, default EMAL), for the customer cross-reference.",
 )
 def raw_m3_customers(context: dg.AssetExecutionContext, m3: M3Resource, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    records = m3.customers()
+    records = m3.client().customers()
     email_field = settings.m3_customer_email_field()
     with duckdb.get_connection() as conn:
         rows = replace_snapshot(conn, table="raw_m3_customers", select_sql=customers_select(email_field),

@@ -7,8 +7,8 @@ import os
 import dagster as dg
 
 from m3_recon import settings
+from m3_recon.clients.m3 import DEFAULT_BULK_SIZE
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_customers, raw_m3_open_invoices
-from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE
 from m3_recon.defs.m3.resources import M3Resource
 
 m3_ingest = dg.define_asset_job("m3_ingest", selection=dg.AssetSelection.groups("m3"),

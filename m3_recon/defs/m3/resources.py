@@ -1,4 +1,4 @@
-"""The Infor M3 connector as a Dagster resource: one company and division, ION API or on-premise.
+"""Infor M3 as a Dagster resource: the settings of ``M3Client`` for one company and division.
 
 Configured from the environment by ``m3_resource_from_env`` (m3_recon/defs/m3/definitions.py): the
 ION API route needs only ``M3_IONAPI_FILE`` (the file holds the keys, so no secret enters Dagster
@@ -8,16 +8,14 @@ config); the on-premise route takes ``M3_BASE_URL`` plus ``M3_USERNAME`` / ``M3_
 
 from __future__ import annotations
 
-import threading
+from pydantic import Field
 
-import dagster as dg
-from pydantic import Field, PrivateAttr
-
-from m3_recon.defs.m3.client import DEFAULT_BULK_SIZE, MAX_BULK_SIZE, OPEN_ITEMS_PAGING, VENDOR, M3Client
+from m3_recon.clients.m3 import DEFAULT_BULK_SIZE, MAX_BULK_SIZE, OPEN_ITEMS_PAGING, VENDOR, M3Client
+from m3_recon.defs.client_resource import ClientResource
 from m3_recon.errors import VendorAuthError
 
 
-class M3Resource(dg.ConfigurableResource):
+class M3Resource(ClientResource):
     """Read (and later post) access to one M3 company/division."""
 
     ionapi_file: str = Field(default="", description="M3_IONAPI_FILE: the backend-service .ionapi file (ION API)")
@@ -35,15 +33,6 @@ class M3Resource(dg.ConfigurableResource):
     open_items_paging: str = Field(default="payer", description=f"M3_OPEN_ITEMS_PAGING: how open items are read, "
                                    f"one of {', '.join(OPEN_ITEMS_PAGING)}")
 
-    _client: M3Client | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    def client(self) -> M3Client:
-        with self._lock:
-            if self._client is None:
-                self._client = self._build()
-            return self._client
-
     def _build(self) -> M3Client:
         if self.cono <= 0:
             raise VendorAuthError(VENDOR, "set M3_CONO to the M3 company number (e.g. 100)")
@@ -57,11 +46,3 @@ class M3Resource(dg.ConfigurableResource):
             return M3Client.from_ionapi(self.ionapi_file, self.cono, self.divi.strip(), **options)
         return M3Client.on_premise(self.base_url, self.username, self.password, self.cono, self.divi.strip(),
                                    **options)
-
-    def customers(self) -> list[dict]:
-        """The customer master (``CRS610MI/LstByNumber``), every page."""
-        return self.client().customers()
-
-    def open_invoices(self) -> list[dict]:
-        """Open customer invoices of the division, one ``GetInvTotInfo`` record each, proven complete."""
-        return self.client().open_invoices()

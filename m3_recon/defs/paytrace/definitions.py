@@ -7,8 +7,9 @@ import os
 import dagster as dg
 
 from m3_recon import settings
+from m3_recon.clients.paytrace import DEFAULT_API_BASE, DEFAULT_TIMEZONE, account_zone
 from m3_recon.defs.paytrace.assets import raw_paytrace_batches, raw_paytrace_transactions
-from m3_recon.defs.paytrace.resources import DEFAULT_API_BASE, DEFAULT_TIMEZONE, PayTraceResource, account_zone
+from m3_recon.defs.paytrace.resources import PayTraceResource
 
 PAYTRACE_TIMEZONE = account_zone(os.environ.get("PAYTRACE_TIMEZONE", DEFAULT_TIMEZONE)).key
 

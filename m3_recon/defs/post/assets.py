@@ -1,5 +1,5 @@
-"""``core_gl_journal_lines`` and ``core_cash_applications``: the window's journals, derived by
-``m3_recon.journals`` and checked before anything can be posted (every voucher balances per
+"""``core_gl_journal_lines`` and ``core_cash_applications``: the window's journals, derived and stored by
+``m3_recon.journals.window.run_window`` and checked before anything can be posted (every voucher balances per
 currency; for every tied payout the clearing account nets to zero). The processor-days where a
 blocking check fails (these, the payout tie-out and the allocation checks) go to
 ``core_posting_blocks``, which holds their vouchers back (``m3_recon.posting.gates``).
@@ -11,50 +11,37 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.journals import AccountMap, clearing_by_payout, corrections, derive_journals
-from m3_recon.money import money, money_by_currency
+from m3_recon import settings
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.journals import AccountMap, load_exchange_rates
+from m3_recon.journals.window import Journals, run_window
+from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
-from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
-from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.poster import post_pending
-from m3_recon.reconcile.posted import freeze_posted_payments
 from m3_recon.reconcile.decisions import load_decisions
-from m3_recon.warehouse import replace_days
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "post"
-CONFLICT_COLUMNS = {"processor": "VARCHAR", "source_id": "VARCHAR", "voucher_key": "VARCHAR",
-                    "accounting_date": "DATE", "currency": "VARCHAR", "amount_minor": "BIGINT", "detail": "VARCHAR"}
 OWNERS = ["team:finance-systems"]
 
 
-
-
-def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
-    """Vouchers balance; and every tied payout of the window that has reached the bank (or failed) and whose
-    lines all lie in the window (so all its clearing movements were derived in this run) nets to zero on
-    clearing. A payout still in transit is not yet booked to the bank, so its amount is still on clearing:
-    that residue is named in the check's metadata instead."""
-    unbalanced = conn.execute("""SELECT voucher_key, currency, sum(amount_minor) FROM journal_lines
-                                 GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall()
-    clearing_by_payout(conn)
-    conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE clearing_residue AS
-        SELECT t.processor, t.payout_id, t.payout_status, c.clearing_net_minor FROM core_payout_reconciliation t
-        JOIN clearing_by_payout c USING (processor, payout_id)
-        WHERE t.status = 'tied' AND c.clearing_net_minor <> 0
-          AND t.settlement_date >= DATE '{first}' AND t.settlement_date < DATE '{end}'
-          AND NOT EXISTS (SELECT 1 FROM core_settlement_lines l
-                          WHERE l.processor = t.processor AND l.payout_id = t.payout_id
-                            AND (l.settlement_date < DATE '{first}' OR l.settlement_date >= DATE '{end}'))""")
-    residue = conn.execute("SELECT processor, payout_id, clearing_net_minor FROM clearing_residue "
+def journal_checks(conn, journals: Journals, local: str) -> list[dg.AssetCheckResult]:
+    """Vouchers balance, per currency and in M3's local currency ``local``; and every tied payout of the window
+    that has reached the bank (or failed) and whose lines all lie in the window nets to zero on clearing (in local
+    currency). A payout still in transit is not yet booked to the bank, so its amount is still on clearing: that
+    residue is named in the check's metadata instead."""
+    unbalanced = conn.execute(f"""SELECT voucher_key, currency, sum(amount_minor) FROM {journals.lines}
+                                  GROUP BY ALL HAVING sum(amount_minor) <> 0
+                                  UNION ALL
+                                  SELECT voucher_key, 'local ' || ?, sum(local_minor) FROM {journals.lines}
+                                  GROUP BY ALL HAVING sum(local_minor) <> 0""", [local]).fetchall()
+    residue = conn.execute(f"SELECT processor, payout_id, clearing_net_minor FROM {journals.clearing_residue} "
                            "WHERE payout_status IN ('paid', 'failed')").fetchall()
     in_transit = conn.execute(
-        "SELECT p.currency, count(*), sum(r.clearing_net_minor) FROM clearing_residue r "
-        "JOIN core_payouts p USING (processor, payout_id) WHERE r.payout_status IN ('pending', 'in_transit') "
-        "GROUP BY 1").fetchall()
+        f"SELECT ?, count(*), sum(r.clearing_net_minor) FROM {journals.clearing_residue} r "
+        "WHERE r.payout_status IN ('pending', 'in_transit') GROUP BY 1", [local]).fetchall()
     return [
         dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -64,9 +51,7 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
                             passed=not residue, severity=dg.AssetCheckSeverity.ERROR,
                             metadata={"tied_payouts_with_clearing_residue": len(residue),
                                       "payouts_in_transit": sum(n for _, n, _ in in_transit),
-                                      "in_transit_on_clearing": money_by_currency([(c, a) for c, _, a in in_transit]),
-                                      "in_transit_on_clearing_minor": dg.MetadataValue.json(
-                                          {c: int(a) for c, _, a in in_transit}),
+                                      **money_totals("in_transit_on_clearing", [(c, a) for c, _, a in in_transit]),
                                       "examples": dg.MetadataValue.json([list(map(str, r)) for r in residue[:5]])}),
     ]
 
@@ -94,56 +79,37 @@ def journal_checks(conn, first: str, end: str) -> list[dg.AssetCheckResult]:
 )
 def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: DuckDBResource):
     window = fetch_window(context.partition_time_window, config.lookback_days)
-    first, end = window.start.date().isoformat(), window.end.date().isoformat()
-    in_window = f"settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'"
     with duckdb.get_connection() as conn:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_lines AS SELECT * FROM core_settlement_lines WHERE {in_window}")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_payouts AS SELECT * FROM core_payouts WHERE {in_window}")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW journal_window_allocations AS "
-                     f"SELECT * FROM core_payment_allocations WHERE {in_window}")
-        load_decisions(conn)
-        conn.execute("CREATE OR REPLACE TEMP VIEW journal_overpaid AS "
-                     "SELECT e.processor, e.source_id, d.action = 'write_off' AS written_off "
-                     "FROM core_match_exceptions e LEFT JOIN exception_decisions d USING (exception_id) "
-                     "WHERE e.reason_code = 'overpayment'")
-        derive_journals(conn, AccountMap.load(), lines="journal_window_lines", payouts="journal_window_payouts",
-                        allocations="journal_window_allocations", overpaid="journal_overpaid")
-        revisions = corrections(conn)
-        replace_days(conn, first_day=first, end_day=end, date_column="source_date", writes=[
-            ("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, "SELECT * FROM journal_lines")])
-        replace_days(conn, first_day=first, end_day=end, date_column="accounting_date", writes=[
-            ("core_cash_applications", CASH_APPLICATION_COLUMNS, "SELECT * FROM cash_applications"),
-            ("core_journal_conflicts", CONFLICT_COLUMNS, "SELECT * FROM journal_conflicts")])
-        vouchers, lines, held = conn.execute("""
+        load_decisions(conn, into="exception_decisions")
+        local = settings.local_currency()
+        load_exchange_rates(conn, settings.exchange_rates_file(), local)
+        derived = run_window(conn, AccountMap.load(), window.start.date(), window.end.date(),
+                             decisions="exception_decisions", local_currency=local, rates="exchange_rates")
+        revisions = derived.corrections
+        vouchers, lines, held = conn.execute(f"""
             SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL)
-            FROM journal_lines""").fetchone()
-        debits = conn.execute("SELECT currency, sum(amount_minor) FROM journal_lines WHERE amount_minor > 0 "
+            FROM {derived.lines}""").fetchone()
+        debits = conn.execute(f"SELECT currency, sum(amount_minor) FROM {derived.lines} WHERE amount_minor > 0 "
                               "GROUP BY 1").fetchall()
         by_entry = conn.execute("SELECT entry, currency, count(*), "
                                 "coalesce(sum(amount_minor) FILTER (amount_minor > 0), 0) "
-                                "FROM journal_lines GROUP BY ALL ORDER BY ALL").fetchall()
+                                f"FROM {derived.lines} GROUP BY ALL ORDER BY ALL").fetchall()
         batches, applications = conn.execute(
-            "SELECT count(DISTINCT voucher_key), count(*) FROM cash_applications").fetchone()
-        applied = conn.execute("SELECT currency, sum(amount_minor) FROM cash_applications GROUP BY 1").fetchall()
-        checks = journal_checks(conn, first, end)
-        freeze_posted_payments(conn, first, end)  # applications_in_m3, for the over-allocation gate
-        posting_blocks(conn, first, end)
-        replace_days(conn, first_day=first, end_day=end, date_column="day", writes=[
-            (BLOCKS, BLOCK_COLUMNS, "SELECT * FROM posting_blocks")])
-        blocked = conn.execute("SELECT check_name || ': ' || processor || ' ' || day FROM posting_blocks "
+            f"SELECT count(DISTINCT voucher_key), count(*) FROM {derived.cash_applications}").fetchone()
+        applied = conn.execute(f"SELECT currency, sum(amount_minor) FROM {derived.cash_applications} "
+                               "GROUP BY 1").fetchall()
+        checks = journal_checks(conn, derived, local)
+        blocked = conn.execute(f"SELECT check_name || ': ' || processor || ' ' || day FROM {derived.blocks} "
                                "ORDER BY ALL").fetchall()
     yield dg.MaterializeResult(asset_key="core_gl_journal_lines", metadata={
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
         "correction_vouchers": revisions,
         "blocked_processor_days": dg.MetadataValue.json([b for (b,) in blocked]),
-        "debits": money_by_currency(debits),
-        "debits_minor": dg.MetadataValue.json({c: int(a) for c, a in debits}),
-        "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
-            f"| {e} | {n} | {money(d, c)} |" for e, c, n, d in by_entry))})
+        **money_totals("debits", debits),
+        "by_entry": markdown_table(["entry", "lines", "debits"], [(e, n, money(d, c)) for e, c, n, d in by_entry])})
     yield dg.MaterializeResult(asset_key="core_cash_applications", metadata={
         "fetch_window": str(window), "payment_batches": batches, "applications": applications,
-        "applied": money_by_currency(applied),
-        "applied_minor": dg.MetadataValue.json({c: int(a) for c, a in applied})})
+        **money_totals("applied", applied)})
     yield from checks
 
 
@@ -166,8 +132,7 @@ def out_m3_postings(context: dg.AssetExecutionContext, duckdb: DuckDBResource, m
         context.log.warning(f"{outcome.route} voucher {outcome.voucher_key} posted but not verified: {outcome.error}")
     metadata = {
         **summary.counts(),
-        "outbox": dg.MetadataValue.md("| route | status | vouchers |\n|---|---|---:|\n" + "\n".join(
-            f"| {r} | {s} | {n} |" for r, s, n in by_status))}
+        "outbox": markdown_table(["route", "status", "vouchers"], by_status, text_columns=2)}
     if failed:
         raise dg.Failure(description=f"{len(failed)} voucher(s) failed in M3 this run (e.g. {failed[0].voucher_key}: "
                                      f"{failed[0].error}); see out_m3_postings.last_error", metadata=metadata)

@@ -1,7 +1,7 @@
 """``core_payment_allocations``, ``core_payout_reconciliation`` and ``out_recon_exceptions``.
 
-Thin wrappers: each asset points the plain functions in ``m3_recon.reconcile`` at the window's rows,
-replaces the window in DuckDB, and reports what a controller looks at (auto-match share, unmatched
+Thin wrappers: each asset runs its plain function of ``m3_recon.reconcile.window`` over the partition's
+fetch window (which replaces the window in DuckDB) and reports what a controller looks at (auto-match share, unmatched
 amount, payouts tied / mismatched, open exceptions). Blocking checks protect the ledger: allocations
 sum to their payment, no invoice is allocated beyond its outstanding amount, and every mismatched
 payout has an open exception.
@@ -18,112 +18,30 @@ from m3_recon import settings
 from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
+from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.money import money, money_by_currency
-from m3_recon.posting.gates import OVER_ALLOCATED_INVOICES, UNBALANCED_PAYMENTS
+from m3_recon.posting.gates import UNBALANCED_PAYMENTS, over_allocated_invoices
 from m3_recon.report import build_report
-from m3_recon.reconcile.banking import (BANK_LINE_COLUMNS, BANK_REASONS, BANKING_COLUMNS, bank_exceptions, bank_status,
-                                        match_bank_lines)
-from m3_recon.reconcile.customers import XREF_REASONS, xref_exceptions
-from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules,
-                                         fill_customers_from_xref, match_payments)
-from m3_recon.reconcile.anomalies import ANOMALY_REASONS, flag_anomalies
-from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow, load_decisions
-from m3_recon.reconcile.posted import book_local_values, freeze_posted_payments, keep_frozen, matchable_invoices
-from m3_recon.canonical.stripe import CATEGORY_SQL as STRIPE_CATEGORIES
-from m3_recon.canonical.stripe import PAYERS_SQL as STRIPE_PAYERS
+from m3_recon.reconcile.decisions import load_decisions
+from m3_recon.reconcile.matching import MatchingRules
+from m3_recon.reconcile.window import allocate_payments, register_window_exceptions, tie_out_payouts_and_bank
 from m3_recon.journals import AccountMap
-from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
-                                      tie_out_payouts, unknown_category_exceptions)
-from m3_recon.warehouse import naive_utc, replace_days, table_exists
+from m3_recon.warehouse import naive_utc
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
 GROUP = "reconcile"
 OWNERS = ["team:finance-systems"]
-MATCH_EXCEPTIONS_COLUMNS = EXCEPTION_COLUMNS
-
-
-
-
-def _days(window: FetchWindow) -> tuple[str, str]:
-    return window.start.date().isoformat(), window.end.date().isoformat()
 
 
 def _window(context, config) -> FetchWindow:
     return fetch_window(context.partition_time_window, config.lookback_days)
 
 
-def _table(columns: dict[str, str]) -> str:
-    return ", ".join(f"{c} {t}" for c, t in columns.items())
-
-
-def journal_exceptions(conn, first: str, end: str) -> str:
-    """SQL for held vouchers, posted-voucher conflicts and vouchers M3 accepted but that were not read back
-    (``posted_unverified``, alerted until verified) of the window, in the exception register's shape."""
-    parts = []
-    if table_exists(conn, "core_gl_journal_lines"):
-        parts.append(f"""
-            SELECT 'EX-' || upper(substr(md5('voucher_held|' || voucher_key), 1, 12)) AS exception_id,
-                   'voucher_held' AS reason_code, any_value(processor) AS processor, voucher_key AS source_id,
-                   min(accounting_date) AS settlement_date, any_value(currency) AS currency,
-                   sum(amount_minor) FILTER (amount_minor > 0) AS amount_minor, NULL::BIGINT AS unapplied_minor,
-                   to_json([]) AS candidates, any_value(held_reason) AS detail
-            FROM core_gl_journal_lines WHERE held_reason IS NOT NULL
-              AND source_date >= DATE '{first}' AND source_date < DATE '{end}' GROUP BY voucher_key""")
-    if table_exists(conn, "core_journal_conflicts"):
-        parts.append(f"""
-            SELECT 'EX-' || upper(substr(md5('posted_voucher_changed|' || voucher_key || '|' || source_id), 1, 12)),
-                   'posted_voucher_changed', processor, source_id, accounting_date, currency, amount_minor, NULL,
-                   to_json([voucher_key]), detail
-            FROM core_journal_conflicts WHERE accounting_date >= DATE '{first}' AND accounting_date < DATE '{end}'""")
-    if table_exists(conn, "out_m3_postings"):
-        sources = [f"SELECT voucher_key, any_value(processor) AS processor FROM {t} GROUP BY 1"
-                   for t in ("core_gl_journal_lines", "core_cash_applications") if table_exists(conn, t)]
-        processors = " UNION ALL ".join(sources) or "SELECT NULL::VARCHAR AS voucher_key, NULL::VARCHAR AS processor"
-        parts.append(f"""
-            SELECT 'EX-' || upper(substr(md5('voucher_unverified|' || o.route || '|' || o.voucher_key), 1, 12))
-                       AS exception_id, 'voucher_unverified' AS reason_code,
-                   coalesce(p.processor, 'unknown') AS processor, o.voucher_key AS source_id,
-                   o.accounting_date AS settlement_date, NULL::VARCHAR AS currency, NULL::BIGINT AS amount_minor,
-                   NULL::BIGINT AS unapplied_minor, to_json([o.m3_batch]) AS candidates,
-                   o.route || ' voucher ' || o.voucher_key || ' (M3 batch ' || o.m3_batch || '): '
-                   || coalesce(o.last_error, 'accepted by M3, not read back yet') AS detail
-            FROM out_m3_postings o LEFT JOIN ({processors}) p USING (voucher_key)
-            WHERE o.status = 'posted_unverified'
-              AND o.accounting_date >= DATE '{first}' AND o.accounting_date < DATE '{end}'""")
-    return " UNION ALL ".join(parts) or "SELECT * FROM payout_exceptions WHERE false"
-
-
-def bank_lines_relation(conn) -> str:
-    """The imported bank statement lines, or an empty relation of their shape before the first import."""
-    if table_exists(conn, "raw_bank_statement_lines"):
-        return "raw_bank_statement_lines"
-    columns = ", ".join(f"NULL::{t.split()[0]} AS {c}" for c, t in BANK_LINE_COLUMNS.items())
-    return f"(SELECT {columns} WHERE false)"
-
-
-def match_bank(conn) -> str:
-    """Pair every payout with its bank line (temp table ``bank_matches``); returns the bank-lines relation."""
-    lines = bank_lines_relation(conn)
-    match_bank_lines(conn, payouts="core_payouts", bank_lines=lines, descriptors=settings.bank_descriptors(),
-                     business_days=settings.bank_business_days())
-    return lines
-
-
-def customers_from_xref(conn, *, lines: str, into: str) -> int:
-    """View ``into``: ``lines`` with payments that name no customer given the one the customer
-    cross-reference maps their Stripe customer to (none without the tables). Returns how many."""
-    if table_exists(conn, "core_customer_xref") and table_exists(conn, "raw_stripe_balance_transactions"):
-        return fill_customers_from_xref(conn, lines=lines, payers=f"({STRIPE_PAYERS})", xref="core_customer_xref",
-                                        into=into)
-    conn.execute(f"CREATE OR REPLACE TEMP VIEW {into} AS SELECT * FROM {lines}")
-    return 0
-
-
-def allocation_checks(conn) -> list[dg.AssetCheckResult]:
+def allocation_checks(conn, applications: str) -> list[dg.AssetCheckResult]:
     unbalanced = conn.execute(f"SELECT * EXCLUDE (settlement_date) FROM ({UNBALANCED_PAYMENTS}) LIMIT 20").fetchall()
-    over = conn.execute(f"{OVER_ALLOCATED_INVOICES} LIMIT 20").fetchall()
+    over = conn.execute(f"{over_allocated_invoices(applications)} LIMIT 20").fetchall()
     return [
         dg.AssetCheckResult(check_name="allocations_sum_to_payment", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -151,51 +69,29 @@ def allocation_checks(conn) -> list[dg.AssetCheckResult]:
 def core_payment_allocations(context: dg.AssetExecutionContext, config: LookbackConfig,
                              duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    first, end = _days(window)
-    rules = MatchingRules.load()
     with duckdb.get_connection() as conn:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS core_payment_allocations ({_table(ALLOCATION_COLUMNS)})")
-        load_decisions(conn)
-        frozen = freeze_posted_payments(conn, first, end)
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines l "
-                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}' "
-                     f"AND (processor, source_id) NOT IN (SELECT (processor, source_id) FROM frozen_payments)")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW earlier_allocations AS SELECT * FROM core_payment_allocations "
-                     f"WHERE settlement_date < DATE '{first}' AND (processor, source_id, invoice_number, invoice_year) "
-                     f"NOT IN (SELECT (processor, source_id, invoice_number, invoice_year) FROM applications_in_m3)")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW linkable_allocations AS SELECT * FROM core_payment_allocations "
-                     f"WHERE settlement_date < DATE '{first}' OR (processor, source_id) IN "
-                     f"(SELECT (processor, source_id) FROM frozen_payments)")
-        matchable_invoices(conn)
-        from_xref = customers_from_xref(conn, lines="window_lines", into="window_payments")
-        match_payments(conn, rules, lines="window_payments", invoices="matchable_invoices",
-                       earlier="earlier_allocations", history="linkable_allocations")
-        decided = apply_decisions(conn, invoices="core_open_invoices", earlier="earlier_allocations")
-        book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations")
-        keep_frozen(conn, first, end)
-        replace_days(conn, first_day=first, end_day=end, writes=[
-            ("core_payment_allocations", ALLOCATION_COLUMNS, "SELECT * FROM match_allocations"),
-            ("core_match_exceptions", MATCH_EXCEPTIONS_COLUMNS, "SELECT * FROM match_exceptions"),
-        ])
-        payments, auto, suggested, unmatched = conn.execute("""
+        load_decisions(conn, into="exception_decisions")
+        allocated = allocate_payments(conn, MatchingRules.load(), window.start.date(), window.end.date(),
+                                      decisions="exception_decisions", local_currency=settings.local_currency())
+        payments, auto, suggested, unmatched = conn.execute(f"""
             SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
                    count(DISTINCT source_id) FILTER (status = 'suggested'),
                    count(DISTINCT source_id) FILTER (status = 'unmatched')
-            FROM match_allocations WHERE line_type = 'charge'""").fetchone()
-        unmatched_amount = conn.execute("""
+            FROM {allocated.allocations} WHERE line_type = 'charge'""").fetchone()
+        unmatched_amount = conn.execute(f"""
             SELECT payment_currency, sum(amount) FROM (
                 SELECT DISTINCT processor, source_id, payment_currency, payment_amount_minor AS amount
-                FROM match_allocations WHERE line_type = 'charge' AND status = 'unmatched') GROUP BY 1""").fetchall()
-        by_reason = conn.execute("SELECT reason_code, count(*) FROM match_exceptions GROUP BY 1 ORDER BY 2 DESC").fetchall()
-        checks = allocation_checks(conn)
+                FROM {allocated.allocations} WHERE line_type = 'charge' AND status = 'unmatched') GROUP BY 1""").fetchall()
+        by_reason = conn.execute(f"SELECT reason_code, count(*) FROM {allocated.exceptions} "
+                                 "GROUP BY 1 ORDER BY 2 DESC").fetchall()
+        checks = allocation_checks(conn, allocated.applications)
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payments": payments, "auto_matched": auto, "suggested": suggested,
-        "applied_by_decision": decided, "kept_as_posted": frozen, "customers_from_xref": from_xref,
+        "applied_by_decision": allocated.decided, "kept_as_posted": allocated.kept_as_posted,
+        "customers_from_xref": allocated.customers_from_xref,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
-        "unmatched_amount": money_by_currency(unmatched_amount),
-        "unmatched_amount_minor": dg.MetadataValue.json({c: int(a) for c, a in unmatched_amount}),
-        "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
-            f"| {code} | {n} |" for code, n in by_reason)),
+        **money_totals("unmatched_amount", unmatched_amount),
+        "exceptions_by_reason": markdown_table(["reason", "payments"], by_reason),
     }, check_results=checks)
 
 
@@ -209,25 +105,19 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
 def core_payout_reconciliation(context: dg.AssetExecutionContext, config: LookbackConfig,
                                duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    first, end = _days(window)
     with duckdb.get_connection() as conn:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_payouts AS SELECT * FROM core_payouts "
-                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
-        tie_out_payouts(conn, payouts="window_payouts", lines="core_settlement_lines")
-        match_bank(conn)
-        bank_status(conn, tieout="payout_tieout")
-        replace_days(conn, first_day=first, end_day=end, writes=[
-            ("core_payout_reconciliation", RECONCILIATION_COLUMNS | BANKING_COLUMNS, "SELECT * FROM payout_tieout")])
-        by_status = dict(conn.execute("SELECT status, count(*) FROM payout_tieout GROUP BY 1").fetchall())
+        tieout = tie_out_payouts_and_bank(conn, window.start.date(), window.end.date(),
+                                          descriptors=settings.bank_descriptors(),
+                                          business_days=settings.bank_business_days())
+        by_status = dict(conn.execute(f"SELECT status, count(*) FROM {tieout} GROUP BY 1").fetchall())
         banked = conn.execute("SELECT count(*) FILTER (banked), count(*) FILTER (NOT banked AND status NOT IN "
-                              "('failed', 'pending')) FROM payout_tieout").fetchone()
-        residue = conn.execute("SELECT currency, sum(abs(difference_minor)) FROM payout_tieout "
+                              f"('failed', 'pending')) FROM {tieout}").fetchone()
+        residue = conn.execute(f"SELECT currency, sum(abs(difference_minor)) FROM {tieout} "
                                "WHERE status = 'mismatch' GROUP BY 1").fetchall()
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
-        "failed": by_status.get("failed", 0), "mismatch_residue": money_by_currency(residue),
-        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue}),
+        "failed": by_status.get("failed", 0), **money_totals("mismatch_residue", residue),
         "banked": banked[0], "not_yet_banked": banked[1]})
 
 
@@ -244,42 +134,14 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
 def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConfig,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    first, end = _days(window)
-    now = naive_utc(datetime.now(timezone.utc))
     with duckdb.get_connection() as conn:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW payout_tieout AS SELECT * FROM core_payout_reconciliation "
-                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
-        payout_exceptions(conn)
-        flag_anomalies(conn, first, end)
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW window_lines AS SELECT * FROM core_settlement_lines "
-                     f"WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'")
-        categories = (STRIPE_CATEGORIES if table_exists(conn, "raw_stripe_balance_transactions") else
-                      "SELECT NULL::VARCHAR AS processor, NULL::VARCHAR AS source_id, NULL::VARCHAR AS category")
-        unknown_category_exceptions(conn, lines="window_lines", categories=categories,
-                                    suspense_account=AccountMap.load().accounts.get("suspense"))
-        bank_lines = match_bank(conn)
-        bank_exceptions(conn, payouts=f"(SELECT * FROM core_payouts WHERE settlement_date >= DATE '{first}' "
-                                      f"AND settlement_date < DATE '{end}')", bank_lines=bank_lines, first_day=first,
-                        end_day=end, business_days=settings.bank_business_days())
-        xref_exceptions(conn, conflicts="core_customer_xref_conflicts" if table_exists(
-            conn, "core_customer_xref_conflicts") else None, day=(window.end - timedelta(days=1)).date().isoformat())
-        load_decisions(conn)
-        conn.execute(f"""CREATE OR REPLACE TEMP TABLE found_exceptions AS
-            SELECT * FROM core_match_exceptions WHERE settlement_date >= DATE '{first}' AND settlement_date < DATE '{end}'
-            UNION ALL BY NAME SELECT * FROM payout_exceptions
-            UNION ALL BY NAME SELECT * FROM anomaly_exceptions
-            UNION ALL BY NAME SELECT * FROM category_exceptions
-            UNION ALL BY NAME SELECT * FROM xref_exceptions
-            UNION ALL BY NAME SELECT * FROM bank_exceptions
-            UNION ALL BY NAME {journal_exceptions(conn, first, end)}
-            UNION ALL BY NAME SELECT * FROM ({decisions_m3_cannot_follow(conn, first, end)})""")
-        counts = register_exceptions(conn, found="found_exceptions", first_day=window.start.date(),
-                                     end_day=window.end.date(),
-                                     reason_codes=(*REASON_CODES, *ANOMALY_REASONS, *XREF_REASONS, *BANK_REASONS),
-                                     now=now)
-        decided = record_decisions(conn)
-        unexcepted = conn.execute("""
-            SELECT t.payout_id FROM payout_tieout t WHERE t.status = 'mismatch' AND NOT EXISTS (
+        load_decisions(conn, into="exception_decisions")
+        registered = register_window_exceptions(
+            conn, window.start.date(), window.end.date(), now=naive_utc(datetime.now(timezone.utc)),
+            decisions="exception_decisions", suspense_account=AccountMap.load().accounts.get("suspense"),
+            descriptors=settings.bank_descriptors(), business_days=settings.bank_business_days())
+        unexcepted = conn.execute(f"""
+            SELECT t.payout_id FROM {registered.tieout} t WHERE t.status = 'mismatch' AND NOT EXISTS (
                 SELECT 1 FROM out_recon_exceptions e WHERE e.reason_code = 'payout_mismatch' AND e.status = 'open'
                   AND e.processor = t.processor AND e.source_id = t.payout_id)""").fetchall()
         open_by_reason = [(r, int(n), money_by_currency([(x["c"], x["a"]) for x in amounts if x["c"]]))
@@ -291,13 +153,12 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
                            "currency FROM out_recon_exceptions WHERE status = 'open' "
                            "ORDER BY abs(amount_minor) DESC NULLS LAST LIMIT 10").fetchall()
     return dg.MaterializeResult(metadata={
-        "fetch_window": str(window), "new": counts["new"], "cleared": counts["cleared"], "decided": decided,
-        "open": sum(n for _, n, _ in open_by_reason),
-        "open_by_reason": dg.MetadataValue.md("| reason | open | amount |\n|---|---:|---:|\n" + "\n".join(
-            f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),
-        "top_open_exceptions": dg.MetadataValue.md(
-            "| id | reason | processor | source | day | amount |\n|---|---|---|---|---|---:|\n" + "\n".join(
-                f"| {i} | {r} | {p} | {s} | {d} | {money(a, c)} |" for i, r, p, s, d, a, c in top)),
+        "fetch_window": str(window), "new": registered.new, "cleared": registered.cleared,
+        "decided": registered.decided, "open": sum(n for _, n, _ in open_by_reason),
+        "open_by_reason": markdown_table(["reason", "open", "amount"], open_by_reason),
+        "top_open_exceptions": markdown_table(["id", "reason", "processor", "source", "day", "amount"],
+                                              [(i, r, p, s, d, money(a, c)) for i, r, p, s, d, a, c in top],
+                                              text_columns=5),
     }, check_results=[dg.AssetCheckResult(
         check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mismatched_without_exception": len(unexcepted)})])
@@ -372,13 +233,12 @@ def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBR
     return dg.MaterializeResult(metadata={
         "period": f"{first} to {last}",
         "roll_forward_closes": all(r["difference_minor"] == 0 for r in rows),
-        "roll_forward": dg.MetadataValue.md(
-            "| processor | opening | charges | refunds | disputes | fees | adjustments | payouts | closing | "
-            "ledger | difference |\n|---|" + "---:|" * 10 + "\n" + "\n".join(
-                f"| {r['processor']} | " + " | ".join(money(r[c], r["currency"]) for c in (
-                    "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor",
-                    "adjustments_minor", "payouts_minor", "closing_minor", "ledger_closing_minor",
-                    "difference_minor")) + " |" for r in rows)),
+        "roll_forward": markdown_table(
+            ["processor", "opening", "charges", "refunds", "disputes", "fees", "adjustments", "payouts", "closing",
+             "ledger", "difference"],
+            [[r["processor"], *(money(r[c], r["currency"]) for c in (
+                "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor", "adjustments_minor",
+                "payouts_minor", "closing_minor", "ledger_closing_minor", "difference_minor"))] for r in rows]),
         "vouchers_by_m3_status": dg.MetadataValue.json(statuses),
         "report": dg.MetadataValue.path(str(paths["html"])),
         "report_url": dg.MetadataValue.url(paths["html"].resolve().as_uri()),

@@ -14,9 +14,11 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.money import money_by_currency
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.money import money
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -115,10 +117,7 @@ SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    context.log.info(f"Stripe fetch window {window} for partitions {context.partition_key_range.start}"
-                     f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
-    return window
+    return logged_fetch_window(context, config, "Stripe created days (UTC)")
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
@@ -129,29 +128,23 @@ def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchW
 def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.balance_transactions(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
-                              window_column="created_at_utc", start=window.start, end=window.end,
-                              rejection=rejection("balance transaction", ("amount", "fee", "net")),
-                              run_id=context.run.run_id)
-        by_category = conn.execute(
-            "SELECT reporting_category, count(*), sum(net) FROM raw_stripe_balance_transactions "
-            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY 1 ORDER BY 1",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchall()
-        pending = conn.execute(
-            "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
-            "AND created_at_utc >= ? AND created_at_utc < ?",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
+    objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
+    rows, (by_category, [(pending,)]) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+        insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
+        rejection=rejection("balance transaction", ("amount", "fee", "net")),
+        summaries=["SELECT reporting_category, upper(currency), count(*), sum(net) "
+                   "FROM raw_stripe_balance_transactions WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY ALL ORDER BY ALL",
+                   "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
+                   "AND created_at_utc >= ? AND created_at_utc < ?"])
     return dg.MaterializeResult(metadata={
         "rows": rows,
         "quarantined": len(objects) - rows,
         "fetch_window": str(window),
         "pending": pending,
-        "by_reporting_category": dg.MetadataValue.md(
-            "| category | rows | net (minor units) |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {s} |" for c, n, s in by_category)),
+        "by_reporting_category": markdown_table(["category", "rows", "net"],
+                                                [(c, n, money(s, cur)) for c, cur, n, s in by_category]),
     })
 
 @dg.asset(
@@ -163,27 +156,26 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
 def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig,
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.payouts(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-                              docs=documents_table(objects, context.run.run_id), window_column="created_at_utc",
-                              start=window.start, end=window.end, rejection=rejection("payout"),
-                              run_id=context.run.run_id)
-        by_status = dict(conn.execute(
-            "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
-        paid_out = conn.execute(
-            "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "AND status <> 'failed' GROUP BY 1 ORDER BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall()
+    objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
+    rows, (by_status, paid_out) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
+        window_column="created_at_utc", rejection=rejection("payout"),
+        summaries=["SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY 1",
+                   "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? "
+                   "AND created_at_utc < ? AND status <> 'failed' GROUP BY 1 ORDER BY 1"])
     return dg.MaterializeResult(metadata={
-        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
-        "paid_out": money_by_currency(paid_out),
-        "paid_out_minor": dg.MetadataValue.json({c: int(a) for c, a in paid_out}),
+        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window),
+        "by_status": dg.MetadataValue.json(dict(by_status)),
+        **money_totals("paid_out", paid_out),
     })
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
     owners=OWNERS, kinds={"stripe", "duckdb"}, pool="duckdb_writer", deps=[raw_stripe_payouts],
+    check_specs=[dg.AssetCheckSpec("payout_lines_net_to_zero", asset="raw_stripe_payout_lines",
+                                   description="Every itemised payout's balance transactions, its own payout line "
+                                               "included, net to zero (the payout identity).")],
     description="The balance transactions settled by each automatic payout (Stripe's `payout=` filter), "
                 "including the payout's own `type=payout` line; payouts still `in_progress` wait for a "
                 "later run within the look-back.",
@@ -198,8 +190,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
             "WHERE automatic AND created_at_utc >= ? AND created_at_utc < ? ORDER BY created_at_utc", bounds,
         ).fetchall()
     ready = [(pid, created) for pid, created, status in payouts if status == "completed"]
+    client = stripe.client()
     with ThreadPoolExecutor(max_workers=PAYOUT_LINE_WORKERS) as pool:
-        itemised = list(pool.map(lambda p: stripe.payout_lines(p[0]), ready))
+        itemised = list(pool.map(lambda p: client.payout_lines(p[0]), ready))
     objects, payout_ids, payout_created = [], [], []
     for (payout_id, created), lines in zip(ready, itemised):
         objects.extend(lines)
@@ -218,7 +211,9 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
         "rows": rows, "fetch_window": str(window), "payouts_itemised": len(ready),
         "payouts_awaiting_itemisation": len(payouts) - len(ready),
         "payouts_with_nonzero_net": unbalanced,
-    })
+    }, check_results=[dg.AssetCheckResult(
+        check_name="payout_lines_net_to_zero", passed=not unbalanced, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"payouts_checked": len(ready), "payouts_with_nonzero_net": unbalanced})])
 
 
 CUSTOMERS_SELECT = f"""
@@ -234,7 +229,7 @@ WHERE raw->>'$.id' IS NOT NULL"""
 )
 def raw_stripe_customers(context: dg.AssetExecutionContext, stripe: StripeResource,
                          duckdb: DuckDBResource) -> dg.MaterializeResult:
-    objects = stripe.customers()
+    objects = stripe.client().customers()
     with duckdb.get_connection() as conn:
         rows = replace_snapshot(conn, table="raw_stripe_customers", select_sql=CUSTOMERS_SELECT,
                                 docs=documents_table(objects, context.run.run_id))

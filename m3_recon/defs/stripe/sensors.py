@@ -76,7 +76,7 @@ def stripe_events_sensor(context: dg.SensorEvaluationContext, stripe: StripeReso
     cursor = json.loads(context.cursor) if context.cursor else {
         "created": int((now - timedelta(days=settings.int_setting("M3_RECON_LOOKBACK_DAYS",
                                                                    settings.DEFAULT_LOOKBACK_DAYS))).timestamp())}
-    api_events = stripe.events(max(cursor["created"] - OVERLAP_SECONDS, 0), EVENT_TYPES)
+    api_events = stripe.client().events(max(cursor["created"] - OVERLAP_SECONDS, 0), EVENT_TYPES)
     stored = EventStore(settings.stripe_events_db()).after(cursor.get("seq", 0))
     last_day = daily_partitions.get_last_partition_key()  # the last day that has ended
     requests, next_cursor = plan_closes(cursor, api_events, stored, last_day)

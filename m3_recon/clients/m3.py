@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,9 +33,9 @@ from typing import Callable, Mapping, Sequence
 import requests
 
 from m3_recon import wire
+from m3_recon.clients.http import TokenCache, VendorSession
 from m3_recon.errors import VendorAuthError, VendorRequestError
 from m3_recon.money import exponent, major
-from m3_recon.vendor_http import VendorSession
 
 VENDOR = "M3"
 PAGING_VARIABLE = "M3_OPEN_ITEMS_PAGING"
@@ -165,39 +164,28 @@ class IonApiConfig:
         return f"{self.api_url}/{self.tenant}/M3"
 
 
-class IonApiAuth:
-    """Bearer tokens from the ION API token endpoint: password grant, refresh grant, renewal on 401."""
+class IonApiAuth(TokenCache):
+    """Bearer tokens from the ION API token endpoint: password grant, refresh grant, renewal on 401.
+
+    Renewed a minute before ``expires_in`` runs out (at once if the token lives less than that)."""
 
     def __init__(self, config: IonApiConfig, token_session: VendorSession,
                  monotonic: Callable[[], float] = time.monotonic):
+        super().__init__(TOKEN_EXPIRY_MARGIN_SECONDS, 1.0, monotonic)
         self.config = config
         self.token_session = token_session
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._access_token: str | None = None
         self._refresh_token: str | None = None
-        self._expires_at = 0.0
 
-    def headers(self, session: VendorSession) -> dict[str, str]:
-        with self._lock:
-            if self._access_token is None or self._monotonic() >= self._expires_at:
-                self._renew()
-            return {"Authorization": f"Bearer {self._access_token}"}
-
-    def refresh(self, session: VendorSession) -> None:
-        with self._lock:
-            self._renew()
-
-    def _renew(self) -> None:
+    def _sign_in(self, session: VendorSession) -> tuple[str, float]:
         if self._refresh_token is not None:
             grant = self._grant({"grant_type": "refresh_token", "refresh_token": self._refresh_token},
                                 raise_on_refusal=False)
             if grant is not None:
-                return
-        self._grant({"grant_type": "password", "username": self.config.access_key,
-                     "password": self.config.secret_key}, raise_on_refusal=True)
+                return grant
+        return self._grant({"grant_type": "password", "username": self.config.access_key,
+                            "password": self.config.secret_key}, raise_on_refusal=True)
 
-    def _grant(self, form: dict[str, str], raise_on_refusal: bool) -> dict | None:
+    def _grant(self, form: dict[str, str], raise_on_refusal: bool) -> tuple[str, float] | None:
         form = {**form, "client_id": self.config.client_id, "client_secret": self.config.client_secret}
         response = _send(self.token_session, "POST", "/" + self.config.token_path.lstrip("/"),
                          authenticated=False, data=form, headers={"Accept": "application/json"})
@@ -213,11 +201,8 @@ class IonApiAuth:
         if not body.get("access_token"):
             raise VendorAuthError(VENDOR, "the ION API token endpoint answered without an access_token; "
                                   f"check pu/ot in {IONAPI_VARIABLE} ({self.config.source})")
-        self._access_token = body["access_token"]
         self._refresh_token = body.get("refresh_token") or self._refresh_token
-        lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_SECONDS)
-        self._expires_at = self._monotonic() + max(lifetime - TOKEN_EXPIRY_MARGIN_SECONDS, 0.0)
-        return body
+        return body["access_token"], float(body.get("expires_in") or DEFAULT_TOKEN_SECONDS)
 
 
 class BasicAuth:
