@@ -8,14 +8,15 @@ journals and posting to M3 at 0 ms latency.
 The sandbox (a scaled world: ``--charges-per-day`` payments on one UTC day split over Stripe, PayTrace and
 Heartland as their customers are, ``--customers`` M3 customers, ``--invoices`` open invoices, the default
 world's case mix) is generated and served in its own process, so neither its generation nor its servers'
-CPU is the pipeline's. Timed: the wall time of the close as ``m3-recon backfill`` runs it for that day —
-the job ``payout_close`` (ingestion from the four vendors over loopback HTTP, canonical lines, matching,
-tie-out, exceptions, journals, checks) and then ``m3_posting`` (every voucher posted to the sandbox M3
-and read back) and ``recon_alerts`` — each on a Dagster instance in a temporary directory. The vendors'
-request budgets are lifted (1,000 requests/s, as in the test suite): on loopback with 0 ms latency the
-day measures compute, not the vendors' rate limits (``bench/ingest.py`` measures those). Printed: the
-time per asset from the runs' STEP_START / STEP_SUCCESS events, the pipeline process's CPU and peak RSS,
-the sandbox servers' CPU during the close, and the outcome judged payment by payment against the
+CPU is the pipeline's. Timed: the wall time of the close as ``m3-recon backfill`` runs it for that day's
+payments (partitions DAY..SETTLED: GP funds the day's batch the next business day) — the job
+``payout_close`` (ingestion from the four vendors over loopback HTTP, canonical lines, matching, tie-out,
+exceptions, journals, checks), then ``m3_posting`` (every voucher posted to the sandbox M3 and read
+back) and ``recon_alerts`` — on a Dagster instance in a temporary directory. The vendors' request
+budgets are lifted (1,000 requests/s, as in the test suite): on loopback with 0 ms latency the day
+measures compute, not the vendors' rate limits (``bench/ingest.py`` measures those). Printed: the time
+per asset from the runs' STEP_START / STEP_SUCCESS events, the pipeline process's CPU and peak RSS, the
+sandbox servers' CPU during the close, and the outcome judged payment by payment against the
 generator's truth (the run fails on any miss, a failed run or a voucher M3 refused).
 """
 
@@ -75,9 +76,9 @@ def serve(seed: int, payments: int, customers: int, invoices: int, pipe) -> None
 
 def miss(truth, rows, reasons) -> str:
     """A payment that did not land where the generator says: what it meant, what the close made of it."""
+    meant = [(a.invoice, a.amount_minor) for a in truth.allocations]
     return (f"{truth.payment_id} ({truth.kind}, customer {truth.customer}, reference {truth.invoice_ref}): expected "
-            f"{truth.expected_status} {truth.expected_reason or ''} {[(a.invoice, a.amount_minor) for a in truth.allocations]}, got "
-            f"{rows} {reasons}")
+            f"{truth.expected_status} {truth.expected_reason or ''} {meant}, got {rows} {reasons}")
 
 
 def receive(pipe, child):
