@@ -7,6 +7,7 @@ Everything is derived from ``seed``: the same seed and period give byte-identica
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import string
@@ -246,6 +247,7 @@ EDGE_CASE_RATE = 0.05  # chance a payment tries the next edge case (each appears
 RECURRING_EDGE_CASE_RATE = 0.02  # scaled worlds: edge cases keep coming, about as often as in the default world
 MISMATCH_CANDIDATES = 20  # scaled worlds: other customers a customer_mismatch payment draws an invoice from
 GROUP_CANDIDATES = 10  # must not exceed data/matching_rules.toml multi_invoice.max_candidates
+MAX_GROUP_INVOICES = 3  # data/matching_rules.toml multi_invoice.max_invoices
 GROUP_WINDOW_DAYS = 120  # customer_amount.days_before_payment
 LOOK_AHEAD_DAYS = 3  # customer_amount.days_after_payment: the matcher also sees invoices dated this much later
 
@@ -272,6 +274,7 @@ class PaymentPlanner:
         self.reserved: set[str] = set()  # invoices an ambiguous case depends on: left alone afterwards
         self.closed_by_reference: set[str] = set()  # fully paid by a payment naming them
         self.closed_by_group: set[str] = set()  # fully paid by a one-payment-several-invoices payment
+        self.group_amounts: dict[str, int] = {}  # what such an invoice had open when its group paid it
         self.edge_cases = (["reused_tie"] if "invoice_number_reused" in world.quirks else []) + list(EDGE_CASES)
         self.quirk_rng = world.rng(f"quirks:{processor}")  # quirks draw here, so the plain world never shifts
 
@@ -329,7 +332,7 @@ class PaymentPlanner:
             ranked = [inv for inv in self.world.invoices_of(customer.number)
                       if inv.invoice_date <= day and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS
                       and (self.m3_open[inv.number] > 0 or inv.number in self.closed_by_group)]
-            oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
+            oldest = ranked_oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
             amounts = [self.m3_open[i.number] for i in oldest]
             oldest = [i for i in oldest if self.m3_open[i.number] > 0 and i.number not in self.reserved
                       and amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
@@ -337,12 +340,14 @@ class PaymentPlanner:
                 group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
                 if "multi_invoice_refs" in self.world.quirks and self.quirk_rng.random() < 0.6:
                     return self._listed(group, customer)
-                allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
-                for inv in group:
-                    self.m3_open[inv.number] = 0
-                    self.closed_by_group.add(inv.number)
-                return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
-                                   allocations, "auto", None)
+                if not self._another_group_sums_alike(group, ranked_oldest):
+                    allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
+                    for inv in group:
+                        self.group_amounts[inv.number] = self.m3_open[inv.number]
+                        self.m3_open[inv.number] = 0
+                        self.closed_by_group.add(inv.number)
+                    return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
+                                       allocations, "auto", None)
             kind = "full"
         inv = rng.choice(candidates)
         open_amount = self.m3_open[inv.number]
@@ -374,6 +379,17 @@ class PaymentPlanner:
             self.closed_by_reference.add(inv.number)
         return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
                            "overpayment" if amount > open_amount else None)
+
+    def _another_group_sums_alike(self, group: list[Invoice], candidates: list[Invoice]) -> bool:
+        """Whether another group of the matcher's candidates sums to the group's amount, as the matcher sees
+        them: an invoice a group closed earlier in the run still shows what it had open (then it suggests)."""
+        def seen(inv: Invoice) -> int:
+            return self.m3_open[inv.number] or self.group_amounts.get(inv.number, 0)
+
+        chosen = frozenset(inv.number for inv in group)
+        total = sum(seen(inv) for inv in group)
+        return any(sum(seen(inv) for inv in other) == total and frozenset(inv.number for inv in other) != chosen
+                   for size in range(2, MAX_GROUP_INVOICES + 1) for other in itertools.combinations(candidates, size))
 
     def _listed(self, group: list[Invoice], customer: Customer) -> PaymentPlan:
         """Quirk multi_invoice_refs: one payment naming its invoices in one reference, applied oldest first —
