@@ -76,7 +76,8 @@ class Sandbox:
                  charges_per_day: int | None = None, customers: int = DEFAULT_CUSTOMERS, invoices: int | None = None):
         """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart.
         ``quirks``: names from ``m3_recon.sandbox.quirks.QUIRKS`` — alternative vendor shapes to serve.
-        ``local_currency``: what M3 keeps its books in; other than USD, the Heartland account settles in JPY.
+        ``local_currency``: what M3 keeps its books in; other than USD, Stripe settles EUR charges in EUR and the
+        Heartland account settles in JPY.
         A scaled world: ``charges_per_day`` payments every day across the three processors (split as their
         customers are), ``customers`` M3 customers, ``invoices`` invoices in all; the same case mix."""
         unknown = set(quirks) - set(QUIRKS)
@@ -161,8 +162,8 @@ class Sandbox:
         """M3's daily rates to its local currency for every currency a processor settles in (the
         ``M3_RECON_EXCHANGE_RATES`` file), from a week before the period to ten days after it."""
         last = self.period.end + timedelta(days=SETTLE_DAYS)
-        rates = self.m3.exchange_rates(["USD", self.world.heartland_currency], self.period.start - timedelta(days=7),
-                                       last)
+        settled = ["USD", *self.world.stripe_currencies, self.world.heartland_currency]
+        rates = self.m3.exchange_rates(settled, self.period.start - timedelta(days=7), last)
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["currency", "valid_from", "rate"])

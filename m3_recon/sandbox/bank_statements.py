@@ -1,5 +1,6 @@
 """The sandbox's bank: the month's statements of the accounts the processors pay into (one per currency:
-the USD account, and a JPY account where the Heartland account settles in yen).
+the USD account, a EUR account where Stripe pays out EUR, and a JPY account where the Heartland account
+settles in yen).
 
 ``bank_lines`` derives what the bank booked, as of the sandbox clock: each Stripe payout that did not
 fail on its arrival date; each PayTrace batch's net the business day after its batch date; each
@@ -66,7 +67,7 @@ def bank_lines(sandbox) -> list[BankLine]:
             continue  # the bank returned it to Stripe: never on our account
         lines.append(BankLine(business_day_on_or_after(_utc_day(payout.arrival_date)), payout.amount,
                               TYPE_ACH_CREDIT, payout.id, f"STRIPE TRANSFER ST-{payout.id[-10:].upper()}",
-                              "stripe", payout.id))
+                              "stripe", payout.id, payout.currency.upper()))
     for batch in sandbox.paytrace.batches.values():
         net = sandbox.paytrace.totals(batch).net_minor
         if net:

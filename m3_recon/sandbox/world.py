@@ -106,6 +106,7 @@ class World:
     reused_numbers: frozenset[str] = frozenset()  # invoice numbers also open in an earlier invoice year
     local_currency: str = "USD"  # the currency M3 keeps its books in
     heartland_currency: str = "USD"  # what the Heartland account settles in (and its customers are billed in)
+    stripe_currencies: tuple[str, ...] = ("USD",)  # what the Stripe account settles in; other charges convert to USD
 
     def rng(self, stream: str) -> random.Random:
         """An independent random stream per part, so adding a processor never shifts another's data."""
@@ -153,14 +154,16 @@ def build_world(seed: int, period: Period, customers: int = DEFAULT_CUSTOMERS, i
     """Customers (2 in 15 billed in EUR) and invoices dated from 45 days before the period to its end.
 
     Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. An M3 keeping
-    its books in another currency than USD belongs to a group whose Heartland account settles in yen: its
+    its books in another currency than USD belongs to a group whose Stripe account also has a EUR bank account
+    (it settles EUR charges in EUR, USD ones in USD) and whose Heartland account settles in yen: its
     Heartland customers are billed in JPY (the same figures, as whole yen). With
     the quirk ``invoice_number_reused`` some USD invoice numbers are also open in the previous invoice
     year, for a customer of another processor (long before any matching window). ``invoices``: that many
     invoices in all, spread evenly over the customers (a scaled world), instead of 10-20 per customer.
     """
     world = World(seed=seed, period=period, quirks=frozenset(quirks), local_currency=local_currency,
-                  heartland_currency="USD" if local_currency == "USD" else "JPY")
+                  heartland_currency="USD" if local_currency == "USD" else "JPY",
+                  stripe_currencies=("USD",) if local_currency == "USD" else ("USD", "EUR"))
     rng = world.rng("world")
     eur_customers = customers * 2 // 15
     for i in range(customers):
