@@ -179,3 +179,21 @@ def test_taking_back_a_posted_cash_application_is_a_conflict_for_a_person(conn):
     conflict = conn.execute("SELECT source_id, amount_minor, detail FROM journal_conflicts").fetchall()
     assert conflict == [("ch_1", -10_000, "a posted cash application of 26000001 would have to be reduced by "
                                           "10000 USD: reverse it in M3 by hand")]
+
+
+def test_a_processor_day_too_large_for_one_voucher_is_cut_into_balanced_parts_that_stay_put():
+    charges = [("stripe", "po_1", f"ch_{i}", DAY, "USD", "charge", 1_000 + i, 59) for i in range(3_000)]
+    with duckdb.connect() as conn:  # 6,000 entries (each charge unapplied, and its fee): three parts
+        load(conn, lines=charges, allocations=[("ch_0", "26000001", "C1", 1_000)])
+        derive(conn)
+        parts = conn.execute("""
+            SELECT voucher_key, count(*), sum(amount_minor), count(DISTINCT source_id) FROM journal_lines
+            WHERE entry <> 'payout' GROUP BY 1 ORDER BY 1""").fetchall()
+        assert [key for key, *_ in parts] == ["GSD20261001", "GSD20261001N2", "GSD20261001N3"]
+        assert all(total == 0 and lines <= 10_000 for _, lines, total, _ in parts)  # each balances, M3 can list it
+        assert sum(sources for *_, sources in parts) == 3_000  # every charge whole in one part
+        assert conn.execute("SELECT max(line_number) = count(*) FROM journal_lines WHERE voucher_key = 'GSD20261001'"
+                            ).fetchone()[0]
+        derive(conn)  # the day closed again: every line in the same part
+        assert conn.execute("SELECT voucher_key, count(*), sum(amount_minor), count(DISTINCT source_id) "
+                            "FROM journal_lines WHERE entry <> 'payout' GROUP BY 1 ORDER BY 1").fetchall() == parts

@@ -51,6 +51,12 @@ COUNTER_ACCOUNT = {"fee": "processing_fees", "refund": "refunds", "dispute": "ch
                    "dispute_reversal": "chargebacks", "reserve_hold": "reserves", "reserve_release": "reserves",
                    "adjustment": "adjustments", "payout_failure": "bank", "other": "other",
                    "unknown_category": "suspense"}
+# A processor-day GL voucher of more entries is cut into parts (key + "N" + a part code), each entry whole in the
+# part its source's hash picks (so it balances, and stays put when the day is closed again): M3 lists at most
+# 10,000 lines of one voucher, and the poster reads a voucher back line for line. 2,500 entries are at most
+# 5,000 lines; 34 parts hold a day of 85,000 entries with room for chance.
+VOUCHER_ENTRIES = 2_500
+PART_CODES = "23456789ABCDEFGHIJKLMNOPQSTUVWXYZ"  # no R: a revision ends in R and a digit
 
 
 @dataclass(frozen=True)
@@ -270,13 +276,23 @@ def derive_journals(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, *, li
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE journal_lines AS
         WITH code(processor, code) AS (VALUES {_codes()}),
-        keyed AS (
+        day_keyed AS (
             SELECT e.*, c.code,
                    CASE WHEN e.entry = 'payout'
                         THEN 'G' || c.code || 'P' || strftime(e.accounting_date, '%y%m%d')
                              || upper(substr(md5(e.processor || '|' || e.payout_id), 1, 4))
-                        ELSE 'G' || c.code || 'D' || strftime(e.accounting_date, '%Y%m%d') END AS voucher_key
+                        ELSE 'G' || c.code || 'D' || strftime(e.accounting_date, '%Y%m%d') END AS day_key
             FROM journal_entries e JOIN code c USING (processor)
+        ), parts AS (
+            SELECT day_key, least(ceil(count(*) / {VOUCHER_ENTRIES}), {len(PART_CODES) + 1}) AS parts
+            FROM day_keyed GROUP BY ALL
+        ), keyed AS (
+            SELECT k.* EXCLUDE (day_key, part),
+                   k.day_key || CASE WHEN k.part = 0 THEN ''
+                                     ELSE 'N' || substr('{PART_CODES}', CAST(k.part AS BIGINT), 1) END AS voucher_key
+            FROM (SELECT d.*, CAST(('0x' || substr(md5(coalesce(d.source_id, d.payout_id, '')), 1, 8)) AS UBIGINT)
+                              % CAST(p.parts AS UBIGINT) AS part
+                  FROM day_keyed d JOIN parts p USING (day_key)) k
         ), sides AS (
             SELECT *, 'clearing:' || processor AS account_key, clearing_minor AS amount_minor,
                    clearing_local_minor AS local_minor, 0 AS side FROM keyed

@@ -28,7 +28,7 @@ from m3_recon.sandbox.quirks import QUIRKS, QuirkError
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.stripe_api import StripeApp
 from m3_recon.sandbox.stripe_ledger import DAY, build_stripe_ledger
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import DEFAULT_CUSTOMERS, Period, build_world, payments_per_day
 
 SANDBOX_DATA = PROJECT_ROOT / "data" / "sandbox"
 DEFAULT_SEED = 7
@@ -72,20 +72,25 @@ class Sandbox:
 
     def __init__(self, seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
                  now: int | None = None, m3_ledger_path: str | Path | None = None,
-                 quirks: frozenset[str] = frozenset(), local_currency: str = "USD"):
+                 quirks: frozenset[str] = frozenset(), local_currency: str = "USD",
+                 charges_per_day: int | None = None, customers: int = DEFAULT_CUSTOMERS, invoices: int | None = None):
         """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart.
         ``quirks``: names from ``m3_recon.sandbox.quirks.QUIRKS`` — alternative vendor shapes to serve.
         ``local_currency``: what M3 keeps its books in; other than USD, Stripe settles EUR charges in EUR and the
-        Heartland account settles in JPY."""
+        Heartland account settles in JPY.
+        A scaled world: ``charges_per_day`` payments every day across the three processors (split as their
+        customers are), ``customers`` M3 customers, ``invoices`` invoices in all; the same case mix."""
         unknown = set(quirks) - set(QUIRKS)
         if unknown:
             raise QuirkError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
         self.quirks = frozenset(quirks)
         self.period = Period(start, days)
-        self.world = build_world(seed, self.period, quirks=self.quirks, local_currency=local_currency)
-        self.stripe = build_stripe_ledger(self.world, self.quirks)
-        self.paytrace = build_paytrace_ledger(self.world)
-        self.heartland = build_heartland_ledger(self.world)
+        self.world = build_world(seed, self.period, customers=customers, invoices=invoices, quirks=self.quirks,
+                                 local_currency=local_currency)
+        daily = payments_per_day(self.world, charges_per_day) if charges_per_day is not None else {}
+        self.stripe = build_stripe_ledger(self.world, self.quirks, charges_per_day=daily.get("stripe"))
+        self.paytrace = build_paytrace_ledger(self.world, sales_per_day=daily.get("paytrace"))
+        self.heartland = build_heartland_ledger(self.world, sales_per_day=daily.get("heartland"))
         self.m3 = M3Ledger(self.world, m3_ledger_path)
         self.clock = SandboxClock(now if now is not None else self.period.end_epoch + SETTLE_DAYS * DAY)
         self.apps = {

@@ -177,12 +177,12 @@ def discount_fee(amount: int, brand: str) -> int:
 
 
 class _Builder:
-    def __init__(self, world: World):
+    def __init__(self, world: World, scaled: bool = False):
         self.world = world
         self.rng: random.Random = world.rng("heartland")
         self.ledger = HeartlandLedger(world=world)
         self.end = world.period.end_epoch
-        self.planner = PaymentPlanner(world, "heartland", self.rng)
+        self.planner = PaymentPlanner(world, "heartland", self.rng, recurring_edge_cases=scaled)
         self.batch_by_date: dict[date, Batch] = {}
 
     def digits(self, n: int) -> str:
@@ -294,12 +294,16 @@ class _Builder:
                 deposit.released_at = deposit.created + DELAY_DAYS * DAY
 
 
-def build_heartland_ledger(world: World) -> HeartlandLedger:
-    """Generate the period's Heartland activity: fewer payments at weekends, deposits on business days."""
-    builder = _Builder(world)
+def build_heartland_ledger(world: World, sales_per_day: int | None = None) -> HeartlandLedger:
+    """Generate the period's Heartland activity: fewer payments at weekends, deposits on business days.
+    ``sales_per_day``: that many sales every day, weekends too (a scaled world)."""
+    builder = _Builder(world, scaled=sales_per_day is not None)
     rng = builder.rng
     for day in world.period.dates():
-        count = rng.randint(0, 2) if day.weekday() >= 5 else rng.randint(5, 10)
+        if sales_per_day is not None:
+            count = sales_per_day
+        else:
+            count = rng.randint(0, 2) if day.weekday() >= 5 else rng.randint(5, 10)
         for second in sorted(rng.randrange(DAY) for _ in range(count)):
             builder.sale(day_start_epoch(day) + second)
     builder.deposits()

@@ -59,16 +59,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import json
 import os
 import secrets
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qsl
 
 from m3_recon.money import major
@@ -564,7 +567,7 @@ class M3App(VendorApp):
             raise MIError(str(error), error.code, error.field) from None
         if spec.is_list:
             limit = MAX_RECORDS if control.maxrecs == 0 else min(control.maxrecs, MAX_RECORDS)
-            rows = rows[:limit]
+            rows = list(itertools.islice(rows, limit))
             if not rows:
                 raise record_not_found()
         names = self._output_names(spec, control)
@@ -642,25 +645,36 @@ class M3App(VendorApp):
 
     def _list_invoices(self, values: dict) -> list[dict]:
         self._customer(values["CUNO"])
-        lines, totals = self._lines(values)
-        rows = [ln for ln in lines if ln.customer == values["CUNO"] and ln.divi == values["DIVI"]
-                and self._from_date(ln, values)]
+        now = self.clock.now()
+        totals = self.ledger.totals(now)
+        rows = [ln for ln in self.ledger.line_index(now).by_customer.get(values["CUNO"], [])
+                if ln.divi == values["DIVI"] and self._listed(ln, values, totals) and self._from_date(ln, values)]
         rows.sort(key=lambda ln: (ln.invoice_date, ln.invoice, ln.invoice_year, ln.year, ln.journal, ln.journal_seq))
         return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
 
-    def _list_invoices_by_division(self, values: dict) -> list[dict]:
+    def _list_invoices_by_division(self, values: dict) -> Iterator[dict]:
+        """Rows in division order from the key inputs on, rendered as ``execute`` takes them (up to maxrecs)."""
         if "CUNO" in values:
             self._customer(values["CUNO"])
-        lines, totals = self._lines(values)
+        now = self.clock.now()
+        totals, index = self.ledger.totals(now), self.ledger.line_index(now)
         if "FDIV" in values or "TDIV" in values:
             low, high = values.get("FDIV", ""), values.get("TDIV", "\uffff")
         else:
             low = high = values["DIVI"]
-        rows = [ln for ln in lines if low <= ln.divi <= high and self._from_payer_and_date(ln, low, values)
-                and values.get("CUNO", ln.customer) == ln.customer]
-        rows.sort(key=lambda ln: (ln.divi, ln.payer, ln.invoice_date, ln.invoice, ln.invoice_year, ln.year,
-                                  ln.journal, ln.journal_seq))
-        return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
+        first = 0 if self.keys_as_filters else bisect_left(
+            index.division_starts, (low, values.get("PYNO", ""), values.get("IVDT", date.min)))
+        for ln in itertools.islice(index.by_division, first, None):
+            if ln.divi > high:
+                return
+            if (low <= ln.divi and self._from_payer_and_date(ln, low, values) and self._listed(ln, values, totals)
+                    and values.get("CUNO", ln.customer) == ln.customer):
+                yield self._line_row(ln, totals[ln.invoice_key])
+
+    @staticmethod
+    def _listed(line: LedgerLine, values: dict, totals: dict) -> bool:
+        """AAC0 = 1: open items only."""
+        return values.get("AAC0") != 1 or totals[line.invoice_key].reco != RECO_PAID
 
     def _from_date(self, line: LedgerLine, values: dict) -> bool:
         """LstInvoices' key input IVDT: a start position, or (quirk) a filter."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import astuple, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -126,6 +126,60 @@ class InvoiceTotals:
     def reconciled_on(self) -> date | None:
         """REDE: the day the invoice became fully paid."""
         return self.last_payment_date if self.reco == RECO_PAID else None
+
+
+@dataclass
+class _Totals:
+    """Invoice totals as of ``now`` over the first ``lines`` ledger lines; ``add`` folds in later ones."""
+
+    now: int
+    lines: int = 0
+    invoices: dict[tuple[str, str, int], LedgerLine] = field(default_factory=dict)
+    payments: dict[tuple[str, str, int], list[LedgerLine]] = field(default_factory=dict)
+    result: dict[tuple[str, str, int], InvoiceTotals] = field(default_factory=dict)
+
+    def add(self, lines: list[LedgerLine]) -> None:
+        changed = {}  # invoice keys in line order: a new invoice lands where a fresh answer has it
+        for line in lines:
+            if line.registered <= self.now:
+                if line.trcd == TRCD_INVOICE:
+                    self.invoices[line.invoice_key] = line
+                else:
+                    self.payments.setdefault(line.invoice_key, []).append(line)
+                changed[line.invoice_key] = None
+        self.lines += len(lines)
+        result = dict(self.result)  # callers may still hold the previous answer
+        for key in (k for k in changed if k in self.invoices):
+            paid = self.payments.get(key, [])
+            result[key] = InvoiceTotals(
+                line=self.invoices[key], paid_minor=-sum(p.amount_minor for p in paid),
+                paid_local_minor=-sum(p.local_minor for p in paid),
+                last_payment_date=max((p.accounting_date for p in paid), default=None))
+        self.result = result
+
+
+@dataclass(frozen=True)
+class LineIndex:
+    """Ledger lines visible at one moment: per customer in registration order, and sorted as ``LstInvByDivi``
+    lists them (division, payer, invoice date, invoice, year, journal) with that order's (division, payer,
+    invoice date) start keys beside them for bisecting."""
+
+    by_customer: dict[str, list[LedgerLine]]
+    by_division: list[LedgerLine]
+    division_starts: list[tuple[str, str, date]]
+
+    @staticmethod
+    def of(lines: list[LedgerLine]) -> LineIndex:
+        by_customer: dict[str, list[LedgerLine]] = {}
+        for line in lines:
+            by_customer.setdefault(line.customer, []).append(line)
+        ordered = sorted(lines, key=division_order)
+        return LineIndex(by_customer, ordered, [(ln.divi, ln.payer, ln.invoice_date) for ln in ordered])
+
+
+def division_order(line: LedgerLine) -> tuple:
+    return (line.divi, line.payer, line.invoice_date, line.invoice, line.invoice_year, line.year, line.journal,
+            line.journal_seq)
 
 
 @dataclass(frozen=True)
@@ -278,7 +332,9 @@ def utc_day(moment: int) -> date:
 
 
 def _to_row(record) -> tuple:
-    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in astuple(record))
+    """A dataclass of plain values as a SQLite row (``astuple`` deep-copies, which cost posting a day's lines)."""
+    values = (getattr(record, spec.name) for spec in fields(record))
+    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in values)
 
 
 def _from_row(cls, row: tuple):
@@ -310,7 +366,8 @@ class M3Ledger:
         self.gl_interfaces = dict(gl_interfaces)
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
-        self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
+        self._totals_cache: _Totals | None = None
+        self._index_cache: tuple[tuple[int, int], LineIndex] | None = None  # ((now, lines), index)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
                       "period_days": str(world.period.days), "cono": str(cono), "divi": divi,
                       "format": LEDGER_FORMAT,
@@ -438,33 +495,27 @@ class M3Ledger:
     def totals(self, now: int) -> dict[tuple[str, str, int], InvoiceTotals]:
         """Per invoice key (PYNO, CINO, INYR): its invoice line and the cash applied up to ``now``.
 
-        Lines are only ever added, so the answer is cached per (``now``, number of lines).
+        Lines are only ever added, so the answer is kept per ``now`` and brought up to date with the lines added
+        since (a posting run adds thousands between its reads); a returned dict is never changed afterwards.
         """
         with self._lock:
-            key = (now, len(self._lines))
-            if self._totals_cache is not None and self._totals_cache[0] == key:
-                return self._totals_cache[1]
-        result = self._compute_totals(now)
-        with self._lock:
-            self._totals_cache = (key, result)
-        return result
+            if self._totals_cache is None or self._totals_cache.now != now:
+                self._totals_cache = _Totals(now)
+            if self._totals_cache.lines < len(self._lines):
+                self._totals_cache.add(self._lines[self._totals_cache.lines:])
+            return self._totals_cache.result
 
-    def _compute_totals(self, now: int) -> dict[tuple[str, str, int], InvoiceTotals]:
-        invoices: dict[tuple[str, str, int], LedgerLine] = {}
-        payments: dict[tuple[str, str, int], list[LedgerLine]] = {}
-        for line in self.lines(now):
-            if line.trcd == TRCD_INVOICE:
-                invoices[line.invoice_key] = line
-            else:
-                payments.setdefault(line.invoice_key, []).append(line)
-        result = {}
-        for key, line in invoices.items():
-            paid = payments.get(key, [])
-            result[key] = InvoiceTotals(
-                line=line, paid_minor=-sum(p.amount_minor for p in paid),
-                paid_local_minor=-sum(p.local_minor for p in paid),
-                last_payment_date=max((p.accounting_date for p in paid), default=None))
-        return result
+    def line_index(self, now: int) -> LineIndex:
+        """The lines visible at ``now`` per customer and in ARS200MI's division order, cached like ``totals``, so a
+        list for one customer or from one payer on does not scan the whole ledger (a scaled world has 10^5 lines)."""
+        with self._lock:
+            key = (now, len(self._lines))
+            if self._index_cache is not None and self._index_cache[0] == key:
+                return self._index_cache[1]
+        index = LineIndex.of(self.lines(now))
+        with self._lock:
+            self._index_cache = (key, index)
+        return index
 
     def open_invoices(self, now: int) -> list[InvoiceTotals]:
         """The open items at ``now`` (RECO not 9), in journal order."""

@@ -132,11 +132,11 @@ def cutoff_probe_days(period: Period) -> list[date]:
 
 
 class _Builder:
-    def __init__(self, world: World):
+    def __init__(self, world: World, scaled: bool = False):
         self.world = world
         self.rng: random.Random = world.rng("paytrace")
         self.ledger = PayTraceLedger(world=world)
-        self.planner = PaymentPlanner(world, "paytrace", self.rng)
+        self.planner = PaymentPlanner(world, "paytrace", self.rng, recurring_edge_cases=scaled)
         self.cards = {cust.number: self.new_card() for cust in self.planner.customers}
         self.pending: list[CardTransaction] = []  # ids are assigned once every transaction is known
         self.refund_pairs: list[tuple[CardTransaction, CardTransaction]] = []  # (refund, sale)
@@ -217,13 +217,15 @@ class _Builder:
             number += 1
 
 
-def build_paytrace_ledger(world: World) -> PayTraceLedger:
-    """Generate the period's PayTrace sales (Pacific days), refunds a few days later, and their batches."""
-    builder = _Builder(world)
+def build_paytrace_ledger(world: World, sales_per_day: int | None = None) -> PayTraceLedger:
+    """Generate the period's PayTrace sales (Pacific days), refunds a few days later, and their batches.
+    ``sales_per_day``: that many sales every day (a scaled world) instead of 3-7, besides the cut-off probes."""
+    builder = _Builder(world, scaled=sales_per_day is not None)
     rng, period = builder.rng, world.period
     probe_days = set(cutoff_probe_days(period))
     for day in period.dates():
-        seconds = [rng.randrange(SALES_OPEN, SALES_CLOSE) for _ in range(rng.randint(3, 7))]
+        count = rng.randint(3, 7) if sales_per_day is None else sales_per_day
+        seconds = [rng.randrange(SALES_OPEN, SALES_CLOSE) for _ in range(count)]
         if day in probe_days:
             seconds += [AUTO_SETTLE_SECOND - rng.randint(60, 600), AUTO_SETTLE_SECOND + rng.randint(600, 2_400)]
         for second in sorted(seconds):

@@ -9,7 +9,9 @@ paging, and Stripe's error JSON for unknown parameters, bad values, missing obje
 from __future__ import annotations
 
 import itertools
+import math
 import re
+from bisect import bisect_left, bisect_right
 from urllib.parse import parse_qsl, urlsplit
 
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
@@ -75,18 +77,30 @@ def _int(value: str, param: str) -> int:
         raise StripeError(400, f"Invalid integer: {value}", code="parameter_invalid_integer", param=param)
 
 
-def range_filter(params: dict, name: str):
-    """A predicate on an epoch field from ``name=…`` or ``name[gte]=…`` style parameters."""
+def range_bounds(params: dict, name: str) -> tuple[float, float]:
+    """The inclusive (low, high) an epoch field must lie in, from ``name=…`` or ``name[gte]=…`` style parameters."""
     spec = params.get(name)
     if spec is None:
-        return lambda value: True
+        return -math.inf, math.inf
     if isinstance(spec, str):
         exact = _int(spec, name)
-        return lambda value: value == exact
-    bounds = {op: _int(v, f"{name}[{op}]") for op, v in spec.items()}
-    checks = {"gt": lambda v, b: v > b, "gte": lambda v, b: v >= b,
-              "lt": lambda v, b: v < b, "lte": lambda v, b: v <= b}
-    return lambda value: all(checks[op](value, bound) for op, bound in bounds.items())
+        return exact, exact
+    low, high = -math.inf, math.inf
+    for op, raw in spec.items():
+        bound = _int(raw, f"{name}[{op}]")
+        if op not in ("gt", "gte", "lt", "lte"):
+            raise StripeError(400, f"Received unknown parameter: {name}[{op}]", param=f"{name}[{op}]")
+        if op in ("gt", "gte"):
+            low = max(low, bound + (op == "gt"))
+        else:
+            high = min(high, bound - (op == "lt"))
+    return low, high
+
+
+def range_filter(params: dict, name: str):
+    """A predicate on an epoch field from ``name=…`` or ``name[gte]=…`` style parameters."""
+    low, high = range_bounds(params, name)
+    return lambda value: low <= value <= high
 
 
 class StripeApp(VendorApp):
@@ -99,6 +113,8 @@ class StripeApp(VendorApp):
         self._request_ids = itertools.count(1)
         # Stable newest-first order: (created, generation order) descending.
         self._txn_order = {t.id: (t.created, i) for i, t in enumerate(ledger.balance_transactions.values())}
+        self._txns_by_created = sorted(ledger.balance_transactions.values(), key=lambda t: self._txn_order[t.id])
+        self._txn_created = [t.created for t in self._txns_by_created]  # bisected: a page reads only its window
         self._payout_order = {p.id: (p.created, i) for i, p in enumerate(ledger.payouts.values())}
         self.customers: dict[str, StripeCustomer] = dict(ledger.customer_master.customers) \
             if ledger.customer_master else {}
@@ -222,8 +238,9 @@ class StripeApp(VendorApp):
 
     def list_balance_transactions(self, params: dict) -> dict:
         now = self.clock.now()
-        created = range_filter(params, "created")
-        items = [t for t in self.ledger.balance_transactions.values() if t.created <= now and created(t.created)]
+        low, high = range_bounds(params, "created")
+        high = min(high, now)
+        items = self._txns_by_created[bisect_left(self._txn_created, low):bisect_right(self._txn_created, high)]
         if "payout" in params:
             payout = self.ledger.payouts.get(params["payout"])
             if payout is None or payout.created > now:

@@ -152,14 +152,15 @@ def next_business_day(epoch_day_start: int) -> int:
 
 
 class _Builder:
-    def __init__(self, world: World):
+    def __init__(self, world: World, scaled: bool = False):
         self.world = world
         self.rng: random.Random = world.rng("stripe")
         self.ledger = StripeLedger(world=world)
         self.end = world.period.end_epoch
         self.ledger.customer_master = build_customer_master(world)
         self.planner = PaymentPlanner(world, "stripe", self.rng,
-                                      known_customers=self.ledger.customer_master.known_m3_customers)
+                                      known_customers=self.ledger.customer_master.known_m3_customers,
+                                      recurring_edge_cases=scaled)
 
     # -- helpers ---------------------------------------------------------------------------
     def new_id(self, prefix: str) -> str:
@@ -354,8 +355,8 @@ def build_stripe_ledger(world: World, quirks: frozenset[str] = frozenset(),
                         charges_per_day: int | None = None) -> StripeLedger:
     """Generate the period's Stripe activity; the last day always has a charge at 23:59:59 UTC.
     ``quirks``: ``stripe_unknown_category`` adds settlement credits in a category no mapping knows.
-    ``charges_per_day``: that many charges every day (benchmarks) instead of 6-12."""
-    builder = _Builder(world)
+    ``charges_per_day``: that many charges every day (a scaled world) instead of 6-12."""
+    builder = _Builder(world, scaled=charges_per_day is not None)
     rng, period = builder.rng, world.period
     for day in period.dates():
         count = rng.randint(6, 12) if charges_per_day is None else charges_per_day

@@ -7,6 +7,7 @@ Everything is derived from ``seed``: the same seed and period give byte-identica
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import string
@@ -138,28 +139,33 @@ SHARED_EMAIL = "ap@shared-services.example"  # two M3 customers of one group sha
 
 
 def customer_email(number: int, customers: int) -> str:
-    """M3's e-mail for a customer; the last two of the 60 share one (the case an e-mail cannot decide)."""
+    """M3's e-mail for a customer; two near the end share one (the case an e-mail cannot decide)."""
     return SHARED_EMAIL if number - 10001 in (customers - 6, customers - 3) else f"ap.c{number}@customers.example"
 
 
 REUSED_NUMBERS = 24  # quirk invoice_number_reused: this many numbers are also open in the year before
 
 
-def build_world(seed: int, period: Period, customers: int = 60, eur_customers: int = 8,
+DEFAULT_CUSTOMERS = 60
+
+
+def build_world(seed: int, period: Period, customers: int = DEFAULT_CUSTOMERS, invoices: int | None = None,
                 quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> World:
-    """Customers (a few billed in EUR) and invoices dated from 45 days before the period to its end.
+    """Customers (2 in 15 billed in EUR) and invoices dated from 45 days before the period to its end.
 
     Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. An M3 keeping
     its books in another currency than USD belongs to a group whose Stripe account also has a EUR bank account
     (it settles EUR charges in EUR, USD ones in USD) and whose Heartland account settles in yen: its
     Heartland customers are billed in JPY (the same figures, as whole yen). With
     the quirk ``invoice_number_reused`` some USD invoice numbers are also open in the previous invoice
-    year, for a customer of another processor (long before any matching window).
+    year, for a customer of another processor (long before any matching window). ``invoices``: that many
+    invoices in all, spread evenly over the customers (a scaled world), instead of 10-20 per customer.
     """
     world = World(seed=seed, period=period, quirks=frozenset(quirks), local_currency=local_currency,
                   heartland_currency="USD" if local_currency == "USD" else "JPY",
                   stripe_currencies=("USD",) if local_currency == "USD" else ("USD", "EUR"))
     rng = world.rng("world")
+    eur_customers = customers * 2 // 15
     for i in range(customers):
         name = f"{rng.choice(COMPANY_WORDS)} {rng.choice(COMPANY_KINDS)} {'Inc' if i % 3 else 'GmbH'}"
         processor = "stripe" if i < eur_customers else PROCESSORS[i % len(PROCESSORS)]
@@ -170,8 +176,9 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
     first_day = period.start - timedelta(days=45)
     span = (period.end - first_day).days + 1
     next_number = 26000001
-    for cust in world.customers:
-        for _ in range(rng.randint(10, 20)):
+    for index, cust in enumerate(world.customers):
+        count = rng.randint(10, 20) if invoices is None else invoices // customers + (index < invoices % customers)
+        for _ in range(count):
             invoice_date = first_day + timedelta(days=rng.randrange(span))
             # Amounts from 50.00 to 9,000.00 with real cents.
             amount = rng.randint(5_000, 900_000)
@@ -190,6 +197,17 @@ def build_world(seed: int, period: Period, customers: int = 60, eur_customers: i
     if "invoice_number_reused" in world.quirks:
         _reuse_numbers(world)
     return world
+
+
+def payments_per_day(world: World, total: int) -> dict[str, int]:
+    """A scaled day's ``total`` payments split over the processors in proportion to the customers paying
+    through each (as in the default world); remainders go to the processors with the largest fractions."""
+    counts = {p: len(world.customers_of(p)) for p in PROCESSORS}
+    shares = {p: total * n // len(world.customers) for p, n in counts.items()}
+    by_fraction = sorted(PROCESSORS, key=lambda p: -(total * counts[p] % len(world.customers)))
+    for processor in by_fraction[:total - sum(shares.values())]:
+        shares[processor] += 1
+    return shares
 
 
 def _reuse_numbers(world: World) -> None:
@@ -228,7 +246,11 @@ class PaymentPlan:
 
 
 EDGE_CASES = ("ambiguous", "already_paid", "not_found", "customer_mismatch")
+EDGE_CASE_RATE = 0.05  # chance a payment tries the next edge case (each appears once in a default world)
+RECURRING_EDGE_CASE_RATE = 0.02  # scaled worlds: edge cases keep coming, about as often as in the default world
+MISMATCH_CANDIDATES = 20  # scaled worlds: other customers a customer_mismatch payment draws an invoice from
 GROUP_CANDIDATES = 10  # must not exceed data/matching_rules.toml multi_invoice.max_candidates
+MAX_GROUP_INVOICES = 3  # data/matching_rules.toml multi_invoice.max_invoices
 GROUP_WINDOW_DAYS = 120  # customer_amount.days_before_payment
 LOOK_AHEAD_DAYS = 3  # customer_amount.days_after_payment: the matcher also sees invoices dated this much later
 
@@ -242,22 +264,29 @@ class PaymentPlanner:
     """
 
     def __init__(self, world: World, processor: str, rng: random.Random,
-                 known_customers: frozenset[str] = frozenset()):
+                 known_customers: frozenset[str] = frozenset(), recurring_edge_cases: bool = False):
         """``known_customers``: M3 customers the processor's own customer record maps to (the customer
-        cross-reference): a payment of theirs that names nobody still reaches the customer rules."""
+        cross-reference): a payment of theirs that names nobody still reaches the customer rules.
+        ``recurring_edge_cases``: a scaled world, where the edge cases come round again and again at about
+        the share of payments they have in the default world, instead of once each."""
         self.world, self.processor, self.rng = world, processor, rng
+        self.recurring_edge_cases = recurring_edge_cases
         self.known_customers = known_customers
         self.customers = world.customers_of(processor)
         self.m3_open = {inv.number: inv.amount_minor for c in self.customers for inv in world.invoices_of(c.number)}
         self.reserved: set[str] = set()  # invoices an ambiguous case depends on: left alone afterwards
         self.closed_by_reference: set[str] = set()  # fully paid by a payment naming them
         self.closed_by_group: set[str] = set()  # fully paid by a one-payment-several-invoices payment
+        self.group_amounts: dict[str, int] = {}  # what such an invoice had open when its group paid it
         self.edge_cases = (["reused_tie"] if "invoice_number_reused" in world.quirks else []) + list(EDGE_CASES)
         self.quirk_rng = world.rng(f"quirks:{processor}")  # quirks draw here, so the plain world never shifts
 
-    def open_invoices(self, customer: str, day: date) -> list[Invoice]:
+    def open_invoices(self, customer: str, day: date, as_m3_shows: bool = False) -> list[Invoice]:
+        """The customer's invoices a payment on ``day`` may pay; ``as_m3_shows``: with the reserved ones too,
+        which are still open in M3, so the matcher sees them beside the others."""
         return [inv for inv in self.world.invoices_of(customer)
-                if inv.invoice_date <= day and self.m3_open[inv.number] > 0 and inv.number not in self.reserved
+                if inv.invoice_date <= day and self.m3_open[inv.number] > 0
+                and (as_m3_shows or inv.number not in self.reserved)
                 and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS]
 
     def record(self, payment_id: str, plan: PaymentPlan, customer: str) -> None:
@@ -277,10 +306,14 @@ class PaymentPlanner:
 
     def _plan(self, customer: Customer, day: date) -> PaymentPlan:
         """A payment by ``customer`` on ``day``; now and then one of the deliberate edge cases."""
-        if self.edge_cases and self.rng.random() < 0.05:
+        rate = RECURRING_EDGE_CASE_RATE if self.recurring_edge_cases else EDGE_CASE_RATE
+        if self.edge_cases and self.rng.random() < rate:
             edge = self._edge_case(self.edge_cases[0], customer, day)
+            if edge is not None or self.recurring_edge_cases:
+                tried = self.edge_cases.pop(0)
+                if self.recurring_edge_cases:
+                    self.edge_cases.append(tried)
             if edge is not None:
-                self.edge_cases.pop(0)
                 return edge
         reference = self.rng.choices(["invoice", "customer", "none"], [85, 8, 7])[0]
         if reference == "none" and customer.number in self.known_customers:
@@ -297,25 +330,27 @@ class PaymentPlanner:
                                    "invoice" if reference == "none" else "customer")
         if kind == "multi":
             # The matcher looks for groups among the customer's oldest open invoices, where "open" cannot yet
-            # count other groups found in the same run: rank with those, choose among the truly open ones.
+            # count other groups found in the same run: rank with those and the reserved ones (open in M3),
+            # choose among the truly open ones.
             ranked = [inv for inv in self.world.invoices_of(customer.number)
                       if inv.invoice_date <= day and (day - inv.invoice_date).days <= GROUP_WINDOW_DAYS
-                      and inv.number not in self.reserved
                       and (self.m3_open[inv.number] > 0 or inv.number in self.closed_by_group)]
-            oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
+            oldest = ranked_oldest = sorted(ranked, key=lambda i: (i.invoice_date, i.number))[:GROUP_CANDIDATES]
             amounts = [self.m3_open[i.number] for i in oldest]
-            oldest = [i for i in oldest if self.m3_open[i.number] > 0
+            oldest = [i for i in oldest if self.m3_open[i.number] > 0 and i.number not in self.reserved
                       and amounts.count(self.m3_open[i.number]) == 1]  # a twin makes groups ambiguous
             if len(oldest) >= 2:
                 group = rng.sample(oldest, k=min(len(oldest), rng.randint(2, 3)))
                 if "multi_invoice_refs" in self.world.quirks and self.quirk_rng.random() < 0.6:
                     return self._listed(group, customer)
-                allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
-                for inv in group:
-                    self.m3_open[inv.number] = 0
-                    self.closed_by_group.add(inv.number)
-                return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
-                                   allocations, "auto", None)
+                if not self._another_group_sums_alike(group, ranked_oldest):
+                    allocations = tuple(Allocation(i.number, self.m3_open[i.number]) for i in group)
+                    for inv in group:
+                        self.group_amounts[inv.number] = self.m3_open[inv.number]
+                        self.m3_open[inv.number] = 0
+                        self.closed_by_group.add(inv.number)
+                    return PaymentPlan("multi", sum(a.amount_minor for a in allocations), None, customer.number,
+                                       allocations, "auto", None)
             kind = "full"
         inv = rng.choice(candidates)
         open_amount = self.m3_open[inv.number]
@@ -329,7 +364,7 @@ class PaymentPlanner:
         if reference == "none":
             return self._unmatched(kind, amount, customer, "none", intended)
         if reference == "customer":
-            visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS))
+            visible = self.open_invoices(customer.number, day + timedelta(days=LOOK_AHEAD_DAYS), as_m3_shows=True)
             same_amount = [i for i in visible if self.m3_open[i.number] == amount]
             if kind != "full":
                 if same_amount:  # would look like a full payment of another invoice: keep it unambiguous
@@ -347,6 +382,17 @@ class PaymentPlanner:
             self.closed_by_reference.add(inv.number)
         return PaymentPlan(kind, amount, inv.number, customer.number, (Allocation(inv.number, applied),), "auto",
                            "overpayment" if amount > open_amount else None)
+
+    def _another_group_sums_alike(self, group: list[Invoice], candidates: list[Invoice]) -> bool:
+        """Whether another group of the matcher's candidates sums to the group's amount, as the matcher sees
+        them: an invoice a group closed earlier in the run still shows what it had open (then it suggests)."""
+        def seen(inv: Invoice) -> int:
+            return self.m3_open[inv.number] or self.group_amounts.get(inv.number, 0)
+
+        chosen = frozenset(inv.number for inv in group)
+        total = sum(seen(inv) for inv in group)
+        return any(sum(seen(inv) for inv in other) == total and frozenset(inv.number for inv in other) != chosen
+                   for size in range(2, MAX_GROUP_INVOICES + 1) for other in itertools.combinations(candidates, size))
 
     def _listed(self, group: list[Invoice], customer: Customer) -> PaymentPlan:
         """Quirk multi_invoice_refs: one payment naming its invoices in one reference, applied oldest first —
@@ -413,7 +459,10 @@ class PaymentPlanner:
         if edge == "not_found":
             return PaymentPlan(edge, rng.randint(2_000, 90_000), f"INV-{rng.randint(90_000_000, 99_999_999)}",
                                customer.number, (), "unmatched", "invoice_not_found")
-        others = [inv for c in self.customers if c.number != customer.number and c.currency == customer.currency
+        pool = self.customers
+        if self.recurring_edge_cases:  # a scaled world: a few other customers, not every open invoice there is
+            pool = rng.sample(pool, k=min(MISMATCH_CANDIDATES, len(pool)))
+        others = [inv for c in pool if c.number != customer.number and c.currency == customer.currency
                   for inv in self.open_invoices(c.number, day) if inv.number not in self.world.reused_numbers]
         if not others:
             return None
