@@ -365,21 +365,21 @@ def _allocations(rules: MatchingRules) -> str:
     return f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
         WITH matched AS (
             SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+                   {_confidence(f"CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END")} AS confidence,
                    CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
                         WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
                         ELSE 'unmatched' END AS status
             FROM m_r1
             UNION ALL
             SELECT pid, iid, pay_inv, allocated, 'reference_list',
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
+                   {_confidence(f"CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END")}, status FROM m_rl
             UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
+            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {_confidence(f"{conf_amt} / n_cand")},
                    CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
                         ELSE 'unmatched' END
             FROM m_r2
             UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {_confidence(f"{conf_multi} / n_groups")},
                    CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
             FROM m_r3
         )
@@ -394,10 +394,15 @@ def _allocations(rules: MatchingRules) -> str:
                     ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
                    AS allocated_settlement_minor,
                coalesce(m.rule, 'none') AS rule,
-               CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
+               coalesce(m.confidence, 0) AS confidence,
                coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
                CAST(NULL AS BIGINT) AS allocated_local_minor
         FROM m_pay p LEFT JOIN matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid"""
+
+
+def _confidence(expression: str) -> str:
+    """SQL: a confidence as stored, cast where the rule computes it (a CASE of constants folds per rule)."""
+    return f"CAST({expression} AS DECIMAL(4, 3))"
 
 
 def _reversals(lines: str, history: str) -> str:
