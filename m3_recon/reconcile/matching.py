@@ -214,7 +214,7 @@ def _inputs(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> li
     stream on one thread over a second copy)."""
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+            SELECT processor, source_id, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
                    {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
                    presentment_currency, presentment_amount_minor
             FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
@@ -385,7 +385,7 @@ def _allocations(rules: MatchingRules) -> str:
                    CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
             FROM m_r3
         )
-        SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
+        SELECT p.processor, p.source_id, 'charge' AS line_type, p.settlement_date,
                coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
                CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
                p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
