@@ -139,10 +139,12 @@ def normalised(expr: str, rules: MatchingRules) -> str:
 
 def _normalised_number(column: str, rules: MatchingRules) -> str:
     """``normalised`` for a column of invoice numbers: one of digits only (as M3 numbers invoices) is already
-    clean but for its leading zeros — one scan instead of two rewrites — unless a prefix is digits itself."""
+    clean but for its leading zeros — one scan instead of two rewrites, and none without a leading zero (the
+    number itself, not a trimmed copy) — unless a prefix is digits itself."""
     if any(re.sub(r"[^A-Z0-9]", "", prefix.upper()).isdigit() for prefix in rules.strip_prefixes):
         return normalised(column, rules)
-    return (f"CASE WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
+    return (f"CASE WHEN regexp_full_match({column}, '[1-9][0-9]*') THEN {column} "
+            f"WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
             f"ELSE {normalised(column, rules)} END")
 
 
