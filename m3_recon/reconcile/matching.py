@@ -131,10 +131,9 @@ def normalised(expr: str, rules: MatchingRules) -> str:
     can act as a regular expression or break the statement."""
     prefixes = {re.sub(r"[^A-Z0-9]", "", prefix.upper()) for prefix in rules.strip_prefixes} - {""}
     cleaned = f"regexp_replace(replace(upper({expr}), '-', ''), '[^A-Z0-9]', '', 'g')"
-    if prefixes:
-        alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
-        cleaned = f"regexp_replace({cleaned}, '^({alternatives})', '')"
-    return f"nullif(ltrim({cleaned}, '0'), '')"
+    alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
+    # One anchored rewrite takes the prefix and the leading zeros after it (ltrim would copy every reference).
+    return f"nullif(regexp_replace({cleaned}, '^(?:{alternatives})?0*', ''), '')"
 
 
 def _normalised_number(column: str, rules: MatchingRules) -> str:
