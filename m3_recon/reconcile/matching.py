@@ -240,8 +240,9 @@ def _exact_reference() -> list[str]:
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
             WITH candidates AS MATERIALIZED (
-                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
-                       coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
+                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv,
+                       coalesce(i.customer = p.customer_ref, false) AS own,
+                       coalesce(i.customer <> p.customer_ref, false) AS other_customer, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
                 SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
@@ -251,7 +252,7 @@ def _exact_reference() -> list[str]:
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
-                            WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
+                            WHEN other_customer THEN 'customer_mismatch'
                        END AS problem
                 FROM (SELECT *, 1 AS n_left FROM candidates WHERE pid NOT IN (SELECT pid FROM reused)
                       UNION ALL BY NAME
