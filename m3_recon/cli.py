@@ -66,8 +66,25 @@ def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days in the period (default %(default)s)")
     parser.add_argument("--quirks", type=_quirks, default=frozenset(), metavar="NAME[,NAME…]|all",
                         help="serve alternative vendor shapes (see README, 'Quirks')")
+    parser.add_argument("--local-currency", type=_currency, default="USD", metavar="CODE",
+                        help="the currency the sandbox M3 keeps its books in (default %(default)s); other than USD, "
+                             "the Heartland account settles in JPY and the close uses its own warehouse")
     parser.add_argument("--reset", action="store_true",
                         help="start over: a fresh sandbox M3 ledger (data/sandbox/) and warehouse")
+
+
+def _currency(text: str) -> str:
+    from m3_recon.money import known_currency
+    from m3_recon.sandbox.m3_ledger import USD_VALUE
+
+    try:
+        code = known_currency(text, "--local-currency")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if code not in USD_VALUE:
+        raise argparse.ArgumentTypeError(f"the sandbox M3 keeps its books in one of {', '.join(sorted(USD_VALUE))}, "
+                                         f"not {code}")
+    return code
 
 
 def _quirks(text: str) -> frozenset[str]:
@@ -86,7 +103,8 @@ def cmd_demo(args) -> int:
     from m3_recon.sandbox.m3_ledger import LedgerError
 
     try:
-        return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset)
+        return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset,
+                        local_currency=args.local_currency)
     except LedgerError as error:
         print(f"{error}\nStart over with `m3-recon demo --reset` (the sandbox ledger, warehouse and analysts' copy).",
               file=sys.stderr)
@@ -121,14 +139,15 @@ def _start_sandbox(args):
     """The sandbox on its fixed ports, serving the same persisted M3 ledger as the demo."""
     from m3_recon.sandbox import Sandbox, persisted_ledger_path, reset_sandbox_state
 
-    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks)
+    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks, args.local_currency)
     if args.reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
     from m3_recon.sandbox.m3_ledger import LedgerError
 
     try:
-        sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks, m3_ledger_path=ledger)
+        sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks, m3_ledger_path=ledger,
+                          local_currency=args.local_currency)
     except LedgerError as error:
         raise SystemExit(f"{error}\nStart over with --reset (the sandbox ledger, warehouse and analysts' copy).")
     sandbox.start(SANDBOX_PORTS)

@@ -28,6 +28,7 @@ from m3_recon.posting.summary import print_posting_summary
 from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
 from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
+from m3_recon.sandbox import flavour as sandbox_flavour
 from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
 from m3_recon.settings import PROJECT_ROOT
@@ -35,19 +36,24 @@ from m3_recon.settings import PROJECT_ROOT
 PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
-def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False) -> int:
+def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False,
+             local_currency: str = "USD") -> int:
     began = time.monotonic()
     problems = input_problems()
     if problems:
         raise PreflightError(problems)
-    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
-    ledger = persisted_ledger_path(seed, start, days, quirks)
-    if quirks:  # another reading of the vendors closes into its own warehouse, as it posts to its own M3 ledger
+    flavour = sandbox_flavour(quirks, local_currency)
+    ledger = persisted_ledger_path(seed, start, days, quirks, local_currency)
+    if flavour:  # another world closes into its own warehouse, as it posts to its own M3 ledger
         os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
+        os.environ.setdefault("M3_RECON_ANALYST_DUCKDB_PATH",
+                              str(PROJECT_ROOT / "data" / f"m3_recon_analyst{flavour}.duckdb"))
+        os.environ.setdefault("M3_RECON_REPORTS_PATH", str(PROJECT_ROOT / "data" / f"reports{flavour}"))
     if reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks) as sandbox:
+    with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks,
+                 local_currency=local_currency) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
         from m3_recon import settings
@@ -59,7 +65,8 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
             raise PreflightError(problems)
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
-              + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else ""))
+              + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else "")
+              + (f"; M3 keeps its books in {local_currency}" if local_currency != "USD" else ""))
         write_bank_statements(sandbox, ledger.parent / f"bank_seed{seed}_{start}_{days}d{flavour}")
         result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "

@@ -47,6 +47,15 @@ class FetchWindow:
     def end_epoch(self) -> int:
         return int(self.end.timestamp())
 
+    @property
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        """The last day the window holds (its end is exclusive), for vendor filters that are inclusive."""
+        return (self.end - timedelta(days=1)).date()
+
     def __str__(self) -> str:
         return f"[{self.start:%Y-%m-%d %H:%M} UTC, {self.end:%Y-%m-%d %H:%M} UTC)"
 
@@ -55,3 +64,12 @@ def fetch_window(partition_window: dg.TimeWindow, lookback_days: int, first_day:
     first = datetime.fromisoformat(first_day or settings.start_date()).replace(tzinfo=timezone.utc)
     start = partition_window.start.astimezone(timezone.utc) - timedelta(days=lookback_days)
     return FetchWindow(max(start, first), partition_window.end.astimezone(timezone.utc))
+
+
+def logged_fetch_window(context: dg.AssetExecutionContext, config: LookbackConfig, days: str) -> FetchWindow:
+    """The run's fetch window (its partitions plus the look-back), logged as the vendor ``days`` it reads, e.g.
+    ``GP API deposit dates 2026-10-01..2026-10-05 for partitions 2026-10-03..2026-10-05 (look-back 2 days)``."""
+    window = fetch_window(context.partition_time_window, config.lookback_days)
+    context.log.info(f"{days} {window.first_day}..{window.last_day} for partitions {context.partition_key_range.start}"
+                     f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
+    return window

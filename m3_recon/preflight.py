@@ -59,7 +59,7 @@ def input_problems() -> list[str]:
     from m3_recon.reconcile.matching import DEFAULT_RULES_FILE, MatchingRules
 
     problems = []
-    for read in (settings.start_date, settings.end_date, settings.reporting_timezone,
+    for read in (settings.start_date, settings.end_date, settings.reporting_timezone, settings.local_currency,
                  lambda: settings.int_setting("M3_RECON_LOOKBACK_DAYS", settings.DEFAULT_LOOKBACK_DAYS)):
         try:
             read()

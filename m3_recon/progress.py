@@ -26,13 +26,16 @@ STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
 
 
 def figures(metadata: dict) -> str:
-    """The counts and amounts of a materialisation: its whole-number metadata, amounts in minor units."""
+    """The counts and amounts of a materialisation: its numeric metadata, and each amount as money in its currency
+    (``paid_out=1.00 EUR; 2.50 USD``, the text published beside its minor units ``paid_out_minor``); minor units
+    themselves are never shown, as they carry no currency."""
     shown = []
     for key, value in metadata.items():
         raw = getattr(value, "value", value)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            continue
-        shown.append(f"{key}={raw:,}" if isinstance(raw, int) else f"{key}={raw:g}")
+        if isinstance(raw, str) and f"{key}_minor" in metadata:
+            shown.append(f"{key}={raw}")
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool) and not key.endswith(("_minor", "_cents")):
+            shown.append(f"{key}={raw:,}" if isinstance(raw, int) else f"{key}={raw:g}")
     return " ".join(shown)
 
 

@@ -39,9 +39,10 @@ _CLEARING = """
     WITH chart_clearing AS (SELECT substr(account_key, 10) AS processor, account FROM gl_chart
                             WHERE account_key LIKE 'clearing:%'),
     ledger AS (SELECT l.* FROM ({ledger}) l JOIN chart_clearing c USING (processor, account))
-    SELECT processor, currency, coalesce(sum(amount_minor) FILTER (accounting_date < $first), 0) AS opening_minor,
-           coalesce(sum(amount_minor) FILTER (accounting_date <= $last), 0) AS ledger_closing_minor
-    FROM ledger GROUP BY ALL"""
+    SELECT processor, settlement_currency AS currency,
+           coalesce(sum(settlement_minor) FILTER (accounting_date < $first), 0) AS opening_minor,
+           coalesce(sum(settlement_minor) FILTER (accounting_date <= $last), 0) AS ledger_closing_minor
+    FROM ledger GROUP BY ALL"""  # clearing in the settlement currency (an FX line in another one counts nothing)
 
 SECTIONS = {
     "roll_forward": ("Clearing balance roll-forward per processor and currency", f"""

@@ -123,3 +123,20 @@ def bank_descriptors() -> dict[str, str]:
         return parse_descriptors(os.environ.get("M3_RECON_BANK_DESCRIPTORS"))
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
+
+
+def local_currency() -> str:
+    """The currency M3 keeps its books in (``M3_LOCAL_CURRENCY``, ISO 4217, default USD): GL vouchers and cash
+    applications carry local amounts in it, and the FX gain or loss is booked in it."""
+    from m3_recon.money import known_currency
+
+    try:
+        return known_currency(os.environ.get("M3_LOCAL_CURRENCY", "").strip() or "USD", "M3_LOCAL_CURRENCY")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def exchange_rates_file() -> str | None:
+    """M3's accounting rates to the local currency, one CSV row per currency and first valid day
+    (``M3_RECON_EXCHANGE_RATES``; unset = no processor settles in a foreign currency)."""
+    return os.environ.get("M3_RECON_EXCHANGE_RATES", "").strip() or None

@@ -25,6 +25,7 @@ from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.sandbox import SANDBOX_STRIPE_KEY, Sandbox
+from m3_recon.sandbox.world import build_world
 from m3_recon.settings import PROJECT_ROOT
 
 WORKING_STATE = (PROJECT_ROOT / "data", PROJECT_ROOT / ".dagster_home")
@@ -129,6 +130,12 @@ def _no_working_state_opened():
 def sandbox():
     with Sandbox() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def world(request):
+    """The sandbox world of the test module's ``SEED`` and ``PERIOD``."""
+    return build_world(request.module.SEED, request.module.PERIOD)
 
 
 @pytest.fixture(autouse=True)

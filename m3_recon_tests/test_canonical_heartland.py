@@ -22,10 +22,10 @@ from m3_recon.defs.heartland.resources import HeartlandResource
 from m3_recon.partitions import FetchWindow
 from m3_recon.reconcile.tieout import tie_out_payouts
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
-from m3_recon.sandbox.heartland_ledger import CURRENCY, DAY, HeartlandLedger, build_heartland_ledger
+from m3_recon.sandbox.heartland_ledger import DAY, HeartlandLedger, build_heartland_ledger
 from m3_recon.sandbox.server import SandboxClock, VendorServer
 from m3_recon.sandbox.truth import truth_misses
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.warehouse import documents_table, replace_window
 # the checks one run of the period evaluates: the raw layer's integrity and the canonical schemas
 CHECKS_RUN = ["conforms_to_schema", "conforms_to_schema", "deposit_totals_add_up", "deposits_sum_to_their_lines"]
@@ -384,11 +384,6 @@ HEARTLAND_ASSETS = [raw_heartland_settlement_transactions, raw_heartland_dispute
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
-
-
-@pytest.fixture(scope="module")
 def ledger(world) -> HeartlandLedger:
     return build_heartland_ledger(world)
 
@@ -421,11 +416,12 @@ def close_period(gp: VendorServer, db: str, last_day: date) -> dg.ExecuteInProce
 
 def generator_lines(ledger: HeartlandLedger) -> dict[str, tuple[str, int]]:
     """Every money movement of every deposit as the generator made it: id -> (currency, signed minor units)."""
-    lines = {t.id: (CURRENCY, -t.amount if t.type == "REFUND" else t.amount) for t in ledger.transactions.values()}
-    lines |= {f"{d.id}:{a.stage}": (CURRENCY, -d.amount if a.funding_type == "DEBIT" else d.amount)
+    currency = ledger.currency
+    lines = {t.id: (currency, -t.amount if t.type == "REFUND" else t.amount) for t in ledger.transactions.values()}
+    lines |= {f"{d.id}:{a.stage}": (currency, -d.amount if a.funding_type == "DEBIT" else d.amount)
               for d in ledger.disputes.values() for a in d.adjustments}
     for d in ledger.deposits.values():
-        lines |= {f"{d.id}:{suffix}": (CURRENCY, -amount)
+        lines |= {f"{d.id}:{suffix}": (currency, -amount)
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return lines
 
@@ -446,7 +442,7 @@ def test_the_period_maps_to_the_generators_lines_ties_out_and_matches_as_planned
         assert conn.execute("SELECT count(*) FROM core_quarantine").fetchone() == (0,)
         got = conn.execute("SELECT currency, count(*), sum(amount_minor), sum(fee_minor), sum(net_minor) "
                            "FROM core_settlement_lines GROUP BY ALL").fetchall()
-        assert got == [(CURRENCY, len(expected), net, 0, net)]
+        assert got == [(ledger.currency, len(expected), net, 0, net)]
         lines = dict(conn.execute("SELECT source_id, net_minor FROM core_settlement_lines").fetchall())
         assert lines == {source_id: amount for source_id, (_, amount) in expected.items()}
         assert dict(conn.execute("SELECT line_type, count(*) FROM core_settlement_lines GROUP BY ALL").fetchall()) == {

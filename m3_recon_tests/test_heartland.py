@@ -24,7 +24,7 @@ from m3_recon.errors import VendorAuthError, VendorUnavailableError
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp, sandbox_env
 from m3_recon.sandbox.heartland_ledger import DAY, HeartlandLedger, build_heartland_ledger
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 
 SEED = 7
 PERIOD = Period(date(2026, 10, 1), 21)
@@ -32,11 +32,6 @@ FIRST, LAST = date(2026, 10, 1), date(2026, 10, 31)
 ASSETS = [raw_heartland_settlement_transactions, raw_heartland_disputes, raw_heartland_deposits]
 GP_HEADERS = {"X-GP-Version": "2021-03-22"}
 TABLE_KEYS = {TRANSACTIONS_TABLE: "id", DEPOSITS_TABLE: "id", DISPUTES_TABLE: "id, stage"}
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 @pytest.fixture(scope="module")

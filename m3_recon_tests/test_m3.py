@@ -33,11 +33,6 @@ NOW = PERIOD.end_epoch + DAY
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
-
-
-@pytest.fixture(scope="module")
 def applied(world):
     """Cash the test applies in M3 before reading: invoice number -> minor units (full, partial, EUR)."""
     eur = next(inv for inv in world.invoices if inv.currency == "EUR")

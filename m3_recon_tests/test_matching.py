@@ -164,7 +164,7 @@ def booked_local(instalments, outstanding, outstanding_local, earlier=()):
     conn.execute("ALTER TABLE invoices ADD COLUMN outstanding_local_minor BIGINT")
     conn.execute("ALTER TABLE invoices ADD COLUMN exchange_rate DECIMAL(18, 6)")
     conn.execute("UPDATE invoices SET outstanding_local_minor = ?, exchange_rate = 1.08375", [outstanding_local])
-    book_local_values(conn, invoices="invoices", earlier="earlier")
+    book_local_values(conn, invoices="invoices", earlier="earlier", local_currency="USD")
     return conn.execute("SELECT source_id, allocated_minor, allocated_local_minor FROM match_allocations "
                         "ORDER BY source_id").fetchall()
 

@@ -3,10 +3,12 @@ the same text from Python and from SQL, and never a figure that adds two currenc
 
 from datetime import date, datetime
 
+import dagster as dg
 import duckdb
 import pytest
 
 from m3_recon.alerts import raise_alerts
+from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.analyst import VIEWS
 from m3_recon.money import figure, money, money_by_currency, money_sql
 from m3_recon.report import Section
@@ -22,6 +24,17 @@ def test_each_currency_has_its_own_decimals():
         "92,233,720,368,547,758.07 USD", "-9,223,372,036,854,775,807 JPY", "1.00 XYZ"]
     assert figure(1234567, "KWD") == "1,234.567" and money(None, "USD") == "" and money(5, None) == ""
     assert money_by_currency({"USD": 100, "JPY": 250, "KWD": 1250}) == "250 JPY; 1.250 KWD; 1.00 USD"
+
+
+def test_asset_metadata_shows_a_total_per_currency_and_a_table_with_names_left_and_amounts_right():
+    assert money_totals("paid_out", [("USD", 123456), ("JPY", 500)]) == {
+        "paid_out": "500 JPY; 1,234.56 USD", "paid_out_minor": dg.MetadataValue.json({"USD": 123456, "JPY": 500})}
+    table = markdown_table(["processor", "status", "payouts", "amount"],
+                           [("stripe", "paid", 2, money(123456, "USD")), ("heartland", None, 1, money(500, "JPY"))],
+                           text_columns=2)
+    assert table.value.splitlines() == [
+        "| processor | status | payouts | amount |", "| --- | --- | ---: | ---: |",
+        "| stripe | paid | 2 | 1,234.56 USD |", "| heartland |  | 1 | 500 JPY |"]
 
 
 @pytest.mark.parametrize("minor,currency", CASES + [(None, "USD"), (5, None)])

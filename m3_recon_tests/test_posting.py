@@ -27,7 +27,7 @@ from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SEC
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import TRCD_PAYMENT, M3Ledger
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
-from m3_recon.sandbox.world import Period, build_world
+from m3_recon.sandbox.world import Period
 from m3_recon.settings import SettingsError
 
 SEED = 11
@@ -40,11 +40,6 @@ CONFIG = posting_config_from_env({})
 BIG = "JV2610020001"  # 8 lines: head + 7 lines in one bulk call, line 8 + CtrlBatch + UpdBatch in the next
 HELD = "JV2610040002"
 SPLIT = "CA2610070001"  # 7 applications: head + 7 lines in one bulk call, ControlBatch in the next
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SEED, PERIOD)
 
 
 class M3Sandbox:
@@ -242,7 +237,8 @@ def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
     assert [name for name, _ in calls] == ["AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"]
     assert calls[0][1] == {"KEY1": "JV1", "INTN": "GLUPLOAD", "DESC": "Stripe payout po_1"}
     assert calls[1][1]["PARM"] == ("I1" + "000000003" + "00000001" + "AAA" + "1580      " + "STRIPE    " + " " * 50
-                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40))
+                                   + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40)
+                                   + " " * 17)  # ACAM: blank on a line in M3's local currency
     assert CONFIG.layout.parse(calls[1][1]["PARM"].rstrip())["CUAM"] == "-1234.56"
     with pytest.raises(LayoutError, match="VTXT .* is 41 characters; interface GLUPLOAD holds 40"):
         CONFIG.layout.build({"VTXT": "x" * 41})
@@ -609,15 +605,18 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
         "core_settlement_lines (processor VARCHAR, payout_id VARCHAR, settlement_date DATE)": [
             ("heartland", "dep1", d(2)), ("heartland", "dep1", d(3)), ("paytrace", "b1", d(3))],
         "journal_lines (voucher_key VARCHAR, currency VARCHAR, amount_minor BIGINT, processor VARCHAR, "
-        "source_date DATE, accounting_date DATE)": [
-            ("GSD20261004", "USD", 100, "stripe", d(4), d(4)), ("GSD20261004", "USD", -99, "stripe", d(4), d(4)),
-            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3)), ("GPD20261003", "USD", -100, "paytrace", d(3), d(3))],
+        "source_date DATE, accounting_date DATE, local_minor BIGINT)": [
+            ("GSD20261004", "USD", 100, "stripe", d(4), d(4), 100), ("GSD20261004", "USD", -99, "stripe", d(4), d(4), -99),
+            ("GPD20261003", "USD", 100, "paytrace", d(3), d(3), 100),
+            ("GPD20261003", "USD", -100, "paytrace", d(3), d(3), -100),
+            # balanced in yen, not in local currency
+            ("GHD20261008", "JPY", 100, "heartland", d(8), d(8), 67), ("GHD20261008", "JPY", -100, "heartland", d(8), d(8), -66)],
         "core_payment_allocations (processor VARCHAR, source_id VARCHAR, payment_invoice_amount_minor BIGINT, "
         "allocated_minor BIGINT, status VARCHAR, line_type VARCHAR, settlement_date DATE, invoice_number VARCHAR, "
-        "invoice_year INTEGER)": [
-            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026),
-            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026),
-            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026)],
+        "invoice_year INTEGER, invoice_currency VARCHAR)": [
+            ("paytrace", "t5", 500, 400, "auto", "charge", d(5), "I1", 2026, "JPY"),
+            ("stripe", "ch6", 300, 300, "auto", "charge", d(6), "I2", 2026, "USD"),
+            ("stripe", "ch9", 300, 300, "auto", "charge", d(9), "I3", 2026, "USD")],
         "core_match_exceptions (processor VARCHAR, source_id VARCHAR, unapplied_minor BIGINT, reason_code VARCHAR)": [],
         "core_open_invoices (invoice_number VARCHAR, invoice_year INTEGER, outstanding_minor BIGINT)": [
             ("I1", 2026, 1000), ("I2", 2026, 200), ("I3", 2026, 300)],
@@ -633,8 +632,11 @@ def test_posting_blocks_name_each_failing_check_per_processor_day():
                    applications="applications_in_m3")  # day 9 lies outside the window
     assert conn.execute("SELECT processor, day, check_name FROM posting_blocks ORDER BY ALL").fetchall() == [
         ("heartland", d(2), "payout_ties_out"), ("heartland", d(3), "payout_ties_out"),
-        ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
+        ("heartland", d(8), "vouchers_balance"), ("paytrace", d(5), "allocations_sum_to_payment"), ("stripe", d(4), "vouchers_balance"),
         ("stripe", d(6), "no_invoice_over_allocated"), ("stripe", d(7), "clearing_nets_to_zero_per_payout")]
+    (detail,) = conn.execute("SELECT detail FROM posting_blocks WHERE check_name = ?",
+                             ["allocations_sum_to_payment"]).fetchone()
+    assert detail == "payment t5 allocates 400 JPY + unapplied 0 JPY of 500 JPY"  # the invoice currency's decimals
 
 
 def test_the_m3_posting_run_fails_when_m3_refused_a_voucher(sandboxes, warehouse, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from dagster._core.utils import make_new_run_id
 
 from m3_recon import progress, run_guard
+from m3_recon.defs.metadata import money_totals
 from m3_recon.doctor import _check_held_slots
 
 POOL = "duckdb_writer"
@@ -67,7 +68,8 @@ def test_a_dead_run_is_failed_and_its_slot_freed_and_a_live_one_is_left_alone(in
 
 @dg.asset(pool=POOL)
 def writes_the_warehouse() -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"rows": 1234, "amount_minor": 56789, "fetch_window": "[a, b)"})
+    return dg.MaterializeResult(metadata={"rows": 1234, **money_totals("paid_out", [("JPY", 56789), ("USD", 56789)]),
+                                          "fee_minor": 120, "fetch_window": "[a, b)"})
 
 
 def test_a_run_waiting_for_a_dead_runs_slot_says_who_holds_it_and_goes_ahead(instance, monkeypatch):
@@ -83,7 +85,8 @@ def test_a_run_waiting_for_a_dead_runs_slot_says_who_holds_it_and_goes_ahead(ins
     assert f"waiting  for pool {POOL}: held by run {dead[:8]}" in text and "DEAD" in text
     assert f"run {dead[:8]} (payout_close): its process" in text and "marked failed" in text
     assert "started  writes_the_warehouse" in text and "done     writes_the_warehouse" in text
-    assert "rows=1,234 amount_minor=56,789" in text  # counts and amounts; text metadata left out
+    # counts, and amounts as money in each currency's decimals; minor units (no currency) and other text left out
+    assert "writes_the_warehouse: rows=1,234 paid_out=56,789 JPY; 567.89 USD\n" in text
     assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
 
 

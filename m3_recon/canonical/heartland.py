@@ -99,6 +99,30 @@ UNTIED = ("'GP deposit ' || component.id || ' amount ' || component.net_amount |
 COMPONENTS_ITEMISED = " + ".join(
     f"CAST({column} IS DISTINCT FROM 0 AS INTEGER)" for _, column, *_ in DEPOSIT_COMPONENTS)
 
+
+def _rejected(row: str, unmapped: str, occurred_column: str, occurred_field: str) -> str:
+    """SQL columns of a GP transaction or dispute ``row``: ``reject_reason``, the first of ``unmapped`` (a GP code
+    finance has not mapped), an unusable amount and an unusable time; its partition date and raw payload."""
+    return f"""coalesce(
+        {unmapped},
+        {_unusable(row, 'signed_amount', 'amount', _not_cents)},
+        {_unusable(row, occurred_column, occurred_field, wire.instant_defect_sql)}
+    ) AS reject_reason,
+    {row}.deposit_date AS partition_date, CAST({row}.raw AS VARCHAR) AS raw_payload"""
+
+
+TXN_REJECTED = _rejected("txn", f"""CASE WHEN txn_type.line_type IS NULL
+        THEN 'unknown GP settlement transaction type ' || {quoted('txn.type', 'null')}
+             || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
+        END""", "created_at_utc", "time_created")
+DISPUTE_REJECTED = _rejected("dispute", f"""CASE WHEN stage.stage IS NULL
+        THEN 'unknown GP dispute stage ' || {quoted('dispute.stage', 'null')}
+             || ': add it to DISPUTE_STAGES in {MAPPING_FILE} once finance has decided how it is booked'
+             WHEN funding.line_type IS NULL THEN 'GP dispute funding_type ' || {quoted('dispute.funding_type', 'null')}
+             || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
+             || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
+        END""", "stage_created_at_utc", "stage_time_created")
+
 SETTLEMENT_LINES_SQL = f"""
 WITH txn AS ({_latest('raw_heartland_settlement_transactions', 'id', IN_WINDOW)}
 ), known_txn AS (
@@ -126,14 +150,7 @@ SELECT
     CASE WHEN txn.type = 'REFUND' THEN txn.parent_transaction_id END AS original_source_id,
     lower(txn.card_brand) AS card_brand, right(txn.masked_card_number, 4) AS card_last4,
     txn.description,
-    coalesce(
-        CASE WHEN txn_type.line_type IS NULL THEN 'unknown GP settlement transaction type ' || {quoted('txn.type', 'null')}
-             || ': add it to TRANSACTION_LINE_TYPES in {MAPPING_FILE} once finance has decided how it is booked'
-        END,
-        {_unusable('txn', 'signed_amount', 'amount', _not_cents)},
-        {_unusable('txn', 'created_at_utc', 'time_created', wire.instant_defect_sql)}
-    ) AS reject_reason,
-    txn.deposit_date AS partition_date, CAST(txn.raw AS VARCHAR) AS raw_payload
+    {TXN_REJECTED}
 FROM txn
 LEFT JOIN txn_type USING (type)
 LEFT JOIN known_txn parent ON parent.id = txn.parent_transaction_id AND txn.type = 'REFUND'
@@ -150,17 +167,7 @@ SELECT
     lower(dispute.card_brand) AS card_brand, right(dispute.masked_card_number, 4) AS card_last4,
     dispute.stage || ' ' || coalesce(dispute.reason_code, '') || ': ' || coalesce(dispute.reason_description, '')
         AS description,
-    coalesce(
-        CASE WHEN stage.stage IS NULL THEN 'unknown GP dispute stage ' || {quoted('dispute.stage', 'null')}
-             || ': add it to DISPUTE_STAGES in {MAPPING_FILE} once finance has decided how it is booked'
-             WHEN funding.line_type IS NULL THEN 'GP dispute funding_type ' || {quoted('dispute.funding_type', 'null')}
-             || ' is neither DEBIT nor CREDIT, so the direction of the money is unknown: ask Global Payments, '
-             || 'then map it in DISPUTE_FUNDING_LINE_TYPES in {MAPPING_FILE}'
-        END,
-        {_unusable('dispute', 'signed_amount', 'amount', _not_cents)},
-        {_unusable('dispute', 'stage_created_at_utc', 'stage_time_created', wire.instant_defect_sql)}
-    ) AS reject_reason,
-    dispute.deposit_date AS partition_date, CAST(dispute.raw AS VARCHAR) AS raw_payload
+    {DISPUTE_REJECTED}
 FROM dispute
 LEFT JOIN stage USING (stage)
 LEFT JOIN funding USING (funding_type)

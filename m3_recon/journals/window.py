@@ -58,9 +58,10 @@ def clearing_residue(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: 
 
 
 def run_window(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, first_day: date, end_day: date, *,
-               decisions: str) -> Journals:
+               decisions: str, local_currency: str = "USD", rates: str | None = None) -> Journals:
     """Derive, correct and store the journals of [first_day, end_day), and record the posting blocks.
-    ``decisions`` (``load_decisions``) says which overpayments finance wrote off."""
+    ``decisions`` (``load_decisions``) says which overpayments finance wrote off; ``local_currency`` is M3's and
+    ``rates`` (``load_exchange_rates``) its rates to it, for lines settled in another currency."""
     window = {"first_day": first_day, "end_day": end_day}
     conn.execute("CREATE OR REPLACE TEMP TABLE journal_overpaid AS "
                  "SELECT e.processor, e.source_id, d.action = 'write_off' AS written_off "
@@ -71,7 +72,8 @@ def run_window(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, first_day:
                     payouts=days_of(conn, source="core_payouts", into="journal_window_payouts", **window),
                     allocations=days_of(conn, source="core_payment_allocations", into="journal_window_allocations",
                                         **window),
-                    overpaid="journal_overpaid")
+                    overpaid="journal_overpaid", local_currency=local_currency, rates=rates,
+                    payout_lines="core_settlement_lines")
     result = Journals(corrections=corrections(conn))
     replace_days(conn, first_day=first_day, end_day=end_day, date_column="source_date", writes=[
         ("core_gl_journal_lines", GL_JOURNAL_LINE_COLUMNS, f"SELECT * FROM {result.lines}")])
@@ -80,7 +82,7 @@ def run_window(conn: duckdb.DuckDBPyConnection, accounts: AccountMap, first_day:
         ("core_journal_conflicts", CONFLICT_COLUMNS, "SELECT * FROM journal_conflicts")])
     clearing_residue(conn, first_day, end_day, into=result.clearing_residue)
     posting_blocks(conn, first_day, end_day, journal_lines=result.lines, clearing_residue=result.clearing_residue,
-                   applications=applications_in_m3(conn))
+                   applications=applications_in_m3(conn), local_currency=local_currency)
     replace_days(conn, first_day=first_day, end_day=end_day, date_column="day", writes=[
         (BLOCKS, BLOCK_COLUMNS, f"SELECT * FROM {result.blocks}")])
     return result

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from m3_recon.posting.layout import DEFAULT_LAYOUT_FILE, LAYOUT_VARIABLE, ParmLayout
 from m3_recon.journals import DEFAULT_ACCOUNTS_FILE
-from m3_recon.settings import SettingsError
+from m3_recon.settings import SettingsError, local_currency
 
 LINE_FORM_PARM = "parm"
 LINE_FORM_FIELDS = "fields"
@@ -79,6 +79,7 @@ class PostingConfig:
     line_form: str = LINE_FORM_PARM
     payment_methods: Mapping[str, PaymentMethod] = field(default_factory=dict)  # processor -> ARS040 BOPE/AIT1
     concurrency: int = DEFAULT_CONCURRENCY  # waves in flight at once
+    local_currency: str = "USD"  # M3's (M3_LOCAL_CURRENCY): a GL line in another currency also carries ACAM
 
     def __post_init__(self):
         if self.line_form not in (LINE_FORM_PARM, LINE_FORM_FIELDS):
@@ -101,7 +102,7 @@ def posting_config_from_env(environ: Mapping[str, str] = os.environ) -> PostingC
     return PostingConfig.for_layout(
         layout, interface=environ.get("M3_GL_INTERFACE", "").strip(),
         line_form=environ.get("M3_GL_LINE_FORM", LINE_FORM_PARM).strip().lower(),
-        payment_methods=load_payment_methods(), concurrency=_concurrency(environ))
+        payment_methods=load_payment_methods(), concurrency=_concurrency(environ), local_currency=local_currency())
 
 
 def _concurrency(environ: Mapping[str, str]) -> int:

@@ -22,6 +22,7 @@ GL_JOURNAL_LINE_COLUMNS = {
     "route": "VARCHAR NOT NULL",              # 'gl' (GLS840MI) — cash application lives in core_cash_applications
     "held_reason": "VARCHAR",                 # not NULL = the voucher must not be posted (e.g. unmapped category)
     "source_date": "DATE",                    # the settlement day of what the line books (window key)
+    "local_minor": "BIGINT",                  # the amount in M3's local currency (ACAM); = amount_minor when local
 }
 
 CASH_APPLICATION_COLUMNS = {
@@ -37,6 +38,8 @@ CASH_APPLICATION_COLUMNS = {
     "source_id": "VARCHAR NOT NULL",          # the payment line
     "payout_id": "VARCHAR",
     "local_minor": "BIGINT",                  # M3's booked local value of the amount (what clearing receives)
+    "settlement_minor": "BIGINT",             # what it moves clearing by in the settlement currency (not sent):
+                                              # local_minor when that is the local currency, else what settled
 }
 
 POSTING_COLUMNS = {

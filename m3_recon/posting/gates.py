@@ -33,7 +33,8 @@ BLOCK_COLUMNS = {"processor": "VARCHAR NOT NULL", "day": "DATE NOT NULL", "check
 
 UNBALANCED_PAYMENTS = """
     SELECT a.processor, a.source_id, a.payment_invoice_amount_minor, sum(a.allocated_minor) AS allocated,
-           coalesce(any_value(e.unapplied), 0) AS unapplied, any_value(a.settlement_date) AS settlement_date
+           coalesce(any_value(e.unapplied), 0) AS unapplied, any_value(a.invoice_currency) AS currency,
+           any_value(a.settlement_date) AS settlement_date
     FROM core_payment_allocations a
     LEFT JOIN (SELECT processor, source_id, sum(unapplied_minor) AS unapplied FROM core_match_exceptions
                WHERE reason_code = 'overpayment' GROUP BY ALL) e USING (processor, source_id)
@@ -56,10 +57,11 @@ def over_allocated_invoices(applications: str) -> str:
 
 
 def posting_blocks(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: date, *, journal_lines: str,
-                   clearing_residue: str, applications: str) -> None:
+                   clearing_residue: str, applications: str, local_currency: str = "USD") -> None:
     """Temp table ``posting_blocks`` (BLOCK_COLUMNS): each failing check per processor-day of [first_day, end_day).
 
-    ``journal_lines``: the window's derived GL lines; ``clearing_residue``: tied payouts whose clearing does not
+    ``journal_lines``: the window's derived GL lines, which must balance per currency and in M3's
+    ``local_currency`` (``local_minor``); ``clearing_residue``: tied payouts whose clearing does not
     net to zero (processor, payout_id, payout_status, clearing_net_minor); ``applications``: allocations M3 already
     holds applied."""
     conn.execute(f"""
@@ -77,13 +79,19 @@ def posting_blocks(conn: duckdb.DuckDBPyConnection, first_day: date, end_day: da
             FROM core_settlement_lines l JOIN mismatched m USING (processor, payout_id)
             UNION ALL
             SELECT DISTINCT j.processor, coalesce(j.source_date, j.accounting_date), 'vouchers_balance',
-                   'voucher ' || u.voucher_key || ' does not balance: off by ' || {money_sql('u.off', 'u.currency')}
-            FROM {journal_lines} j JOIN (SELECT voucher_key, currency, sum(amount_minor) AS off FROM {journal_lines}
-                                       GROUP BY ALL HAVING sum(amount_minor) <> 0) u USING (voucher_key)
+                   'voucher ' || u.voucher_key || ' does not balance' || u.side || ': off by '
+                   || {money_sql('u.off', 'u.currency')}
+            FROM {journal_lines} j JOIN (SELECT voucher_key, currency, '' AS side, sum(amount_minor) AS off
+                                         FROM {journal_lines} GROUP BY ALL HAVING sum(amount_minor) <> 0
+                                         UNION ALL
+                                         SELECT voucher_key, '{local_currency}', ' in local currency',
+                                                sum(local_minor) FROM {journal_lines}
+                                         GROUP BY ALL HAVING sum(local_minor) <> 0) u USING (voucher_key)
             UNION ALL
             SELECT processor, settlement_date, 'allocations_sum_to_payment',
-                   'payment ' || source_id || ' allocates ' || allocated || ' + unapplied ' || unapplied
-                   || ' of ' || payment_invoice_amount_minor
+                   'payment ' || source_id || ' allocates ' || {money_sql('allocated', 'currency')}
+                   || ' + unapplied ' || {money_sql('unapplied', 'currency')}
+                   || ' of ' || {money_sql('payment_invoice_amount_minor', 'currency')}
             FROM ({UNBALANCED_PAYMENTS})
             UNION ALL
             SELECT DISTINCT a.processor, a.settlement_date, 'no_invoice_over_allocated',

@@ -51,15 +51,23 @@ class GLRoute:
     def _line(self, key: str, line: dict) -> MICall:
         amount = m3_amount(line["amount_minor"], line["currency"])
         accounts = {name.upper(): line[name] for name in ACCOUNTS if line[name]}
+        local = self.config.local_currency
+        # a line in another currency carries its local amount, so M3 books the value the journal balanced in
+        local_minor = _local(line, local) if line["currency"] != local else None
+        acam = m3_amount(local_minor, local) if local_minor is not None else None
         if self.config.line_form == LINE_FORM_FIELDS:
             return ("AddBatchLineFld", {
                 "KEY1": key, "LINE": line["line_number"], "INRI": RECORD_TYPE, "GRNR": VOUCHER_GROUP, **accounts,
                 "CUCD": line["currency"], "CUAM": format(amount, "f"),
+                **({"ACAM": format(acam, "f")} if acam is not None else {}),
                 "ACDT": line["accounting_date"].strftime("%Y%m%d"), "VTXT": line["voucher_text"]})
         layout = self.config.layout
+        if acam is not None and "ACAM" not in layout.names:
+            raise PostingRejected(f"line {line['line_number']} is in {line['currency']}, not M3's local {local}, "
+                                  f"and interface {layout.interface} has no position for its local amount ACAM")
         technical = {"RNNO": line["line_number"], "GRNR": VOUCHER_GROUP, "DIVI": self.client.divi}
         values = {**{k: v for k, v in technical.items() if k in layout.names}, **accounts, "CUCD": line["currency"],
-                  "CUAM": amount, "ACDT": line["accounting_date"], "VTXT": line["voucher_text"]}
+                  "CUAM": amount, "ACDT": line["accounting_date"], "VTXT": line["voucher_text"], "ACAM": acam}
         try:
             parm = layout.build(values)
         except LayoutError as exc:
@@ -91,7 +99,7 @@ class GLRoute:
                 elif not answer:
                     unseen.append(voucher)
                 else:
-                    verdicts[voucher.key] = self._judge(voucher, answer)
+                    verdicts[voucher.key] = self._judge(voucher, answer, self.config.local_currency)
         if unseen:
             verdicts.update(self._find_by_date(conn, unseen))
         return verdicts
@@ -124,7 +132,8 @@ class GLRoute:
             voucher_lines[number] = rows
         verdicts = {}
         for voucher in vouchers:
-            matches = [n for n in wanted[voucher.key] if _differs(voucher, voucher_lines[n]) is None]
+            matches = [n for n in wanted[voucher.key]
+                       if _differs(voucher, voucher_lines[n], self.config.local_currency) is None]
             if len(matches) == 1:
                 verdicts[voucher.key] = Verdict(VERIFIED, m3_voucher_number=_number(matches[0]))
             else:
@@ -134,32 +143,48 @@ class GLRoute:
         return verdicts
 
     @staticmethod
-    def _judge(voucher: Voucher, answer: list[dict]) -> Verdict:
+    def _judge(voucher: Voucher, answer: list[dict], local: str) -> Verdict:
         batch = voucher.m3_batch
         numbers = sorted({f"{r['YEA4']}-{r['VSER']}-{r['VONO']}" for r in answer})
         if len(numbers) != 1:
             return Verdict(FAILED, error=f"batch {batch} made {len(numbers)} vouchers in M3 ({', '.join(numbers)}); "
                                          "expected one")
-        difference = _differs(voucher, answer)
+        difference = _differs(voucher, answer, local)
         if difference is not None:
             return Verdict(FAILED, error=f"M3 voucher {numbers[0]} of batch {batch} {difference}; it is not the "
                                          "voucher that was meant")
         return Verdict(VERIFIED, m3_voucher_number=numbers[0])
 
 
-def _in_m3(rows: list[dict]) -> list[tuple]:
+def _in_m3(rows: list[dict], local: str, compared: list[bool]) -> list[tuple]:
+    """M3's lines as (date, accounts, currency, amount, local amount where ``compared``, text)."""
+    ordered = sorted(rows, key=lambda r: int(r["JSNO"]))
     return [(m3_date(r["ACDT"]), tuple(r[name.upper()] for name in ACCOUNTS), r["CUCD"],
-             minor_units(r["CUAM"], r["CUCD"]), r["VTXT"]) for r in sorted(rows, key=lambda r: int(r["JSNO"]))]
+             minor_units(r["CUAM"], r["CUCD"]),
+             minor_units(r["ACAM"], local) if i < len(compared) and compared[i] else None, r["VTXT"])
+            for i, r in enumerate(ordered)]
 
 
-def _expected(voucher: Voucher) -> list[tuple]:
+def _expected(voucher: Voucher, local: str) -> list[tuple]:
     return [(ln["accounting_date"], tuple((ln[name] or "").strip() for name in ACCOUNTS), ln["currency"],
-             ln["amount_minor"], ln["voucher_text"].rstrip()) for ln in voucher.lines]
+             ln["amount_minor"], _local(ln, local), ln["voucher_text"].rstrip()) for ln in voucher.lines]
 
 
-def _differs(voucher: Voucher, rows: list[dict]) -> str | None:
-    """How M3's lines of a voucher differ from the journal's, or None when they are the same line for line."""
-    in_m3, expected = _in_m3(rows), _expected(voucher)
+def _local(line: dict, local: str) -> int | None:
+    """A journal line's local amount (ACAM); a line stored before local amounts were kept has it only when it is
+    in the local currency (None: M3 converts it at its own rate)."""
+    if line.get("local_minor") is not None:
+        return line["local_minor"]
+    return line["amount_minor"] if line["currency"] == local else None
+
+
+def _differs(voucher: Voucher, rows: list[dict], local: str) -> str | None:
+    """How M3's lines of a voucher differ from the journal's (accounts, currency, amount, local amount where M3
+    lists it and the journal has one, date, text), or None when they are the same line for line."""
+    expected = _expected(voucher, local)
+    listed = any(r.get("ACAM") for r in rows)
+    expected = [e if listed else e[:4] + (None,) + e[5:] for e in expected]
+    in_m3 = _in_m3(rows, local, [e[4] is not None for e in expected])
     if in_m3 == expected:
         return None
     differ = next((i for i, (a, b) in enumerate(zip(in_m3, expected)) if a != b), min(len(in_m3), len(expected)))

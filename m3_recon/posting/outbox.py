@@ -46,8 +46,10 @@ PBID_FIRST, PBID_SPAN = 1_000_000_000, 9_000_000_000  # ten-digit payment batch 
 OUTBOX_DDL = create_table(OUTBOX, POSTING_COLUMNS)
 
 # What each route's content hash covers: everything that reaches M3, in line order.
+# A line's local amount counts where it is not the amount itself (a foreign line's ACAM); NULL adds nothing,
+# so a local-currency voucher hashes as it did before local amounts existed.
 _GL_HASHED = ("line_number", "accounting_date", "ait1", "ait2", "ait3", "ait4", "ait5", "ait6", "ait7", "currency",
-              "amount_minor", "voucher_text")
+              "amount_minor", "voucher_text", "nullif(local_minor, amount_minor)")
 _CASH_HASHED = ("line_number", "accounting_date", "customer", "invoice_number", "invoice_year", "currency",
                 "amount_minor")
 

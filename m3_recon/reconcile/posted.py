@@ -10,6 +10,7 @@ from datetime import date
 
 import duckdb
 
+from m3_recon.money import convert_sql, known_currency
 from m3_recon.warehouse import table_exists
 
 
@@ -57,13 +58,31 @@ def freeze_posted_payments(conn: duckdb.DuckDBPyConnection, first_day: date, end
     return conn.execute(f"SELECT count(*) FROM {into}").fetchone()[0]
 
 
-def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str) -> None:
-    """Fix each new automatic allocation's value in M3's local currency as M3 books a payment: at the invoice's
-    rate, except the one that settles the invoice, which takes whatever local amount is left — so a fully paid
+def check_local_currency(conn: duckdb.DuckDBPyConnection, invoices: str, configured: str) -> str:
+    """M3's local currency: ``configured`` (M3_LOCAL_CURRENCY), which must be a known ISO 4217 code and the one
+    M3 itself reports on the open invoices (``GetInvTotInfo.LOCD``, column ``local_currency``) — local values
+    booked in another currency than M3 keeps would be wrong by the exchange rate, so a mismatch stops the run."""
+    local = known_currency(configured, "M3_LOCAL_CURRENCY")
+    if "local_currency" not in {d[0] for d in conn.execute(f"SELECT * FROM {invoices} LIMIT 0").description}:
+        return local  # invoices read without M3's LOCD: nothing to compare with
+    reported = [c for (c,) in conn.execute(
+        f"SELECT DISTINCT upper(trim(local_currency)) FROM {invoices} WHERE coalesce(trim(local_currency), '') <> '' "
+        "ORDER BY 1").fetchall()]
+    if reported and reported != [local]:
+        raise ValueError(f"M3 keeps its books in {', '.join(reported)} (LOCD of its open invoices) but "
+                         f"M3_LOCAL_CURRENCY is {local}: set M3_LOCAL_CURRENCY={reported[0]}")
+    return local
+
+
+def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: str, local_currency: str) -> None:
+    """Fix each new automatic allocation's value in M3's local currency as M3 books a payment: itself for an
+    invoice in the local currency, else at the invoice's rate (ARAT, local per unit of the invoice currency, each
+    currency's decimals, half-up), except the one that settles the invoice, which takes whatever local amount is left — so a fully paid
     foreign invoice leaves no local residue in M3, whether its instalments arrive night by night or in one
     backfill. What is left counts M3's outstanding local amount, ``earlier`` allocations M3 does not hold yet
     (their values are booked already) and this run's earlier instalments (oldest first). Kept with the
     allocation, so later runs never recompute it from changed balances."""
+    local = known_currency(local_currency, "M3's local currency")
     conn.execute(f"""
         UPDATE match_allocations a SET allocated_local_minor = booked.local_minor
         FROM (
@@ -73,10 +92,10 @@ def book_local_values(conn: duckdb.DuckDBPyConnection, invoices: str, earlier: s
                 FROM {earlier} WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL
             ), new AS (
                 SELECT a.processor, a.source_id, a.invoice_number, a.invoice_year, a.settlement_date,
-                       a.allocated_minor, a.invoice_currency = a.payment_currency AS same_currency,
+                       a.allocated_minor, a.invoice_currency = '{local}' AS same_currency,
                        i.outstanding_minor - coalesce(p.minor, 0) AS open_minor,
                        i.outstanding_local_minor - coalesce(p.local_minor, 0) AS open_local_minor,
-                       CAST(round_even(a.allocated_minor * i.exchange_rate, 0) AS BIGINT) AS at_rate
+                       {convert_sql('a.allocated_minor', 'a.invoice_currency', repr(local), 'i.exchange_rate')} AS at_rate
                 FROM match_allocations a
                 JOIN {invoices} i ON a.invoice_number = i.invoice_number AND a.invoice_year = i.invoice_year
                 LEFT JOIN pending p ON a.invoice_number = p.invoice_number AND a.invoice_year = p.invoice_year

@@ -24,8 +24,8 @@ from m3_recon.reconcile.customers import XREF_REASONS, xref_exceptions
 from m3_recon.reconcile.decisions import apply_decisions, decisions_m3_cannot_follow
 from m3_recon.reconcile.matching import (ALLOCATION_COLUMNS, EXCEPTION_COLUMNS, REASON_CODES, MatchingRules,
                                          fill_customers_from_xref, match_payments)
-from m3_recon.reconcile.posted import (applications_in_m3, book_local_values, freeze_posted_payments, keep_frozen,
-                                       matchable_invoices)
+from m3_recon.reconcile.posted import (applications_in_m3, book_local_values, check_local_currency,
+                                       freeze_posted_payments, keep_frozen, matchable_invoices)
 from m3_recon.reconcile.tieout import (RECONCILIATION_COLUMNS, payout_exceptions, record_decisions, register_exceptions,
                                       tie_out_payouts, unknown_category_exceptions)
 from m3_recon.sql import create_table, nullable
@@ -68,12 +68,13 @@ def customers_from_xref(conn: duckdb.DuckDBPyConnection, *, lines: str, into: st
 
 
 def allocate_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, first_day: date, end_day: date, *,
-                      decisions: str) -> Allocated:
+                      decisions: str, local_currency: str = "USD") -> Allocated:
     """Allocate the payments of [first_day, end_day) in ``core_settlement_lines`` to ``core_open_invoices`` and
     replace the window of ``core_payment_allocations`` and ``core_match_exceptions``.
 
     Payments M3 already holds keep their stored allocations unless finance decided otherwise; earlier
-    allocations M3 does not hold yet still bind their invoices; ``decisions`` assign or accept payments."""
+    allocations M3 does not hold yet still bind their invoices; ``decisions`` assign or accept payments;
+    ``local_currency`` is M3's (it must be the one M3 reports), which allocations are valued in."""
     conn.execute(create_table("core_payment_allocations", ALLOCATION_COLUMNS))
     applications = applications_in_m3(conn)
     frozen = freeze_posted_payments(conn, first_day, end_day, decisions=decisions, into="frozen_payments")
@@ -92,7 +93,8 @@ def allocate_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, fir
                    earlier="earlier_allocations", history="linkable_allocations")
     decided = apply_decisions(conn, decisions=decisions, payments="window_payments", invoices="core_open_invoices",
                               earlier="earlier_allocations")
-    book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations")
+    book_local_values(conn, invoices="core_open_invoices", earlier="earlier_allocations",
+                      local_currency=check_local_currency(conn, "core_open_invoices", local_currency))
     keep_frozen(conn, frozen="frozen_payments")
     result = Allocated(decided=decided, kept_as_posted=frozen, customers_from_xref=from_xref,
                        applications=applications)

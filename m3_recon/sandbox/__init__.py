@@ -7,9 +7,10 @@ foreground for the Dagster UI or manual exploration.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import tempfile
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from m3_recon.settings import PROJECT_ROOT, analyst_duckdb_path, duckdb_path
@@ -37,12 +38,17 @@ SANDBOX_STRIPE_KEY = "sk_test_m3recon_sandbox_0000000000000001"
 SETTLE_DAYS = 10  # default clock: this long after the period, every status has settled
 
 
+def flavour(quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> str:
+    """How a sandbox other than the plain USD one names its files: ``_quirks-<names>``, ``_local-EUR``."""
+    return (("_quirks-" + "-".join(sorted(quirks)) if quirks else "")
+            + (f"_local-{local_currency}" if local_currency != "USD" else ""))
+
+
 def persisted_ledger_path(seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
-                          quirks: frozenset[str] = frozenset()) -> Path:
-    """The one sandbox M3 ledger per seed, period and quirks that ``make demo``, ``make ui`` and
+                          quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> Path:
+    """The one sandbox M3 ledger per seed, period, quirks and local currency that ``make demo``, ``make ui`` and
     ``m3-recon sandbox`` all post into (``data/sandbox/``), so the warehouse and M3 stay in step."""
-    flavour = "_quirks-" + "-".join(sorted(quirks)) if quirks else ""
-    return SANDBOX_DATA / f"m3_ledger_seed{seed}_{start}_{days}d{flavour}.sqlite"
+    return SANDBOX_DATA / f"m3_ledger_seed{seed}_{start}_{days}d{flavour(quirks, local_currency)}.sqlite"
 
 
 def reset_sandbox_state(ledger: Path) -> list[Path]:
@@ -66,15 +72,17 @@ class Sandbox:
 
     def __init__(self, seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
                  now: int | None = None, m3_ledger_path: str | Path | None = None,
-                 quirks: frozenset[str] = frozenset()):
+                 quirks: frozenset[str] = frozenset(), local_currency: str = "USD"):
         """``m3_ledger_path``: keep M3's ledger in this SQLite file so postings survive a restart.
-        ``quirks``: names from ``m3_recon.sandbox.quirks.QUIRKS`` — alternative vendor shapes to serve."""
+        ``quirks``: names from ``m3_recon.sandbox.quirks.QUIRKS`` — alternative vendor shapes to serve.
+        ``local_currency``: what M3 keeps its books in; other than USD, Stripe settles EUR charges in EUR and the
+        Heartland account settles in JPY."""
         unknown = set(quirks) - set(QUIRKS)
         if unknown:
             raise QuirkError(f"unknown quirk(s): {', '.join(sorted(unknown))}")
         self.quirks = frozenset(quirks)
         self.period = Period(start, days)
-        self.world = build_world(seed, self.period, quirks=self.quirks)
+        self.world = build_world(seed, self.period, quirks=self.quirks, local_currency=local_currency)
         self.stripe = build_stripe_ledger(self.world, self.quirks)
         self.paytrace = build_paytrace_ledger(self.world)
         self.heartland = build_heartland_ledger(self.world)
@@ -98,6 +106,7 @@ class Sandbox:
             self.servers[name] = VendorServer(app, self.clock, ports.get(name, 0)).start()
         self._ionapi_dir = Path(tempfile.mkdtemp(prefix="m3-recon-sandbox-"))
         write_ionapi_file(self.ionapi_path, self.url("m3"))
+        self.write_exchange_rates(self.exchange_rates_path)
         return self
 
     @property
@@ -139,10 +148,27 @@ class Sandbox:
 
         return write_statements(self, folder if folder is not None else self.bank_dir)
 
+    @property
+    def exchange_rates_path(self) -> Path:
+        assert self._ionapi_dir is not None, "start the sandbox first"
+        return self._ionapi_dir / "exchange_rates.csv"
+
+    def write_exchange_rates(self, path: Path) -> None:
+        """M3's daily rates to its local currency for every currency a processor settles in (the
+        ``M3_RECON_EXCHANGE_RATES`` file), from a week before the period to ten days after it."""
+        last = self.period.end + timedelta(days=SETTLE_DAYS)
+        settled = ["USD", *self.world.stripe_currencies, self.world.heartland_currency]
+        rates = self.m3.exchange_rates(settled, self.period.start - timedelta(days=7), last)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["currency", "valid_from", "rate"])
+            writer.writerows((currency, day.isoformat(), f"{rate:f}") for currency, day, rate in rates)
+
     def env(self) -> dict[str, str]:
         """Environment variables that point m3-recon's resources at this sandbox."""
         return {"STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "STRIPE_API_BASE": self.url("stripe"),
                 **paytrace_env(self.url("paytrace")), **heartland_env(self.url("heartland")),
                 **m3_env(self.url("m3"), self.ionapi_path),
                 "M3_RECON_START_DATE": self.period.start.isoformat(), "M3_RECON_END_DATE": self.period.end.isoformat(),
-                "M3_RECON_BANK_DIR": str(self.bank_dir)}
+                "M3_RECON_BANK_DIR": str(self.bank_dir), "M3_LOCAL_CURRENCY": self.world.local_currency,
+                "M3_RECON_EXCHANGE_RATES": str(self.exchange_rates_path)}

@@ -1,4 +1,6 @@
-"""The sandbox's bank: the month's statements of the account every processor pays into.
+"""The sandbox's bank: the month's statements of the accounts the processors pay into (one per currency:
+the USD account, a EUR account where Stripe pays out EUR, and a JPY account where the Heartland account
+settles in yen).
 
 ``bank_lines`` derives what the bank booked, as of the sandbox clock: each Stripe payout that did not
 fail on its arrival date; each PayTrace batch's net the business day after its batch date; each
@@ -17,7 +19,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-ACCOUNT = "000123456789"
+from m3_recon.money import exponent, major
+
+ACCOUNT = "000123456789"  # the USD account; another currency's account ends in its code
 BANK_ID = "SANDBOXBANK"
 CUSTOMER_ID = "M3RECON"
 CAMT_VERSION_BY_WEEKDAY = {1: "08", 3: "02"}  # Tuesday, Thursday; the other business days are BAI2
@@ -33,6 +37,11 @@ class BankLine:
     text: str
     processor: str | None  # None: nobody's payout (the unexplained wire, the fee)
     payout_id: str | None
+    currency: str = "USD"
+
+
+def account_number(currency: str) -> str:
+    return ACCOUNT if currency == "USD" else ACCOUNT[:-3] + currency
 
 
 def business_day_on_or_after(day: date) -> date:
@@ -58,7 +67,7 @@ def bank_lines(sandbox) -> list[BankLine]:
             continue  # the bank returned it to Stripe: never on our account
         lines.append(BankLine(business_day_on_or_after(_utc_day(payout.arrival_date)), payout.amount,
                               TYPE_ACH_CREDIT, payout.id, f"STRIPE TRANSFER ST-{payout.id[-10:].upper()}",
-                              "stripe", payout.id))
+                              "stripe", payout.id, payout.currency.upper()))
     for batch in sandbox.paytrace.batches.values():
         net = sandbox.paytrace.totals(batch).net_minor
         if net:
@@ -72,7 +81,8 @@ def bank_lines(sandbox) -> list[BankLine]:
         day = deposit.deposit_date if status == "FUNDED" else _utc_day(deposit.released_at)
         lines.append(BankLine(business_day_on_or_after(day), deposit.net,
                               TYPE_ACH_CREDIT if deposit.net > 0 else TYPE_ACH_DEBIT, deposit.id,
-                              f"HEARTLAND PAYMENT SYS DEPOSIT {deposit.id}", "heartland", deposit.id))
+                              f"HEARTLAND PAYMENT SYS DEPOSIT {deposit.id}", "heartland", deposit.id,
+                              sandbox.heartland.currency))
     rng = sandbox.world.rng("bank")
     wire_day = business_day_on_or_after(first + timedelta(days=sandbox.period.days // 2))
     lines.append(BankLine(wire_day, rng.randint(100_000, 2_000_000), TYPE_WIRE_CREDIT, "FEDREF",
@@ -111,14 +121,26 @@ def _reference(day: date, index: int) -> str:
     return f"{day:%y%m%d}{index:05d}"
 
 
+def _by_account(lines: list[BankLine]) -> dict[str, list[tuple[int, BankLine]]]:
+    """The day's lines (numbered across the day) per account currency; the USD account always reports."""
+    accounts: dict[str, list[tuple[int, BankLine]]] = {"USD": []}
+    for i, line in enumerate(lines, start=1):
+        accounts.setdefault(line.currency, []).append((i, line))
+    return accounts
+
+
 def bai2_file(day: date, lines: list[BankLine]) -> str:
     stamp = f"{day + timedelta(days=1):%y%m%d}"
-    details = [f"16,{line.type_code},{abs(line.amount_minor)},Z,{_reference(day, i)},{line.customer_ref},{line.text}"
-               for i, line in enumerate(lines, start=1)]
+    accounts = []
+    for currency, numbered in _by_account(lines).items():  # amounts in the currency's minor units
+        details = [f"16,{line.type_code},{abs(line.amount_minor)},Z,{_reference(day, i)},{line.customer_ref},"
+                   f"{line.text}" for i, line in numbered]
+        accounts.append([f"03,{account_number(currency)},{currency}/", *details,
+                         f"49,{sum(abs(line.amount_minor) for _, line in numbered)},{len(details) + 2}/"])
     total = sum(abs(line.amount_minor) for line in lines)
-    account = [f"03,{ACCOUNT},USD/", *details, f"49,{total},{len(details) + 2}/"]
+    account = [record for records in accounts for record in records]
     group = [f"02,{CUSTOMER_ID},{BANK_ID},1,{day:%y%m%d},2359,USD,2/", *account,
-             f"98,{total},1,{len(account) + 2}/"]
+             f"98,{total},{len(accounts)},{len(account) + 2}/"]
     records = [f"01,{BANK_ID},{CUSTOMER_ID},{stamp},0600,{day:%Y%m%d}A,,,2/", *group,
                f"99,{total},1,{len(group) + 2}/"]
     return "\n".join(records) + "\n"
@@ -128,10 +150,11 @@ def camt053(day: date, lines: list[BankLine], version: str) -> str:
     def status() -> str:
         return "<Sts><Cd>BOOK</Cd></Sts>" if version >= "06" else "<Sts>BOOK</Sts>"
 
-    entries = "".join(f"""
+    def entries(numbered: list[tuple[int, BankLine]]) -> str:
+        return "".join(f"""
       <Ntry>
         <NtryRef>{i}</NtryRef>
-        <Amt Ccy="USD">{abs(line.amount_minor) // 100}.{abs(line.amount_minor) % 100:02d}</Amt>
+        <Amt Ccy="{line.currency}">{major(abs(line.amount_minor), line.currency):.{exponent(line.currency)}f}</Amt>
         <CdtDbtInd>{'CRDT' if line.amount_minor > 0 else 'DBIT'}</CdtDbtInd>
         {status()}
         <BookgDt><Dt>{day.isoformat()}</Dt></BookgDt>
@@ -142,16 +165,18 @@ def camt053(day: date, lines: list[BankLine], version: str) -> str:
           <Refs><EndToEndId>{escape(line.customer_ref) or 'NOTPROVIDED'}</EndToEndId></Refs>
           <RmtInf><Ustrd>{escape(line.text)}</Ustrd></RmtInf>
         </TxDtls></NtryDtls>
-      </Ntry>""" for i, line in enumerate(lines, start=1))
+      </Ntry>""" for i, line in numbered)
+
+    statements = "".join(f"""
+    <Stmt>
+      <Id>STMT-{day:%Y%m%d}{'' if currency == 'USD' else '-' + currency}</Id>
+      <CreDtTm>{day + timedelta(days=1)}T06:00:00</CreDtTm>
+      <Acct><Id><Othr><Id>{account_number(currency)}</Id></Othr></Id><Ccy>{currency}</Ccy></Acct>{entries(numbered)}
+    </Stmt>""" for currency, numbered in _by_account(lines).items())
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.{version}">
   <BkToCstmrStmt>
-    <GrpHdr><MsgId>{BANK_ID}-{day:%Y%m%d}</MsgId><CreDtTm>{day + timedelta(days=1)}T06:00:00</CreDtTm></GrpHdr>
-    <Stmt>
-      <Id>STMT-{day:%Y%m%d}</Id>
-      <CreDtTm>{day + timedelta(days=1)}T06:00:00</CreDtTm>
-      <Acct><Id><Othr><Id>{ACCOUNT}</Id></Othr></Id><Ccy>USD</Ccy></Acct>{entries}
-    </Stmt>
+    <GrpHdr><MsgId>{BANK_ID}-{day:%Y%m%d}</MsgId><CreDtTm>{day + timedelta(days=1)}T06:00:00</CreDtTm></GrpHdr>{statements}
   </BkToCstmrStmt>
 </Document>
 """

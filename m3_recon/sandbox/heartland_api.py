@@ -35,7 +35,7 @@ from datetime import date, datetime, timezone
 from typing import Callable
 
 from m3_recon.sandbox.heartland_ledger import (
-    CURRENCY, MERCHANT, MERCHANT_TIMEZONE, Deposit, Dispute, DisputeAdjustment, HeartlandLedger, SettlementTxn,
+    MERCHANT, MERCHANT_TIMEZONE, Deposit, Dispute, DisputeAdjustment, HeartlandLedger, SettlementTxn,
 )
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
 
@@ -382,7 +382,7 @@ class HeartlandApp(VendorApp):
             "id": txn.id, "time_created": gp_timestamp(txn.created),
             "time_created_reference": gp_local_timestamp(txn.created),
             "status": "FUNDED" if deposit else "CAPTURED", "type": txn.type, "channel": "CNP",
-            "amount": minor(txn.amount), "currency": CURRENCY, "reference": txn.reference,
+            "amount": minor(txn.amount), "currency": self.ledger.currency, "reference": txn.reference,
             "description": txn.description, "country": "US", "parent_resource_id": txn.parent or "",
             "batch_id": batch.id, "batch_time_created": gp_timestamp(batch.closed_at) if batch.closed_at <= now else "",
             "deposit_id": deposit.id if deposit else "",
@@ -396,14 +396,14 @@ class HeartlandApp(VendorApp):
                                    "brand": card.brand, "authcode": card.authcode,
                                    "brand_reference": card.brand_reference}},
             "gratuity_amount": "", "cashback_amount": "",
-            "merchant_amount": minor(txn.amount), "merchant_currency": CURRENCY,
+            "merchant_amount": minor(txn.amount), "merchant_currency": self.ledger.currency,
         }
 
     def render_deposit(self, deposit: Deposit, now: int) -> dict:
         d = deposit
         return {
             "id": d.id, "time_created": d.deposit_date.isoformat(), "status": d.status_at(now),
-            "funding_type": "CREDIT" if d.net >= 0 else "DEBIT", "amount": str(abs(d.net)), "currency": CURRENCY,
+            "funding_type": "CREDIT" if d.net >= 0 else "DEBIT", "amount": str(abs(d.net)), "currency": self.ledger.currency,
             "aggregation_model": "H-By Date",
             "bank_transfer": {"masked_account_number_last4": "XXXXXX4321", "bank": {"code": "XXXXX0210"}},
             "system": {key: MERCHANT[key] for key in ("mid", "hierarchy", "name", "dba")},
@@ -428,19 +428,19 @@ class HeartlandApp(VendorApp):
         return {
             "id": dispute.id, "status": status, "stage": adjustment.stage,
             "stage_time_created": self.settlement_time(adjustment.created),
-            "amount": minor(dispute.amount), "currency": CURRENCY, "funding_type": adjustment.funding_type,
+            "amount": minor(dispute.amount), "currency": self.ledger.currency, "funding_type": adjustment.funding_type,
             "reason_code": dispute.reason_code, "reason_description": dispute.reason_description,
             "time_to_respond_by": self.settlement_time(dispute.respond_by), "result": result,
             "deposit_id": deposit.id if deposit else "",
             "deposit_time_created": deposit.deposit_date.isoformat() if deposit else "",
-            "last_adjustment_amount": minor(dispute.amount), "last_adjustment_currency": CURRENCY,
+            "last_adjustment_amount": minor(dispute.amount), "last_adjustment_currency": self.ledger.currency,
             "last_adjustment_funding": latest.funding_type,
             "last_adjustment_time_created": self.settlement_time(latest.created),
             "system": dict(MERCHANT),
             "transaction": {
                 "time_created": self.settlement_time(sale.created),
                 "merchant_time_created": gp_local_timestamp(sale.created)[:19], "type": sale.type,
-                "amount": minor(sale.amount), "currency": CURRENCY, "reference": sale.reference,
+                "amount": minor(sale.amount), "currency": self.ledger.currency, "reference": sale.reference,
                 "payment_method": {"card": {"masked_number_first6last4": card.masked_number, "arn": card.arn,
                                             "brand": card.brand, "authcode": card.authcode,
                                             "brand_reference": card.brand_reference}}},

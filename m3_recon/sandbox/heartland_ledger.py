@@ -31,7 +31,6 @@ MERCHANT_TIMEZONE = ZoneInfo("America/New_York")
 BATCH_CUTOFF = time(22, 0)  # terminal auto-close, merchant local time
 DEPOSIT_POSTING = time(6, 0)  # when a deposit date's funding is posted, merchant local time
 DAY = 86_400
-CURRENCY = "USD"
 ITEM_FEE = 10  # per sale or refund, minor units, billed daily in the deposit
 CHARGEBACK_FEE = 2_500
 DISCOUNT_RATE_BP = {"VISA": 260, "MASTERCARD": 260, "DISCOVER": 270, "AMEX": 315}  # basis points
@@ -143,6 +142,11 @@ class HeartlandLedger:
     batches: dict[str, Batch] = field(default_factory=dict)
     disputes: dict[str, Dispute] = field(default_factory=dict)
     deposits: dict[str, Deposit] = field(default_factory=dict)
+
+    @property
+    def currency(self) -> str:
+        """What the account settles in (GP API ``currency``: ISO code, amounts in its minor units)."""
+        return self.world.heartland_currency
 
 
 def local_epoch(day: date, at: time) -> int:

@@ -71,7 +71,8 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from m3_recon.sandbox.m3_ledger import (CONO, DIVI, LOCAL_CURRENCY, MINOR_UNIT_EXPONENT, PAYMENT_TERMS,
+from m3_recon.money import major
+from m3_recon.sandbox.m3_ledger import (CONO, DIVI, PAYMENT_TERMS,
                                         RECO_PAID, TRCD_INVOICE, GLLine, InvoiceTotals, LedgerError, LedgerLine,
                                         M3Ledger, PaymentLine, parse_amount)
 from m3_recon.sandbox.server import Request, Response, SandboxClock, VendorApp
@@ -172,7 +173,7 @@ ARS200MI = {
         ("CONO", "DIVI", "PYNO", "CINO", "INYR", "CUNO"), ("PYNO", "CINO", "INYR", "CUNO"),
         INVOICE_OUT + ("ACAM", "PCUA", "PAMT", "OCUA", "OAMT", "LOCD", "RGDT", "RGTM"), False),
 }
-GL_LINE_FIELDS = ("INRI", "GRNR", "AIT1", "AIT2", "AIT3", "AIT4", "AIT5", "AIT6", "AIT7", "CUCD", "CUAM",
+GL_LINE_FIELDS = ("INRI", "GRNR", "AIT1", "AIT2", "AIT3", "AIT4", "AIT5", "AIT6", "AIT7", "CUCD", "CUAM", "ACAM",
                   "ACDT", "VTXT")
 GL_LINE_OUT = ("CONO", "DIVI", "YEA4", "JRNO", "JSNO", "VSER", "VONO", "ACDT", "AIT1", "AIT2", "AIT3", "AIT4",
                "AIT5", "AIT6", "AIT7", "CUCD", "CUAM", "ARAT", "ACAM", "DBCR", "VTXT", "RGDT", "RGTM")
@@ -301,9 +302,9 @@ def format_value(name: str, value, righttrim: bool) -> str:
     return text if righttrim else text.ljust(field.length)
 
 
-def amount(minor: int) -> Decimal:
-    """Minor units as the decimal M3 stores (sent as ``1234.5``, ``100``: no trailing zeros)."""
-    return Decimal(minor).scaleb(-MINOR_UNIT_EXPONENT)
+def amount(minor: int, currency: str) -> Decimal:
+    """Minor units of ``currency`` as the decimal M3 stores (sent as ``1234.5``, ``100``: no trailing zeros)."""
+    return major(minor, currency)
 
 
 @dataclass
@@ -690,9 +691,10 @@ class M3App(VendorApp):
             raise record_not_found()
         line = totals.line
         row = self._line_row(line, totals)
-        row.update(ACAM=amount(line.local_minor), PCUA=amount(totals.paid_minor),
-                   PAMT=amount(totals.paid_local_minor), OCUA=amount(totals.outstanding_minor),
-                   OAMT=amount(totals.outstanding_local_minor), LOCD=LOCAL_CURRENCY, RGDT=line.invoice_date,
+        local = self.ledger.local_currency
+        row.update(ACAM=amount(line.local_minor, local), PCUA=amount(totals.paid_minor, line.currency),
+                   PAMT=amount(totals.paid_local_minor, local), OCUA=amount(totals.outstanding_minor, line.currency),
+                   OAMT=amount(totals.outstanding_local_minor, local), LOCD=local, RGDT=line.invoice_date,
                    RGTM=0)
         return [row]
 
@@ -703,7 +705,7 @@ class M3App(VendorApp):
             "TRCD": line.trcd, "PYNO": line.payer, "CUNO": line.customer, "CINO": line.invoice,
             "INYR": line.invoice_year, "VSER": line.voucher_series, "VONO": line.voucher,
             "TDSC": "Invoice" if line.trcd == TRCD_INVOICE else "Payment", "CUCD": line.currency,
-            "ARAT": line.rate, "CUAM": amount(line.amount_minor), "IVDT": line.invoice_date,
+            "ARAT": line.rate, "CUAM": amount(line.amount_minor, line.currency), "IVDT": line.invoice_date,
             "DUDT": line.due_date, "ACDT": line.accounting_date, "TEPY": PAYMENT_TERMS, "RECO": totals.reco,
             "REDE": totals.reconciled_on, "DTP5": totals.last_payment_date,
         }
@@ -750,14 +752,14 @@ class M3App(VendorApp):
 
     def _voucher_head(self, values: dict) -> list[dict]:
         lines = self._voucher(values)
-        first = lines[0]
+        first, local = lines[0], self.ledger.local_currency
         return [{"CONO": first.cono, "DIVI": first.divi, "YEA4": first.year, "VSER": first.voucher_series,
                  "VONO": first.voucher, "JRNO": first.journal, "ACDT": first.accounting_date,
-                 "DSUM": amount(sum(ln.local_minor for ln in lines if ln.local_minor > 0)),
-                 "CSUM": amount(-sum(ln.local_minor for ln in lines if ln.local_minor < 0)), "CUCD": LOCAL_CURRENCY}]
+                 "DSUM": amount(sum(ln.local_minor for ln in lines if ln.local_minor > 0), local),
+                 "CSUM": amount(-sum(ln.local_minor for ln in lines if ln.local_minor < 0), local), "CUCD": local}]
 
     def _voucher_lines(self, values: dict) -> list[dict]:
-        return [self._gl_row(line) for line in self._voucher(values)]
+        return [self._gl_row(line, self.ledger.local_currency) for line in self._voucher(values)]
 
     def _search_general_ledger(self, values: dict) -> list[dict]:
         if "m3_no_search_gen_ledger" in self.quirks:
@@ -772,7 +774,7 @@ class M3App(VendorApp):
         now = self.clock.now()
         key = terms.pop("KEY1", None)
         lines = self.ledger.gl_lines(now) if key is None else self.ledger.gl_lines_of_batch(key, now)
-        rows = [self._gl_row(line) for line in lines]
+        rows = [self._gl_row(line, self.ledger.local_currency) for line in lines]
         return [row for row in rows if all(format_value(n, row[n], True) == v for n, v in terms.items())]
 
     @staticmethod
@@ -788,17 +790,17 @@ class M3App(VendorApp):
         lines = [line for line in self.ledger.gl_lines(self.clock.now())
                  if values["FRDT"] <= line.accounting_date <= values["TODT"]]
         lines.sort(key=lambda ln: (ln.year, ln.voucher_series, ln.voucher, ln.journal, ln.journal_seq))
-        return [self._gl_row(line) for line in lines]
+        return [self._gl_row(line, self.ledger.local_currency) for line in lines]
 
     @staticmethod
-    def _gl_row(line: GLLine) -> dict:
+    def _gl_row(line: GLLine, local: str) -> dict:
         registered = datetime.fromtimestamp(line.registered, tz=timezone.utc)
         return {
             "CONO": line.cono, "DIVI": line.divi, "YEA4": line.year, "JRNO": line.journal, "JSNO": line.journal_seq,
             "VSER": line.voucher_series, "VONO": line.voucher, "ACDT": line.accounting_date,
             **{f"AIT{i}": account for i, account in enumerate(line.accounts, start=1)},
-            "CUCD": line.currency, "CUAM": amount(line.amount_minor), "ARAT": line.rate,
-            "ACAM": amount(line.local_minor), "DBCR": "D" if line.amount_minor >= 0 else "C", "VTXT": line.text,
+            "CUCD": line.currency, "CUAM": amount(line.amount_minor, line.currency), "ARAT": line.rate,
+            "ACAM": amount(line.local_minor, local), "DBCR": "D" if line.amount_minor >= 0 else "C", "VTXT": line.text,
             "RGDT": registered.date(), "RGTM": int(registered.strftime("%H%M%S")),
         }
 
@@ -811,7 +813,8 @@ class M3App(VendorApp):
 
     def _add_payment_line(self, values: dict) -> list[dict]:
         self._customer(values["CUNO"])
-        paid = parse_amount(values["PYAM"], "", "PYAM")
+        currency = values.get("CUCD") or self.ledger.invoice_currency(values["CINO"], values["INYR"]) or ""
+        paid = parse_amount(values["PYAM"], "", "PYAM", currency)
         if paid < 0:
             raise MIError("Negative value is not permitted", "XNU0003", "PYAM")
         if paid == 0:

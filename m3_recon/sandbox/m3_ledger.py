@@ -21,8 +21,10 @@ general ledger as M3 books it: each line debits its ``AIT1``, else the account s
 payment method (``PAYMENT_METHOD_ACCOUNTS``, this site's configuration), else the default cash account,
 and credits accounts receivable, at the invoice's booked local value.
 
-Amounts are integer minor units (every currency the world uses has two decimals); foreign amounts
-carry a rate (ARAT) and their local (USD) amount. Everything lives in memory, or in a SQLite file when
+Amounts are integer minor units of their currency (ISO 4217 decimals: yen have none); amounts in another
+currency than the ledger's local one (the world's ``local_currency``, USD unless the demo says otherwise)
+carry a rate (ARAT) and their local amount (ACAM). A GL interface line may bring its local amount (ACAM);
+without one M3 converts at its rate of the day (``gl_rate``, also what ``exchange_rates`` lists). Everything lives in memory, or in a SQLite file when
 a path is given, so postings survive sandbox restarts; a file built from another seed or period is
 refused rather than mixed with this world. Status codes of interface batches (1 entered, 2 controlled
 with errors, 3 controlled, 9 updated) are this sandbox's convention.
@@ -34,18 +36,19 @@ import json
 import sqlite3
 import threading
 from dataclasses import astuple, dataclass, field, fields, replace
-from datetime import date, datetime, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Mapping
 
+from m3_recon.money import convert, exponent, major
 from m3_recon.posting.layout import DEFAULT_LAYOUT_FILE, LayoutError, ParmLayout
 from m3_recon.sandbox.world import Customer, Invoice, World, day_start_epoch
 
 CONO = 100
 DIVI = "AAA"
-LOCAL_CURRENCY = "USD"
-MINOR_UNIT_EXPONENT = 2  # USD and EUR, the currencies the world invoices in
+# What one unit of each currency the world uses is worth in USD, around which M3's rates move.
+USD_VALUE = {"USD": Decimal(1), "EUR": Decimal("1.0800"), "JPY": Decimal("0.0067")}
 TRCD_INVOICE = 10
 TRCD_PAYMENT = 20
 RECO_OPEN = 0
@@ -87,7 +90,7 @@ class LedgerLine:
     currency: str  # CUCD
     rate: Decimal  # ARAT, local currency per unit of CUCD
     amount_minor: int  # CUAM: positive for the invoice, negative for cash applied
-    local_minor: int  # ACAM, in LOCAL_CURRENCY
+    local_minor: int  # ACAM, in the ledger's local currency
     invoice_date: date  # IVDT
     due_date: date  # DUDT
     accounting_date: date  # ACDT
@@ -181,6 +184,7 @@ class GLEntry:
     amount_minor: int
     accounting_date: date
     text: str
+    local_minor: int | None = None  # ACAM as entered; None = M3 converts at its rate of the day
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,15 @@ def record_missing(what: str, field_name: str) -> LedgerError:
     return LedgerError(f"{what} does not exist", "XRE0103", field_name)
 
 
+def _open_batch(batch, what: str, field_name: str):
+    """A GL or payment batch that can still take lines: M3 refuses one it does not hold or has already updated."""
+    if batch is None:
+        raise record_missing(what, field_name)
+    if batch.status == BATCH_UPDATED:
+        raise LedgerError(f"{what} is already updated", field=field_name)
+    return batch
+
+
 _COLUMNS = [f.name for f in fields(LedgerLine)]
 _GL_COLUMNS = [f.name for f in fields(GLLine)]
 _SCHEMA = f"""
@@ -246,18 +259,18 @@ CREATE TABLE IF NOT EXISTS payment_batch_line (batch_id, transaction_number, cus
 """
 
 
+def m3_rate(currency: str, local: str, draw: int) -> Decimal:
+    """ARAT (local per unit of ``currency``) around the currencies' USD values; ``draw`` in [-500, 500] moves
+    ``currency`` by up to ±4.6 % (EUR in a USD ledger: 1.0800 ± 0.0500)."""
+    value = USD_VALUE[currency]
+    return ((value + value * draw / 10_800) / USD_VALUE[local]).quantize(RATE_PLACES)
+
+
 def booking_rates(world: World) -> dict[str, Decimal]:
-    """ARAT per foreign invoice, from the world's own "m3" stream (USD invoices book at 1)."""
+    """ARAT per invoice in another currency than the local one, from the world's own "m3" stream."""
     rng = world.rng("m3")
-    rates = {}
-    for inv in world.invoices:
-        if inv.currency != LOCAL_CURRENCY:
-            rates[inv.number] = (Decimal("1.0800") + Decimal(rng.randint(-500, 500)) / 10_000).quantize(RATE_PLACES)
-    return rates
-
-
-def to_local(amount_minor: int, rate: Decimal) -> int:
-    return int((Decimal(amount_minor) * rate).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return {inv.number: m3_rate(inv.currency, world.local_currency, rng.randint(-500, 500))
+            for inv in world.invoices if inv.currency != world.local_currency}
 
 
 def utc_day(moment: int) -> date:
@@ -288,6 +301,7 @@ class M3Ledger:
         """``gl_interfaces``: the GLS850 position templates by interface name (default: the template in
         data/gls840_layout.toml, the one m3-recon's poster writes)."""
         self.world = world
+        self.local_currency = world.local_currency
         self.cono, self.divi = cono, divi
         self.customers: dict[str, Customer] = {c.number: c for c in world.customers}
         if gl_interfaces is None:
@@ -299,7 +313,8 @@ class M3Ledger:
         self._totals_cache: tuple[tuple[int, int], dict] | None = None  # ((now, lines), totals)
         self._meta = {"seed": str(world.seed), "period_start": world.period.start.isoformat(),
                       "period_days": str(world.period.days), "cono": str(cono), "divi": divi,
-                      "format": LEDGER_FORMAT}
+                      "format": LEDGER_FORMAT,
+                      **({"local_currency": world.local_currency} if world.local_currency != "USD" else {})}
         self._db = self._connect() if self.path is not None else None
         self._lines: list[LedgerLine] = []
         self._gl_lines: list[GLLine] = []
@@ -328,7 +343,7 @@ class M3Ledger:
             cono=self.cono, divi=self.divi, year=inv.invoice_date.year, journal=number, journal_seq=1,
             voucher_series=INVOICE_SERIES, voucher=number, trcd=TRCD_INVOICE, payer=inv.customer,
             customer=inv.customer, invoice=inv.number, invoice_year=inv.year, currency=inv.currency,
-            rate=rate, amount_minor=inv.amount_minor, local_minor=to_local(inv.amount_minor, rate),
+            rate=rate, amount_minor=inv.amount_minor, local_minor=self.to_local(inv.amount_minor, inv.currency, rate),
             invoice_date=inv.invoice_date, due_date=inv.due_date, accounting_date=inv.invoice_date,
             registered=day_start_epoch(inv.invoice_date))
 
@@ -474,10 +489,23 @@ class M3Ledger:
 
     def gl_rate(self, currency: str, day: date) -> Decimal:
         """The day's ARAT for a GL line in ``currency`` (deterministic per seed, currency and day)."""
-        if currency == LOCAL_CURRENCY:
+        if currency == self.local_currency:
             return Decimal(1).quantize(RATE_PLACES)
         rng = self.world.rng(f"m3-gl-rate:{currency}:{day.isoformat()}")
-        return (Decimal("1.0800") + Decimal(rng.randint(-500, 500)) / 10_000).quantize(RATE_PLACES)
+        return m3_rate(currency, self.local_currency, rng.randint(-500, 500))
+
+    def to_local(self, amount_minor: int, currency: str, rate: Decimal) -> int:
+        return convert(amount_minor, currency, self.local_currency, rate)
+
+    def exchange_rates(self, currencies: list[str], first: date, last: date) -> list[tuple[str, date, Decimal]]:
+        """M3's daily rates (CRS055, as exported) of ``currencies`` to the local one from ``first`` to ``last``."""
+        return [(currency, first + timedelta(days=n), self.gl_rate(currency, first + timedelta(days=n)))
+                for currency in sorted(set(currencies) - {self.local_currency})
+                for n in range((last - first).days + 1)]
+
+    def invoice_currency(self, invoice: str, invoice_year: int) -> str | None:
+        line = self._invoices.get((invoice, invoice_year))
+        return line.currency if line else None
 
     # -- cash applied to invoices (FSLEDG) ---------------------------------------------------------
     def apply_cash(self, invoice: str, invoice_year: int, amount_minor: int, paid_at: int) -> LedgerLine:
@@ -511,7 +539,7 @@ class M3Ledger:
                 raise LedgerError(f"invoice {inv.invoice}/{inv.invoice_year} has {open_minor} open, "
                                   f"cannot apply {amount_minor}", field="PYAM")
             open_local = inv.local_minor - paid_local
-            local = open_local if amount_minor == open_minor else to_local(amount_minor, inv.rate)
+            local = open_local if amount_minor == open_minor else self.to_local(amount_minor, inv.currency, inv.rate)
             applied[inv.invoice_key] = (paid + amount_minor, paid_local + local)
             lines.append(replace(inv, year=year, journal=journal, journal_seq=seq, voucher_series=PAYMENT_SERIES,
                                  voucher=voucher, trcd=TRCD_PAYMENT, amount_minor=-amount_minor, local_minor=-local,
@@ -549,12 +577,7 @@ class M3Ledger:
             self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
 
     def _open_gl_batch(self, key: str) -> GLBatch:
-        batch = self._gl_batches.get(key)
-        if batch is None:
-            raise record_missing(f"Batch {key}", "KEY1")
-        if batch.status == BATCH_UPDATED:
-            raise LedgerError(f"Batch {key} is already updated", field="KEY1")
-        return batch
+        return _open_batch(self._gl_batches.get(key), f"Batch {key}", "KEY1")
 
     def control_gl_batch(self, key: str) -> list[GLEntry]:
         """CtrlBatch: read every line with the interface's template and check the vouchers it makes."""
@@ -574,9 +597,10 @@ class M3Ledger:
                 journal, voucher = self._next_numbers(day.year, GL_SERIES)
                 for seq, entry in enumerate(members, start=1):
                     rate = self.gl_rate(entry.currency, day)
+                    local = (entry.local_minor if entry.local_minor is not None
+                             else self.to_local(entry.amount_minor, entry.currency, rate))
                     line = GLLine(self.cono, self.divi, day.year, journal, seq, GL_SERIES, voucher, day,
-                                  *entry.accounts, entry.currency, entry.amount_minor, rate,
-                                  to_local(entry.amount_minor, rate), entry.text, key, now)
+                                  *entry.accounts, entry.currency, entry.amount_minor, rate, local, entry.text, key, now)
                     lines.append(line)
                 self._count(lines[-1])
             self._write([(self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in lines]),
@@ -617,8 +641,7 @@ class M3Ledger:
                 if debit != credit:
                     raise LedgerError(
                         f"Voucher group {group} does not balance in {currency}: debit "
-                        f"{Decimal(debit).scaleb(-MINOR_UNIT_EXPONENT)}, credit "
-                        f"{Decimal(credit).scaleb(-MINOR_UNIT_EXPONENT)}", field="CUAM")
+                        f"{major(debit, currency)}, credit {major(credit, currency)}", field="CUAM")
         return entries
 
     def _entry(self, number: int, content: dict[str, str], layout: ParmLayout) -> GLEntry:
@@ -648,7 +671,9 @@ class M3Ledger:
         currency = values.get("CUCD", "")
         if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
             raise LedgerError(f"{where}: Currency {currency or '(blank)'} does not exist", field="CUCD")
-        amount = parse_amount(values.get("CUAM", ""), f"{where}: ", "CUAM")
+        amount = parse_amount(values.get("CUAM", ""), f"{where}: ", "CUAM", currency)
+        local = (parse_amount(values["ACAM"], f"{where}: ", "ACAM", self.local_currency)
+                 if values.get("ACAM") else None)
         raw_date = values.get("ACDT", "")
         try:
             if len(raw_date) != 8 or not raw_date.isdigit():
@@ -660,7 +685,7 @@ class M3Ledger:
         text = values.get("VTXT", "")
         if len(text) > VOUCHER_TEXT_LENGTH:
             raise LedgerError(f"{where}: Voucher text is longer than {VOUCHER_TEXT_LENGTH} characters", field="VTXT")
-        return GLEntry(number, int(group), accounts, currency, amount, day, text)
+        return GLEntry(number, int(group), accounts, currency, amount, day, text, local)
 
     # -- ARS040: customer payment batches ------------------------------------------------------------
     def add_payment_batch(self, batch_id: int, batch_type: str, accounting_date: date | None, now: int) -> None:
@@ -682,12 +707,7 @@ class M3Ledger:
             batch.lines[line.transaction] = line
 
     def _open_payment_batch(self, batch_id: int) -> PaymentBatch:
-        batch = self._payment_batches.get(batch_id)
-        if batch is None:
-            raise record_missing(f"Payment batch {batch_id}", "PBID")
-        if batch.status == BATCH_UPDATED:
-            raise LedgerError(f"Payment batch {batch_id} is already updated", field="PBID")
-        return batch
+        return _open_batch(self._payment_batches.get(batch_id), f"Payment batch {batch_id}", "PBID")
 
     def control_payment_batch(self, batch_id: int, now: int) -> list[LedgerLine]:
         """ControlBatch: check every line against the customer ledger and book them as one payment voucher."""
@@ -742,16 +762,16 @@ def _payment_line(row: tuple) -> PaymentLine:
     return PaymentLine(*head, date.fromisoformat(payment_date) if payment_date else None, account)
 
 
-def parse_amount(raw: str, where: str, field_name: str) -> int:
-    """An MI decimal amount (``-123.45``) as minor units; more decimals than the currency has is an error."""
+def parse_amount(raw: str, where: str, field_name: str, currency: str) -> int:
+    """An MI decimal amount (``-123.45``) as minor units of ``currency``; more decimals than it has is an error."""
     try:
         value = Decimal(raw)
         if not raw or not value.is_finite():
             raise ValueError
     except (ArithmeticError, ValueError):
         raise LedgerError(f"{where}Numeric error in field {field_name}", "XNU0000", field_name) from None
-    scaled = value.scaleb(MINOR_UNIT_EXPONENT)
+    scaled = value.scaleb(exponent(currency))
     if scaled != scaled.to_integral_value():
-        raise LedgerError(f"{where}Numeric error in field {field_name}: more than {MINOR_UNIT_EXPONENT} decimals",
+        raise LedgerError(f"{where}Numeric error in field {field_name}: more than {exponent(currency)} decimals",
                           "XNU0000", field_name)
     return int(scaled)

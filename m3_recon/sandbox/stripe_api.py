@@ -367,7 +367,7 @@ class StripeApp(VendorApp):
         return {
             "id": payout.id, "object": "payout", "amount": payout.amount, "arrival_date": payout.arrival_date,
             "automatic": True, "balance_transaction": payout.balance_transaction, "created": payout.created,
-            "currency": payout.currency, "description": "STRIPE PAYOUT", "destination": "ba_sandboxbank0001",
+            "currency": payout.currency, "description": "STRIPE PAYOUT", "destination": payout.destination,
             "failure_balance_transaction": payout.failure_balance_transaction if failed else None,
             "failure_code": payout.failure_code if failed else None,
             "failure_message": "The bank account has been closed." if failed else None,

@@ -1,6 +1,8 @@
 """Stripe's side of the sandbox world: charges, refunds, disputes, balance transactions and payouts.
 
-One USD Stripe balance is simulated over the period with daily automatic payouts. Objects keep their
+One Stripe balance per settlement currency is simulated over the period with daily automatic payouts,
+each currency's into its own bank account: USD, and EUR when the world's Stripe account settles EUR
+(charges in another currency convert to USD, with the balance transaction's ``exchange_rate``). Objects keep their
 whole lifetime (when created, when the funds became available, when a payout failed) and the API
 layer renders them as of the sandbox clock, so status changes can be observed by re-reading.
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from m3_recon.sandbox.customer_master import CustomerMaster, build_customer_master
@@ -26,6 +28,11 @@ DISPUTE_FEE = 1_500
 UNKNOWN_CATEGORY = "new_product_settlement"  # quirk stripe_unknown_category
 UNKNOWN_CATEGORY_DAYS = (4, 17)  # period days (0-based) that carry one
 CARD_BRANDS = ("visa", "mastercard", "amex", "discover")
+
+
+def bank_account(currency: str) -> str:
+    """The ``ba_…`` external account a currency's payouts go to (payout ``destination``)."""
+    return "ba_sandboxbank0001" if currency == "usd" else f"ba_sandboxbank{currency}1"
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Payout:
     created: int
     arrival_date: int
     balance_transaction: str
+    destination: str
     failed_at: int | None = None
     failure_balance_transaction: str | None = None
     failure_code: str | None = None
@@ -106,6 +114,11 @@ class StripeLedger:
     balance_transactions: dict[str, BalanceTxn] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
     customer_master: CustomerMaster | None = None
+
+    @property
+    def currencies(self) -> tuple[str, ...]:
+        """What the account settles in (lower case, as Stripe writes it); USD first."""
+        return tuple(currency.lower() for currency in self.world.stripe_currencies)
 
     def add_txn(self, txn: BalanceTxn) -> BalanceTxn:
         self.balance_transactions[txn.id] = txn
@@ -155,11 +168,12 @@ class _Builder:
     def eur_rate(self) -> Decimal:
         return Decimal("1.0800") + Decimal(self.rng.randint(-400, 400)) / Decimal(10_000)
 
-    def settle(self, presentment: int, currency: str) -> tuple[int, Decimal | None]:
-        if currency == "usd":
-            return presentment, None
+    def settle(self, presentment: int, currency: str) -> tuple[int, str, Decimal | None]:
+        """(settled amount, settlement currency, exchange rate or None when not converted)."""
+        if currency in self.ledger.currencies:
+            return presentment, currency, None
         rate = self.eur_rate()
-        return to_settlement(presentment, rate), rate
+        return to_settlement(presentment, rate), "usd", rate
 
     # -- charges and what follows them -------------------------------------------------------
     def charge(self, created: int) -> None:
@@ -177,13 +191,13 @@ class _Builder:
         currency = cust.currency.lower()
         charge_id = self.new_id("ch")
         txn_id = self.new_id("txn")
-        settled, rate = self.settle(plan.amount_minor, currency)
+        settled, settlement, rate = self.settle(plan.amount_minor, currency)
         fee = stripe_fee(settled)
-        fee_details = [{"amount": fee, "application": None, "currency": "usd",
+        fee_details = [{"amount": fee, "application": None, "currency": settlement,
                         "description": "Stripe processing fees", "type": "stripe_fee"}]
         self.ledger.add_txn(BalanceTxn(
             id=txn_id, type="charge", reporting_category="charge", amount=settled, fee=fee,
-            net=settled - fee, currency="usd", created=created,
+            net=settled - fee, currency=settlement, created=created,
             available_on=(created // DAY + 2) * DAY, description=f"Payment from {cust.name}",
             source=charge_id, exchange_rate=rate, fee_details=fee_details))
         self.ledger.charges[charge_id] = Charge(
@@ -217,13 +231,13 @@ class _Builder:
         if created >= self.end:
             return
         presentment = charge.amount if rng.random() < 0.6 else charge.amount // 2
-        settled, rate = self.settle(presentment, charge.currency)
+        settled, settlement, rate = self.settle(presentment, charge.currency)
         refund_id, txn_id = self.new_id("re"), self.new_id("txn")
         self.ledger.refunds[refund_id] = Refund(refund_id, charge_id, presentment, charge.currency,
                                                 created, txn_id)
         self.ledger.add_txn(BalanceTxn(
             id=txn_id, type="refund", reporting_category="refund", amount=-settled, fee=0, net=-settled,
-            currency="usd", created=created, available_on=created, description="REFUND FOR CHARGE",
+            currency=settlement, created=created, available_on=created, description="REFUND FOR CHARGE",
             source=refund_id, exchange_rate=rate))
 
     def dispute(self, charge_id: str, charge_created: int) -> None:
@@ -232,13 +246,13 @@ class _Builder:
         created = charge_created + rng.randint(3, 8) * DAY + rng.randrange(3_600)
         if created >= self.end:
             return
-        settled, rate = self.settle(charge.amount, charge.currency)
+        settled, settlement, rate = self.settle(charge.amount, charge.currency)
         dispute_id, txn_id = self.new_id("dp"), self.new_id("txn")
-        fee_details = [{"amount": DISPUTE_FEE, "application": None, "currency": "usd",
+        fee_details = [{"amount": DISPUTE_FEE, "application": None, "currency": settlement,
                         "description": "Dispute fee", "type": "stripe_fee"}]
         self.ledger.add_txn(BalanceTxn(
             id=txn_id, type="adjustment", reporting_category="dispute", amount=-settled,
-            fee=DISPUTE_FEE, net=-settled - DISPUTE_FEE, currency="usd", created=created,
+            fee=DISPUTE_FEE, net=-settled - DISPUTE_FEE, currency=settlement, created=created,
             available_on=created, description="Chargeback withdrawal for " + charge_id,
             source=dispute_id, exchange_rate=rate, fee_details=fee_details))
         dispute = Dispute(dispute_id, charge_id, charge.amount, charge.currency, created,
@@ -248,7 +262,7 @@ class _Builder:
             reversal_id = self.new_id("txn")
             self.ledger.add_txn(BalanceTxn(
                 id=reversal_id, type="adjustment", reporting_category="dispute_reversal",
-                amount=settled, fee=0, net=settled, currency="usd", created=won_at, available_on=won_at,
+                amount=settled, fee=0, net=settled, currency=settlement, created=won_at, available_on=won_at,
                 description="Chargeback reversal for " + charge_id, source=dispute_id,
                 exchange_rate=rate))
             dispute.balance_transactions.append(reversal_id)
@@ -293,28 +307,35 @@ class _Builder:
 
     # -- payouts ---------------------------------------------------------------------------------
     def payouts(self) -> None:
+        """Each day, one automatic payout per settlement currency of its available balance; the first (USD)
+        payout from the tenth day on fails once."""
         period = self.world.period
         failing_day = min(9, period.days - 5)
         for index, day in enumerate(period.dates()):
             payout_time = day_start_epoch(day) + PAYOUT_HOUR * 3_600
-            eligible = [t for t in self.ledger.balance_transactions.values()
-                        if t.payout is None and t.created <= payout_time and t.available_on <= payout_time]
-            amount = sum(t.net for t in eligible)
-            if amount <= 0:
-                continue
-            payout_id, txn_id = self.new_id("po"), self.new_id("txn")
-            for t in eligible:
-                t.payout = payout_id
-            own = self.ledger.add_txn(BalanceTxn(
-                id=txn_id, type="payout", reporting_category="payout", amount=-amount, fee=0, net=-amount,
-                currency="usd", created=payout_time, available_on=payout_time, description="STRIPE PAYOUT",
-                source=payout_id))
-            own.payout = payout_id
-            payout = Payout(payout_id, amount, "usd", payout_time,
-                            next_business_day(day_start_epoch(day)), txn_id)
-            self.ledger.payouts[payout_id] = payout
-            if index >= failing_day and not any(p.failed_at for p in self.ledger.payouts.values()):
-                self.fail(payout)
+            for currency in self.ledger.currencies:
+                payout = self.payout(currency, day, payout_time)
+                if payout and index >= failing_day and not any(p.failed_at for p in self.ledger.payouts.values()):
+                    self.fail(payout)
+
+    def payout(self, currency: str, day: date, payout_time: int) -> Payout | None:
+        eligible = [t for t in self.ledger.balance_transactions.values() if t.payout is None
+                    and t.currency == currency and t.created <= payout_time and t.available_on <= payout_time]
+        amount = sum(t.net for t in eligible)
+        if amount <= 0:
+            return None
+        payout_id, txn_id = self.new_id("po"), self.new_id("txn")
+        for t in eligible:
+            t.payout = payout_id
+        own = self.ledger.add_txn(BalanceTxn(
+            id=txn_id, type="payout", reporting_category="payout", amount=-amount, fee=0, net=-amount,
+            currency=currency, created=payout_time, available_on=payout_time, description="STRIPE PAYOUT",
+            source=payout_id))
+        own.payout = payout_id
+        payout = Payout(payout_id, amount, currency, payout_time, next_business_day(day_start_epoch(day)), txn_id,
+                        bank_account(currency))
+        self.ledger.payouts[payout_id] = payout
+        return payout
 
     def fail(self, payout: Payout) -> None:
         failed_at = payout.arrival_date + DAY + 14 * 3_600
@@ -322,7 +343,7 @@ class _Builder:
             return
         txn = self.ledger.add_txn(BalanceTxn(
             id=self.new_id("txn"), type="payout_failure", reporting_category="payout_reversal",
-            amount=payout.amount, fee=0, net=payout.amount, currency="usd", created=failed_at,
+            amount=payout.amount, fee=0, net=payout.amount, currency=payout.currency, created=failed_at,
             available_on=failed_at, description="STRIPE PAYOUT FAILURE", source=payout.id))
         payout.failed_at = failed_at
         payout.failure_balance_transaction = txn.id

@@ -90,7 +90,7 @@ def expected_movements(sandbox) -> dict[str, dict[str, Movement]]:
     heartland |= {f"{d.id}:{suffix}": -amount for d in gp.deposits.values() if d.id in deposited
                   for suffix, amount in (("DISCOUNTS", d.discounts_amount), ("FEES", d.fees_amount)) if amount}
     return {"stripe": stripe, "paytrace": paytrace,
-            "heartland": {source_id: ("USD", net, 0, net) for source_id, net in heartland.items()}}
+            "heartland": {source_id: (sandbox.heartland.currency, net, 0, net) for source_id, net in heartland.items()}}
 
 
 def expected_banking(sandbox) -> tuple[dict[str, set[str]], int]:

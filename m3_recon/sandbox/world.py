@@ -103,6 +103,9 @@ class World:
     payments: list[PaymentTruth] = field(default_factory=list)
     quirks: frozenset[str] = frozenset()  # m3_recon.sandbox.quirks names this world is generated with
     reused_numbers: frozenset[str] = frozenset()  # invoice numbers also open in an earlier invoice year
+    local_currency: str = "USD"  # the currency M3 keeps its books in
+    heartland_currency: str = "USD"  # what the Heartland account settles in (and its customers are billed in)
+    stripe_currencies: tuple[str, ...] = ("USD",)  # what the Stripe account settles in; other charges convert to USD
 
     def rng(self, stream: str) -> random.Random:
         """An independent random stream per part, so adding a processor never shifts another's data."""
@@ -143,19 +146,24 @@ REUSED_NUMBERS = 24  # quirk invoice_number_reused: this many numbers are also o
 
 
 def build_world(seed: int, period: Period, customers: int = 60, eur_customers: int = 8,
-                quirks: frozenset[str] = frozenset()) -> World:
+                quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> World:
     """Customers (a few billed in EUR) and invoices dated from 45 days before the period to its end.
 
-    Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. With
+    Each customer pays through one processor; EUR customers pay by Stripe, which converts to USD. An M3 keeping
+    its books in another currency than USD belongs to a group whose Stripe account also has a EUR bank account
+    (it settles EUR charges in EUR, USD ones in USD) and whose Heartland account settles in yen: its
+    Heartland customers are billed in JPY (the same figures, as whole yen). With
     the quirk ``invoice_number_reused`` some USD invoice numbers are also open in the previous invoice
     year, for a customer of another processor (long before any matching window).
     """
-    world = World(seed=seed, period=period, quirks=frozenset(quirks))
+    world = World(seed=seed, period=period, quirks=frozenset(quirks), local_currency=local_currency,
+                  heartland_currency="USD" if local_currency == "USD" else "JPY",
+                  stripe_currencies=("USD",) if local_currency == "USD" else ("USD", "EUR"))
     rng = world.rng("world")
     for i in range(customers):
         name = f"{rng.choice(COMPANY_WORDS)} {rng.choice(COMPANY_KINDS)} {'Inc' if i % 3 else 'GmbH'}"
-        currency = "EUR" if i < eur_customers else "USD"
         processor = "stripe" if i < eur_customers else PROCESSORS[i % len(PROCESSORS)]
+        currency = "EUR" if i < eur_customers else world.heartland_currency if processor == "heartland" else "USD"
         world.customers.append(Customer(number=f"C{10001 + i}", name=name, currency=currency,
                                         processor=processor, stripe_id=stable_id(rng, "cus", 14),
                                         email=customer_email(10001 + i, customers)))

@@ -20,8 +20,9 @@ from decimal import Decimal, InvalidOperation
 from bai2 import bai2
 from bai2.exceptions import IntegrityException, NotSupportedYetException, ParsingException
 
+from m3_recon.money import exponent
+
 MAX_STATEMENT_BYTES = 50 * 1024 * 1024
-ZERO_DECIMAL_CURRENCIES = {"JPY", "KRW", "CLP", "ISK", "VND", "XOF", "XAF", "UGX", "PYG", "HUF"}
 
 
 class StatementError(ValueError):
@@ -130,9 +131,8 @@ def _date(element: ET.Element | None, name: str, where: str) -> date | None:
 
 
 def _minor(amount: str, currency: str, where: str) -> int:
-    exponent = 0 if currency in ZERO_DECIMAL_CURRENCIES else 2
     try:
-        value = Decimal(amount) * (10 ** exponent)
+        value = Decimal(amount).scaleb(exponent(currency))
     except InvalidOperation:
         raise StatementError(f"{where}: amount {amount!r} is not a number") from None
     if value != value.to_integral_value() or value < 0:

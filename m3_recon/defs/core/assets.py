@@ -17,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 from m3_recon.canonical import heartland, paytrace, stripe
 from m3_recon.canonical.model import PAYOUT_COLUMNS, PAYOUT_SCHEMA, SETTLEMENT_LINE_COLUMNS, SETTLEMENT_LINE_SCHEMA, split_valid
 from m3_recon.canonical.references import with_text_references
+from m3_recon.defs.metadata import markdown_table
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.reconcile.matching import MatchingRules
@@ -100,8 +101,7 @@ def _materialize(context, config, duckdb_resource, *, table, columns, schema, sq
                     **summarize(conn, window)}
     if len(rejected):
         reasons = rejected["reason"].value_counts().head(10)
-        metadata["quarantine_reasons"] = dg.MetadataValue.md(
-            "| reason | rows |\n|---|---:|\n" + "\n".join(f"| {r} | {n} |" for r, n in reasons.items()))
+        metadata["quarantine_reasons"] = markdown_table(["reason", "rows"], reasons.items())
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
@@ -110,9 +110,9 @@ def _lines_summary(conn, window) -> dict:
         "SELECT processor, currency, count(*), sum(amount_minor), sum(fee_minor), sum(net_minor) "
         "FROM core_settlement_lines WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
         [window.start.date(), window.end.date()]).fetchall()
-    return {"totals_by_processor": dg.MetadataValue.md(
-        "| processor | currency | lines | amount | fee | net |\n|---|---|---:|---:|---:|---:|\n"
-        + "\n".join(f"| {p} | {c} | {n} | {money(a, c)} | {money(f, c)} | {money(t, c)} |" for p, c, n, a, f, t in by))}
+    return {"totals_by_processor": markdown_table(
+        ["processor", "currency", "lines", "amount", "fee", "net"],
+        [(p, c, n, money(a, c), money(f, c), money(t, c)) for p, c, n, a, f, t in by], text_columns=2)}
 
 
 def _payouts_summary(conn, window) -> dict:
@@ -120,9 +120,8 @@ def _payouts_summary(conn, window) -> dict:
         "SELECT processor, status, currency, count(*), sum(amount_minor) FROM core_payouts "
         "WHERE settlement_date >= ? AND settlement_date < ? GROUP BY ALL ORDER BY ALL",
         [window.start.date(), window.end.date()]).fetchall()
-    return {"payouts_by_status": dg.MetadataValue.md(
-        "| processor | status | payouts | amount |\n|---|---|---:|---:|\n"
-        + "\n".join(f"| {p} | {s} | {n} | {money(a, c)} |" for p, s, c, n, a in by))}
+    return {"payouts_by_status": markdown_table(["processor", "status", "payouts", "amount"],
+                                                [(p, s, n, money(a, c)) for p, s, c, n, a in by], text_columns=2)}
 
 
 def _deps(name: str) -> list[dg.AssetKey]:

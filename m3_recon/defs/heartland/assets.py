@@ -18,17 +18,19 @@ id or a usable deposit date cannot be placed in a partition and goes to ``core_q
 
 # No `from __future__ import annotations` here: Dagster reads the config annotation at runtime.
 import warnings
-from datetime import date, timedelta
+from datetime import date
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
 from m3_recon.defs.heartland.resources import HeartlandResource
+from m3_recon.defs.metadata import markdown_table
+from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.money import money_sql
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.sql import add_column
-from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_window
+from m3_recon.warehouse import Rejection, naive_utc
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -211,35 +213,13 @@ WHERE deposit_date >= ? AND deposit_date < ?"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> tuple[FetchWindow, date, date]:
     """The run's window and its inclusive first and last deposit dates (GP's date filters are inclusive)."""
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    first_day, last_day = window.start.date(), (window.end - timedelta(days=1)).date()
-    context.log.info(f"GP API deposit dates {first_day}..{last_day} for partitions "
-                     f"{context.partition_key_range.start}..{context.partition_key_range.end} "
-                     f"(look-back {config.lookback_days} days)")
-    return window, first_day, last_day
-
-
-def _replace(duckdb: DuckDBResource, context: dg.AssetExecutionContext, window: FetchWindow, objects: list[dict],
-             table: str, ddl: str, insert_select: str, rejection: Rejection,
-             summary_sql: str) -> tuple[int, list[tuple]]:
-    """Replace the window's deposit dates of ``table``; return rows written and ``summary_sql``'s rows."""
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table=table, ddl=ddl, insert_select=insert_select,
-                              docs=documents_table(objects, context.run.run_id), window_column="deposit_date",
-                              start=window.start, end=window.end, rejection=rejection, run_id=context.run.run_id)
-        summary = conn.execute(summary_sql, [naive_utc(window.start), naive_utc(window.end)]).fetchall()
-    return rows, summary
+    window = logged_fetch_window(context, config, "GP API deposit dates")
+    return window, window.first_day, window.last_day
 
 
 def _summed(amount: str) -> str:
     """SQL: the group's total of ``amount`` as ``1,234.56 USD`` (the query groups by currency: never summed across)."""
     return money_sql(f"sum({amount})", "upper(currency)")
-
-
-def _table(header: str, rows: list[tuple]) -> dg.MetadataValue:
-    columns = header.count("|") - 1
-    return dg.MetadataValue.md(header + "\n|" + "---|" * columns + "\n"
-                               + "\n".join("| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows))
 
 
 @dg.asset(
@@ -252,14 +232,15 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().settlement_transactions(first_day, last_day)
-    rows, by_type = _replace(duckdb, context, window, objects, TRANSACTIONS_TABLE, TRANSACTIONS_DDL,
-                             TRANSACTIONS_SELECT, TRANSACTIONS_REJECTION,
-                             f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
-                             "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY type, currency ORDER BY ALL")
+    rows, (by_type,) = store_vendor_objects(
+        duckdb, context, window, objects, table=TRANSACTIONS_TABLE, ddl=TRANSACTIONS_DDL,
+        insert_select=TRANSACTIONS_SELECT, window_column="deposit_date", rejection=TRANSACTIONS_REJECTION,
+        summaries=[f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
+                   "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY type, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
         "without_reference": sum(1 for o in objects if not o.get("reference")),
-        "by_type": _table("| type | rows | signed amount |", by_type),
+        "by_type": markdown_table(["type", "rows", "signed amount"], by_type),
     })
 
 
@@ -273,14 +254,14 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
                            heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().disputes(first_day, last_day)
-    rows, by_stage = _replace(duckdb, context, window, objects, DISPUTES_TABLE, DISPUTES_DDL, DISPUTES_SELECT,
-                              DISPUTES_REJECTION,
-                              f"SELECT stage, result, count(*), {_summed('signed_amount')} FROM {DISPUTES_TABLE} "
-                              "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY stage, result, currency "
-                              "ORDER BY ALL")
+    rows, (by_stage,) = store_vendor_objects(
+        duckdb, context, window, objects, table=DISPUTES_TABLE, ddl=DISPUTES_DDL, insert_select=DISPUTES_SELECT,
+        window_column="deposit_date", rejection=DISPUTES_REJECTION,
+        summaries=[f"SELECT stage, result, count(*), {_summed('signed_amount')} FROM {DISPUTES_TABLE} "
+                   "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY stage, result, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "by_stage": _table("| stage | result | rows | signed amount |", by_stage),
+        "by_stage": markdown_table(["stage", "result", "rows", "signed amount"], by_stage, text_columns=2),
     })
 
 
@@ -305,10 +286,11 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
-    rows, by_status = _replace(duckdb, context, window, objects, DEPOSITS_TABLE, DEPOSITS_DDL, DEPOSITS_SELECT,
-                               DEPOSITS_REJECTION,
-                               f"SELECT status, count(*), {_summed('net_amount')} FROM {DEPOSITS_TABLE} "
-                               "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY status, currency ORDER BY ALL")
+    rows, (by_status,) = store_vendor_objects(
+        duckdb, context, window, objects, table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL, insert_select=DEPOSITS_SELECT,
+        window_column="deposit_date", rejection=DEPOSITS_REJECTION,
+        summaries=[f"SELECT status, count(*), {_summed('net_amount')} FROM {DEPOSITS_TABLE} "
+                   "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY status, currency ORDER BY ALL"])
     with duckdb.get_connection() as conn:
         unbalanced, fees_resigned = conn.execute(UNBALANCED_DEPOSITS, bounds).fetchone()
         unexplained = [r[0] for r in conn.execute(UNEXPLAINED_DEPOSITS, bounds * 3).fetchall()]
@@ -317,7 +299,7 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
                             f"disputes: {', '.join(unexplained[:10])}")
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "by_status": _table("| status | deposits | net |", by_status),
+        "by_status": markdown_table(["status", "deposits", "net"], by_status),
         "deposits_not_summing": unbalanced,
         "deposits_with_fee_signs_chosen_by_identity": fees_resigned,
         "deposits_unexplained_by_lines": len(unexplained),

@@ -20,7 +20,8 @@ from dagster_duckdb import DuckDBResource
 from m3_recon import settings, wire
 from m3_recon.clients.m3 import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.money import money, money_by_currency
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.money import money
 from m3_recon.partitions import daily_partitions
 from m3_recon.reconcile.matching import MatchingRules, normalised
 from m3_recon.warehouse import documents_table, naive_utc, replace_snapshot, replace_window
@@ -129,9 +130,8 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
         "open_invoices_read": len(records),
         "taken_at_utc": taken_at.isoformat(timespec="seconds"),
         "open_invoices_last_day": sum(n for _, n, _ in by_currency),
-        "outstanding_last_day": dg.MetadataValue.md(
-            "| currency | invoices | outstanding |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {money(s, c)} |" for c, n, s in by_currency)),
+        "outstanding_last_day": markdown_table(["currency", "invoices", "outstanding"],
+                                               [(c, n, money(s, c)) for c, n, s in by_currency]),
     })
 
 
@@ -150,8 +150,7 @@ def core_open_invoices(context: dg.AssetExecutionContext, duckdb: DuckDBResource
     return dg.MaterializeResult(metadata={
         "rows": sum(n for _, n, _, _ in by_currency),
         "snapshot_date": str(max((d for *_, d in by_currency), default=None)),
-        "outstanding": money_by_currency([(c, s) for c, _, s, _ in by_currency]),
-        "outstanding_minor_by_currency": dg.MetadataValue.json({c: int(s) for c, _, s, _ in by_currency}),
+        **money_totals("outstanding", [(c, s) for c, _, s, _ in by_currency]),
     })
 
 

@@ -27,10 +27,10 @@ from duckdb import DuckDBPyConnection
 
 from m3_recon import decimal_json, wire
 from m3_recon.clients.paytrace import VENDOR, cents, local_timestamp
+from m3_recon.defs.metadata import money_totals
 from m3_recon.defs.paytrace.resources import PayTraceResource
 from m3_recon.errors import VendorRequestError
-from m3_recon.money import money
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.sql import add_column, create_table
 from m3_recon.warehouse import naive_utc, replace_window
 
@@ -99,15 +99,7 @@ def store_window(conn: DuckDBPyConnection, table: str, rows: list[dict], window:
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
     """The batch dates to replace, as UTC midnights: partitions plus look-back, never before the first one."""
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    context.log.info(f"PayTrace batch dates {window.start.date()}..{_last_date(window)} for partitions "
-                     f"{context.partition_key_range.start}..{context.partition_key_range.end} "
-                     f"(look-back {config.lookback_days} days)")
-    return window
-
-
-def _last_date(window: FetchWindow) -> date:
-    return (window.end - timedelta(days=1)).date()
+    return logged_fetch_window(context, config, "PayTrace batch dates")
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -207,7 +199,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConf
     window = _window(context, config)
     client = paytrace.client()
     zone, loaded_at, run_id = client.zone(), _loaded_at(), context.run.run_id
-    first, last = window.start.date(), _last_date(window)
+    first, last = window.first_day, window.last_day
     rows = [_typed("batch", batch.get("number"), lambda: batch_row(day, batch, zone, run_id, loaded_at))
             for day, batch in client.batches(first, last)]
     with duckdb.get_connection() as conn:
@@ -217,8 +209,7 @@ def raw_paytrace_batches(context: dg.AssetExecutionContext, config: LookbackConf
     return dg.MaterializeResult(metadata={
         "rows": inserted,
         "batch_dates": f"{first}..{last} ({zone.key})",
-        "net_amount": money(sum(row["net_amount_cents"] or 0 for row in rows), CURRENCY),
-        "net_amount_cents": sum(row["net_amount_cents"] or 0 for row in rows),
+        **money_totals("net_amount", [(CURRENCY, sum(row["net_amount_cents"] or 0 for row in rows))]),
         "batches_settled_time_assumed": sum(row["settled_time_assumed"] for row in rows),
         "dates_without_batch": dg.MetadataValue.json([d.isoformat() for d in all_dates if d not in dates_with_batch]),
     })
@@ -247,7 +238,7 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: Lookbac
     rows = [_typed("transaction", txn.get("transaction_id"),
                    lambda: transaction_row(number, day, txn, zone, run_id, loaded_at))
             for (number, day), txns in zip(batches, itemised) for txn in txns]
-    awaiting = client.transactions(_last_date(window), _last_date(window), transaction_type="PENDING")
+    awaiting = client.transactions(window.last_day, window.last_day, transaction_type="PENDING")
     with duckdb.get_connection() as conn:
         inserted = store_window(conn, "raw_paytrace_transactions", rows, window)
         out_of_balance = conn.execute(
@@ -261,11 +252,10 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: Lookbac
         "rows": inserted,
         "batches_itemised": len(batches),
         "batches_out_of_balance": dg.MetadataValue.json([number for (number,) in out_of_balance]),
-        "sales": money(sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"), CURRENCY),
-        "refunds": money(sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
-                         CURRENCY),
-        "sales_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "SALE"),
-        "refunds_cents": sum(row["amount_cents"] or 0 for row in rows if row["transaction_type"] == "REFUND"),
+        **money_totals("sales", [(CURRENCY, sum(row["amount_cents"] or 0 for row in rows
+                                                if row["transaction_type"] == "SALE"))]),
+        **money_totals("refunds", [(CURRENCY, sum(row["amount_cents"] or 0 for row in rows
+                                                  if row["transaction_type"] == "REFUND"))]),
         "unsettled_created_on_last_date": dg.MetadataValue.int(len(awaiting)),
     }, check_results=[dg.AssetCheckResult(
         check_name="batches_sum_to_their_transactions", passed=not out_of_balance, severity=dg.AssetCheckSeverity.WARN,

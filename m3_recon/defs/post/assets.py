@@ -11,9 +11,11 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from m3_recon.defs.m3.resources import M3Resource
-from m3_recon.journals import AccountMap
+from m3_recon import settings
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.journals import AccountMap, load_exchange_rates
 from m3_recon.journals.window import Journals, run_window
-from m3_recon.money import money, money_by_currency
+from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, daily_partitions, fetch_window
 from m3_recon.posting.config import posting_config_from_env
 from m3_recon.posting.poster import post_pending
@@ -25,18 +27,21 @@ GROUP = "post"
 OWNERS = ["team:finance-systems"]
 
 
-def journal_checks(conn, journals: Journals) -> list[dg.AssetCheckResult]:
-    """Vouchers balance; and every tied payout of the window that has reached the bank (or failed) and whose
-    lines all lie in the window nets to zero on clearing. A payout still in transit is not yet booked to the
-    bank, so its amount is still on clearing: that residue is named in the check's metadata instead."""
+def journal_checks(conn, journals: Journals, local: str) -> list[dg.AssetCheckResult]:
+    """Vouchers balance, per currency and in M3's local currency ``local``; and every tied payout of the window
+    that has reached the bank (or failed) and whose lines all lie in the window nets to zero on clearing (in local
+    currency). A payout still in transit is not yet booked to the bank, so its amount is still on clearing: that
+    residue is named in the check's metadata instead."""
     unbalanced = conn.execute(f"""SELECT voucher_key, currency, sum(amount_minor) FROM {journals.lines}
-                                  GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall()
+                                  GROUP BY ALL HAVING sum(amount_minor) <> 0
+                                  UNION ALL
+                                  SELECT voucher_key, 'local ' || ?, sum(local_minor) FROM {journals.lines}
+                                  GROUP BY ALL HAVING sum(local_minor) <> 0""", [local]).fetchall()
     residue = conn.execute(f"SELECT processor, payout_id, clearing_net_minor FROM {journals.clearing_residue} "
                            "WHERE payout_status IN ('paid', 'failed')").fetchall()
     in_transit = conn.execute(
-        f"SELECT p.currency, count(*), sum(r.clearing_net_minor) FROM {journals.clearing_residue} r "
-        "JOIN core_payouts p USING (processor, payout_id) WHERE r.payout_status IN ('pending', 'in_transit') "
-        "GROUP BY 1").fetchall()
+        f"SELECT ?, count(*), sum(r.clearing_net_minor) FROM {journals.clearing_residue} r "
+        "WHERE r.payout_status IN ('pending', 'in_transit') GROUP BY 1", [local]).fetchall()
     return [
         dg.AssetCheckResult(check_name="vouchers_balance", asset_key="core_gl_journal_lines", passed=not unbalanced,
                             severity=dg.AssetCheckSeverity.ERROR,
@@ -46,9 +51,7 @@ def journal_checks(conn, journals: Journals) -> list[dg.AssetCheckResult]:
                             passed=not residue, severity=dg.AssetCheckSeverity.ERROR,
                             metadata={"tied_payouts_with_clearing_residue": len(residue),
                                       "payouts_in_transit": sum(n for _, n, _ in in_transit),
-                                      "in_transit_on_clearing": money_by_currency([(c, a) for c, _, a in in_transit]),
-                                      "in_transit_on_clearing_minor": dg.MetadataValue.json(
-                                          {c: int(a) for c, _, a in in_transit}),
+                                      **money_totals("in_transit_on_clearing", [(c, a) for c, _, a in in_transit]),
                                       "examples": dg.MetadataValue.json([list(map(str, r)) for r in residue[:5]])}),
     ]
 
@@ -78,8 +81,10 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
     window = fetch_window(context.partition_time_window, config.lookback_days)
     with duckdb.get_connection() as conn:
         load_decisions(conn, into="exception_decisions")
+        local = settings.local_currency()
+        load_exchange_rates(conn, settings.exchange_rates_file(), local)
         derived = run_window(conn, AccountMap.load(), window.start.date(), window.end.date(),
-                             decisions="exception_decisions")
+                             decisions="exception_decisions", local_currency=local, rates="exchange_rates")
         revisions = derived.corrections
         vouchers, lines, held = conn.execute(f"""
             SELECT count(DISTINCT voucher_key), count(*), count(DISTINCT voucher_key) FILTER (held_reason IS NOT NULL)
@@ -93,21 +98,18 @@ def journals(context: dg.AssetExecutionContext, config: LookbackConfig, duckdb: 
             f"SELECT count(DISTINCT voucher_key), count(*) FROM {derived.cash_applications}").fetchone()
         applied = conn.execute(f"SELECT currency, sum(amount_minor) FROM {derived.cash_applications} "
                                "GROUP BY 1").fetchall()
-        checks = journal_checks(conn, derived)
+        checks = journal_checks(conn, derived, local)
         blocked = conn.execute(f"SELECT check_name || ': ' || processor || ' ' || day FROM {derived.blocks} "
                                "ORDER BY ALL").fetchall()
     yield dg.MaterializeResult(asset_key="core_gl_journal_lines", metadata={
         "fetch_window": str(window), "vouchers": vouchers, "lines": lines, "held_vouchers": held,
         "correction_vouchers": revisions,
         "blocked_processor_days": dg.MetadataValue.json([b for (b,) in blocked]),
-        "debits": money_by_currency(debits),
-        "debits_minor": dg.MetadataValue.json({c: int(a) for c, a in debits}),
-        "by_entry": dg.MetadataValue.md("| entry | lines | debits |\n|---|---:|---:|\n" + "\n".join(
-            f"| {e} | {n} | {money(d, c)} |" for e, c, n, d in by_entry))})
+        **money_totals("debits", debits),
+        "by_entry": markdown_table(["entry", "lines", "debits"], [(e, n, money(d, c)) for e, c, n, d in by_entry])})
     yield dg.MaterializeResult(asset_key="core_cash_applications", metadata={
         "fetch_window": str(window), "payment_batches": batches, "applications": applications,
-        "applied": money_by_currency(applied),
-        "applied_minor": dg.MetadataValue.json({c: int(a) for c, a in applied})})
+        **money_totals("applied", applied)})
     yield from checks
 
 
@@ -130,8 +132,7 @@ def out_m3_postings(context: dg.AssetExecutionContext, duckdb: DuckDBResource, m
         context.log.warning(f"{outcome.route} voucher {outcome.voucher_key} posted but not verified: {outcome.error}")
     metadata = {
         **summary.counts(),
-        "outbox": dg.MetadataValue.md("| route | status | vouchers |\n|---|---|---:|\n" + "\n".join(
-            f"| {r} | {s} | {n} |" for r, s, n in by_status))}
+        "outbox": markdown_table(["route", "status", "vouchers"], by_status, text_columns=2)}
     if failed:
         raise dg.Failure(description=f"{len(failed)} voucher(s) failed in M3 this run (e.g. {failed[0].voucher_key}: "
                                      f"{failed[0].error}); see out_m3_postings.last_error", metadata=metadata)

@@ -18,6 +18,7 @@ from m3_recon import settings
 from m3_recon.alerts import deliver_alerts, raise_alerts
 from m3_recon.analyst import VIEWS as ANALYST_VIEWS
 from m3_recon.analyst import publish
+from m3_recon.defs.metadata import markdown_table, money_totals
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
 from m3_recon.money import money, money_by_currency
 from m3_recon.posting.gates import UNBALANCED_PAYMENTS, over_allocated_invoices
@@ -71,7 +72,7 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
     with duckdb.get_connection() as conn:
         load_decisions(conn, into="exception_decisions")
         allocated = allocate_payments(conn, MatchingRules.load(), window.start.date(), window.end.date(),
-                                      decisions="exception_decisions")
+                                      decisions="exception_decisions", local_currency=settings.local_currency())
         payments, auto, suggested, unmatched = conn.execute(f"""
             SELECT count(DISTINCT source_id), count(DISTINCT source_id) FILTER (status = 'auto'),
                    count(DISTINCT source_id) FILTER (status = 'suggested'),
@@ -89,10 +90,8 @@ def core_payment_allocations(context: dg.AssetExecutionContext, config: Lookback
         "applied_by_decision": allocated.decided, "kept_as_posted": allocated.kept_as_posted,
         "customers_from_xref": allocated.customers_from_xref,
         "unmatched": unmatched, "auto_match_share": round(auto / payments, 4) if payments else 0.0,
-        "unmatched_amount": money_by_currency(unmatched_amount),
-        "unmatched_amount_minor": dg.MetadataValue.json({c: int(a) for c, a in unmatched_amount}),
-        "exceptions_by_reason": dg.MetadataValue.md("| reason | payments |\n|---|---:|\n" + "\n".join(
-            f"| {code} | {n} |" for code, n in by_reason)),
+        **money_totals("unmatched_amount", unmatched_amount),
+        "exceptions_by_reason": markdown_table(["reason", "payments"], by_reason),
     }, check_results=checks)
 
 
@@ -118,8 +117,7 @@ def core_payout_reconciliation(context: dg.AssetExecutionContext, config: Lookba
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "payouts": sum(by_status.values()), "tied": by_status.get("tied", 0),
         "mismatched": by_status.get("mismatch", 0), "pending": by_status.get("pending", 0),
-        "failed": by_status.get("failed", 0), "mismatch_residue": money_by_currency(residue),
-        "mismatch_residue_minor": dg.MetadataValue.json({c: int(a) for c, a in residue}),
+        "failed": by_status.get("failed", 0), **money_totals("mismatch_residue", residue),
         "banked": banked[0], "not_yet_banked": banked[1]})
 
 
@@ -157,11 +155,10 @@ def out_recon_exceptions(context: dg.AssetExecutionContext, config: LookbackConf
     return dg.MaterializeResult(metadata={
         "fetch_window": str(window), "new": registered.new, "cleared": registered.cleared,
         "decided": registered.decided, "open": sum(n for _, n, _ in open_by_reason),
-        "open_by_reason": dg.MetadataValue.md("| reason | open | amount |\n|---|---:|---:|\n" + "\n".join(
-            f"| {r} | {n} | {a} |" for r, n, a in open_by_reason)),
-        "top_open_exceptions": dg.MetadataValue.md(
-            "| id | reason | processor | source | day | amount |\n|---|---|---|---|---|---:|\n" + "\n".join(
-                f"| {i} | {r} | {p} | {s} | {d} | {money(a, c)} |" for i, r, p, s, d, a, c in top)),
+        "open_by_reason": markdown_table(["reason", "open", "amount"], open_by_reason),
+        "top_open_exceptions": markdown_table(["id", "reason", "processor", "source", "day", "amount"],
+                                              [(i, r, p, s, d, money(a, c)) for i, r, p, s, d, a, c in top],
+                                              text_columns=5),
     }, check_results=[dg.AssetCheckResult(
         check_name="every_payout_tied_or_excepted", passed=not unexcepted, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"mismatched_without_exception": len(unexcepted)})])
@@ -236,13 +233,12 @@ def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBR
     return dg.MaterializeResult(metadata={
         "period": f"{first} to {last}",
         "roll_forward_closes": all(r["difference_minor"] == 0 for r in rows),
-        "roll_forward": dg.MetadataValue.md(
-            "| processor | opening | charges | refunds | disputes | fees | adjustments | payouts | closing | "
-            "ledger | difference |\n|---|" + "---:|" * 10 + "\n" + "\n".join(
-                f"| {r['processor']} | " + " | ".join(money(r[c], r["currency"]) for c in (
-                    "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor",
-                    "adjustments_minor", "payouts_minor", "closing_minor", "ledger_closing_minor",
-                    "difference_minor")) + " |" for r in rows)),
+        "roll_forward": markdown_table(
+            ["processor", "opening", "charges", "refunds", "disputes", "fees", "adjustments", "payouts", "closing",
+             "ledger", "difference"],
+            [[r["processor"], *(money(r[c], r["currency"]) for c in (
+                "opening_minor", "charges_minor", "refunds_minor", "disputes_minor", "fees_minor", "adjustments_minor",
+                "payouts_minor", "closing_minor", "ledger_closing_minor", "difference_minor"))] for r in rows]),
         "vouchers_by_m3_status": dg.MetadataValue.json(statuses),
         "report": dg.MetadataValue.path(str(paths["html"])),
         "report_url": dg.MetadataValue.url(paths["html"].resolve().as_uri()),

@@ -14,9 +14,11 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import wire
+from m3_recon.defs.metadata import markdown_table, money_totals
+from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.defs.stripe.resources import StripeResource
-from m3_recon.money import money, money_by_currency
-from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, fetch_window
+from m3_recon.money import money
+from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
@@ -115,10 +117,7 @@ SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.
 FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
-    window = fetch_window(context.partition_time_window, config.lookback_days)
-    context.log.info(f"Stripe fetch window {window} for partitions {context.partition_key_range.start}"
-                     f"..{context.partition_key_range.end} (look-back {config.lookback_days} days)")
-    return window
+    return logged_fetch_window(context, config, "Stripe created days (UTC)")
 
 @dg.asset(
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.single_run(), group_name=GROUP,
@@ -130,28 +129,22 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
-                              insert_select=BALANCE_TRANSACTIONS_SELECT, docs=documents_table(objects, context.run.run_id),
-                              window_column="created_at_utc", start=window.start, end=window.end,
-                              rejection=rejection("balance transaction", ("amount", "fee", "net")),
-                              run_id=context.run.run_id)
-        by_category = conn.execute(
-            "SELECT reporting_category, upper(currency), count(*), sum(net) FROM raw_stripe_balance_transactions "
-            "WHERE created_at_utc >= ? AND created_at_utc < ? GROUP BY ALL ORDER BY ALL",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchall()
-        pending = conn.execute(
-            "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
-            "AND created_at_utc >= ? AND created_at_utc < ?",
-            [naive_utc(window.start), naive_utc(window.end)]).fetchone()[0]
+    rows, (by_category, [(pending,)]) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+        insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
+        rejection=rejection("balance transaction", ("amount", "fee", "net")),
+        summaries=["SELECT reporting_category, upper(currency), count(*), sum(net) "
+                   "FROM raw_stripe_balance_transactions WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY ALL ORDER BY ALL",
+                   "SELECT count(*) FROM raw_stripe_balance_transactions WHERE status = 'pending' "
+                   "AND created_at_utc >= ? AND created_at_utc < ?"])
     return dg.MaterializeResult(metadata={
         "rows": rows,
         "quarantined": len(objects) - rows,
         "fetch_window": str(window),
         "pending": pending,
-        "by_reporting_category": dg.MetadataValue.md(
-            "| category | rows | net |\n|---|---:|---:|\n"
-            + "\n".join(f"| {c} | {n} | {money(s, cur)} |" for c, cur, n, s in by_category)),
+        "by_reporting_category": markdown_table(["category", "rows", "net"],
+                                                [(c, n, money(s, cur)) for c, cur, n, s in by_category]),
     })
 
 @dg.asset(
@@ -164,21 +157,17 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
                        stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
     objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
-    with duckdb.get_connection() as conn:
-        rows = replace_window(conn, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-                              docs=documents_table(objects, context.run.run_id), window_column="created_at_utc",
-                              start=window.start, end=window.end, rejection=rejection("payout"),
-                              run_id=context.run.run_id)
-        by_status = dict(conn.execute(
-            "SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "GROUP BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall())
-        paid_out = conn.execute(
-            "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
-            "AND status <> 'failed' GROUP BY 1 ORDER BY 1", [naive_utc(window.start), naive_utc(window.end)]).fetchall()
+    rows, (by_status, paid_out) = store_vendor_objects(
+        duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
+        window_column="created_at_utc", rejection=rejection("payout"),
+        summaries=["SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
+                   "GROUP BY 1",
+                   "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? "
+                   "AND created_at_utc < ? AND status <> 'failed' GROUP BY 1 ORDER BY 1"])
     return dg.MaterializeResult(metadata={
-        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window), "by_status": dg.MetadataValue.json(by_status),
-        "paid_out": money_by_currency(paid_out),
-        "paid_out_minor": dg.MetadataValue.json({c: int(a) for c, a in paid_out}),
+        "rows": rows, "quarantined": len(objects) - rows, "fetch_window": str(window),
+        "by_status": dg.MetadataValue.json(dict(by_status)),
+        **money_totals("paid_out", paid_out),
     })
 
 @dg.asset(
