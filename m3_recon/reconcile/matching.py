@@ -125,22 +125,25 @@ class MatchingRules:
 def normalised(expr: str, rules: MatchingRules) -> str:
     """SQL for a reference compared loosely: upper case, no punctuation, no INV prefix, no leading zeros.
 
-    A prefix is compared as the reference is (upper case, letters and digits only) and is escaped, so
-    "INV." strips "INV" and no prefix can act as a regular expression or break the statement."""
+    Hyphens, the common separator ("INV-2601831"), go first with ``replace``: the regular expression then
+    finds nothing to rewrite in most references, which is cheaper than rewriting. A prefix is compared as the
+    reference is (upper case, letters and digits only) and is escaped, so "INV." strips "INV" and no prefix
+    can act as a regular expression or break the statement."""
     prefixes = {re.sub(r"[^A-Z0-9]", "", prefix.upper()) for prefix in rules.strip_prefixes} - {""}
-    cleaned = f"regexp_replace(upper({expr}), '[^A-Z0-9]', '', 'g')"
-    if prefixes:
-        alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
-        cleaned = f"regexp_replace({cleaned}, '^({alternatives})', '')"
-    return f"nullif(ltrim({cleaned}, '0'), '')"
+    cleaned = f"regexp_replace(replace(upper({expr}), '-', ''), '[^A-Z0-9]', '', 'g')"
+    alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
+    # One anchored rewrite takes the prefix and the leading zeros after it (ltrim would copy every reference).
+    return f"nullif(regexp_replace({cleaned}, '^(?:{alternatives})?0*', ''), '')"
 
 
 def _normalised_number(column: str, rules: MatchingRules) -> str:
     """``normalised`` for a column of invoice numbers: one of digits only (as M3 numbers invoices) is already
-    clean but for its leading zeros — one scan instead of two rewrites — unless a prefix is digits itself."""
+    clean but for its leading zeros — one scan instead of two rewrites, and none without a leading zero (the
+    number itself, not a trimmed copy) — unless a prefix is digits itself."""
     if any(re.sub(r"[^A-Z0-9]", "", prefix.upper()).isdigit() for prefix in rules.strip_prefixes):
         return normalised(column, rules)
-    return (f"CASE WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
+    return (f"CASE WHEN regexp_full_match({column}, '[1-9][0-9]*') THEN {column} "
+            f"WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
             f"ELSE {normalised(column, rules)} END")
 
 
@@ -212,7 +215,7 @@ def _inputs(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> li
     stream on one thread over a second copy)."""
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            SELECT processor, source_id, line_type, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
+            SELECT processor, source_id, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
                    {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
                    presentment_currency, presentment_amount_minor
             FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
@@ -237,8 +240,9 @@ def _exact_reference() -> list[str]:
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
             WITH candidates AS MATERIALIZED (
-                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv, p.customer_ref, i.customer,
-                       coalesce(i.customer = p.customer_ref, false) AS own, i.remaining > 0 AS open
+                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv,
+                       coalesce(i.customer = p.customer_ref, false) AS own,
+                       coalesce(i.customer <> p.customer_ref, false) AS other_customer, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
                 SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
@@ -248,7 +252,7 @@ def _exact_reference() -> list[str]:
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
                             WHEN pay_inv IS NULL THEN 'currency_mismatch'
-                            WHEN customer_ref IS NOT NULL AND customer_ref <> customer THEN 'customer_mismatch'
+                            WHEN other_customer THEN 'customer_mismatch'
                        END AS problem
                 FROM (SELECT *, 1 AS n_left FROM candidates WHERE pid NOT IN (SELECT pid FROM reused)
                       UNION ALL BY NAME
@@ -365,25 +369,25 @@ def _allocations(rules: MatchingRules) -> str:
     return f"""CREATE OR REPLACE TEMP TABLE match_allocations AS
         WITH matched AS (
             SELECT pid, iid, pay_inv, allocated, 'exact_reference' AS rule,
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END AS confidence,
+                   {_confidence(f"CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END")} AS confidence,
                    CASE WHEN problem IS NULL AND allocated > 0 THEN 'auto'
                         WHEN problem IN ('ambiguous_reference', 'customer_mismatch') THEN 'suggested'
                         ELSE 'unmatched' END AS status
             FROM m_r1
             UNION ALL
             SELECT pid, iid, pay_inv, allocated, 'reference_list',
-                   CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END, status FROM m_rl
+                   {_confidence(f"CASE WHEN problem IS NULL THEN {conf_ref} ELSE {conf_ref} / 2 END")}, status FROM m_rl
             UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {conf_amt} / n_cand,
+            SELECT pid, iid, pay_inv, allocated, 'customer_amount', {_confidence(f"{conf_amt} / n_cand")},
                    CASE WHEN problem IS NULL THEN 'auto' WHEN problem = 'ambiguous_amount' THEN 'suggested'
                         ELSE 'unmatched' END
             FROM m_r2
             UNION ALL
-            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {conf_multi} / n_groups,
+            SELECT pid, iid, pay_inv, allocated, 'multi_invoice', {_confidence(f"{conf_multi} / n_groups")},
                    CASE WHEN problem IS NULL THEN 'auto' ELSE 'suggested' END
             FROM m_r3
         )
-        SELECT p.processor, p.source_id, p.line_type, p.settlement_date,
+        SELECT p.processor, p.source_id, 'charge' AS line_type, p.settlement_date,
                coalesce(i.customer, p.customer_ref) AS customer, i.invoice_number,
                CAST(i.invoice_year AS INTEGER) AS invoice_year, i.currency AS invoice_currency,
                p.currency AS payment_currency, p.amount_minor AS payment_amount_minor,
@@ -394,10 +398,15 @@ def _allocations(rules: MatchingRules) -> str:
                     ELSE {_settlement_share('p.amount_minor', 'm.allocated', 'm.pay_inv')} END
                    AS allocated_settlement_minor,
                coalesce(m.rule, 'none') AS rule,
-               CAST(CASE WHEN m.status IS NULL THEN 0 ELSE m.confidence END AS DECIMAL(4, 3)) AS confidence,
+               coalesce(m.confidence, 0) AS confidence,
                coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
                CAST(NULL AS BIGINT) AS allocated_local_minor
         FROM m_pay p LEFT JOIN matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid"""
+
+
+def _confidence(expression: str) -> str:
+    """SQL: a confidence as stored, cast where the rule computes it (a CASE of constants folds per rule)."""
+    return f"CAST({expression} AS DECIMAL(4, 3))"
 
 
 def _reversals(lines: str, history: str) -> str:
