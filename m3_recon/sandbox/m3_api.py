@@ -295,8 +295,8 @@ def parse_control(params: dict[str, str]) -> Control:
 def format_value(name: str, value, righttrim: bool) -> str:
     """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
     field = FIELDS[name]
-    if field.type == "D":
-        return value.strftime("%Y%m%d") if value else "0"
+    if field.type == "D":  # formatted by hand: strftime was a tenth of rendering a large answer
+        return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
     if field.type == "N":
         if isinstance(value, Decimal) and value != value.to_integral_value():
             return format(value.normalize(), "f")

@@ -225,6 +225,7 @@ class GLBatch:
     registered: int
     status: int = BATCH_ENTERED
     lines: dict[int, dict[str, str]] = field(default_factory=dict)  # LINE -> {"PARM": ...} or named fields
+    controlled: list[GLEntry] | None = None  # the typed lines of the last control that passed (not stored)
 
 
 @dataclass(frozen=True)
@@ -625,6 +626,7 @@ class M3Ledger:
                 raise record_exists(f"Line {line} of batch {key}")
             self._write([(self._insert("fglinl", 3), (key, line, json.dumps(content, sort_keys=True)))])
             batch.lines[line] = dict(content)
+            batch.controlled = None
             self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
 
     def _open_gl_batch(self, key: str) -> GLBatch:
@@ -663,13 +665,17 @@ class M3Ledger:
             return lines
 
     def _control(self, batch: GLBatch) -> list[GLEntry]:
-        """Typed lines of a batch, or the first error; the batch's status records the outcome."""
+        """Typed lines of a batch, or the first error; the batch's status records the outcome. A batch controlled
+        without error and given no line since keeps its typed lines: the same lines would pass the same way."""
+        if batch.status == BATCH_CONTROLLED and batch.controlled is not None:
+            return batch.controlled
         try:
             entries = self._checked_entries(batch)
         except LedgerError:
             self._set_gl_status(batch, BATCH_REJECTED)
             raise
         self._set_gl_status(batch, BATCH_CONTROLLED)
+        batch.controlled = entries
         return entries
 
     def _set_gl_status(self, batch: GLBatch, status: int) -> None:
