@@ -529,13 +529,16 @@ class M3App(VendorApp):
                                        "terminationErrorType": NOK, "nrOfSuccessfullTransactions": 0,
                                        "nrOfFailedTransactions": 0})
         results, ok, failed = [], 0, 0
+        controls = {(): base}  # per selectedColumns: dataclasses.replace per transaction was a tenth of a bulk call
         for item in body["transactions"]:
             item = item if isinstance(item, dict) else {}
             transaction = str(item.get("transaction", ""))
             fields = item.get("record") if isinstance(item.get("record"), dict) else {}
             record = {str(k).upper(): str(v) for k, v in fields.items()}
-            columns = item.get("selectedColumns") or ()
-            control = replace(base, returncols=tuple(str(c).upper() for c in columns) or base.returncols)
+            columns = tuple(str(c).upper() for c in item.get("selectedColumns") or ())
+            if columns not in controls:
+                controls[columns] = replace(base, returncols=columns)
+            control = controls[columns]
             try:
                 result = {"transaction": transaction, "records": self.execute(program, transaction, record, control)}
                 ok += 1
