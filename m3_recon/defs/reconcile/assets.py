@@ -226,9 +226,11 @@ def out_reconciliation_report(context: dg.AssetExecutionContext, duckdb: DuckDBR
                                        context.run.run_id)
     roll_forward, journals = sections[0], next(s for s in sections if s.key == "journals")
     rows = [dict(zip(roll_forward.columns, row)) for row in roll_forward.rows]
+    column = {name: journals.columns.index(name) for name in ("route", "voucher_key", "m3_status")}
+    vouchers = {(row[column["route"]], row[column["voucher_key"]]): row[column["m3_status"]]  # a row per currency
+                for row in journals.rows}
     statuses: dict[str, int] = {}
-    for row in journals.rows:
-        status = row[journals.columns.index("m3_status")]
+    for status in vouchers.values():
         statuses[status] = statuses.get(status, 0) + 1
     return dg.MaterializeResult(metadata={
         "period": f"{first} to {last}",
