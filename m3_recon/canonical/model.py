@@ -110,8 +110,9 @@ def split_valid(candidates: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[p
     rejected_reason = candidates["reject_reason"].copy()
     pending = candidates[rejected_reason.isna()]
     columns = list(schema.columns)
+    checked = None  # the validated (coerced) rows when every pending row passed: no second validation then
     try:
-        schema.validate(pending[columns], lazy=True)
+        checked = schema.validate(pending[columns], lazy=True)
     except SchemaErrors as errors:
         cases = errors.failure_cases
         row_cases = cases[cases["index"].notna()]
@@ -121,7 +122,8 @@ def split_valid(candidates: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[p
         if len(row_cases) < len(cases):  # a failure not tied to rows (e.g. a dtype) is a bug, not bad data
             raise
     rejected = candidates[rejected_reason.notna()].assign(reason=rejected_reason[rejected_reason.notna()])
-    valid = schema.validate(candidates.loc[rejected_reason.isna(), columns], lazy=True)
+    valid = checked if checked is not None else schema.validate(candidates.loc[rejected_reason.isna(), columns],
+                                                                lazy=True)
     return valid.reset_index(drop=True), rejected.reset_index(drop=True)
 
 

@@ -50,6 +50,10 @@ RECORD_DOES_NOT_EXIST = "XRE0103"
 TOKEN_EXPIRY_MARGIN_SECONDS = 60
 DEFAULT_TOKEN_SECONDS = 7_200
 EXECUTE_PATH = "/m3api-rest/v2/execute"
+# The output fields the open-item read uses of its list transactions (``returncols``): the invoice key, the
+# transaction code and the restart and row keys of ``LstInvByDivi``. Only ``GetInvTotInfo`` is kept whole.
+OPEN_LINE_COLUMNS = ("DIVI", "YEA4", "JRNO", "JSNO", "PYNO", "CUNO", "CINO", "INYR", "TRCD", "IVDT")
+CUSTOMER_INVOICE_COLUMNS = ("PYNO", "CINO", "INYR", "TRCD")
 
 
 class M3Error(VendorRequestError):
@@ -269,19 +273,22 @@ class M3Client:
         return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging)
 
     # -- calls -----------------------------------------------------------------------------------------
-    def _control(self, maxrecs: int | None) -> list[tuple[str, str]]:
+    def _control(self, maxrecs: int | None, columns: Sequence[str] = ()) -> list[tuple[str, str]]:
         params = [("cono", str(self.cono)), ("divi", self.divi)]
         if maxrecs is not None:
             params.append(("maxrecs", str(maxrecs)))
+        if columns:
+            params.append(("returncols", ",".join(columns)))
         return params
 
     def _record(self, fields: Mapping[str, object]) -> dict[str, str]:
         return {"CONO": str(self.cono), "DIVI": self.divi, **{k: str(v) for k, v in fields.items()}}
 
-    def execute(self, program: str, transaction: str, *, maxrecs: int | None = None, **fields) -> list[dict]:
-        """One transaction by v2 GET; returns its records with trailing blanks trimmed."""
+    def execute(self, program: str, transaction: str, *, maxrecs: int | None = None, columns: Sequence[str] = (),
+                **fields) -> list[dict]:
+        """One transaction by v2 GET; returns its records (only ``columns``, if given) with trailing blanks trimmed."""
         path = f"{EXECUTE_PATH}/{program}/{transaction}"
-        params = self._control(maxrecs) + list(self._record(fields).items())
+        params = self._control(maxrecs, columns) + list(self._record(fields).items())
         response = _send(self.session, "GET", path, params=params, headers={"Accept": "application/json"})
         body = _body(response, f"GET {path}")
         if response.status_code == 400:
@@ -292,25 +299,27 @@ class M3Client:
         return self._outcome(program, transaction, results[0], status=response.status_code)
 
     def execute_bulk(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
-                     maxrecs: int | None = 0) -> list[list[dict]]:
+                     maxrecs: int | None = 0, columns: Sequence[str] = ()) -> list[list[dict]]:
         """Many transactions of one program, ``bulk_size`` per POST; records per call, in order.
         The first transaction that answered NOK raises its ``M3Error``."""
-        results = self.execute_each(program, calls, maxrecs=maxrecs)
+        results = self.execute_each(program, calls, maxrecs=maxrecs, columns=columns)
         for result in results:
             if isinstance(result, M3Error):
                 raise result
         return results
 
     def execute_each(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
-                     maxrecs: int | None = 0) -> list[list[dict] | M3Error]:
+                     maxrecs: int | None = 0, columns: Sequence[str] = ()) -> list[list[dict] | M3Error]:
         """Like ``execute_bulk``, but every transaction's own outcome: its records or its ``M3Error``.
+        ``columns``: the output fields every transaction returns (``selectedColumns``); all when empty.
 
         A bulk call M3 could not run at all, or one that kept failing, still raises.
         """
         out: list[list[dict] | M3Error] = []
         for start in range(0, len(calls), self.bulk_size):
             chunk = calls[start:start + self.bulk_size]
-            transactions = [{"transaction": name, "record": self._record(fields)} for name, fields in chunk]
+            transactions = [{"transaction": name, "record": self._record(fields),
+                             **({"selectedColumns": list(columns)} if columns else {})} for name, fields in chunk]
             payload = {"program": program, "cono": self.cono, "divi": self.divi, "excludeEmptyValues": False,
                        "rightTrim": True, "transactions": transactions}
             if maxrecs is not None:
@@ -350,7 +359,7 @@ class M3Client:
                        str(result.get("errorField") or "").strip(), str(message).strip(), status=status)
 
     def list_all(self, program: str, transaction: str, *, restart: Mapping[str, str], key: Sequence[str],
-                 **fields) -> list[dict]:
+                 columns: Sequence[str] = (), **fields) -> list[dict]:
         """Every row of a list transaction, paged M3's way with restart keys.
 
         Each page asks for ``page_size`` rows starting at the key of the previous page's last row
@@ -361,7 +370,7 @@ class M3Client:
         seen: set[tuple] = set()
         inputs = dict(fields)
         for _ in range(self.max_pages):
-            page = self.execute(program, transaction, maxrecs=self.page_size, **inputs)
+            page = self.execute(program, transaction, maxrecs=self.page_size, columns=columns, **inputs)
             fresh = [row for row in page if tuple(row.get(k) for k in key) not in seen]
             seen.update(tuple(row.get(k) for k in key) for row in fresh)
             rows.extend(fresh)
@@ -397,7 +406,8 @@ class M3Client:
             lines = self._open_lines_by_payer(customers)
         else:
             lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
-                                  key=("DIVI", "YEA4", "JRNO", "JSNO"), FDIV=self.divi, TDIV=self.divi, AAC0="1")
+                                  key=("DIVI", "YEA4", "JRNO", "JSNO"), columns=OPEN_LINE_COLUMNS, FDIV=self.divi,
+                                  TDIV=self.divi, AAC0="1")
         self._check_answer_limit(max(len(lines), len(expected)))
         invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
                                       for ln in lines if ln.get("TRCD") == "10"))
@@ -412,7 +422,7 @@ class M3Client:
         return "GetInvTotInfo", {"PYNO": payer, "CINO": number, "INYR": year, "CUNO": customer}
 
     def _single_pages(self, transaction: str, field_name: str, keys: Sequence[str], what: str,
-                      **fields) -> dict[str, list[dict]]:
+                      columns: Sequence[str], **fields) -> dict[str, list[dict]]:
         """One ``ARS200MI`` list answer of at most ``page_size`` rows per key value, the rows of that value only.
 
         With the key input read as a start position, the value's rows come first and rows of later values
@@ -421,7 +431,7 @@ class M3Client:
         may have more behind it, which one answer cannot show: that is an ``IncompleteReadError``.
         """
         answers = self.execute_bulk("ARS200MI", [(transaction, {**fields, field_name: key}) for key in keys],
-                                    maxrecs=self.page_size)
+                                    maxrecs=self.page_size, columns=columns)
         out = {}
         for key, rows in zip(keys, answers):
             own = [row for row in rows if row.get(field_name, key) == key]
@@ -435,21 +445,21 @@ class M3Client:
 
     def _open_lines_by_payer(self, customers: Sequence[str]) -> list[dict]:
         """``LstInvByDivi`` once per payer: every payer is a customer of the customer master."""
-        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", FDIV=self.divi, TDIV=self.divi,
-                                   AAC0="1")
+        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", OPEN_LINE_COLUMNS, FDIV=self.divi,
+                                   TDIV=self.divi, AAC0="1")
         return [row for payer in customers for row in pages[payer]]
 
     def _open_invoices_by_customer(self, customers: Sequence[str]) -> dict[tuple, str]:
         """The second route: ``LstInvoices`` per customer (open only) -> {invoice key: customer}."""
-        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", AAC0="1")
+        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", CUSTOMER_INVOICE_COLUMNS, AAC0="1")
         return {(row["PYNO"], row["CINO"], row["INYR"], customer): customer
                 for customer in customers for row in pages[customer] if row.get("TRCD") == "10"}
 
     def _check_answer_limit(self, known: int) -> None:
         """An M3 that silently answers fewer rows than ``maxrecs`` makes a full answer look short, in every
         route alike. One unfiltered call shows it: fewer rows than asked for, though ``known`` lines exist."""
-        answered = len(self.execute("ARS200MI", "LstInvByDivi", maxrecs=self.page_size, FDIV=self.divi,
-                                    TDIV=self.divi, AAC0="1"))
+        answered = len(self.execute("ARS200MI", "LstInvByDivi", maxrecs=self.page_size, columns=("PYNO",),
+                                    FDIV=self.divi, TDIV=self.divi, AAC0="1"))
         if answered < self.page_size and known > answered:
             raise IncompleteReadError(
                 VENDOR, f"ARS200MI/LstInvByDivi answered {answered} rows when asked for up to {self.page_size} "

@@ -295,8 +295,8 @@ def parse_control(params: dict[str, str]) -> Control:
 def format_value(name: str, value, righttrim: bool) -> str:
     """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
     field = FIELDS[name]
-    if field.type == "D":
-        return value.strftime("%Y%m%d") if value else "0"
+    if field.type == "D":  # formatted by hand: strftime was a tenth of rendering a large answer
+        return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
     if field.type == "N":
         if isinstance(value, Decimal) and value != value.to_integral_value():
             return format(value.normalize(), "f")
@@ -529,13 +529,16 @@ class M3App(VendorApp):
                                        "terminationErrorType": NOK, "nrOfSuccessfullTransactions": 0,
                                        "nrOfFailedTransactions": 0})
         results, ok, failed = [], 0, 0
+        controls = {(): base}  # per selectedColumns: dataclasses.replace per transaction was a tenth of a bulk call
         for item in body["transactions"]:
             item = item if isinstance(item, dict) else {}
             transaction = str(item.get("transaction", ""))
             fields = item.get("record") if isinstance(item.get("record"), dict) else {}
             record = {str(k).upper(): str(v) for k, v in fields.items()}
-            columns = item.get("selectedColumns") or ()
-            control = replace(base, returncols=tuple(str(c).upper() for c in columns) or base.returncols)
+            columns = tuple(str(c).upper() for c in item.get("selectedColumns") or ())
+            if columns not in controls:
+                controls[columns] = replace(base, returncols=columns)
+            control = controls[columns]
             try:
                 result = {"transaction": transaction, "records": self.execute(program, transaction, record, control)}
                 ok += 1

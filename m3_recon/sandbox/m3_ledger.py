@@ -32,14 +32,16 @@ with errors, 3 controlled, 9 updated) are this sandbox's convention.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import sqlite3
 import threading
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from m3_recon.money import convert, exponent, major
 from m3_recon.posting.layout import DEFAULT_LAYOUT_FILE, LayoutError, ParmLayout
@@ -225,6 +227,7 @@ class GLBatch:
     registered: int
     status: int = BATCH_ENTERED
     lines: dict[int, dict[str, str]] = field(default_factory=dict)  # LINE -> {"PARM": ...} or named fields
+    controlled: list[GLEntry] | None = None  # the typed lines of the last control that passed (not stored)
 
 
 @dataclass(frozen=True)
@@ -331,10 +334,15 @@ def utc_day(moment: int) -> date:
     return datetime.fromtimestamp(moment, tz=timezone.utc).date()
 
 
+@functools.cache
+def _field_values(cls) -> Callable[[object], tuple]:
+    """The values of a dataclass's fields in order (``fields`` per record was half of writing a payment batch)."""
+    return operator.attrgetter(*(spec.name for spec in fields(cls)))
+
+
 def _to_row(record) -> tuple:
     """A dataclass of plain values as a SQLite row (``astuple`` deep-copies, which cost posting a day's lines)."""
-    values = (getattr(record, spec.name) for spec in fields(record))
-    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in values)
+    return tuple(str(v) if isinstance(v, (Decimal, date)) else v for v in _field_values(type(record))(record))
 
 
 def _from_row(cls, row: tuple):
@@ -625,6 +633,7 @@ class M3Ledger:
                 raise record_exists(f"Line {line} of batch {key}")
             self._write([(self._insert("fglinl", 3), (key, line, json.dumps(content, sort_keys=True)))])
             batch.lines[line] = dict(content)
+            batch.controlled = None
             self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
 
     def _open_gl_batch(self, key: str) -> GLBatch:
@@ -646,8 +655,9 @@ class M3Ledger:
                 members = [e for e in entries if e.group == group]
                 day = members[0].accounting_date
                 journal, voucher = self._next_numbers(day.year, GL_SERIES)
+                rates = {currency: self.gl_rate(currency, day) for currency in {e.currency for e in members}}
                 for seq, entry in enumerate(members, start=1):
-                    rate = self.gl_rate(entry.currency, day)
+                    rate = rates[entry.currency]
                     local = (entry.local_minor if entry.local_minor is not None
                              else self.to_local(entry.amount_minor, entry.currency, rate))
                     line = GLLine(self.cono, self.divi, day.year, journal, seq, GL_SERIES, voucher, day,
@@ -663,13 +673,17 @@ class M3Ledger:
             return lines
 
     def _control(self, batch: GLBatch) -> list[GLEntry]:
-        """Typed lines of a batch, or the first error; the batch's status records the outcome."""
+        """Typed lines of a batch, or the first error; the batch's status records the outcome. A batch controlled
+        without error and given no line since keeps its typed lines: the same lines would pass the same way."""
+        if batch.status == BATCH_CONTROLLED and batch.controlled is not None:
+            return batch.controlled
         try:
             entries = self._checked_entries(batch)
         except LedgerError:
             self._set_gl_status(batch, BATCH_REJECTED)
             raise
         self._set_gl_status(batch, BATCH_CONTROLLED)
+        batch.controlled = entries
         return entries
 
     def _set_gl_status(self, batch: GLBatch, status: int) -> None:
