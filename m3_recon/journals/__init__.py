@@ -84,27 +84,27 @@ class AccountMap:
 
     def register(self, conn: duckdb.DuckDBPyConnection) -> None:
         """The mapping as temp tables ``gl_account`` (key → account) and ``gl_dimension`` (processor → ait2..7)."""
-        rows = ([("clearing:" + p, a) for p, a in self.clearing.items()]
-                + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
         conn.execute("CREATE OR REPLACE TEMP TABLE gl_account (account_key VARCHAR, account VARCHAR)")
-        conn.executemany("INSERT INTO gl_account VALUES (?, ?)", rows)
+        conn.executemany("INSERT INTO gl_account VALUES (?, ?)", self.keyed_accounts())
         conn.execute("CREATE OR REPLACE TEMP TABLE gl_dimension (processor VARCHAR, ait2 VARCHAR, ait3 VARCHAR, "
                      "ait4 VARCHAR, ait5 VARCHAR, ait6 VARCHAR, ait7 VARCHAR)")
         if self.dimensions:
             conn.executemany("INSERT INTO gl_dimension VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [(p, *(d.get(f"ait{n}") for n in range(2, 8))) for p, d in self.dimensions.items()])
 
+    def keyed_accounts(self) -> list[tuple[str, str]]:
+        """(account_key, account) of every mapped account: ``clearing:<processor>``, ``bank:<currency>``, the rest."""
+        return ([("clearing:" + p, a) for p, a in self.clearing.items()]
+                + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
 
     def chart(self, conn: duckdb.DuckDBPyConnection, table: str = "gl_chart") -> None:
         """Table ``table`` (account_key, account, account_name): every mapped account with its name; a temp table
         unless ``table`` is qualified with a database. ``LEDGER_LINES`` reads it."""
-        rows = ([("clearing:" + p, a) for p, a in self.clearing.items()]
-                + [("bank:" + c, a) for c, a in self.bank.items()] + list(self.accounts.items()))
         temp = "" if "." in table else "TEMP "
         conn.execute(f"CREATE OR REPLACE {temp}TABLE {table} "
                      "(account_key VARCHAR, account VARCHAR, account_name VARCHAR)")
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)",
-                         [(key, account, self.names.get(account, key.replace("_", " "))) for key, account in rows])
+                         [(key, account, self.names.get(account, key.replace("_", " "))) for key, account in self.keyed_accounts()])
 
 
 # Every booking on the ledger by both routes: GLS840MI voucher lines as derived, and each ARS040MI cash
