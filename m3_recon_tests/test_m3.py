@@ -13,10 +13,11 @@ import pytest
 import requests
 
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
-from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, m3_amount, minor_units
+from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.errors import VendorAuthError, VendorRequestError, VendorUnavailableError
+from m3_recon.money import major
 from m3_recon.posting.layout import ParmLayout
 from m3_recon.sandbox import m3_api
 from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SECRET, SANDBOX_M3_PASSWORD,
@@ -553,7 +554,7 @@ def test_an_ars040_payment_batch_lowers_outstanding_amounts_all_or_nothing(world
 
     def line(number: int, inv, amount: int, batch: int = 1234567890) -> tuple[str, dict]:
         return "AddBatchLine", {"PBID": batch, "TRNO": number, "CINO": inv.number, "INYR": inv.year,
-                                "CUNO": inv.customer, "PYAM": format(m3_amount(amount, "USD"), "f"), "CUCD": "USD"}
+                                "CUNO": inv.customer, "PYAM": format(major(amount, "USD"), "f"), "CUCD": "USD"}
 
     client.execute_bulk("ARS040MI", [line(1, first, first.amount_minor), line(2, second, 1_000)])
     assert nok(client, "ARS040MI", "AddBatchLine", **line(2, second, 1_000)[1]).code == "XRE0104"

@@ -8,7 +8,7 @@ through ``VendorSession`` (request budget, bounded retries on 429/5xx/timeouts) 
 answers parsed in both v2 forms: HTTP 200 with the error in ``results[i]`` and HTTP 400 with it at
 the top level (``terminationReason`` when a bulk call could not run). ``XRE0103`` "Record does not
 exist" on a list or search transaction means an empty list. Values arrive as strings; amounts become
-integer minor units through ``Decimal`` (``minor_units``) and go back as decimals (``m3_amount``).
+integer minor units through ``Decimal`` (``minor_units``) and go back as decimals (``money.major``).
 
 Open items are read by a strategy that does not depend on whether this M3 treats a list
 transaction's key inputs as start positions or as filters (``M3_OPEN_ITEMS_PAGING``, see
@@ -26,7 +26,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -35,7 +34,7 @@ import requests
 from m3_recon import wire
 from m3_recon.clients.http import TokenCache, VendorSession
 from m3_recon.errors import VendorAuthError, VendorRequestError
-from m3_recon.money import exponent, major
+from m3_recon.money import exponent
 
 VENDOR = "M3"
 PAGING_VARIABLE = "M3_OPEN_ITEMS_PAGING"
@@ -79,11 +78,6 @@ def minor_units(value: str, currency: str) -> int:
                                 f"minor units of {currency.strip() or 'its currency'}") or 0
     except wire.WireValueError as exc:
         raise VendorRequestError(VENDOR, f"M3 amount {exc}") from None
-
-
-def m3_amount(minor: int, currency: str) -> Decimal:
-    """Integer minor units of ``currency`` as the decimal M3 takes (``-12345`` USD -> ``-123.45``)."""
-    return major(minor, currency)
 
 
 def m3_date(value: str) -> date | None:

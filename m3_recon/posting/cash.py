@@ -22,7 +22,8 @@ from datetime import datetime
 import duckdb
 import pyarrow as pa
 
-from m3_recon.clients.m3 import M3Client, M3Error, m3_amount, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, minor_units
+from m3_recon.money import major
 from m3_recon.posting.config import PostingConfig
 from m3_recon.posting.outbox import ROUTE_CASH, Voucher
 from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict
@@ -78,7 +79,7 @@ class CashRoute:
             lines.append(("AddBatchLine", {
                 "PBID": batch, "TRNO": line["line_number"], "CINO": line["invoice_number"],
                 "INYR": line["invoice_year"], "CUNO": line["customer"],
-                "PYAM": format(m3_amount(line["amount_minor"], line["currency"]), "f"), "CUCD": line["currency"],
+                "PYAM": format(major(line["amount_minor"], line["currency"]), "f"), "CUCD": line["currency"],
                 "CKNO": line["source_id"], "LPDT": line["accounting_date"].strftime("%Y%m%d"),
                 **({"AIT1": method.ait1} if method.ait1 else {})}))
         return [head, *lines, ("ControlBatch", {"PBID": batch})]

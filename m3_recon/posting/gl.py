@@ -20,7 +20,8 @@ from datetime import datetime
 
 import duckdb
 
-from m3_recon.clients.m3 import M3Client, M3Error, m3_amount, m3_date, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, m3_date, minor_units
+from m3_recon.money import major
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
 from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher
@@ -49,12 +50,12 @@ class GLRoute:
         return [head, *lines, ("CtrlBatch", {"KEY1": key}), ("UpdBatch", {"KEY1": key})]
 
     def _line(self, key: str, line: dict) -> MICall:
-        amount = m3_amount(line["amount_minor"], line["currency"])
+        amount = major(line["amount_minor"], line["currency"])
         accounts = {name.upper(): line[name] for name in ACCOUNTS if line[name]}
         local = self.config.local_currency
         # a line in another currency carries its local amount, so M3 books the value the journal balanced in
         local_minor = _local(line, local) if line["currency"] != local else None
-        acam = m3_amount(local_minor, local) if local_minor is not None else None
+        acam = major(local_minor, local) if local_minor is not None else None
         if self.config.line_form == LINE_FORM_FIELDS:
             return ("AddBatchLineFld", {
                 "KEY1": key, "LINE": line["line_number"], "INRI": RECORD_TYPE, "GRNR": VOUCHER_GROUP, **accounts,
