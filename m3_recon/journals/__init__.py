@@ -104,7 +104,8 @@ class AccountMap:
         conn.execute(f"CREATE OR REPLACE {temp}TABLE {table} "
                      "(account_key VARCHAR, account VARCHAR, account_name VARCHAR)")
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)",
-                         [(key, account, self.names.get(account, key.replace("_", " "))) for key, account in self.keyed_accounts()])
+                         [(key, account, self.names.get(account, key.replace("_", " ")))
+                          for key, account in self.keyed_accounts()])
 
 
 # Every booking on the ledger by both routes: GLS840MI voucher lines as derived, and each ARS040MI cash
@@ -115,14 +116,16 @@ class AccountMap:
 # local currency only) at nothing. Needs ``core_gl_journal_lines``, ``core_cash_applications``,
 # ``core_settlement_lines`` and a ``gl_chart`` table (``AccountMap.chart``).
 LEDGER_LINES = """
+    WITH settled AS (
+        SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL
+    )
     SELECT 'GLS840MI' AS route, j.voucher_key, j.accounting_date, j.processor, j.ait1 AS account, j.currency,
            j.amount_minor, j.entry, j.payout_id, j.source_id, j.held_reason,
            coalesce(j.local_minor, j.amount_minor) AS local_minor,
            coalesce(l.currency, j.currency) AS settlement_currency,
            CASE WHEN j.entry = 'fx' AND j.currency <> l.currency THEN 0 ELSE j.amount_minor END AS settlement_minor
     FROM core_gl_journal_lines j
-    LEFT JOIN (SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL) l
-         USING (processor, source_id)
+    LEFT JOIN settled l USING (processor, source_id)
     UNION ALL
     SELECT 'ARS040MI', c.voucher_key, c.accounting_date, c.processor, g.account, coalesce(l.currency, c.currency),
            CASE WHEN g.account_key = 'receivable' THEN -c.local_minor ELSE c.local_minor END, 'cash_application',
@@ -132,8 +135,7 @@ LEDGER_LINES = """
            CASE WHEN g.account_key = 'receivable' THEN -1 ELSE 1 END * coalesce(c.settlement_minor, c.local_minor)
     FROM core_cash_applications c
     JOIN gl_chart g ON g.account_key IN ('receivable', 'clearing:' || c.processor)
-    LEFT JOIN (SELECT processor, source_id, any_value(currency) AS currency FROM core_settlement_lines GROUP BY ALL) l
-         USING (processor, source_id)"""
+    LEFT JOIN settled l USING (processor, source_id)"""
 
 
 RATES_COLUMNS = "currency VARCHAR, valid_from DATE, rate DECIMAL(18, 8)"
