@@ -69,9 +69,10 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qsl
 
 from m3_recon.money import major
@@ -292,17 +293,37 @@ def parse_control(params: dict[str, str]) -> Control:
     return Control(**values)
 
 
+def _date_text(value) -> str:
+    # formatted by hand: strftime was a tenth of rendering a large answer
+    return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
+
+
+def _number_text(value) -> str:
+    if value.__class__ is int:
+        return str(value)
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        return format(value.normalize(), "f")
+    return str(int(value))
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+@lru_cache(maxsize=None)
+def _formatter(name: str, righttrim: bool) -> Callable[[object], str]:
+    """How output field ``name`` is sent: alphanumerics padded (unless right-trimmed), numbers plain, dates yyyyMMdd."""
+    field = FIELDS[name]
+    if field.type == "D":
+        return _date_text
+    if field.type == "N":
+        return _number_text
+    return _text if righttrim else lambda value: _text(value).ljust(field.length)
+
+
 def format_value(name: str, value, righttrim: bool) -> str:
     """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
-    field = FIELDS[name]
-    if field.type == "D":  # formatted by hand: strftime was a tenth of rendering a large answer
-        return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
-    if field.type == "N":
-        if isinstance(value, Decimal) and value != value.to_integral_value():
-            return format(value.normalize(), "f")
-        return str(int(value))
-    text = "" if value is None else str(value)
-    return text if righttrim else text.ljust(field.length)
+    return _formatter(name, righttrim)(value)
 
 
 def amount(minor: int, currency: str) -> Decimal:
@@ -573,13 +594,10 @@ class M3App(VendorApp):
             rows = list(itertools.islice(rows, limit))
             if not rows:
                 raise record_not_found()
-        names = self._output_names(spec, control)
-        rendered = []
-        for row in rows:
-            out = {n: format_value(n, row.get(n), control.righttrim) for n in names}
-            if control.excludempty:
-                out = {k: v for k, v in out.items() if v.strip()}
-            rendered.append(out)
+        formatters = [(n, _formatter(n, control.righttrim)) for n in self._output_names(spec, control)]
+        rendered = [{n: text(row.get(n)) for n, text in formatters} for row in rows]
+        if control.excludempty:
+            return [{k: v for k, v in out.items() if v.strip()} for out in rendered]
         return rendered
 
     @staticmethod
