@@ -401,8 +401,9 @@ class M3Client:
         inputs = dict(fields)
         for _ in range(self.max_pages):
             page = self.execute(program, transaction, maxrecs=self.page_size, columns=columns, **inputs)
-            fresh = [row for row in page if tuple(row.get(k) for k in key) not in seen]
-            seen.update(tuple(row.get(k) for k in key) for row in fresh)
+            keys = [tuple(row.get(k) for k in key) for row in page]
+            fresh = [row for row, row_key in zip(page, keys) if row_key not in seen]
+            seen.update(keys)
             rows.extend(fresh)
             if len(page) < self.page_size:
                 return rows

@@ -683,12 +683,12 @@ class M3App(VendorApp):
             low, high = values.get("FDIV", ""), values.get("TDIV", "\uffff")
         else:
             low = high = values["DIVI"]
-        first = 0 if self.keys_as_filters else bisect_left(
-            index.division_starts, (low, values.get("PYNO", ""), values.get("IVDT", date.min)))
+        start = (low, values.get("PYNO", ""), values.get("IVDT", date.min))
+        first = 0 if self.keys_as_filters else bisect_left(index.division_starts, start)
         for ln in itertools.islice(index.by_division, first, None):
             if ln.divi > high:
                 return
-            if (low <= ln.divi and self._from_payer_and_date(ln, low, values) and self._listed(ln, values, totals)
+            if (low <= ln.divi and self._from_payer_and_date(ln, start, values) and self._listed(ln, values, totals)
                     and values.get("CUNO", ln.customer) == ln.customer):
                 yield self._line_row(ln, totals[ln.invoice_key])
 
@@ -703,12 +703,12 @@ class M3App(VendorApp):
             return True
         return line.invoice_date == values["IVDT"] if self.keys_as_filters else line.invoice_date >= values["IVDT"]
 
-    def _from_payer_and_date(self, line: LedgerLine, division: str, values: dict) -> bool:
-        """LstInvByDivi's key inputs PYNO and IVDT: a start position (division, PYNO, IVDT), or (quirk) filters."""
+    def _from_payer_and_date(self, line: LedgerLine, start: tuple[str, str, date], values: dict) -> bool:
+        """LstInvByDivi's key inputs PYNO and IVDT: a start position ``start`` (division, PYNO, IVDT), or (quirk)
+        filters."""
         if self.keys_as_filters:
             return (values.get("PYNO", line.payer) == line.payer
                     and values.get("IVDT", line.invoice_date) == line.invoice_date)
-        start = (division, values.get("PYNO", ""), values.get("IVDT", date.min))
         return (line.divi, line.payer, line.invoice_date) >= start
 
     def _get_invoice(self, values: dict) -> list[dict]:
