@@ -299,8 +299,14 @@ def _date_text(value) -> str:
 
 
 def _number_text(value) -> str:
+    """Numbers plain: no exponent, no trailing zeros in a fraction, an integral value without a point."""
     if value.__class__ is int:
         return str(value)
+    if value.__class__ is Decimal and value.is_finite():
+        text = str(value)  # amounts are made by scaleb, so this is plain: "7591.70", "100.00"
+        if "E" not in text and "e" not in text:
+            text = text.rstrip("0").rstrip(".") if "." in text else text
+            return "0" if text == "-0" else text
     if isinstance(value, Decimal) and value != value.to_integral_value():
         return format(value.normalize(), "f")
     return str(int(value))
