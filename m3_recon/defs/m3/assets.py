@@ -128,11 +128,14 @@ WHERE snapshot_date = (SELECT max(snapshot_date) FROM raw_m3_open_invoices)
 ORDER BY customer, invoice_date, invoice_number"""
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # one encoder for every record
+
+
 def _snapshot_docs(conn, records: list[dict], days: list, taken_at: datetime, run_id: str) -> pa.Table:
     """One row per (day, invoice dated on or before that day) with its typed columns and amounts in minor units:
     each record serialised and read once, in DuckDB, whatever the number of days. A record whose amounts or
     invoice date do not read fails the snapshot with the reader's own message."""
-    raw = pa.array([json.dumps(record, separators=(",", ":")) for record in records], pa.string())
+    raw = pa.array([_compact_json(record) for record in records], pa.string())
     conn.register("records", pa.table({"ordinal": pa.array(range(len(records)), pa.int64()), "raw": raw}))
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE typed_records AS {TYPED_RECORDS_SQL}")
