@@ -3,9 +3,11 @@
 M3 can only say what is open *now*. A run for partition day D therefore reads the open items once and
 stores, for each day of its partition range, the invoices dated on or before that day with their
 outstanding amount at the time of reading (``taken_at_utc``); the nightly run just after D ends makes
-that D's closing open-item list. Re-running a day replaces its snapshot in one transaction. Amounts
-are converted to integer minor units with ``Decimal`` in the client; the GetInvTotInfo record itself
-is kept in ``raw`` so an auditor can see exactly what M3 said.
+that D's closing open-item list. Re-running a day replaces its snapshot in one transaction. Each
+GetInvTotInfo record is typed once, in DuckDB, whatever the number of days: amounts become integer
+minor units by string arithmetic (never a float), and a record whose amounts or invoice date do not
+read fails the run with the client's own reader's message (``minor_units`` / ``m3_date``). The record
+itself is kept in ``raw`` so an auditor can see exactly what M3 said.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset annotations at runtime.
