@@ -327,6 +327,17 @@ def _formatter(name: str, righttrim: bool) -> Callable[[object], str]:
     return _text if righttrim else lambda value: _text(value).ljust(field.length)
 
 
+def _output_names(outputs: tuple[str, ...], returncols: tuple[str, ...]) -> tuple[str, ...]:
+    """The fields a call answers: ``returncols`` (in its order) that the transaction has, else all of them."""
+    return tuple(n for n in returncols if n in outputs) if returncols else outputs
+
+
+@lru_cache(maxsize=256)
+def _formatters(outputs: tuple[str, ...], returncols: tuple[str, ...], righttrim: bool) -> tuple:
+    """(field, formatter) per output field of a call: looked up once per call shape, not per transaction."""
+    return tuple((n, _formatter(n, righttrim)) for n in _output_names(outputs, returncols))
+
+
 def format_value(name: str, value, righttrim: bool) -> str:
     """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
     return _formatter(name, righttrim)(value)
@@ -600,7 +611,7 @@ class M3App(VendorApp):
             rows = list(itertools.islice(rows, limit))
             if not rows:
                 raise record_not_found()
-        formatters = [(n, _formatter(n, control.righttrim)) for n in self._output_names(spec, control)]
+        formatters = _formatters(spec.outputs, control.returncols, control.righttrim)
         rendered = [{n: text(row.get(n)) for n, text in formatters} for row in rows]
         if control.excludempty:
             return [{k: v for k, v in out.items() if v.strip()} for out in rendered]
@@ -608,9 +619,7 @@ class M3App(VendorApp):
 
     @staticmethod
     def _output_names(spec: MITransaction, control: Control) -> list[str]:
-        if not control.returncols:
-            return list(spec.outputs)
-        return [n for n in control.returncols if n in spec.outputs]
+        return list(_output_names(spec.outputs, control.returncols))
 
     @staticmethod
     def _inputs(spec: MITransaction, record: dict[str, str]) -> dict:
