@@ -122,6 +122,12 @@ class MatchingRules:
         return rules
 
 
+def _prefixes(rules: MatchingRules) -> list[str]:
+    """The prefixes as a reference is compared (upper case, letters and digits only), longest first."""
+    return sorted({re.sub(r"[^A-Z0-9]", "", prefix.upper()) for prefix in rules.strip_prefixes} - {""},
+                  key=lambda p: (-len(p), p))
+
+
 def normalised(expr: str, rules: MatchingRules) -> str:
     """SQL for a reference compared loosely: upper case, no punctuation, no INV prefix, no leading zeros.
 
@@ -129,18 +135,38 @@ def normalised(expr: str, rules: MatchingRules) -> str:
     finds nothing to rewrite in most references, which is cheaper than rewriting. A prefix is compared as the
     reference is (upper case, letters and digits only) and is escaped, so "INV." strips "INV" and no prefix
     can act as a regular expression or break the statement."""
-    prefixes = {re.sub(r"[^A-Z0-9]", "", prefix.upper()) for prefix in rules.strip_prefixes} - {""}
     cleaned = f"regexp_replace(replace(upper({expr}), '-', ''), '[^A-Z0-9]', '', 'g')"
-    alternatives = "|".join(re.escape(prefix) for prefix in sorted(prefixes, key=lambda p: (-len(p), p)))
+    alternatives = "|".join(re.escape(prefix) for prefix in _prefixes(rules))
     # One anchored rewrite takes the prefix and the leading zeros after it (ltrim would copy every reference).
     return f"nullif(regexp_replace({cleaned}, '^(?:{alternatives})?0*', ''), '')"
+
+
+def _short_reference(expr: str, rules: MatchingRules) -> str:
+    """SQL: the normalised reference of a reference of the common shape — a prefix or none, one hyphen or
+    none, digits ("INV-0030000123", "inv30000123", "30000123") — in one regular expression that only reads
+    it: its digits without leading zeros; '' for any other shape (``normalised`` then decides). That is
+    what ``normalised`` gives: the reference holds nothing but the hyphen to remove, and when every prefix
+    is letters only, the first prefix ``normalised`` tries that starts the reference is the one that
+    precedes the digits (a longer one would reach into them; a shorter one comes after it). Always '' when a
+    prefix has digits."""
+    prefixes = _prefixes(rules)
+    if not all(prefix.isalpha() for prefix in prefixes):
+        return "''"
+    alternatives = f"(?:{'|'.join(prefixes)})?" if prefixes else ""
+    return f"regexp_extract(upper({expr}), '^{alternatives}-?0*([1-9][0-9]*)$', 1)"
+
+
+def _normalised_reference(expr: str, short: str, rules: MatchingRules) -> str:
+    """SQL: ``normalised(expr)``, taken from ``short`` (a column holding ``_short_reference(expr)``) when that
+    found the common shape, so the rewrites run only on the other references."""
+    return f"CASE WHEN {short} <> '' THEN {short} ELSE {normalised(expr, rules)} END"
 
 
 def _normalised_number(column: str, rules: MatchingRules) -> str:
     """``normalised`` for a column of invoice numbers: one of digits only (as M3 numbers invoices) is already
     clean but for its leading zeros — one scan instead of two rewrites, and none without a leading zero (the
     number itself, not a trimmed copy) — unless a prefix is digits itself."""
-    if any(re.sub(r"[^A-Z0-9]", "", prefix.upper()).isdigit() for prefix in rules.strip_prefixes):
+    if any(prefix.isdigit() for prefix in _prefixes(rules)):
         return normalised(column, rules)
     return (f"CASE WHEN regexp_full_match({column}, '[1-9][0-9]*') THEN {column} "
             f"WHEN regexp_full_match({column}, '[0-9]+') THEN nullif(ltrim({column}, '0'), '') "
@@ -212,13 +238,15 @@ def _inputs(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> li
     """``m_pay``: the window's charges with their normalised reference. ``m_inv``: the invoices with theirs and
     ``remaining``, the outstanding amount less earlier unposted auto allocations. Each is read once; the
     references are normalised in parallel, and the rowid numbers the rows (``row_number() OVER ()`` would
-    stream on one thread over a second copy)."""
+    stream on one thread over a second copy). Most payment references have the common shape
+    (``_short_reference``), computed once in the inner projection so the CASE does not compute it twice."""
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_pay AS
             SELECT processor, source_id, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
-                   {normalised('invoice_ref', rules)} AS ref_norm, currency, amount_minor,
-                   presentment_currency, presentment_amount_minor
-            FROM {lines} WHERE line_type = 'charge' AND amount_minor > 0""",
+                   {_normalised_reference('invoice_ref', 'short_ref', rules)} AS ref_norm,
+                   currency, amount_minor, presentment_currency, presentment_amount_minor
+            FROM (SELECT *, {_short_reference('invoice_ref', rules)} AS short_ref FROM {lines}
+                  WHERE line_type = 'charge' AND amount_minor > 0)""",
         f"""CREATE OR REPLACE TEMP TABLE m_inv AS
             SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
                    {_normalised_number('i.invoice_number', rules)} AS ref_norm,
