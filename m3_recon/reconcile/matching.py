@@ -273,9 +273,9 @@ def _exact_reference() -> list[str]:
                        coalesce(i.customer <> p.customer_ref, false) AS other_customer, i.remaining > 0 AS open
                 FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
-                SELECT pid FROM candidates GROUP BY pid HAVING count(*) > 1
+                {_repeated('pid', 'candidates')}
             ), shared AS (  -- invoices several payments may be applied to: only they need an order
-                SELECT iid FROM candidates WHERE pay_inv IS NOT NULL GROUP BY iid HAVING count(*) > 1
+                {_repeated('iid', 'candidates WHERE pay_inv IS NOT NULL')}
             ), hits AS NOT MATERIALIZED (  -- read twice; not worth a copy
                 SELECT pid, iid, remaining, pay_inv,
                        CASE WHEN n_left > 1 THEN 'ambiguous_reference'
@@ -306,6 +306,13 @@ def _exact_reference() -> list[str]:
         """CREATE OR REPLACE TEMP TABLE m_rest AS
            SELECT rowid AS pid, * FROM m_pay WHERE rowid NOT IN (SELECT pid FROM m_r1)""",
     ]
+
+
+def _repeated(key: str, rows: str) -> str:
+    """SQL: the ``key`` values that occur more than once in ``rows`` (once less than they occur): each row
+    compared with its neighbour in ``key`` order — an integer sort, about half the CPU of a group-by over as
+    many keys."""
+    return f"SELECT {key} FROM (SELECT {key}, lag({key}) OVER (ORDER BY {key}) AS previous FROM {rows}) WHERE {key} = previous"
 
 
 def _undecided(*rule_tables: str) -> str:
