@@ -296,12 +296,19 @@ def _exact_reference() -> list[str]:
             FROM hits h JOIN m_pay p ON p.rowid = h.pid
             WHERE h.problem IS NULL AND h.iid IN (SELECT iid FROM shared)""",
         # Only invoices with something left: the later rules never apply to the others.
-        """CREATE OR REPLACE TEMP TABLE m_open AS
-           SELECT i.rowid AS iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
-           FROM m_inv i
-           LEFT JOIN (SELECT iid, sum(allocated) AS used FROM m_r1 WHERE problem IS NULL GROUP BY iid) r
-                  ON r.iid = i.rowid
-           WHERE i.remaining - coalesce(r.used, 0) > 0""",
+        # Most invoices take at most one payment: only those of several need a sum (a group-by over every
+        # applied hit costs more than finding the repeated ones by sorting).
+        f"""CREATE OR REPLACE TEMP TABLE m_open AS
+            WITH repeated AS ({_repeated('iid', 'm_r1 WHERE problem IS NULL')})
+            SELECT i.rowid AS iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
+            FROM m_inv i
+            LEFT JOIN (SELECT iid, allocated AS used FROM m_r1
+                       WHERE problem IS NULL AND iid NOT IN (SELECT iid FROM repeated)
+                       UNION ALL
+                       SELECT iid, sum(allocated) FROM m_r1
+                       WHERE problem IS NULL AND iid IN (SELECT iid FROM repeated) GROUP BY iid) r
+                   ON r.iid = i.rowid
+            WHERE i.remaining - coalesce(r.used, 0) > 0""",
         # The payments rule 1 did not decide, the only ones the later rules look at.
         """CREATE OR REPLACE TEMP TABLE m_rest AS
            SELECT rowid AS pid, * FROM m_pay WHERE rowid NOT IN (SELECT pid FROM m_r1)""",
