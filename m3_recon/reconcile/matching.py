@@ -319,7 +319,8 @@ def _repeated(key: str, rows: str) -> str:
     """SQL: the ``key`` values that occur more than once in ``rows`` (once less than they occur): each row
     compared with its neighbour in ``key`` order — an integer sort, about half the CPU of a group-by over as
     many keys."""
-    return f"SELECT {key} FROM (SELECT {key}, lag({key}) OVER (ORDER BY {key}) AS previous FROM {rows}) WHERE {key} = previous"
+    return (f"SELECT {key} FROM (SELECT {key}, lag({key}) OVER (ORDER BY {key}) AS previous FROM {rows}) "
+            f"WHERE {key} = previous")
 
 
 def _undecided(*rule_tables: str) -> str:
