@@ -110,6 +110,18 @@ def documents_table(objects: list[dict], run_id: str, **extra_columns: pa.Array)
     })
 
 
+def page_documents(pages: list[str], key: str, run_id: str) -> pa.Table:
+    """``documents_table`` of the objects listed under ``key`` in vendor list pages given as their JSON text:
+    DuckDB splits the pages (each object written back as compact JSON, its values as sent), so no object is
+    re-serialised in Python. A page that is not JSON fails loudly."""
+    loaded_at = naive_utc(datetime.now(timezone.utc))
+    with duckdb.connect() as conn:
+        conn.register("vendor_pages", pa.table({"page": pa.array(pages, pa.string())}))
+        listed = f"json_transform(page, {literal(decimal_json.dumps({key: ['JSON']}))}).{key}"
+        return conn.execute(f"SELECT CAST(unnest({listed}) AS VARCHAR) AS raw, CAST(? AS TIMESTAMP) AS loaded_at_utc, "
+                            "CAST(? AS VARCHAR) AS dagster_run_id FROM vendor_pages", [loaded_at, run_id]).to_arrow_table()
+
+
 def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:
     """Roll back after a failure without burying it: if COMMIT itself failed there is no transaction left."""
     try:

@@ -30,7 +30,7 @@ from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.money import money_sql
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.sql import add_column, quoted
-from m3_recon.warehouse import Rejection, json_fields, naive_utc
+from m3_recon.warehouse import Rejection, documents_table, json_fields, naive_utc
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -257,8 +257,9 @@ def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, con
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().settlement_transactions(first_day, last_day)
     rows, (by_type,) = store_vendor_objects(
-        duckdb, context, window, objects, table=TRANSACTIONS_TABLE, ddl=TRANSACTIONS_DDL,
-        insert_select=TRANSACTIONS_SELECT, window_column="deposit_date", rejection=TRANSACTIONS_REJECTION,
+        duckdb, context, window, documents_table(objects, context.run.run_id), table=TRANSACTIONS_TABLE,
+        ddl=TRANSACTIONS_DDL, insert_select=TRANSACTIONS_SELECT, window_column="deposit_date",
+        rejection=TRANSACTIONS_REJECTION,
         summaries=[f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY type, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
@@ -279,8 +280,8 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().disputes(first_day, last_day)
     rows, (by_stage,) = store_vendor_objects(
-        duckdb, context, window, objects, table=DISPUTES_TABLE, ddl=DISPUTES_DDL, insert_select=DISPUTES_SELECT,
-        window_column="deposit_date", rejection=DISPUTES_REJECTION,
+        duckdb, context, window, documents_table(objects, context.run.run_id), table=DISPUTES_TABLE, ddl=DISPUTES_DDL,
+        insert_select=DISPUTES_SELECT, window_column="deposit_date", rejection=DISPUTES_REJECTION,
         summaries=[f"SELECT stage, result, count(*), {_summed('signed_amount')} FROM {DISPUTES_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY stage, result, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
@@ -311,8 +312,8 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
     objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, (by_status,) = store_vendor_objects(
-        duckdb, context, window, objects, table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL, insert_select=DEPOSITS_SELECT,
-        window_column="deposit_date", rejection=DEPOSITS_REJECTION,
+        duckdb, context, window, documents_table(objects, context.run.run_id), table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL,
+        insert_select=DEPOSITS_SELECT, window_column="deposit_date", rejection=DEPOSITS_REJECTION,
         summaries=[f"SELECT status, count(*), {_summed('net_amount')} FROM {DEPOSITS_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY status, currency ORDER BY ALL"])
     with duckdb.get_connection() as conn:

@@ -19,7 +19,8 @@ from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
-from m3_recon.warehouse import Rejection, documents_table, json_fields, naive_utc, replace_snapshot, replace_window
+from m3_recon.warehouse import (Rejection, documents_table, json_fields, naive_utc, page_documents, replace_snapshot,
+                                replace_window)
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -89,7 +90,8 @@ SELECT doc.id, doc.type, doc.reporting_category,
        src.payment_method_details.card.brand, src.payment_method_details.card.last4,
        coalesce(doc.fee_details, raw->'$.fee_details'), raw, loaded_at_utc, dagster_run_id
 FROM (SELECT *, {SOURCE_FIELDS} AS src
-      FROM (SELECT CAST(raw AS JSON) AS raw, {BALANCE_TRANSACTION_FIELDS} AS doc, loaded_at_utc, dagster_run_id FROM docs))"""
+      FROM (SELECT CAST(raw AS JSON) AS raw, {BALANCE_TRANSACTION_FIELDS} AS doc, loaded_at_utc, dagster_run_id
+            FROM docs))"""
 
 PAYOUTS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_payouts (
@@ -144,9 +146,10 @@ def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchW
 def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
+    pages = stripe.client().balance_transaction_pages(window.start_epoch, window.end_epoch)
+    docs = page_documents(pages, "data", context.run.run_id)
     rows, (by_category, [(pending,)]) = store_vendor_objects(
-        duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+        duckdb, context, window, docs, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
         insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
         rejection=rejection("balance transaction", ("amount", "fee", "net")),
         summaries=["SELECT reporting_category, upper(currency), count(*), sum(net) "
@@ -156,7 +159,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                    "AND created_at_utc >= ? AND created_at_utc < ?"])
     return dg.MaterializeResult(metadata={
         "rows": rows,
-        "quarantined": len(objects) - rows,
+        "quarantined": docs.num_rows - rows,
         "fetch_window": str(window),
         "pending": pending,
         "by_reporting_category": markdown_table(["category", "rows", "net"],
@@ -174,8 +177,8 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
     window = _window(context, config)
     objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
     rows, (by_status, paid_out) = store_vendor_objects(
-        duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-        window_column="created_at_utc", rejection=rejection("payout"),
+        duckdb, context, window, documents_table(objects, context.run.run_id), table="raw_stripe_payouts",
+        ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT, window_column="created_at_utc", rejection=rejection("payout"),
         summaries=["SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
                    "GROUP BY 1",
                    "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? "
