@@ -30,7 +30,7 @@ from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.money import money_sql
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
 from m3_recon.sql import add_column, quoted
-from m3_recon.warehouse import Rejection, documents_table, json_fields, naive_utc
+from m3_recon.warehouse import Rejection, documents_table, json_fields, naive_utc, page_documents
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -255,16 +255,17 @@ def _summed(amount: str) -> str:
 def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.client().settlement_transactions(first_day, last_day)
+    pages = heartland.client().settlement_transaction_pages(first_day, last_day)
     rows, (by_type,) = store_vendor_objects(
-        duckdb, context, window, documents_table(objects, context.run.run_id), table=TRANSACTIONS_TABLE,
+        duckdb, context, window, page_documents([text for _, text in pages], "transactions", context.run.run_id),
+        table=TRANSACTIONS_TABLE,
         ddl=TRANSACTIONS_DDL, insert_select=TRANSACTIONS_SELECT, window_column="deposit_date",
         rejection=TRANSACTIONS_REJECTION,
         summaries=[f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY type, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "without_reference": sum(1 for o in objects if not o.get("reference")),
+        "without_reference": sum(1 for items, _ in pages for o in items if not o.get("reference")),
         "by_type": markdown_table(["type", "rows", "signed amount"], by_type),
     })
 
