@@ -4,8 +4,8 @@ A daily partition key is a PayTrace *business date*: the Pacific day whose 8:00 
 closed the batch (a sale at 8:30 p.m. belongs to the next day's batch and partition). Each run reads
 the batch dates of its partitions plus a look-back, then replaces that window of batch dates in DuckDB
 in one transaction, keeping PayTrace's JSON in ``raw`` (a transaction's exactly as PayTrace sent it, never
-re-serialised). Typed columns are computed in Python rather than projected in SQL: PayTrace's amounts are decimal dollars, which DuckDB's JSON functions would read as
-doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
+re-serialised). Typed columns are computed in Python rather than projected in SQL: PayTrace's amounts
+are decimal dollars, which DuckDB's JSON functions would read as doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
 A transaction or batch whose type, amount, created or settled time is missing or unreadable is still
 stored, with that column empty, the defect named in ``defects`` (field -> what is wrong with it) and its
 JSON kept: ``core_settlement_lines`` / ``core_payouts`` quarantine it with that defect and the batch's
