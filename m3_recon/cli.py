@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def ensure_dagster_home() -> str:
 
 def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     from m3_recon.sandbox import DEFAULT_DAYS, DEFAULT_SEED, DEFAULT_START
+    from m3_recon.sandbox.world import DEFAULT_CUSTOMERS
 
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default %(default)s)")
     parser.add_argument("--start", type=date.fromisoformat, default=DEFAULT_START,
@@ -69,8 +71,30 @@ def _sandbox_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-currency", type=_currency, default="USD", metavar="CODE",
                         help="the currency the sandbox M3 keeps its books in (default %(default)s); other than USD, "
                              "the Heartland account settles in JPY and the close uses its own warehouse")
+    parser.add_argument("--charges-per-day", type=_positive, metavar="N",
+                        help="a scaled world: N payments every day across the three processors, the default world's "
+                             "case mix (default: the default world's few dozen); it has its own M3 ledger and warehouse")
+    parser.add_argument("--customers", type=_positive, default=DEFAULT_CUSTOMERS, metavar="N",
+                        help="M3 customers in the world (default %(default)s)")
+    parser.add_argument("--invoices", type=_positive, metavar="N", help="invoices in M3 (default: 15 per customer)")
     parser.add_argument("--reset", action="store_true",
                         help="start over: a fresh sandbox M3 ledger (data/sandbox/) and warehouse")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _scale(args):
+    from m3_recon.sandbox import Scale
+
+    return Scale(args.charges_per_day, args.customers, args.invoices)
 
 
 def _currency(text: str) -> str:
@@ -104,7 +128,7 @@ def cmd_demo(args) -> int:
 
     try:
         return run_demo(args.seed, args.start, args.days, args.quirks, reset=args.reset,
-                        local_currency=args.local_currency)
+                        local_currency=args.local_currency, scale=_scale(args))
     except LedgerError as error:
         print(f"{error}\nStart over with `m3-recon demo --reset` (the sandbox ledger, warehouse and analysts' copy).",
               file=sys.stderr)
@@ -139,7 +163,8 @@ def _start_sandbox(args):
     """The sandbox on its fixed ports, serving the same persisted M3 ledger as the demo."""
     from m3_recon.sandbox import Sandbox, persisted_ledger_path, reset_sandbox_state
 
-    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks, args.local_currency)
+    scale = _scale(args)
+    ledger = persisted_ledger_path(args.seed, args.start, args.days, args.quirks, args.local_currency, scale)
     if args.reset:
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +172,7 @@ def _start_sandbox(args):
 
     try:
         sandbox = Sandbox(seed=args.seed, start=args.start, days=args.days, quirks=args.quirks, m3_ledger_path=ledger,
-                          local_currency=args.local_currency)
+                          local_currency=args.local_currency, **asdict(scale))
     except LedgerError as error:
         raise SystemExit(f"{error}\nStart over with --reset (the sandbox ledger, warehouse and analysts' copy).")
     sandbox.start(SANDBOX_PORTS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from m3_recon.money import money, money_by_currency
 from m3_recon.posting.summary import print_posting_summary
 from m3_recon.preflight import PreflightError, input_problems, period_problems
 from m3_recon.progress import summary
-from m3_recon.sandbox import RECOVERY_HINT, Sandbox, persisted_ledger_path, reset_sandbox_state
+from m3_recon.sandbox import RECOVERY_HINT, Sandbox, Scale, persisted_ledger_path, reset_sandbox_state
 from m3_recon.sandbox import flavour as sandbox_flavour
 from m3_recon.sandbox.trial_balance import print_trial_balance
 from m3_recon.sandbox.truth import expected_banking, expected_movements, judge
@@ -37,13 +38,13 @@ PROCESSORS = ("stripe", "paytrace", "heartland")
 
 
 def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), reset: bool = False,
-             local_currency: str = "USD") -> int:
+             local_currency: str = "USD", scale: Scale = Scale()) -> int:
     began = time.monotonic()
     problems = input_problems()
     if problems:
         raise PreflightError(problems)
-    flavour = sandbox_flavour(quirks, local_currency)
-    ledger = persisted_ledger_path(seed, start, days, quirks, local_currency)
+    flavour = sandbox_flavour(quirks, local_currency, scale)
+    ledger = persisted_ledger_path(seed, start, days, quirks, local_currency, scale)
     if flavour:  # another world closes into its own warehouse, as it posts to its own M3 ledger
         os.environ.setdefault("M3_RECON_DUCKDB_PATH", str(PROJECT_ROOT / "data" / f"m3_recon{flavour}.duckdb"))
         os.environ.setdefault("M3_RECON_ANALYST_DUCKDB_PATH",
@@ -53,7 +54,7 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         print("Starting over: removed " + (", ".join(map(str, reset_sandbox_state(ledger))) or "nothing"))
     ledger.parent.mkdir(parents=True, exist_ok=True)
     with Sandbox(seed=seed, start=start, days=days, m3_ledger_path=ledger, quirks=quirks,
-                 local_currency=local_currency) as sandbox:
+                 local_currency=local_currency, **asdict(scale)) as sandbox:
         os.environ.update(sandbox.env())
         # Imported only now: partitions are defined from M3_RECON_START_DATE at import time.
         from m3_recon import settings
@@ -66,7 +67,9 @@ def run_demo(seed: int, start, days: int, quirks: frozenset[str] = frozenset(), 
         print(f"Sandbox up ({', '.join(f'{name} {sandbox.url(name)}' for name in sandbox.servers)}); "
               f"period {period.start} .. {period.end}, seed {seed}"
               + (f"; quirks: {', '.join(sorted(quirks))}" if quirks else "")
-              + (f"; M3 keeps its books in {local_currency}" if local_currency != "USD" else ""))
+              + (f"; M3 keeps its books in {local_currency}" if local_currency != "USD" else "")
+              + (f"; scaled world: {scale.charges_per_day or 'default'} payments a day, {scale.customers:,} customers, "
+                 f"{scale.invoices or 15 * scale.customers:,} invoices" if scale != Scale() else ""))
         write_bank_statements(sandbox, ledger.parent / f"bank_seed{seed}_{start}_{days}d{flavour}")
         result = run_payout_close(period.start, period.end, out=sys.stdout)
         print(f"payout_close {period.start}..{period.end}: {'succeeded' if result.success else 'FAILED'} "

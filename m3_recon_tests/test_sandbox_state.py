@@ -3,7 +3,7 @@
 
 from datetime import date, datetime, timezone
 
-from m3_recon.sandbox import SANDBOX_DATA, persisted_ledger_path, reset_sandbox_state
+from m3_recon.sandbox import SANDBOX_DATA, Scale, flavour, persisted_ledger_path, reset_sandbox_state
 
 
 def test_one_ledger_per_seed_period_and_quirks():
@@ -11,6 +11,13 @@ def test_one_ledger_per_seed_period_and_quirks():
     assert persisted_ledger_path().parent == SANDBOX_DATA
     assert persisted_ledger_path(quirks=frozenset({"b", "a"})).name.endswith("_quirks-a-b.sqlite")
     assert persisted_ledger_path(seed=8) != persisted_ledger_path()
+
+
+def test_a_scaled_world_has_its_own_ledger_and_warehouse_name():
+    assert persisted_ledger_path(scale=Scale()) == persisted_ledger_path()
+    scaled = Scale(charges_per_day=100_000, customers=10_000)
+    assert persisted_ledger_path(scale=scaled).name.endswith("_scale-100000c-10000u-defaulti.sqlite")
+    assert flavour(frozenset({"a"}), "EUR", Scale(customers=90)) == "_quirks-a_local-EUR_scale-defaultc-90u-defaulti"
 
 
 def test_reset_removes_the_ledger_and_the_warehouse_but_keeps_decisions(tmp_path, monkeypatch):

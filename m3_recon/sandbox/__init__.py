@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -38,17 +39,38 @@ SANDBOX_STRIPE_KEY = "sk_test_m3recon_sandbox_0000000000000001"
 SETTLE_DAYS = 10  # default clock: this long after the period, every status has settled
 
 
-def flavour(quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> str:
-    """How a sandbox other than the plain USD one names its files: ``_quirks-<names>``, ``_local-EUR``."""
+@dataclass(frozen=True)
+class Scale:
+    """How big the world is (``--charges-per-day``, ``--customers``, ``--invoices``); the case mix stays the
+    default world's. ``charges_per_day`` None: the default world's days (a few dozen payments each);
+    ``invoices`` None: 15 per customer."""
+
+    charges_per_day: int | None = None
+    customers: int = DEFAULT_CUSTOMERS
+    invoices: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        """``""`` for the default world, else ``_scale-<charges>c-<customers>u-<invoices>i``."""
+        if self == Scale():
+            return ""
+        return (f"_scale-{self.charges_per_day if self.charges_per_day is not None else 'default'}c-"
+                f"{self.customers}u-{self.invoices if self.invoices is not None else 'default'}i")
+
+
+def flavour(quirks: frozenset[str] = frozenset(), local_currency: str = "USD", scale: Scale = Scale()) -> str:
+    """How a sandbox other than the plain, default-sized USD one names its files: ``_quirks-<names>``,
+    ``_local-EUR``, ``_scale-…``."""
     return (("_quirks-" + "-".join(sorted(quirks)) if quirks else "")
-            + (f"_local-{local_currency}" if local_currency != "USD" else ""))
+            + (f"_local-{local_currency}" if local_currency != "USD" else "") + scale.suffix)
 
 
 def persisted_ledger_path(seed: int = DEFAULT_SEED, start: date = DEFAULT_START, days: int = DEFAULT_DAYS,
-                          quirks: frozenset[str] = frozenset(), local_currency: str = "USD") -> Path:
-    """The one sandbox M3 ledger per seed, period, quirks and local currency that ``make demo``, ``make ui`` and
-    ``m3-recon sandbox`` all post into (``data/sandbox/``), so the warehouse and M3 stay in step."""
-    return SANDBOX_DATA / f"m3_ledger_seed{seed}_{start}_{days}d{flavour(quirks, local_currency)}.sqlite"
+                          quirks: frozenset[str] = frozenset(), local_currency: str = "USD",
+                          scale: Scale = Scale()) -> Path:
+    """The one sandbox M3 ledger per seed, period, quirks, local currency and scale that ``make demo``,
+    ``make ui`` and ``m3-recon sandbox`` all post into (``data/sandbox/``), so the warehouse and M3 stay in step."""
+    return SANDBOX_DATA / f"m3_ledger_seed{seed}_{start}_{days}d{flavour(quirks, local_currency, scale)}.sqlite"
 
 
 def reset_sandbox_state(ledger: Path) -> list[Path]:
