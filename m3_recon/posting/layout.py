@@ -39,7 +39,7 @@ class LayoutField:
     format: str
     value: str = ""  # the text of a constant
 
-    @property
+    @cached_property
     def width(self) -> int:
         return self.end - self.start + 1
 
@@ -102,9 +102,9 @@ class ParmLayout:
         return frozenset(f.name for f in self.fields)
 
     @cached_property
-    def _slots(self) -> tuple[tuple[tuple[str, int, str, Callable[[object], str]], ...], str]:
-        """Per value field in position order: its name, width, the fixed text before it (blanks, constants) and
-        the function writing its value; then the fixed text after the last one. Worked out once per layout, not
+    def _slots(self) -> tuple[tuple[tuple[LayoutField, str, Callable[[LayoutField, object, str], str]], ...], str]:
+        """Per value field in position order: the field, the fixed text before it (blanks, constants) and the
+        function writing its value; then the fixed text after the last one. Worked out once per layout, not
         per value: a day posts 10^5 lines."""
         slots, fixed, taken = [], "", 0
         for field in sorted(self.fields, key=lambda f: f.start):
@@ -113,7 +113,7 @@ class ParmLayout:
             if field.format == "constant":
                 fixed += field.value
             else:
-                slots.append((field.name, field.width, fixed, self._writer(field)))
+                slots.append((field, fixed, _WRITERS[field.format]))
                 fixed = ""
         return tuple(slots), fixed
 
@@ -125,40 +125,18 @@ class ParmLayout:
             raise LayoutError(f"interface {self.interface} has no position for {', '.join(unknown)} "
                               f"({LAYOUT_VARIABLE}: {self.source})")
         pieces = []
-        get = values.get
+        get, separator = values.get, self.decimal_separator
         slots, tail = self._slots
-        for name, width, fixed, write in slots:
-            value = get(name)
-            text = " " * width if value is None or value == "" else write(value)
+        for field, fixed, write in slots:
+            value = get(field.name)
+            width = field.width
+            text = " " * width if value is None or value == "" else write(field, value, separator)
             if len(text) > width:
-                field = next(f for f in self.fields if f.name == name)
-                raise LayoutError(f"{name} {text.strip()!r} is {len(text.strip())} characters; interface "
+                raise LayoutError(f"{field.name} {text.strip()!r} is {len(text.strip())} characters; interface "
                                   f"{self.interface} holds {width} at positions {field.start}-{field.end}")
             pieces += (fixed, text)
         pieces.append(tail)
         return "".join(pieces)
-
-    def _writer(self, field: LayoutField) -> Callable[[object], str]:
-        """How a field's (non-blank) value becomes its text, by the field's format."""
-        name, width, separator = field.name, field.width, self.decimal_separator
-
-        def number(value) -> str:
-            return str(int(value)).zfill(width)
-
-        def day(value) -> str:
-            if not isinstance(value, date):
-                raise LayoutError(f"{name} needs a date, got {value!r}")
-            return ("%04d%02d%02d" % (value.year, value.month, value.day)).ljust(width)
-
-        def amount(value) -> str:
-            if not isinstance(value, Decimal):
-                raise LayoutError(f"{name} needs a Decimal amount, got {type(value).__name__}")
-            return format(value, "f").replace(".", separator).rjust(width)
-
-        def text(value) -> str:
-            return str(value).ljust(width)
-
-        return {"number": number, "date": day, "amount": amount, "text": text}[field.format]
 
     @cached_property
     def _cuts(self) -> tuple[tuple[str, int, int, bool], ...]:
@@ -179,3 +157,27 @@ class ParmLayout:
             text = parm[start:end].strip()
             values[name] = text.replace(separator, ".") if is_amount else text
         return values
+
+
+# How a field's (non-blank) value becomes its text, by the field's format.
+def _number(field: LayoutField, value: object, separator: str) -> str:
+    return str(int(value)).zfill(field.width)
+
+
+def _date(field: LayoutField, value: object, separator: str) -> str:
+    if not isinstance(value, date):
+        raise LayoutError(f"{field.name} needs a date, got {value!r}")
+    return ("%04d%02d%02d" % (value.year, value.month, value.day)).ljust(field.width)
+
+
+def _amount(field: LayoutField, value: object, separator: str) -> str:
+    if not isinstance(value, Decimal):
+        raise LayoutError(f"{field.name} needs a Decimal amount, got {type(value).__name__}")
+    return format(value, "f").replace(".", separator).rjust(field.width)
+
+
+def _text(field: LayoutField, value: object, separator: str) -> str:
+    return str(value).ljust(field.width)
+
+
+_WRITERS = {"number": _number, "date": _date, "amount": _amount, "text": _text}
