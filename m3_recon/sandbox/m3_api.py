@@ -847,6 +847,7 @@ class M3App(VendorApp):
         self.ledger.control_payment_batch(values["PBID"], self.clock.now())
         return []
 
+
 @functools.lru_cache(maxsize=1024)
 def _entry_date_time(moment: int) -> tuple[date, int]:
     """RGDT and RGTM (hhmmss) of unix seconds: the lines of one batch share theirs (a voucher has 10^3 lines)."""
