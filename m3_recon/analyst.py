@@ -2,7 +2,9 @@
 
 The close writes to the working DuckDB file, which DuckDB locks for one writer; an analyst holding
 that file open would block the close. Instead, each close ends by copying every table into a new
-file, adding the views below, and renaming it over ``data/m3_recon_analyst.duckdb``. The rename is
+file, adding the views below, and renaming it over ``data/m3_recon_analyst.duckdb``. A warehouse
+that is a DuckDB file is checkpointed and copied as a file (bytes, no re-encoding of every column);
+any other (a DuckLake) is copied table by table with ``COPY FROM DATABASE``. The rename is
 atomic: a reader sees the previous close or the new one, never a half-written day, and a reader that
 keeps a connection open all night keeps reading the copy it opened without holding any lock the
 close needs.
@@ -11,6 +13,7 @@ close needs.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -92,11 +95,17 @@ def publish(conn: duckdb.DuckDBPyConnection, target: str | Path, accounts: Accou
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
-    source = conn.execute("SELECT current_database()").fetchone()[0]
+    source, kind, path = conn.execute("SELECT database_name, type, path FROM duckdb_databases() "
+                                      "WHERE database_name = current_database()").fetchone()
     accounts = accounts or AccountMap.load()
+    one_file = kind == "duckdb" and bool(path)
+    if one_file:
+        conn.execute("CHECKPOINT")  # every committed table is now in the file itself, none only in its WAL
+        shutil.copyfile(path, staging)
     conn.execute(f"ATTACH '{staging}' AS analyst_snapshot")
     try:
-        conn.execute(f"COPY FROM DATABASE \"{source}\" TO analyst_snapshot")
+        if not one_file:
+            conn.execute(f"COPY FROM DATABASE \"{source}\" TO analyst_snapshot")
         tables = {name: conn.execute(f'SELECT count(*) FROM analyst_snapshot."{name}"').fetchone()[0]
                   for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
                                               "'analyst_snapshot' ORDER BY 1").fetchall()}

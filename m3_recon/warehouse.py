@@ -7,6 +7,7 @@ columns are projected from the vendor's raw JSON in SQL (set-based), with the JS
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from m3_recon import decimal_json
-from m3_recon.sql import ensure_table
+from m3_recon.sql import ensure_table, literal
 
 
 QUARANTINE_DDL = """
@@ -33,7 +34,24 @@ class Rejection:
 
     processor: str
     reason_sql: str
-    source_id_sql: str = "json_extract_string(raw, '$.id')"
+    source_id_sql: str = "CASE WHEN json_valid(raw) THEN json_extract_string(raw, '$.id') END"
+
+
+def json_fields(text_paths: Iterable[str], json_paths: Iterable[str] = (), column: str = "raw") -> str:
+    """SQL: the JSON text ``column`` parsed once (``json_transform``) into a STRUCT of the dotted paths in
+    ``text_paths``, each read as ``->>`` reads it (a string's value, any other value's JSON text, NULL when missing
+    or null), and of those in ``json_paths`` as JSON text (as ``->``, but a JSON null is NULL). A projection that
+    reads ``doc.source.id`` instead of ``raw->>'$.source.id'`` parses each document once, not once per field.
+    ``column`` must be valid JSON (``json_transform`` raises otherwise)."""
+    structure: dict = {}
+    for paths, kind in ((text_paths, "VARCHAR"), (json_paths, "JSON")):
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node = structure
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = kind
+    return f"json_transform({column}, {literal(decimal_json.dumps(structure))})"
 
 
 def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, insert_select: str,
@@ -42,27 +60,32 @@ def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, ins
     """Replace the rows of ``table`` whose ``window_column`` lies in [start, end) with ``insert_select``.
 
     ``insert_select`` is a SELECT over the view ``docs`` (the Arrow table registered as ``docs_all``,
-    less rejected objects). Rejected objects replace this table's quarantine rows for the same
-    window, so reloading a window never duplicates a quarantine entry. Returns rows inserted.
+    less rejected objects). With a rejection, each object's reason is computed once, into a temporary
+    table that the insert and the quarantine both read. Rejected objects replace this table's quarantine
+    rows for the same window, so reloading a window never duplicates a quarantine entry. Returns rows
+    inserted.
     """
     bounds = [naive_utc(start), naive_utc(end)]
+    reason = rejection.reason_sql if rejection else "NULL"
+    kind = "TABLE" if rejection else "VIEW"
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(ddl)
         conn.register("docs_all", docs)
-        reason = rejection.reason_sql if rejection else "NULL"
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW docs AS SELECT * FROM docs_all WHERE ({reason}) IS NULL")
+        conn.execute(f"CREATE OR REPLACE TEMP {kind} docs_checked AS "
+                     f"SELECT *, ({reason}) AS reject_reason FROM docs_all")
+        conn.execute("CREATE OR REPLACE TEMP VIEW docs AS "
+                     "SELECT * EXCLUDE (reject_reason) FROM docs_checked WHERE reject_reason IS NULL")
         conn.execute(f"DELETE FROM {table} WHERE {window_column} >= ? AND {window_column} < ?", bounds)
-        conn.execute(f"INSERT INTO {table} {insert_select}")
-        inserted = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+        inserted = conn.execute(f"INSERT INTO {table} {insert_select}").fetchone()[0]
         if rejection is not None:
             conn.execute(QUARANTINE_DDL)
             conn.execute("DELETE FROM core_quarantine WHERE table_name = ? AND partition_date >= CAST(? AS DATE) "
                          "AND partition_date < CAST(? AS DATE)", [table, *bounds])
             conn.execute(
-                f"INSERT INTO core_quarantine SELECT ?, {rejection.source_id_sql}, ?, CAST(? AS DATE), {reason}, "
+                f"INSERT INTO core_quarantine SELECT ?, {rejection.source_id_sql}, ?, CAST(? AS DATE), reject_reason, "
                 f"CASE WHEN json_valid(raw) THEN raw::JSON ELSE to_json(raw) END, ?, ? "
-                f"FROM docs_all WHERE ({reason}) IS NOT NULL",
+                f"FROM docs_checked WHERE reject_reason IS NOT NULL",
                 [rejection.processor, table, bounds[0], naive_utc(datetime.now(timezone.utc)), run_id])
         conn.execute("COMMIT")
     except BaseException:
@@ -70,6 +93,7 @@ def replace_window(conn: duckdb.DuckDBPyConnection, *, table: str, ddl: str, ins
         raise
     finally:
         conn.execute("DROP VIEW IF EXISTS docs")
+        conn.execute(f"DROP {kind} IF EXISTS docs_checked")
         conn.unregister("docs_all")
     return inserted
 
@@ -84,6 +108,18 @@ def documents_table(objects: list[dict], run_id: str, **extra_columns: pa.Array)
         "dagster_run_id": pa.array([run_id] * n, pa.string()),
         **extra_columns,
     })
+
+
+def page_documents(pages: list[str], key: str, run_id: str) -> pa.Table:
+    """``documents_table`` of the objects listed under ``key`` in vendor list pages given as their JSON text:
+    DuckDB splits the pages (each object written back as compact JSON, its values as sent), so no object is
+    re-serialised in Python. A page that is not JSON fails loudly."""
+    loaded_at = naive_utc(datetime.now(timezone.utc))
+    with duckdb.connect() as conn:
+        conn.register("vendor_pages", pa.table({"page": pa.array(pages, pa.string())}))
+        listed = f"json_transform(page, {literal(decimal_json.dumps({key: ['JSON']}))}).{key}"
+        return conn.execute(f"SELECT CAST(unnest({listed}) AS VARCHAR) AS raw, CAST(? AS TIMESTAMP) AS loaded_at_utc, "
+                            "CAST(? AS VARCHAR) AS dagster_run_id FROM vendor_pages", [loaded_at, run_id]).to_arrow_table()
 
 
 def rollback_quietly(conn: duckdb.DuckDBPyConnection) -> None:

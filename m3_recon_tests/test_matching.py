@@ -321,6 +321,16 @@ def test_invoice_numbers_of_digits_take_the_short_path_to_the_same_reference(num
     assert found[0] == found[1]
 
 
+@pytest.mark.parametrize("reference", ["INV-0030000123", "inv30000123", "INVOICE-12", "INV--12", "INV-000", "INVO12",
+                                       "INV 12", "0012", "-12", "INV12A", "INVINV12", "Inv-1-2", "", None])
+def test_payment_references_of_the_common_shape_take_the_short_path_to_the_same_reference(reference):
+    found = duckdb.connect().execute(
+        f"SELECT {matching._normalised_reference('n', 's', RULES)}, {matching.normalised('n', RULES)} "
+        f"FROM (SELECT n, {matching._short_reference('n', RULES)} AS s FROM (SELECT ?::VARCHAR AS n))",
+        [reference]).fetchone()
+    assert found[0] == found[1]
+
+
 def tieout(payouts, lines):
     conn = duckdb.connect()
     conn.register("payouts_df", pd.DataFrame(payouts))

@@ -153,7 +153,8 @@ SELECT
     {TXN_REJECTED}
 FROM txn
 LEFT JOIN txn_type USING (type)
-LEFT JOIN known_txn parent ON parent.id = txn.parent_transaction_id AND txn.type = 'REFUND'
+-- an equi-join (a condition on txn alone in ON would make this a nested-loop join of every pair of transactions)
+LEFT JOIN known_txn parent ON parent.id = CASE WHEN txn.type = 'REFUND' THEN txn.parent_transaction_id END
 UNION ALL BY NAME
 SELECT
     'heartland' AS processor, dispute.id || ':' || coalesce(dispute.stage, '') AS source_id, funding.line_type,

@@ -83,7 +83,9 @@ SELECT
     CAST(txn.raw AS VARCHAR) AS raw_payload
 FROM txn
 LEFT JOIN category USING (reporting_category)
-LEFT JOIN charge ON charge.charge_id = txn.charge_id AND txn.source_object IN ('refund', 'dispute')
+-- an equi-join on the charge a refund or dispute reverses (NULL for anything else, which matches nothing): a condition
+-- on txn alone in ON would make this a nested-loop join of every transaction with every charge
+LEFT JOIN charge ON charge.charge_id = CASE WHEN txn.source_object IN ('refund', 'dispute') THEN txn.charge_id END
 LEFT JOIN paid_out ON paid_out.balance_transaction_id = txn.id
 """
 

@@ -3,14 +3,17 @@
 Signs in with ``POST /accesstoken`` (``secret`` = SHA-512 of nonce + app key; the key never leaves
 this process), caches the bearer token until shortly before it expires, signs in again on a 401 once,
 and reads the three settlement lists page by page (``page_size`` ≤ 1000, stopping at the first short
-page). Every call goes through the request budget and bounded retries of ``VendorSession``. Returns
-the JSON objects exactly as GP sent them.
+page); once the first page has said how many rows there are, the pages after it are read
+``concurrency`` at a time. Every call goes through the request budget and bounded retries of
+``VendorSession``. Returns the JSON objects exactly as GP sent them, and each page's JSON text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from typing import Callable
 
@@ -72,42 +75,68 @@ class HeartlandClient:
 
     def __init__(self, app_id: str, app_key: str, *, api_base: str = DEFAULT_API_BASE, account_name: str = "",
                  merchant_id: str = "", token_seconds_to_expire: int = 3_600, requests_per_second: float = 10.0,
-                 max_attempts: int = 5, timeout_seconds: float = 30.0, page_size: int = 1_000):
+                 max_attempts: int = 5, timeout_seconds: float = 30.0, page_size: int = 1_000, concurrency: int = 4):
         self.api_base, self.account_name, self.merchant_id, self.page_size = (
             api_base, account_name, merchant_id, page_size)
+        self.workers = max(1, min(concurrency, int(requests_per_second)))  # never more than the budget per second
         self.access_token = GpApiAccessToken(app_id, app_key, token_seconds_to_expire)
         self.session = VendorSession(
             vendor="GP API", base_url=api_base, credential_hint=CREDENTIAL_HINT, url_hint="GP_API_BASE",
             requests_per_second=requests_per_second, max_attempts=max_attempts, timeout_seconds=timeout_seconds,
             authenticator=self.access_token)
 
-    def list_all(self, path: str, key: str, params: dict[str, str]) -> list[dict]:
-        """Every row of a settlement list, oldest first, page by page until a short (or the counted last) page."""
+    def list_pages(self, path: str, key: str, params: dict[str, str]) -> list[tuple[list[dict], str]]:
+        """Every page of a settlement list, oldest first, as (its rows, its JSON text), up to the first short page
+        or the page that reaches the count the first page gave (``total_record_count``). Given that count, the
+        pages after the first are read ``concurrency`` at a time; the same stopping rule then applies in order."""
         session = self.session
         account = self.account_name or self.access_token.data_account_name(session)
         query = {**params, "account_name": account, "page_size": str(self.page_size), "order": "ASC",
                  "order_by": "TIME_CREATED"}
         if self.merchant_id:
             query["system.mid"] = self.merchant_id
-        rows: list[dict] = []
-        expected: int | None = None
-        for page in range(1, MAX_PAGES + 1):
-            body = session.json("GET", path, params={**query, "page": str(page)}, headers=GP_HEADERS)
-            items = body.get(key)
+
+        def page(number: int) -> tuple[list[dict], str]:
+            response = session.request("GET", path, params={**query, "page": str(number)}, headers=GP_HEADERS)
+            body = session.decode(f"GET {path}", response)
+            items = body.get(key) if isinstance(body, dict) else None
             if not isinstance(items, list):
                 raise VendorRequestError("GP API", f"GET {path} answered without a '{key}' list")
-            rows.extend(items)
-            if page == 1 and str(body.get("total_record_count", "")).isdigit():
+            if number == 1 and str(body.get("total_record_count", "")).isdigit():
+                nonlocal expected
                 expected = int(body["total_record_count"])
-            if len(items) < self.page_size or (expected is not None and len(rows) >= expected):
-                return rows
-        raise VendorRequestError("GP API", f"GET {path} did not end after {MAX_PAGES} pages of {self.page_size}; "
-                                 "load a shorter window")
+            return items, response.content.decode(json.detect_encoding(response.content))
+
+        expected: int | None = None
+        pages, rows, number = [page(1)], 0, 1
+        prefetched: dict[int, tuple[list[dict], str]] = {}
+        while True:
+            items = pages[-1][0]
+            rows += len(items)
+            if len(items) < self.page_size or (expected is not None and rows >= expected):
+                return pages
+            number += 1
+            if number > MAX_PAGES:
+                raise VendorRequestError("GP API", f"GET {path} did not end after {MAX_PAGES} pages of "
+                                         f"{self.page_size}; load a shorter window")
+            if number == 2 and expected is not None and self.workers > 1:
+                last = min(MAX_PAGES, -(-expected // self.page_size))
+                with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="gp-api-pages") as pool:
+                    prefetched = dict(zip(range(2, last + 1), pool.map(page, range(2, last + 1))))
+            pages.append(prefetched.pop(number) if number in prefetched else page(number))
+
+    def list_all(self, path: str, key: str, params: dict[str, str]) -> list[dict]:
+        """Every row of a settlement list, oldest first (``list_pages``)."""
+        return [row for items, _ in self.list_pages(path, key, params) for row in items]
 
     # -- what the assets read (deposit dates inclusive, as GP's YYYY-MM-DD filters are) -------------
     def settlement_transactions(self, first_day: date, last_day: date) -> list[dict]:
         """Sales and refunds funded by deposits dated first_day..last_day."""
-        return self.list_all("/settlement/transactions", "transactions", {
+        return [row for items, _ in self.settlement_transaction_pages(first_day, last_day) for row in items]
+
+    def settlement_transaction_pages(self, first_day: date, last_day: date) -> list[tuple[list[dict], str]]:
+        """``settlement_transactions`` page by page, each with its JSON text (``list_pages``)."""
+        return self.list_pages("/settlement/transactions", "transactions", {
             "from_deposit_time_created": first_day.isoformat(), "to_deposit_time_created": last_day.isoformat()})
 
     def deposits(self, first_day: date, last_day: date) -> list[dict]:

@@ -17,6 +17,7 @@ Credentials never appear in messages.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -224,8 +225,16 @@ class VendorSession:
     def decode(self, endpoint: str, response: requests.Response):
         """A response's JSON (fractional numbers as ``Decimal``, never floats); a body that is not JSON is a
         clear error, not a crash later."""
+        return self.decode_listing(endpoint, response, None)[0]
+
+    def decode_listing(self, endpoint: str, response: requests.Response, key: str | None) -> tuple[object, list[str]]:
+        """``decode``, and the exact JSON text of each record of the body's top-level list ``key``
+        (``decimal_json.loads_listing``), for storing records as the vendor sent them."""
         try:
-            return decimal_json.loads(response.content)
+            if key is None:
+                return decimal_json.loads(response.content), []
+            content = response.content
+            return decimal_json.loads_listing(content.decode(json.detect_encoding(content)), key)
         except ValueError:
             raise VendorRequestError(self.vendor, f"{endpoint} answered with something that is not JSON: "
                                      f"{short_text(response)}", status=response.status_code) from None

@@ -89,21 +89,22 @@ class PayTraceClient:
     def zone(self) -> ZoneInfo:
         return account_zone(self.time_zone)
 
-    def _post(self, path: str, body: dict) -> dict:
-        """One v1 call; PayTrace's ``success: false`` is an error even when the HTTP status is 200."""
+    def _post(self, path: str, body: dict, listing: str | None = None) -> tuple[dict, list[str]]:
+        """One v1 call, and the exact text of each record of its list ``listing`` (when given); PayTrace's
+        ``success: false`` is an error even when the HTTP status is 200."""
         if self.integrator_id:
             body = {**body, "integrator_id": self.integrator_id}
         response = self.session.request("POST", path, json=body)
-        payload = self.session.decode(f"POST {path}", response)
+        payload, texts = self.session.decode_listing(f"POST {path}", response, listing)
         if not isinstance(payload, dict) or payload.get("success") is not True:
             raise VendorRequestError(VENDOR, f"POST {path} did not succeed: {short_text(response)}",
                                      status=response.status_code)
-        return payload
+        return payload, texts
     def _by_day(self, path: str, key: str, first_day: date, last_day: date, **filters) -> list[tuple[date, dict]]:
         rows = []
         for offset in range((last_day - first_day).days + 1):
             day = first_day + timedelta(days=offset)
-            payload = self._post(path, {"start_date": us_date(day), "end_date": us_date(day), **filters})
+            payload, _ = self._post(path, {"start_date": us_date(day), "end_date": us_date(day), **filters})
             rows.extend((day, row) for row in payload.get(key) or [])
         return rows
 
@@ -114,7 +115,15 @@ class PayTraceClient:
 
     def batch_transactions(self, batch_number: int) -> list[dict]:
         """The transactions one settled batch contains."""
-        return self._post("/v1/batches/transaction_list", {"batch_number": batch_number}).get("transactions") or []
+        return [txn for txn, _ in self.batch_transactions_as_sent(batch_number)]
+
+    def batch_transactions_as_sent(self, batch_number: int) -> list[tuple[dict, str]]:
+        """``batch_transactions``, each with the exact JSON text PayTrace sent for it."""
+        payload, texts = self._post("/v1/batches/transaction_list", {"batch_number": batch_number}, "transactions")
+        transactions = payload.get("transactions") or []
+        if not isinstance(transactions, list):
+            raise VendorRequestError(VENDOR, f"batch {batch_number}'s transaction list is not a list")
+        return list(zip(transactions, texts))
 
     def transactions(self, first_day: date, last_day: date, transaction_type: str | None = None) -> list[dict]:
         """Transactions created on each local date in [first_day, last_day] (optionally of one type)."""

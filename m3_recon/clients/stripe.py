@@ -7,16 +7,18 @@ timeouts with capped backoff, honours ``Stripe-Should-Retry`` and ``Retry-After`
 with an actionable error.
 Returns plain JSON objects exactly as Stripe sent them: list pages come through the SDK's
 ``raw_request`` (its auth, API version and error mapping, no ``StripeObject`` per row), and a day of
-balance transactions is read as disjoint ``created`` slices paged concurrently (``list_created``).
+balance transactions is read as disjoint ``created`` slices paged concurrently (``list_created``),
+either as objects or as the pages' own JSON text (for the warehouse to split, with no re-serialising).
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import stripe
+from stripe import StripeResponse
 
 from m3_recon.clients.http import (RequestBudget, RetryPolicy, RetryVerdict, parse_retry_after, retry_call,
                                    retryable_status)
@@ -73,13 +75,13 @@ class StripeClient:
         )
 
     # -- paging ---------------------------------------------------------------------------------
-    def _list_page(self, service: str, params: dict) -> dict:
-        """One list page as the JSON Stripe sent: the SDK's ``raw_request`` (its requestor, auth, API
-        version and error mapping) without turning every object into a ``StripeObject``."""
+    def _list_page(self, service: str, params: dict) -> StripeResponse:
+        """One list page as Stripe sent it (``body``, and ``data`` parsed): the SDK's ``raw_request`` (its
+        requestor, auth, API version and error mapping) without turning every object into a ``StripeObject``."""
         endpoint = f"GET /v1/{service}"
 
-        def call() -> dict:
-            return self.sdk.raw_request("get", f"/v1/{service}", **params).data
+        def call() -> StripeResponse:
+            return self.sdk.raw_request("get", f"/v1/{service}", **params)
 
         try:
             return retry_call(call, classify_stripe_error, RetryPolicy(max_attempts=self.max_attempts))
@@ -109,31 +111,40 @@ class StripeClient:
             raise VendorRequestError("Stripe", f"{endpoint} was rejected: {message}",
                                      status=exc.http_status, request_id=exc.request_id) from None
 
-    def list_all(self, service: str, params: dict, until: threading.Event | None = None) -> Iterator[dict]:
-        """Every object of a list endpoint, newest first, following ``has_more`` with ``starting_after``
+    def list_pages(self, service: str, params: dict, until: threading.Event | None = None) -> Iterator[StripeResponse]:
+        """Every page of a list endpoint, newest first, following ``has_more`` with ``starting_after``
         (stopping early, incomplete, once ``until`` is set: a sibling chain failed and the caller raises)."""
         params = {**params, "limit": self.page_size}
         while until is None or not until.is_set():
             page = self._list_page(service, params)
-            yield from page["data"]
-            if not page["has_more"] or not page["data"]:
+            yield page
+            objects = page.data["data"]
+            if not page.data["has_more"] or not objects:
                 return
-            params = {**params, "starting_after": page["data"][-1]["id"]}
+            params = {**params, "starting_after": objects[-1]["id"]}
 
-    def list_created(self, service: str, created_gte: int, created_lt: int, params: dict | None = None) -> list[dict]:
-        """Every object created in [gte, lt), newest first. The window is cut into ``window_slices``
-        disjoint sub-windows of whole seconds, each paged to its end by its own cursor chain, at most
-        ``concurrency`` chains at once (never more than the request budget allows per second); each
-        chain is complete on its own, so together they are the whole window exactly once."""
+    def list_all(self, service: str, params: dict, until: threading.Event | None = None) -> Iterator[dict]:
+        """Every object of a list endpoint, newest first (``list_pages``)."""
+        for page in self.list_pages(service, params, until):
+            yield from page.data["data"]
+
+    def list_created(self, service: str, created_gte: int, created_lt: int, params: dict | None = None,
+                     take: Callable[[StripeResponse], list] = lambda page: page.data["data"]) -> list:
+        """What ``take`` takes from each page (by default its objects) of every object created in [gte, lt),
+        newest first. The window is cut into ``window_slices`` disjoint sub-windows of whole seconds, each paged
+        to its end by its own cursor chain, at most ``concurrency`` chains at once (never more than the request
+        budget allows per second); each chain is complete on its own, so together they are the whole window
+        exactly once."""
         bounds = _slices(created_gte, created_lt, self.window_slices)
         params = params or {}
 
         failed = threading.Event()  # one chain failed: the others ask for no further page
 
-        def chain(bound: tuple[int, int]) -> list[dict]:
+        def chain(bound: tuple[int, int]) -> list:
             try:
-                return list(self.list_all(service, {**params, "created": {"gte": bound[0], "lt": bound[1]}},
-                                          until=failed))
+                return [item for page in self.list_pages(
+                            service, {**params, "created": {"gte": bound[0], "lt": bound[1]}}, until=failed)
+                        for item in take(page)]
             except BaseException:
                 failed.set()
                 raise
@@ -148,6 +159,11 @@ class StripeClient:
     def balance_transactions(self, created_gte: int, created_lt: int) -> list[dict]:
         """Balance transactions created in [gte, lt), with their source (charge, refund…) expanded."""
         return self.list_created("balance_transactions", created_gte, created_lt, {"expand": ["data.source"]})
+
+    def balance_transaction_pages(self, created_gte: int, created_lt: int) -> list[str]:
+        """The same read as ``balance_transactions``, as the JSON text of each list page (objects under ``data``)."""
+        return self.list_created("balance_transactions", created_gte, created_lt, {"expand": ["data.source"]},
+                                 take=lambda page: [page.body])
 
     def payouts(self, created_gte: int, created_lt: int) -> list[dict]:
         """Payouts created in [gte, lt): about one a day, so one cursor chain."""

@@ -116,11 +116,14 @@ class StripeApp(VendorApp):
         self._txns_by_created = sorted(ledger.balance_transactions.values(), key=lambda t: self._txn_order[t.id])
         self._txn_created = [t.created for t in self._txns_by_created]  # bisected: a page reads only its window
         self._payout_order = {p.id: (p.created, i) for i, p in enumerate(ledger.payouts.values())}
+        self._payouts = sorted(ledger.payouts.values(), key=lambda p: self._payout_order[p.id])
         self.customers: dict[str, StripeCustomer] = dict(ledger.customer_master.customers) \
             if ledger.customer_master else {}
         self._customer_order = {c.id: (c.created, i) for i, c in enumerate(self.customers.values())}
+        self._customers = sorted(self.customers.values(), key=lambda c: self._customer_order[c.id])
         self._events = ledger_events(ledger)
         self._event_order = {e.id: (e.created, i) for i, e in enumerate(self._events)}
+        self._events_in_order = sorted(self._events, key=lambda e: self._event_order[e.id])
 
     # -- framework ---------------------------------------------------------------------------
     def fault_response(self, status: int, headers: dict[str, str]) -> Response:
@@ -206,30 +209,29 @@ class StripeApp(VendorApp):
 
     # -- lists -----------------------------------------------------------------------------------
     def _page(self, url: str, items: list, order: dict, params: dict, render) -> dict:
+        """One page of ``items`` (oldest first by ``order``), newest first as Stripe lists; the cursor is
+        found by bisection, so a page costs its own objects, not the whole list."""
         limit = _int(params.get("limit", "10"), "limit")
         if not 1 <= limit <= 100:
             raise StripeError(400, "This value must be between 1 and 100 (it currently is "
                               f"{limit}).", code="parameter_invalid_integer", param="limit")
-        items = sorted(items, key=lambda obj: order[obj.id], reverse=True)
         if "starting_after" in params and "ending_before" in params:
             raise StripeError(400, "You may only specify one of these parameters: ending_before, "
                               "starting_after.", param="starting_after")
+        key = lambda obj: order[obj.id]  # noqa: E731
+        low, high = 0, len(items)  # items[low:high]: the objects beyond the cursor
         if "starting_after" in params:
-            cursor = self._cursor(params["starting_after"], order, "starting_after")
-            items = [obj for obj in items if order[obj.id] < cursor]
-            page, has_more = items[:limit], len(items) > limit
+            high = bisect_left(items, self._cursor(params["starting_after"], order, "starting_after"), key=key)
         elif "ending_before" in params:
-            cursor = self._cursor(params["ending_before"], order, "ending_before")
-            items = [obj for obj in items if order[obj.id] > cursor]
-            page, has_more = items[-limit:], len(items) > limit
-        else:
-            page, has_more = items[:limit], len(items) > limit
+            low = bisect_right(items, self._cursor(params["ending_before"], order, "ending_before"), key=key)
+        # after a cursor (or none): the newest of the older objects; before one: the oldest of the newer ones
+        page = items[low:min(high, low + limit)] if "ending_before" in params else items[max(low, high - limit):high]
         expand = params.get("expand", [])
         if not isinstance(expand, list):
             raise StripeError(400, "Invalid array", code="parameter_invalid_array", param="expand")
         expand_source = "data.source" in expand
-        return {"object": "list", "url": url, "has_more": has_more,
-                "data": [render(obj, expand_source=expand_source) for obj in page]}
+        return {"object": "list", "url": url, "has_more": high - low > limit,
+                "data": [render(obj, expand_source=expand_source) for obj in reversed(page)]}
 
     def _cursor(self, object_id: str, order: dict, param: str):
         if object_id not in order:
@@ -255,8 +257,7 @@ class StripeApp(VendorApp):
     def list_payouts(self, params: dict) -> dict:
         now = self.clock.now()
         created, arrival = range_filter(params, "created"), range_filter(params, "arrival_date")
-        items = [p for p in self.ledger.payouts.values()
-                 if p.created <= now and created(p.created) and arrival(p.arrival_date)]
+        items = [p for p in self._payouts if p.created <= now and created(p.created) and arrival(p.arrival_date)]
         if "status" in params:
             if params["status"] not in PAYOUT_STATUS_FILTERS:
                 raise StripeError(400, f"Invalid status: must be one of {', '.join(sorted(PAYOUT_STATUS_FILTERS))}",
@@ -266,7 +267,7 @@ class StripeApp(VendorApp):
 
     def list_customers(self, params: dict) -> dict:
         created = range_filter(params, "created")
-        items = [c for c in self.customers.values() if created(c.created)
+        items = [c for c in self._customers if created(c.created)
                  and ("email" not in params or c.email == params["email"])]
         return self._page("/v1/customers", items, self._customer_order, params, self.render_customer)
 
@@ -296,8 +297,9 @@ class StripeApp(VendorApp):
         if not isinstance(types, list) or len(types) > 20:
             raise StripeError(400, "types must be a list of at most 20 event types", param="types")
         wanted = [re.compile(re.escape(t).replace(r"\*", ".*") + "$") for t in types]
-        items = [e for e in self.events_until(self.clock.now())
-                 if created(e.created) and (not wanted or any(w.match(e.type) for w in wanted))]
+        now = self.clock.now()
+        items = [e for e in self._events_in_order if e.created <= now and created(e.created)
+                 and (not wanted or any(w.match(e.type) for w in wanted))]
         return self._page("/v1/events", items, self._event_order, params, self.render_event)
 
     # -- rendering as of the clock ----------------------------------------------------------------

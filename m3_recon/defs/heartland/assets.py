@@ -29,8 +29,8 @@ from m3_recon.defs.metadata import markdown_table
 from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.money import money_sql
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
-from m3_recon.sql import add_column
-from m3_recon.warehouse import Rejection, naive_utc
+from m3_recon.sql import add_column, quoted
+from m3_recon.warehouse import Rejection, documents_table, json_fields, naive_utc, page_documents
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -43,38 +43,44 @@ DISPUTES_TABLE = "raw_heartland_disputes"
 
 
 
-def _minor(path: str) -> str:
-    """A GP minor-unit amount (string or JSON number) as BIGINT; anything else (missing, "", "12.50",
+def _minor(text: str) -> str:
+    """A GP minor-unit amount (string or JSON number, as text) as BIGINT; anything else (missing, "", "12.50",
     beyond BIGINT) is NULL, never rounded."""
-    return wire.minor_units_sql(f"raw->>'{path}'", 0)
+    return wire.minor_units_sql(text, 0)
 
 
-def _group_minor(path: str) -> str:
+def _group_minor(text: str) -> str:
     """A deposit group's minor-unit amount: GP sends "" (or nothing) for an empty group, which is zero."""
-    return f"CASE WHEN coalesce(raw->>'{path}', '') = '' THEN 0 ELSE {_minor(path)} END"
+    return f"CASE WHEN coalesce({text}, '') = '' THEN 0 ELSE {_minor(text)} END"
 
 
-def _utc(path: str) -> str:
+def _utc(text: str) -> str:
     """A GP time in any ISO 8601 form as UTC (GP writes ``…sssZ``, and settlement dispute times without zone
     or milliseconds, which are UTC), or NULL when missing or malformed (the canonical layer says why)."""
-    return wire.instant_sql(f"raw->>'{path}'")
+    return wire.instant_sql(text)
 
 
-def _day(path: str) -> str:
+def _day(text: str) -> str:
     """A GP business date (``YYYY-MM-DD``, or the date part of a time as written)."""
-    return wire.calendar_date_sql(f"raw->>'{path}'")
+    return wire.calendar_date_sql(text)
 
 
 def rejection(object_name: str, date_field: str) -> Rejection:
     """An object without an id or a usable deposit date cannot be placed in a partition: quarantine it."""
-    got = f"json_extract_string(raw, '$.{date_field}')"
     return Rejection("heartland", f"""CASE
         WHEN NOT json_valid(raw) THEN 'the GP {object_name} is not valid JSON'
-        WHEN coalesce(json_extract_string(raw, '$.id'), '') = '' THEN 'the GP {object_name} has no id'
-        WHEN {wire.calendar_date_sql(got)} IS NULL
-            THEN 'the GP {object_name} has no usable deposit date in {date_field} (got '
-                 || coalesce('''' || {got} || '''', 'nothing') || '), so no partition can hold it'
+        ELSE list_transform([{json_fields(['id', date_field])}], lambda doc: CASE
+            WHEN coalesce(doc.id, '') = '' THEN 'the GP {object_name} has no id'
+            WHEN {wire.calendar_date_sql(f'doc.{date_field}')} IS NULL
+                THEN 'the GP {object_name} has no usable deposit date in {date_field} (got '
+                     || {quoted(f'doc.{date_field}', 'nothing')} || '), so no partition can hold it'
+            END)[1]
         END""")
+
+
+def _parsed(fields: str) -> str:
+    """FROM clause: the accepted documents, each parsed once into ``doc`` (``fields``), ``raw`` as JSON."""
+    return f"(SELECT CAST(raw AS JSON) AS raw, {fields} AS doc, loaded_at_utc, dagster_run_id FROM docs)"
 
 
 TRANSACTIONS_DDL = f"""
@@ -90,22 +96,27 @@ CREATE TABLE IF NOT EXISTS {TRANSACTIONS_TABLE} (
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
+TRANSACTION_FIELDS = json_fields([
+    "id", "type", "status", "channel", "amount", "currency", "reference", "description", "parent_resource_id",
+    "time_created", "time_created_reference", "batch_id", "batch_time_created", "deposit_id", "deposit_status",
+    "deposit_time_created", "deposit_amount", "system.mid", "system.hierarchy", "payment_method.card.brand",
+    "payment_method.card.masked_number_first6last4", "payment_method.card.arn", "payment_method.card.authcode",
+    "payment_method.card.brand_reference", "payment_method.name", "payment_method.entry_mode"])
+
 TRANSACTIONS_SELECT = f"""
-SELECT raw->>'$.id', raw->>'$.type', raw->>'$.status', raw->>'$.channel',
-       {_minor('$.amount')},
-       CASE raw->>'$.type' WHEN 'REFUND' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
-       raw->>'$.currency', NULLIF(raw->>'$.reference', ''), raw->>'$.description',
-       NULLIF(raw->>'$.parent_resource_id', ''),
-       {_utc('$.time_created')}, {_utc('$.time_created_reference')},
-       NULLIF(raw->>'$.batch_id', ''), {_utc('$.batch_time_created')},
-       raw->>'$.deposit_id', raw->>'$.deposit_status', {_day('$.deposit_time_created')},
-       {_minor('$.deposit_amount')},
-       raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.payment_method.card.brand',
-       raw->>'$.payment_method.card.masked_number_first6last4', raw->>'$.payment_method.card.arn',
-       raw->>'$.payment_method.card.authcode', raw->>'$.payment_method.card.brand_reference',
-       raw->>'$.payment_method.name', raw->>'$.payment_method.entry_mode',
+SELECT doc.id, doc.type, doc.status, doc.channel,
+       {_minor('doc.amount')},
+       CASE doc.type WHEN 'REFUND' THEN -{_minor('doc.amount')} ELSE {_minor('doc.amount')} END,
+       doc.currency, NULLIF(doc.reference, ''), doc.description, NULLIF(doc.parent_resource_id, ''),
+       {_utc('doc.time_created')}, {_utc('doc.time_created_reference')},
+       NULLIF(doc.batch_id, ''), {_utc('doc.batch_time_created')},
+       doc.deposit_id, doc.deposit_status, {_day('doc.deposit_time_created')}, {_minor('doc.deposit_amount')},
+       doc.system.mid, doc.system.hierarchy, doc.payment_method.card.brand,
+       doc.payment_method.card.masked_number_first6last4, doc.payment_method.card.arn,
+       doc.payment_method.card.authcode, doc.payment_method.card.brand_reference,
+       doc.payment_method.name, doc.payment_method.entry_mode,
        raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+FROM {_parsed(TRANSACTION_FIELDS)}"""
 
 DEPOSITS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
@@ -126,15 +137,22 @@ CREATE TABLE IF NOT EXISTS {DEPOSITS_TABLE} (
 # negative, as sent), both sent as positive money out, or one of them a credit. None: quarantined.
 FEE_SIGNS = (("as sent", 1, 1), ("both negated", -1, -1), ("discounts negated", -1, 1), ("fees negated", 1, -1))
 
+DEPOSIT_FIELDS = json_fields([
+    "id", "time_created", "status", "funding_type", "amount", "currency", "aggregation_model",
+    "bank_transfer.masked_account_number_last4", "bank_transfer.bank.code", "system.mid", "system.hierarchy",
+    "system.name", "system.dba", *(f"{group}.{part}" for group in ("sales", "refunds", "discounts", "tax", "fees",
+                                                                    "disputes.chargebacks", "disputes.reversals")
+                                   for part in ("count", "amount"))])
+
 DEPOSITS_SELECT = f"""
 WITH sent AS (
-    SELECT *, {_minor('$.amount')} AS amount,
-           CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END AS net,
-           abs({_group_minor('$.sales.amount')}) AS sales, -abs({_group_minor('$.refunds.amount')}) AS refunds,
-           -abs({_group_minor('$.disputes.chargebacks.amount')}) AS chargebacks,
-           abs({_group_minor('$.disputes.reversals.amount')}) AS reversals, {_group_minor('$.tax.amount')} AS tax,
-           {_group_minor('$.discounts.amount')} AS discounts, {_group_minor('$.fees.amount')} AS fees
-    FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)
+    SELECT *, {_minor('doc.amount')} AS amount,
+           CASE doc.funding_type WHEN 'DEBIT' THEN -{_minor('doc.amount')} ELSE {_minor('doc.amount')} END AS net,
+           abs({_group_minor('doc.sales.amount')}) AS sales, -abs({_group_minor('doc.refunds.amount')}) AS refunds,
+           -abs({_group_minor('doc.disputes.chargebacks.amount')}) AS chargebacks,
+           abs({_group_minor('doc.disputes.reversals.amount')}) AS reversals, {_group_minor('doc.tax.amount')} AS tax,
+           {_group_minor('doc.discounts.amount')} AS discounts, {_group_minor('doc.fees.amount')} AS fees
+    FROM {_parsed(DEPOSIT_FIELDS)}
 ), signed AS (
     SELECT *, CASE {" ".join(f"WHEN net = CAST(sales AS HUGEINT) + refunds + chargebacks + reversals + tax "
                              f"+ {d} * discounts + {f} * fees THEN '{name}'" for name, d, f in FEE_SIGNS)} END AS fee_signs
@@ -144,15 +162,15 @@ WITH sent AS (
            CASE fee_signs {" ".join(f"WHEN '{name}' THEN {f}" for name, _, f in FEE_SIGNS)} ELSE 1 END AS f_sign
     FROM signed
 )
-SELECT raw->>'$.id', {_day('$.time_created')}, raw->>'$.status', raw->>'$.funding_type', amount, net,
-       raw->>'$.currency', raw->>'$.aggregation_model',
-       right(raw->>'$.bank_transfer.masked_account_number_last4', 4), raw->>'$.bank_transfer.bank.code',
-       raw->>'$.system.mid', raw->>'$.system.hierarchy', raw->>'$.system.name', raw->>'$.system.dba',
-       TRY_CAST(raw->>'$.sales.count' AS INTEGER), sales, TRY_CAST(raw->>'$.refunds.count' AS INTEGER), refunds,
-       TRY_CAST(raw->>'$.discounts.count' AS INTEGER), d_sign * discounts,
-       TRY_CAST(raw->>'$.tax.count' AS INTEGER), tax, f_sign * fees,
-       TRY_CAST(raw->>'$.disputes.chargebacks.count' AS INTEGER), chargebacks,
-       TRY_CAST(raw->>'$.disputes.reversals.count' AS INTEGER), reversals,
+SELECT doc.id, {_day('doc.time_created')}, doc.status, doc.funding_type, amount, net,
+       doc.currency, doc.aggregation_model,
+       right(doc.bank_transfer.masked_account_number_last4, 4), doc.bank_transfer.bank.code,
+       doc.system.mid, doc.system.hierarchy, doc.system.name, doc.system.dba,
+       TRY_CAST(doc.sales.count AS INTEGER), sales, TRY_CAST(doc.refunds.count AS INTEGER), refunds,
+       TRY_CAST(doc.discounts.count AS INTEGER), d_sign * discounts,
+       TRY_CAST(doc.tax.count AS INTEGER), tax, f_sign * fees,
+       TRY_CAST(doc.disputes.chargebacks.count AS INTEGER), chargebacks,
+       TRY_CAST(doc.disputes.reversals.count AS INTEGER), reversals,
        raw, loaded_at_utc, dagster_run_id, fee_signs
 FROM chosen"""
 
@@ -168,22 +186,28 @@ CREATE TABLE IF NOT EXISTS {DISPUTES_TABLE} (
     raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
+DISPUTE_FIELDS = json_fields([
+    "id", "stage", "status", "result", "funding_type", "amount", "currency", "stage_time_created", "deposit_id",
+    "deposit_time_created", "reason_code", "reason_description", "time_to_respond_by", "last_adjustment_amount",
+    "last_adjustment_funding", "last_adjustment_time_created", "system.mid", "transaction.type", "transaction.amount",
+    "transaction.reference", "transaction.time_created", "transaction.payment_method.card.brand",
+    "transaction.payment_method.card.masked_number_first6last4", "transaction.payment_method.card.arn"])
+
 DISPUTES_SELECT = f"""
-SELECT raw->>'$.id', raw->>'$.stage', raw->>'$.status', raw->>'$.result', raw->>'$.funding_type',
-       {_minor('$.amount')},
-       CASE raw->>'$.funding_type' WHEN 'DEBIT' THEN -{_minor('$.amount')} ELSE {_minor('$.amount')} END,
-       raw->>'$.currency', {_utc('$.stage_time_created')},
-       raw->>'$.deposit_id', {_day('$.deposit_time_created')},
-       raw->>'$.reason_code', raw->>'$.reason_description', {_utc('$.time_to_respond_by')},
-       {_minor('$.last_adjustment_amount')}, NULLIF(raw->>'$.last_adjustment_funding', ''),
-       {_utc('$.last_adjustment_time_created')},
-       raw->>'$.system.mid', raw->>'$.transaction.type', {_minor('$.transaction.amount')},
-       NULLIF(raw->>'$.transaction.reference', ''), {_utc('$.transaction.time_created')},
-       raw->>'$.transaction.payment_method.card.brand',
-       raw->>'$.transaction.payment_method.card.masked_number_first6last4',
-       raw->>'$.transaction.payment_method.card.arn',
+SELECT doc.id, doc.stage, doc.status, doc.result, doc.funding_type,
+       {_minor('doc.amount')},
+       CASE doc.funding_type WHEN 'DEBIT' THEN -{_minor('doc.amount')} ELSE {_minor('doc.amount')} END,
+       doc.currency, {_utc('doc.stage_time_created')},
+       doc.deposit_id, {_day('doc.deposit_time_created')},
+       doc.reason_code, doc.reason_description, {_utc('doc.time_to_respond_by')},
+       {_minor('doc.last_adjustment_amount')}, NULLIF(doc.last_adjustment_funding, ''),
+       {_utc('doc.last_adjustment_time_created')},
+       doc.system.mid, doc.transaction.type, {_minor('doc.transaction.amount')},
+       NULLIF(doc.transaction.reference, ''), {_utc('doc.transaction.time_created')},
+       doc.transaction.payment_method.card.brand, doc.transaction.payment_method.card.masked_number_first6last4,
+       doc.transaction.payment_method.card.arn,
        raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+FROM {_parsed(DISPUTE_FIELDS)}"""
 
 TRANSACTIONS_REJECTION = rejection("settlement transaction", "deposit_time_created")
 DEPOSITS_REJECTION = rejection("deposit", "time_created")
@@ -231,15 +255,17 @@ def _summed(amount: str) -> str:
 def raw_heartland_settlement_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                           heartland: HeartlandResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window, first_day, last_day = _window(context, config)
-    objects = heartland.client().settlement_transactions(first_day, last_day)
+    pages = heartland.client().settlement_transaction_pages(first_day, last_day)
     rows, (by_type,) = store_vendor_objects(
-        duckdb, context, window, objects, table=TRANSACTIONS_TABLE, ddl=TRANSACTIONS_DDL,
-        insert_select=TRANSACTIONS_SELECT, window_column="deposit_date", rejection=TRANSACTIONS_REJECTION,
+        duckdb, context, window, page_documents([text for _, text in pages], "transactions", context.run.run_id),
+        table=TRANSACTIONS_TABLE,
+        ddl=TRANSACTIONS_DDL, insert_select=TRANSACTIONS_SELECT, window_column="deposit_date",
+        rejection=TRANSACTIONS_REJECTION,
         summaries=[f"SELECT type, count(*), {_summed('signed_amount')} FROM {TRANSACTIONS_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY type, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
         "rows": rows, "deposit_dates": f"{first_day}..{last_day}",
-        "without_reference": sum(1 for o in objects if not o.get("reference")),
+        "without_reference": sum(1 for items, _ in pages for o in items if not o.get("reference")),
         "by_type": markdown_table(["type", "rows", "signed amount"], by_type),
     })
 
@@ -255,8 +281,8 @@ def raw_heartland_disputes(context: dg.AssetExecutionContext, config: LookbackCo
     window, first_day, last_day = _window(context, config)
     objects = heartland.client().disputes(first_day, last_day)
     rows, (by_stage,) = store_vendor_objects(
-        duckdb, context, window, objects, table=DISPUTES_TABLE, ddl=DISPUTES_DDL, insert_select=DISPUTES_SELECT,
-        window_column="deposit_date", rejection=DISPUTES_REJECTION,
+        duckdb, context, window, documents_table(objects, context.run.run_id), table=DISPUTES_TABLE, ddl=DISPUTES_DDL,
+        insert_select=DISPUTES_SELECT, window_column="deposit_date", rejection=DISPUTES_REJECTION,
         summaries=[f"SELECT stage, result, count(*), {_summed('signed_amount')} FROM {DISPUTES_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY stage, result, currency ORDER BY ALL"])
     return dg.MaterializeResult(metadata={
@@ -287,8 +313,8 @@ def raw_heartland_deposits(context: dg.AssetExecutionContext, config: LookbackCo
     objects = heartland.client().deposits(first_day, last_day)
     bounds = [naive_utc(window.start), naive_utc(window.end)]
     rows, (by_status,) = store_vendor_objects(
-        duckdb, context, window, objects, table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL, insert_select=DEPOSITS_SELECT,
-        window_column="deposit_date", rejection=DEPOSITS_REJECTION,
+        duckdb, context, window, documents_table(objects, context.run.run_id), table=DEPOSITS_TABLE, ddl=DEPOSITS_DDL,
+        insert_select=DEPOSITS_SELECT, window_column="deposit_date", rejection=DEPOSITS_REJECTION,
         summaries=[f"SELECT status, count(*), {_summed('net_amount')} FROM {DEPOSITS_TABLE} "
                    "WHERE deposit_date >= ? AND deposit_date < ? GROUP BY status, currency ORDER BY ALL"])
     with duckdb.get_connection() as conn:

@@ -29,6 +29,7 @@ def heartland_resource_from_env() -> HeartlandResource:
         max_requests_per_second=float(os.environ.get("GP_API_MAX_REQUESTS_PER_SECOND", "10")),
         max_attempts=settings.int_setting("GP_API_MAX_ATTEMPTS", 5, minimum=1),
         timeout_seconds=float(os.environ.get("GP_API_TIMEOUT_SECONDS", "30")),
+        concurrency=settings.int_setting("GP_API_CONCURRENCY", 4, minimum=1),
     )
 
 

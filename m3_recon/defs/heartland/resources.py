@@ -23,9 +23,12 @@ class HeartlandResource(ClientResource):
     max_attempts: int = Field(default=5, ge=1, description="GP_API_MAX_ATTEMPTS: tries per request")
     timeout_seconds: float = Field(default=30.0, gt=0, description="GP_API_TIMEOUT_SECONDS per request")
     page_size: int = Field(default=1_000, ge=1, le=1_000, description="rows per page (GP allows at most 1000)")
+    concurrency: int = Field(default=4, ge=1, description="GP_API_CONCURRENCY: pages of one list read at once "
+                             "once the first page has given the count (never more than the request budget per second)")
 
     def _build(self) -> HeartlandClient:
         return HeartlandClient(self.app_id, self.app_key, api_base=self.api_base, account_name=self.account_name,
                                merchant_id=self.merchant_id, token_seconds_to_expire=self.token_seconds_to_expire,
                                requests_per_second=self.max_requests_per_second, max_attempts=self.max_attempts,
-                               timeout_seconds=self.timeout_seconds, page_size=self.page_size)
+                               timeout_seconds=self.timeout_seconds, page_size=self.page_size,
+                               concurrency=self.concurrency)

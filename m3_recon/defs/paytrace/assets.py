@@ -3,9 +3,9 @@
 A daily partition key is a PayTrace *business date*: the Pacific day whose 8:00 p.m. auto-settlement
 closed the batch (a sale at 8:30 p.m. belongs to the next day's batch and partition). Each run reads
 the batch dates of its partitions plus a look-back, then replaces that window of batch dates in DuckDB
-in one transaction, keeping PayTrace's JSON in ``raw``. Typed columns are computed in Python rather than
-projected in SQL: PayTrace's amounts are decimal dollars, which DuckDB's JSON functions would read as
-doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
+in one transaction, keeping PayTrace's JSON in ``raw`` (a transaction's exactly as PayTrace sent it, never
+re-serialised). Typed columns are computed in Python rather than projected in SQL: PayTrace's amounts
+are decimal dollars, which DuckDB's JSON functions would read as doubles, and its timestamps are zone-less wall times that need the account's zone to become UTC.
 A transaction or batch whose type, amount, created or settled time is missing or unreadable is still
 stored, with that column empty, the defect named in ``defects`` (field -> what is wrong with it) and its
 JSON kept: ``core_settlement_lines`` / ``core_payouts`` quarantine it with that defect and the batch's
@@ -160,7 +160,8 @@ def batch_row(day: date, batch: dict, zone: ZoneInfo, run_id: str, loaded_at: da
 
 
 def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneInfo, run_id: str,
-                    loaded_at: datetime) -> dict:
+                    loaded_at: datetime, raw: str | None = None) -> dict:
+    """The typed row of one transaction; ``raw`` is its JSON as PayTrace sent it (else written from ``txn``)."""
     read = _Reader()
     amount = read("amount", lambda: cents(txn["amount"]))
     created = read("created.at", lambda: local_timestamp(txn["created"]["at"], zone))
@@ -179,7 +180,8 @@ def transaction_row(batch_number: int, batch_date: date, txn: dict, zone: ZoneIn
         "settled_at_utc": _utc(read("settled", lambda: local_timestamp(txn.get("settled", ""), zone))),
         "approval_code": txn.get("approval_code") or None, "status_code": txn.get("status_code") or None,
         "created_through": read("created.through", lambda: txn["created"]["through"]) or None,
-        "time_zone": zone.key, "raw": decimal_json.dumps(txn), "loaded_at_utc": loaded_at, "dagster_run_id": run_id,
+        "time_zone": zone.key, "raw": decimal_json.dumps(txn) if raw is None else raw, "loaded_at_utc": loaded_at,
+        "dagster_run_id": run_id,
         "defects": read.defects_json(),
     }
 
@@ -234,10 +236,10 @@ def raw_paytrace_transactions(context: dg.AssetExecutionContext, config: Lookbac
         batches = conn.execute("SELECT batch_number, batch_date FROM raw_paytrace_batches "
                                "WHERE batch_date >= ? AND batch_date < ? ORDER BY batch_number", bounds).fetchall()
     with ThreadPoolExecutor(max_workers=BATCH_WORKERS) as pool:
-        itemised = list(pool.map(lambda batch: client.batch_transactions(batch[0]), batches))
+        itemised = list(pool.map(lambda batch: client.batch_transactions_as_sent(batch[0]), batches))
     rows = [_typed("transaction", txn.get("transaction_id"),
-                   lambda: transaction_row(number, day, txn, zone, run_id, loaded_at))
-            for (number, day), txns in zip(batches, itemised) for txn in txns]
+                   lambda: transaction_row(number, day, txn, zone, run_id, loaded_at, raw))
+            for (number, day), txns in zip(batches, itemised) for txn, raw in txns]
     awaiting = client.transactions(window.last_day, window.last_day, transaction_type="PENDING")
     with duckdb.get_connection() as conn:
         inserted = store_window(conn, "raw_paytrace_transactions", rows, window)

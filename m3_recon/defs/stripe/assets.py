@@ -19,7 +19,8 @@ from m3_recon.defs.raw import store_vendor_objects
 from m3_recon.defs.stripe.resources import StripeResource
 from m3_recon.money import money
 from m3_recon.partitions import LookbackConfig, FetchWindow, daily_partitions, logged_fetch_window
-from m3_recon.warehouse import Rejection, documents_table, naive_utc, replace_snapshot, replace_window
+from m3_recon.warehouse import (Rejection, documents_table, json_fields, naive_utc, page_documents, replace_snapshot,
+                                replace_window)
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy is beta in 1.13
 
@@ -28,31 +29,31 @@ OWNERS = ["team:finance-systems"]
 PAYOUT_LINE_WORKERS = 4
 
 
-def _epoch_ts(path: str) -> str:
-    return f"make_timestamp(TRY_CAST(raw->>'{path}' AS BIGINT) * 1000000)"
+def _epoch_ts(text: str) -> str:
+    return f"make_timestamp(TRY_CAST({text} AS BIGINT) * 1000000)"
 
-def _integer(path: str) -> str:
+def _integer(text: str) -> str:
     """Stripe minor units (a JSON integer, or its string) as BIGINT; a fraction is NULL, never rounded."""
-    return wire.minor_units_sql(f"raw->>'{path}'", 0)
+    return wire.minor_units_sql(text, 0)
 
 def rejection(object_name: str, amounts: tuple[str, ...] = ("amount",)) -> Rejection:
     """Objects without an id or a usable ``created`` cannot be placed in a day, and one whose ``amounts``
     are missing or unreadable cannot be booked: quarantine them, naming the defect."""
     unreadable = "".join(
         f"""
-        WHEN coalesce(json_extract_string(raw, '$.{field}'), '') = '' THEN 'the {object_name} has no {field}'
-        WHEN {_integer_defect(field)} IS NOT NULL THEN 'the {object_name} {field} ' || {_integer_defect(field)}"""
+            WHEN coalesce(doc.{field}, '') = '' THEN 'the {object_name} has no {field}'
+            WHEN {wire.amount_defect_sql(f'doc.{field}', 0)} IS NOT NULL
+                THEN 'the {object_name} {field} ' || {wire.amount_defect_sql(f'doc.{field}', 0)}"""
         for field in amounts)
     return Rejection("stripe", f"""CASE
         WHEN NOT json_valid(raw) THEN 'the {object_name} is not valid JSON'
-        WHEN json_extract_string(raw, '$.id') IS NULL THEN 'the {object_name} has no id'
-        WHEN TRY_CAST(json_extract_string(raw, '$.created') AS BIGINT) IS NULL
-            THEN 'the {object_name} has no usable created timestamp (got '
-                 || coalesce(json_extract_string(raw, '$.created'), 'nothing') || ')'{unreadable}
+        ELSE list_transform([{json_fields(['id', 'created', *amounts])}], lambda doc: CASE
+            WHEN doc.id IS NULL THEN 'the {object_name} has no id'
+            WHEN TRY_CAST(doc.created AS BIGINT) IS NULL
+                THEN 'the {object_name} has no usable created timestamp (got ' || coalesce(doc.created, 'nothing')
+                     || ')'{unreadable}
+            END)[1]
         END""")
-
-def _integer_defect(field: str) -> str:
-    return wire.amount_defect_sql(f"json_extract_string(raw, '$.{field}')", 0)
 
 BALANCE_TRANSACTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_balance_transactions (
@@ -66,22 +67,31 @@ CREATE TABLE IF NOT EXISTS raw_stripe_balance_transactions (
     loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
+# Each balance transaction is parsed once into ``doc``, and its ``source`` (an id, or the expanded object) once into
+# ``src``; only a fee_details that is null (NULL in ``doc``) is read again, so the column keeps JSON's null.
+BALANCE_TRANSACTION_FIELDS = json_fields(
+    ["id", "type", "reporting_category", "amount", "fee", "net", "currency", "exchange_rate", "status",
+     "balance_type", "description", "created", "available_on"], ["source", "fee_details"])
+SOURCE_FIELDS = json_fields(
+    ["id", "object", "charge", "metadata.m3_invoice", "metadata.m3_customer", "amount", "currency",
+     "payment_method_details.card.brand", "payment_method_details.card.last4"], column="doc.source")
+
 BALANCE_TRANSACTIONS_SELECT = f"""
-SELECT raw->>'$.id', raw->>'$.type', raw->>'$.reporting_category',
-       {_integer('$.amount')}, {_integer('$.fee')}, {_integer('$.net')},
-       raw->>'$.currency', TRY_CAST(raw->>'$.exchange_rate' AS DECIMAL(18, 8)),
-       raw->>'$.status', raw->>'$.balance_type', raw->>'$.description',
-       {_epoch_ts('$.created')}, {_epoch_ts('$.available_on')},
-       CASE WHEN json_type(raw, '$.source') = 'OBJECT' THEN raw->>'$.source.id' ELSE raw->>'$.source' END,
-       raw->>'$.source.object',
-       CASE raw->>'$.source.object' WHEN 'charge' THEN raw->>'$.source.id'
-            WHEN 'refund' THEN raw->>'$.source.charge' WHEN 'dispute' THEN raw->>'$.source.charge' END,
-       raw->>'$.source.metadata.m3_invoice', raw->>'$.source.metadata.m3_customer',
-       {_integer('$.source.amount')}, raw->>'$.source.currency',
-       raw->>'$.source.payment_method_details.card.brand',
-       raw->>'$.source.payment_method_details.card.last4',
-       raw->'$.fee_details', raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+SELECT doc.id, doc.type, doc.reporting_category,
+       {_integer('doc.amount')}, {_integer('doc.fee')}, {_integer('doc.net')},
+       doc.currency, TRY_CAST(doc.exchange_rate AS DECIMAL(18, 8)),
+       doc.status, doc.balance_type, doc.description,
+       {_epoch_ts('doc.created')}, {_epoch_ts('doc.available_on')},
+       CASE WHEN starts_with(doc.source, '{{') THEN src.id ELSE doc.source->>'$' END,
+       src.object,
+       CASE src.object WHEN 'charge' THEN src.id WHEN 'refund' THEN src.charge WHEN 'dispute' THEN src.charge END,
+       src.metadata.m3_invoice, src.metadata.m3_customer,
+       {_integer('src.amount')}, src.currency,
+       src.payment_method_details.card.brand, src.payment_method_details.card.last4,
+       coalesce(doc.fee_details, raw->'$.fee_details'), raw, loaded_at_utc, dagster_run_id
+FROM (SELECT *, {SOURCE_FIELDS} AS src
+      FROM (SELECT CAST(raw AS JSON) AS raw, {BALANCE_TRANSACTION_FIELDS} AS doc, loaded_at_utc, dagster_run_id
+            FROM docs))"""
 
 PAYOUTS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_payouts (
@@ -93,14 +103,19 @@ CREATE TABLE IF NOT EXISTS raw_stripe_payouts (
     loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
+PAYOUT_FIELDS = json_fields(
+    ["id", "amount", "currency", "status", "arrival_date", "created", "automatic", "reconciliation_status", "method",
+     "type", "balance_transaction", "failure_balance_transaction", "failure_code", "failure_message", "destination",
+     "trace_id.value"])
+
 PAYOUTS_SELECT = f"""
-SELECT raw->>'$.id', {_integer('$.amount')}, raw->>'$.currency', raw->>'$.status',
-       CAST({_epoch_ts('$.arrival_date')} AS DATE), {_epoch_ts('$.created')},
-       CAST(raw->>'$.automatic' AS BOOLEAN), raw->>'$.reconciliation_status', raw->>'$.method',
-       raw->>'$.type', raw->>'$.balance_transaction', raw->>'$.failure_balance_transaction',
-       raw->>'$.failure_code', raw->>'$.failure_message', raw->>'$.destination', raw->>'$.trace_id.value',
-       raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM docs)"""
+SELECT doc.id, {_integer('doc.amount')}, doc.currency, doc.status,
+       CAST({_epoch_ts('doc.arrival_date')} AS DATE), {_epoch_ts('doc.created')},
+       CAST(doc.automatic AS BOOLEAN), doc.reconciliation_status, doc.method,
+       doc.type, doc.balance_transaction, doc.failure_balance_transaction,
+       doc.failure_code, doc.failure_message, doc.destination, doc.trace_id.value,
+       CAST(raw AS JSON), loaded_at_utc, dagster_run_id
+FROM (SELECT *, {PAYOUT_FIELDS} AS doc FROM docs)"""
 
 PAYOUT_LINES_DDL = """
 CREATE TABLE IF NOT EXISTS raw_stripe_payout_lines (
@@ -110,11 +125,14 @@ CREATE TABLE IF NOT EXISTS raw_stripe_payout_lines (
     source_id VARCHAR, raw JSON NOT NULL, loaded_at_utc TIMESTAMP NOT NULL, dagster_run_id VARCHAR
 )"""
 
+PAYOUT_LINE_FIELDS = json_fields(["id", "type", "reporting_category", "amount", "fee", "net", "currency", "created",
+                                  "source"])
+
 PAYOUT_LINES_SELECT = f"""
-SELECT payout_id, payout_created_at_utc, raw->>'$.id', raw->>'$.type', raw->>'$.reporting_category',
-       {_integer('$.amount')}, {_integer('$.fee')}, {_integer('$.net')},
-       raw->>'$.currency', {_epoch_ts('$.created')}, raw->>'$.source', raw, loaded_at_utc, dagster_run_id
-FROM (SELECT CAST(raw AS JSON) AS raw, * EXCLUDE (raw) FROM docs)"""
+SELECT payout_id, payout_created_at_utc, doc.id, doc.type, doc.reporting_category,
+       {_integer('doc.amount')}, {_integer('doc.fee')}, {_integer('doc.net')},
+       doc.currency, {_epoch_ts('doc.created')}, doc.source, CAST(raw AS JSON), loaded_at_utc, dagster_run_id
+FROM (SELECT *, {PAYOUT_LINE_FIELDS} AS doc FROM docs)"""
 
 def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchWindow:
     return logged_fetch_window(context, config, "Stripe created days (UTC)")
@@ -128,9 +146,10 @@ def _window(context: dg.AssetExecutionContext, config: LookbackConfig) -> FetchW
 def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: LookbackConfig,
                                     stripe: StripeResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     window = _window(context, config)
-    objects = stripe.client().balance_transactions(window.start_epoch, window.end_epoch)
+    pages = stripe.client().balance_transaction_pages(window.start_epoch, window.end_epoch)
+    docs = page_documents(pages, "data", context.run.run_id)
     rows, (by_category, [(pending,)]) = store_vendor_objects(
-        duckdb, context, window, objects, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
+        duckdb, context, window, docs, table="raw_stripe_balance_transactions", ddl=BALANCE_TRANSACTIONS_DDL,
         insert_select=BALANCE_TRANSACTIONS_SELECT, window_column="created_at_utc",
         rejection=rejection("balance transaction", ("amount", "fee", "net")),
         summaries=["SELECT reporting_category, upper(currency), count(*), sum(net) "
@@ -140,7 +159,7 @@ def raw_stripe_balance_transactions(context: dg.AssetExecutionContext, config: L
                    "AND created_at_utc >= ? AND created_at_utc < ?"])
     return dg.MaterializeResult(metadata={
         "rows": rows,
-        "quarantined": len(objects) - rows,
+        "quarantined": docs.num_rows - rows,
         "fetch_window": str(window),
         "pending": pending,
         "by_reporting_category": markdown_table(["category", "rows", "net"],
@@ -158,8 +177,8 @@ def raw_stripe_payouts(context: dg.AssetExecutionContext, config: LookbackConfig
     window = _window(context, config)
     objects = stripe.client().payouts(window.start_epoch, window.end_epoch)
     rows, (by_status, paid_out) = store_vendor_objects(
-        duckdb, context, window, objects, table="raw_stripe_payouts", ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT,
-        window_column="created_at_utc", rejection=rejection("payout"),
+        duckdb, context, window, documents_table(objects, context.run.run_id), table="raw_stripe_payouts",
+        ddl=PAYOUTS_DDL, insert_select=PAYOUTS_SELECT, window_column="created_at_utc", rejection=rejection("payout"),
         summaries=["SELECT status, count(*) FROM raw_stripe_payouts WHERE created_at_utc >= ? AND created_at_utc < ? "
                    "GROUP BY 1",
                    "SELECT upper(currency), sum(amount) FROM raw_stripe_payouts WHERE created_at_utc >= ? "
@@ -218,7 +237,7 @@ def raw_stripe_payout_lines(context: dg.AssetExecutionContext, config: LookbackC
 
 CUSTOMERS_SELECT = f"""
 SELECT raw->>'$.id' AS id, raw->>'$.email' AS email, raw->>'$.name' AS name,
-       coalesce(raw->'$.metadata', '{{}}'::JSON) AS metadata, {_epoch_ts('$.created')} AS created_at_utc,
+       coalesce(raw->'$.metadata', '{{}}'::JSON) AS metadata, {_epoch_ts("raw->>'$.created'")} AS created_at_utc,
        raw, loaded_at_utc, dagster_run_id
 FROM (SELECT CAST(raw AS JSON) AS raw, loaded_at_utc, dagster_run_id FROM snapshot_docs)
 WHERE raw->>'$.id' IS NOT NULL"""
