@@ -7,10 +7,11 @@ Read from the environment by ``posting_config_from_env`` (all optional):
 * ``M3_GL_INTERFACE`` — ``INTN`` on ``GLS840MI/AddBatchHead`` (default: the layout file's ``interface``);
 * ``M3_GL_LINE_FORM`` — ``parm`` (``AddBatchLine`` with a PARM string, default) or ``fields``
   (``AddBatchLineFld``, for interfaces of GLS850 usage type 2);
-* ``M3_POSTING_CONCURRENCY`` — M3 exchanges (a wave's bulk send or its read-back) in flight at once,
-  at most one less of them sends (default 2: each wave read back while the next is sent, sends in
-  journal order; 1: strictly one after another; more: independent waves sent in parallel, numbered by
-  M3 as they arrive). The request budget ``M3_MAX_REQUESTS_PER_SECOND`` still applies.
+* ``M3_POSTING_CONCURRENCY`` — a wave's stages (preparing it with its checks in M3, its bulk send, its
+  read-back) in flight at once, at most one less of them sends (default 2: the next wave prepared or a
+  wave read back while one is sent, sends in journal order; 1: strictly one after another; more:
+  independent waves sent in parallel, numbered by M3 as they arrive). The request budget
+  ``M3_MAX_REQUESTS_PER_SECOND`` still applies.
 
 Cash application is configured beside the GL accounts: ``[payment_methods.<processor>]`` in
 ``data/gl_accounts.toml`` names, per processor, the M3 payment method ``BOPE`` of its ``ARS040MI``
@@ -78,7 +79,7 @@ class PostingConfig:
     interface: str  # GLS840 INTN
     line_form: str = LINE_FORM_PARM
     payment_methods: Mapping[str, PaymentMethod] = field(default_factory=dict)  # processor -> ARS040 BOPE/AIT1
-    concurrency: int = DEFAULT_CONCURRENCY  # waves in flight at once
+    concurrency: int = DEFAULT_CONCURRENCY  # wave stages in flight at once
     local_currency: str = "USD"  # M3's (M3_LOCAL_CURRENCY): a GL line in another currency also carries ACAM
 
     def __post_init__(self):

@@ -20,17 +20,23 @@ from datetime import datetime
 
 import duckdb
 
-from m3_recon.clients.m3 import M3Client, M3Error, m3_date, minor_units
+from m3_recon.clients.m3 import M3Client, M3Error, m3_date
 from m3_recon.money import major
 from m3_recon.posting.config import LINE_FORM_FIELDS, PostingConfig
 from m3_recon.posting.layout import LayoutError
 from m3_recon.posting.outbox import OUTBOX, ROUTE_GL, Voucher
-from m3_recon.posting.route import ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, not_served
+from m3_recon.posting.route import (ABSENT, FAILED, VERIFIED, MICall, PostingRejected, Verdict, m3_amount,
+                                    not_served)
 
 KEY1_LENGTH = 15
 RECORD_TYPE = "I1"
 VOUCHER_GROUP = 1
 ACCOUNTS = tuple(f"ait{i}" for i in range(1, 8))
+ACCOUNT_FIELDS = tuple((name, name.upper()) for name in ACCOUNTS)
+TECHNICAL_FIELDS = frozenset({"RNNO", "GRNR", "DIVI"})  # written into PARM only where the template has them
+# What verifying reads of GLS200MI's GL lines (selectedColumns): the voucher number, line order and what is compared.
+READ_COLUMNS = ("YEA4", "VSER", "VONO", "JSNO", "ACDT", *(upper for _, upper in ACCOUNT_FIELDS), "CUCD", "CUAM", "ACAM",
+                "VTXT")
 
 
 class GLRoute:
@@ -49,26 +55,32 @@ class GLRoute:
         lines = [self._line(key, line) for line in voucher.lines]
         return [head, *lines, ("CtrlBatch", {"KEY1": key}), ("UpdBatch", {"KEY1": key})]
 
+    def size(self, voucher: Voucher) -> int:
+        return len(voucher.lines) + 3  # head, lines, control, update
+
     def _line(self, key: str, line: dict) -> MICall:
-        amount = major(line["amount_minor"], line["currency"])
-        accounts = {name.upper(): line[name] for name in ACCOUNTS if line[name]}
+        currency = line["currency"]
+        amount = major(line["amount_minor"], currency)
+        accounts = {upper: line[name] for name, upper in ACCOUNT_FIELDS if line[name]}
         local = self.config.local_currency
         # a line in another currency carries its local amount, so M3 books the value the journal balanced in
-        local_minor = _local(line, local) if line["currency"] != local else None
+        local_minor = _local(line, local) if currency != local else None
         acam = major(local_minor, local) if local_minor is not None else None
         if self.config.line_form == LINE_FORM_FIELDS:
             return ("AddBatchLineFld", {
                 "KEY1": key, "LINE": line["line_number"], "INRI": RECORD_TYPE, "GRNR": VOUCHER_GROUP, **accounts,
-                "CUCD": line["currency"], "CUAM": format(amount, "f"),
+                "CUCD": currency, "CUAM": format(amount, "f"),
                 **({"ACAM": format(acam, "f")} if acam is not None else {}),
                 "ACDT": line["accounting_date"].strftime("%Y%m%d"), "VTXT": line["voucher_text"]})
         layout = self.config.layout
         if acam is not None and "ACAM" not in layout.names:
-            raise PostingRejected(f"line {line['line_number']} is in {line['currency']}, not M3's local {local}, "
+            raise PostingRejected(f"line {line['line_number']} is in {currency}, not M3's local {local}, "
                                   f"and interface {layout.interface} has no position for its local amount ACAM")
-        technical = {"RNNO": line["line_number"], "GRNR": VOUCHER_GROUP, "DIVI": self.client.divi}
-        values = {**{k: v for k, v in technical.items() if k in layout.names}, **accounts, "CUCD": line["currency"],
-                  "CUAM": amount, "ACDT": line["accounting_date"], "VTXT": line["voucher_text"], "ACAM": acam}
+        values = {"RNNO": line["line_number"], "GRNR": VOUCHER_GROUP, "DIVI": self.client.divi, **accounts,
+                  "CUCD": currency, "CUAM": amount, "ACDT": line["accounting_date"], "VTXT": line["voucher_text"],
+                  "ACAM": acam}
+        for name in TECHNICAL_FIELDS - layout.names:  # the technical fields go where the template has a place
+            del values[name]
         try:
             parm = layout.build(values)
         except LayoutError as exc:
@@ -91,7 +103,8 @@ class GLRoute:
         unseen = list(vouchers)
         if self._search_served:
             answers = self.client.execute_each(
-                "GLS200MI", [("SearchGenLedger", {"SQRY": f"KEY1:{v.m3_batch}"}) for v in vouchers])
+                "GLS200MI", [("SearchGenLedger", {"SQRY": f"KEY1:{v.m3_batch}"}) for v in vouchers],
+                columns=READ_COLUMNS)
             unseen = []
             for voucher, answer in zip(vouchers, answers):
                 if isinstance(answer, M3Error):
@@ -111,7 +124,8 @@ class GLRoute:
         another outbox row already holds is not a candidate; two candidates prove nothing."""
         days = sorted({v.accounting_date for v in vouchers})
         listed = self.client.execute_each("GLS200MI", [
-            ("LstVouchersByDt", {"FRDT": day.strftime("%Y%m%d"), "TODT": day.strftime("%Y%m%d")}) for day in days])
+            ("LstVouchersByDt", {"FRDT": day.strftime("%Y%m%d"), "TODT": day.strftime("%Y%m%d")}) for day in days],
+            columns=READ_COLUMNS)
         by_day: dict = {}
         for day, rows in zip(days, listed):
             if isinstance(rows, M3Error):
@@ -125,7 +139,8 @@ class GLRoute:
                           if _number(number) not in claimed and _may_be(v, rows)] for v in vouchers}
         numbers = list(dict.fromkeys(n for candidates in wanted.values() for n in candidates))
         lines = self.client.execute_each("GLS200MI", [
-            ("LstVoucherLines", {"YEA4": year, "VSER": series, "VONO": number}) for year, series, number in numbers])
+            ("LstVoucherLines", {"YEA4": year, "VSER": series, "VONO": number}) for year, series, number in numbers],
+            columns=READ_COLUMNS)
         voucher_lines = {}
         for number, rows in zip(numbers, lines):
             if isinstance(rows, M3Error):
@@ -160,9 +175,10 @@ class GLRoute:
 def _in_m3(rows: list[dict], local: str, compared: list[bool]) -> list[tuple]:
     """M3's lines as (date, accounts, currency, amount, local amount where ``compared``, text)."""
     ordered = sorted(rows, key=lambda r: int(r["JSNO"]))
-    return [(m3_date(r["ACDT"]), tuple(r[name.upper()] for name in ACCOUNTS), r["CUCD"],
-             minor_units(r["CUAM"], r["CUCD"]),
-             minor_units(r["ACAM"], local) if i < len(compared) and compared[i] else None, r["VTXT"])
+    days = {text: m3_date(text) for text in {r["ACDT"] for r in rows}}  # a voucher's lines share their date
+    return [(days[r["ACDT"]], tuple(r[name] for _, name in ACCOUNT_FIELDS), r["CUCD"],
+             m3_amount(r["CUAM"], r["CUCD"]),
+             m3_amount(r["ACAM"], local) if i < len(compared) and compared[i] else None, r["VTXT"])
             for i, r in enumerate(ordered)]
 
 

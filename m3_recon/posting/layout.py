@@ -14,8 +14,9 @@ import tomllib
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from m3_recon.settings import PROJECT_ROOT
 
@@ -38,7 +39,7 @@ class LayoutField:
     format: str
     value: str = ""  # the text of a constant
 
-    @property
+    @cached_property
     def width(self) -> int:
         return self.end - self.start + 1
 
@@ -92,46 +93,54 @@ class ParmLayout:
             raise LayoutError(f"{where}: every field once, and {', '.join(REQUIRED_FIELDS)} must be present "
                               f"(missing: {', '.join(missing) or 'none'})")
 
-    @property
+    @cached_property
     def length(self) -> int:
         return max(f.end for f in self.fields)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields)
+
+    @cached_property
+    def _slots(self) -> tuple[tuple[tuple[LayoutField, str, Callable[[LayoutField, object, str], str]], ...], str]:
+        """Per value field in position order: the field, the fixed text before it (blanks, constants) and the
+        function writing its value; then the fixed text after the last one. Worked out once per layout, not
+        per value: a day posts 10^5 lines."""
+        slots, fixed, taken = [], "", 0
+        for field in sorted(self.fields, key=lambda f: f.start):
+            fixed += " " * (field.start - 1 - taken)
+            taken = field.end
+            if field.format == "constant":
+                fixed += field.value
+            else:
+                slots.append((field, fixed, _WRITERS[field.format]))
+                fixed = ""
+        return tuple(slots), fixed
 
     def build(self, values: Mapping[str, object]) -> str:
         """One PARM string; a value for a field the layout lacks, or one too wide for its field, is an error."""
-        names = set(self.names)  # once per line, not once per value
-        unknown = [name for name, value in values.items() if value not in (None, "") and name not in names]
+        names = self.names
+        unknown = [name for name, value in values.items() if name not in names and value not in (None, "")]
         if unknown:
             raise LayoutError(f"interface {self.interface} has no position for {', '.join(unknown)} "
                               f"({LAYOUT_VARIABLE}: {self.source})")
-        chars = [" "] * self.length
-        for field in self.fields:
-            text = self._render(field, values.get(field.name))
-            if len(text) > field.width:
+        pieces = []
+        get, separator = values.get, self.decimal_separator
+        slots, tail = self._slots
+        for field, fixed, write in slots:
+            value = get(field.name)
+            width = field.width
+            text = " " * width if value is None or value == "" else write(field, value, separator)
+            if len(text) > width:
                 raise LayoutError(f"{field.name} {text.strip()!r} is {len(text.strip())} characters; interface "
-                                  f"{self.interface} holds {field.width} at positions {field.start}-{field.end}")
-            chars[field.start - 1:field.end] = text
-        return "".join(chars)
+                                  f"{self.interface} holds {width} at positions {field.start}-{field.end}")
+            pieces += (fixed, text)
+        pieces.append(tail)
+        return "".join(pieces)
 
-    def _render(self, field: LayoutField, value: object) -> str:
-        if field.format == "constant":
-            return field.value
-        if value is None or value == "":
-            return " " * field.width
-        if field.format == "number":
-            return str(int(value)).zfill(field.width)
-        if field.format == "date":
-            if not isinstance(value, date):
-                raise LayoutError(f"{field.name} needs a date, got {value!r}")
-            return value.strftime("%Y%m%d")
-        if field.format == "amount":
-            if not isinstance(value, Decimal):
-                raise LayoutError(f"{field.name} needs a Decimal amount, got {type(value).__name__}")
-            return format(value, "f").replace(".", self.decimal_separator).rjust(field.width)
-        return str(value).ljust(field.width)
+    @cached_property
+    def _cuts(self) -> tuple[tuple[str, int, int, bool], ...]:
+        return tuple((f.name, f.start - 1, f.end, f.format == "amount") for f in self.fields)
 
     def parse(self, parm: str) -> dict[str, str]:
         """The raw text of every field (blanks trimmed; amounts with '.' as decimal separator).
@@ -142,9 +151,33 @@ class ParmLayout:
         if len(parm) > self.length:
             raise LayoutError(f"PARM is {len(parm)} characters; interface {self.interface} ends at position "
                               f"{self.length}")
-        parm = parm.ljust(self.length)
+        separator = self.decimal_separator
         values = {}
-        for field in self.fields:
-            text = parm[field.start - 1:field.end].strip()
-            values[field.name] = text.replace(self.decimal_separator, ".") if field.format == "amount" else text
+        for name, start, end, is_amount in self._cuts:  # a short string's missing positions slice to ""
+            text = parm[start:end].strip()
+            values[name] = text.replace(separator, ".") if is_amount else text
         return values
+
+
+# How a field's (non-blank) value becomes its text, by the field's format.
+def _number(field: LayoutField, value: object, separator: str) -> str:
+    return str(int(value)).zfill(field.width)
+
+
+def _date(field: LayoutField, value: object, separator: str) -> str:
+    if not isinstance(value, date):
+        raise LayoutError(f"{field.name} needs a date, got {value!r}")
+    return ("%04d%02d%02d" % (value.year, value.month, value.day)).ljust(field.width)
+
+
+def _amount(field: LayoutField, value: object, separator: str) -> str:
+    if not isinstance(value, Decimal):
+        raise LayoutError(f"{field.name} needs a Decimal amount, got {type(value).__name__}")
+    return format(value, "f").replace(".", separator).rjust(field.width)
+
+
+def _text(field: LayoutField, value: object, separator: str) -> str:
+    return str(value).ljust(field.width)
+
+
+_WRITERS = {"number": _number, "date": _date, "amount": _amount, "text": _text}

@@ -9,11 +9,12 @@
    answers ``XRE0104`` and is resumed, an updated one says so; a ``posted_unverified`` one is never
    resent and stays ``posted_unverified`` until M3 shows it.
 2. Vouchers go out in waves of at most one bulk call's worth of transactions (``M3_BULK_SIZE``).
-   Before a wave's bulk call the wave is marked ``sent`` in DuckDB (write-ahead, one transaction);
-   the call itself carries every batch's head, lines, control and update. ``M3_POSTING_CONCURRENCY``
-   M3 exchanges may be in flight at once (default 2: a wave is read back while the next is sent, sends
-   one at a time in journal order, so M3 numbers vouchers in that order; 1 is strictly sequential),
-   never two waves that touch the same thing in M3; all DuckDB writes stay on the caller's thread.
+   A wave is prepared (its MI transactions built, the route's checks in M3) and then marked ``sent``
+   in DuckDB (write-ahead, one transaction) before its bulk call, which carries every batch's head,
+   lines, control and update. ``M3_POSTING_CONCURRENCY`` of these stages may run at once (default 2:
+   the next wave is prepared, or a wave read back, while one is sent; sends one at a time in journal
+   order, so M3 numbers vouchers in that order; 1 is strictly sequential), never two waves that touch
+   the same thing in M3; all DuckDB writes stay on the caller's thread.
 3. The wave is verified by reading M3 (GLS200MI for GL, ARS200MI for cash) and only then becomes
    ``verified`` (with the M3 voucher number). A voucher M3 does not show becomes ``posted_unverified``
    when M3 accepted its update / control, and ``failed`` (with M3's reason) when M3 refused it.
@@ -29,6 +30,7 @@ holds and finishes them, never posting one twice. When M3 stays unreachable the 
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,7 +59,7 @@ CHANGED = "changed"  # changed after it was sent: a conflict for a person
 INTERRUPTED = "interrupted"  # M3 could not be reached; the next run resumes it
 UNVERIFIED = "unverified"  # M3 accepted it but does not show it yet: never resent, verified again next run
 ACTIONS = (POSTED, RESUMED, NOT_POSTED, KEPT, CHANGED, INTERRUPTED, UNVERIFIED)
-_SEND, _READ_BACK = "send", "read back"  # the two M3 exchanges of a wave
+_PREPARE, _SEND, _READ_BACK = "prepare", "send", "read back"  # a wave's stages on worker threads
 
 
 @dataclass(frozen=True)
@@ -145,60 +147,53 @@ class _Run:
         settled = [v for v in known if found[v.key].state != ABSENT or v.status == POSTED_UNVERIFIED]
         self._conclude([(v, found[v.key], []) for v in settled])
         settled_keys = {v.key for v in settled}
-        queue: list[tuple[Voucher, list[MICall]]] = []
-        for voucher in vouchers:
-            if voucher.key in settled_keys:
-                continue
-            try:
-                queue.append((voucher, self.route.calls(voucher)))
-            except PostingRejected as exc:
-                self._conclude([(voucher, Verdict(FAILED, error=str(exc)), [])])
-        self._post_waves(self._waves(queue))
+        self._post_waves(self._waves([v for v in vouchers if v.key not in settled_keys]))
 
-    def _waves(self, queue: list[tuple[Voucher, list[MICall]]]) -> list[list[tuple[Voucher, list[MICall]]]]:
+    def _waves(self, vouchers: list[Voucher]) -> list[tuple[list[Voucher], set]]:
         """At most one bulk call of transactions per wave (a bigger voucher alone), and no two vouchers
-        in a wave that touch the same thing in M3."""
+        in a wave that touch the same thing in M3; each wave with what it touches."""
         waves, current, size, touched = [], [], 0, set()
-        for voucher, calls in queue:
-            touches = self.route.touches(voucher)
-            if current and (size + len(calls) > self.client.bulk_size or touches & touched):
-                waves.append(current)
+        for voucher in vouchers:
+            touches, transactions = self.route.touches(voucher), self.route.size(voucher)
+            if current and (size + transactions > self.client.bulk_size or touches & touched):
+                waves.append((current, touched))
                 current, size, touched = [], 0, set()
-            current.append((voucher, calls))
-            size += len(calls)
-            touched |= touches
+            current.append(voucher)
+            size += transactions
+            touched = touched | touches
         if current:
-            waves.append(current)
+            waves.append((current, touched))
         return waves
 
-    def _post_waves(self, waves: list[list[tuple[Voucher, list[MICall]]]]) -> None:
-        """Waves are sent and read back on worker threads, at most ``concurrency`` M3 exchanges at once of
-        which at most ``concurrency - 1`` sends: 1 is strictly sequential (send, read back, next wave); 2
-        reads a wave back while the next is sent, sends still one at a time in journal order (so M3 numbers
-        the vouchers in that order); more sends independent waves in parallel. Everything DuckDB writes
-        (write-ahead ``sent``, outcomes) happens here, on the caller's thread, and a wave is marked ``sent``
-        before it leaves. A wave waits while one in flight touches the same thing in M3. When M3 cannot be
-        reached no further wave starts; those in flight are concluded, then the run stops."""
+    def _post_waves(self, waves: list[tuple[list[Voucher], set]]) -> None:
+        """Waves are prepared (MI transactions built, the route's checks in M3), sent and read back on worker
+        threads, at most ``concurrency`` of these at once of which at most ``concurrency - 1`` sends: 1 is
+        strictly sequential (prepare, send, read back, next wave); 2 prepares the next wave or reads one back
+        while a wave is sent, sends one at a time in journal order (so M3 numbers the vouchers in that
+        order); more sends independent waves in parallel. At most one wave waits prepared. Everything DuckDB
+        writes (write-ahead ``sent`` once a wave is prepared, outcomes) happens here, on the caller's thread,
+        so a wave is marked ``sent`` before it leaves. A wave is not prepared while one in flight or waiting
+        touches the same thing in M3. When M3 cannot be reached no further wave starts; those in flight are
+        concluded, then the run stops."""
         limit = max(1, self.concurrency)
         send_limit = max(1, limit - 1)
-        pending = list(reversed(waves))
-        in_flight: dict[Future, tuple[str, list[tuple[Voucher, list[MICall]]], set]] = {}
+        pending = deque(waves)
+        ready: deque[tuple[list[tuple[Voucher, list[MICall]]], set]] = deque()  # marked sent, in journal order
+        in_flight: dict[Future, tuple[str, list, set]] = {}
         stopped: list[tuple[list[Voucher], VendorError]] = []
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"m3-post-{self.route.route}") as pool:
-            while pending or in_flight:
-                while (pending and not stopped and len(in_flight) < limit
-                       and sum(k == _SEND for k, _, _ in in_flight.values()) < send_limit):
-                    touches = set().union(*(self.route.touches(v) for v, _ in pending[-1]))
-                    if any(touches & touched for _, _, touched in in_flight.values()):
-                        break
-                    wave = pending.pop()
-                    try:
-                        wave = self._start_wave(wave)
-                    except VendorError as exc:  # M3 could not be reached while checking the wave (before_send)
-                        stopped.append(([v for v, _ in wave], exc))
-                        break
-                    if wave:
-                        in_flight[pool.submit(self._send, wave)] = (_SEND, wave, touches)
+            while pending or ready or in_flight:
+                kinds = [kind for kind, _, _ in in_flight.values()]
+                free = not stopped and len(in_flight) < limit
+                if free and ready and kinds.count(_SEND) < send_limit:
+                    wave, touches = ready.popleft()
+                    in_flight[pool.submit(self._send, wave)] = (_SEND, wave, touches)
+                    continue
+                if (free and pending and not ready and _PREPARE not in kinds
+                        and not any(pending[0][1] & touched for _, _, touched in in_flight.values())):
+                    vouchers, touches = pending.popleft()
+                    in_flight[pool.submit(self._prepare, vouchers)] = (_PREPARE, vouchers, touches)
+                    continue
                 if not in_flight:
                     break
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -206,22 +201,40 @@ class _Run:
                     kind, wave, touches = in_flight.pop(future)
                     try:
                         outcome = future.result()
-                    except VendorError as exc:
-                        stopped.append(([v for v, _ in wave], exc))
+                    except VendorError as exc:  # M3 could not be reached
+                        stopped.append((wave if kind == _PREPARE else [v for v, _ in wave], exc))
                         continue
-                    if kind == _SEND:
+                    if kind == _PREPARE:
+                        prepared = self._start_wave(*outcome)
+                        if prepared:
+                            ready.append((prepared, touches))
+                    elif kind == _SEND:
                         in_flight[pool.submit(self._read_back, wave, outcome)] = (_READ_BACK, wave, touches)
                     else:
                         self._conclude(outcome)
         if stopped:
+            stopped += [([v for v, _ in wave], stopped[0][1]) for wave, _ in ready]  # marked sent, not sent
             raise self._interrupted(stopped) from stopped[0][1]
 
-    def _start_wave(self, wave: list[tuple[Voucher, list[MICall]]]) -> list[tuple[Voucher, list[MICall]]]:
-        """Checks before sending, then the write-ahead: the wave's vouchers are ``sent`` (one transaction)."""
-        vouchers = [v for v, _ in wave]
-        refused = self.route.before_send(vouchers)
-        self._conclude([(v, Verdict(FAILED, error=refused[v.key]), []) for v in vouchers if v.key in refused])
-        wave = [(v, calls) for v, calls in wave if v.key not in refused]
+    def _prepare(self, vouchers: list[Voucher]) -> tuple[list[tuple[Voucher, list[MICall]]],
+                                                          list[tuple[Voucher, str]]]:
+        """On a worker thread: each voucher's MI transactions, then the route's checks in M3 before sending;
+        the wave to send, and the vouchers that cannot be sent with why."""
+        wave, refused = [], []
+        for voucher in vouchers:
+            try:
+                wave.append((voucher, self.route.calls(voucher)))
+            except PostingRejected as exc:
+                refused.append((voucher, str(exc)))
+        reasons = self.route.before_send([v for v, _ in wave])
+        refused += [(v, reasons[v.key]) for v, _ in wave if v.key in reasons]
+        return [(v, calls) for v, calls in wave if v.key not in reasons], refused
+
+    def _start_wave(self, wave: list[tuple[Voucher, list[MICall]]],
+                    refused: list[tuple[Voucher, str]]) -> list[tuple[Voucher, list[MICall]]]:
+        """A prepared wave: the vouchers that cannot be sent are failed, then the write-ahead: the others are
+        ``sent`` (one transaction)."""
+        self._conclude([(v, Verdict(FAILED, error=reason), []) for v, reason in refused])
         vouchers = [v for v, _ in wave]
         if not wave:
             return wave

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import itertools
 import json
@@ -844,14 +845,15 @@ class M3App(VendorApp):
 
     @staticmethod
     def _gl_row(line: GLLine, local: str) -> dict:
-        registered = datetime.fromtimestamp(line.registered, tz=timezone.utc)
+        entered, at = _entry_date_time(line.registered)
         return {
             "CONO": line.cono, "DIVI": line.divi, "YEA4": line.year, "JRNO": line.journal, "JSNO": line.journal_seq,
             "VSER": line.voucher_series, "VONO": line.voucher, "ACDT": line.accounting_date,
-            **{f"AIT{i}": account for i, account in enumerate(line.accounts, start=1)},
+            "AIT1": line.ait1, "AIT2": line.ait2, "AIT3": line.ait3, "AIT4": line.ait4, "AIT5": line.ait5,
+            "AIT6": line.ait6, "AIT7": line.ait7,
             "CUCD": line.currency, "CUAM": amount(line.amount_minor, line.currency), "ARAT": line.rate,
             "ACAM": amount(line.local_minor, local), "DBCR": "D" if line.amount_minor >= 0 else "C", "VTXT": line.text,
-            "RGDT": registered.date(), "RGTM": int(registered.strftime("%H%M%S")),
+            "RGDT": entered, "RGTM": at,
         }
 
     # -- ARS040MI: customer payment batches ------------------------------------------------------------
@@ -877,6 +879,14 @@ class M3App(VendorApp):
     def _control_payment_batch(self, values: dict) -> list[dict]:
         self.ledger.control_payment_batch(values["PBID"], self.clock.now())
         return []
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry_date_time(moment: int) -> tuple[date, int]:
+    """RGDT and RGTM (hhmmss) of unix seconds: the lines of one batch share theirs (a voucher has 10^3 lines)."""
+    registered = datetime.fromtimestamp(moment, tz=timezone.utc)
+    return registered.date(), registered.hour * 10_000 + registered.minute * 100 + registered.second
+
 
 def _split_matrix(program: str, transaction_segment: str) -> tuple[str, str, dict[str, str]]:
     """``LstInvoices;maxrecs=20;returncols=CINO`` -> transaction and its matrix control parameters."""

@@ -33,11 +33,12 @@ with errors, 3 controlled, 9 updated) are this sandbox's convention.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import operator
 import sqlite3
 import threading
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -62,6 +63,7 @@ PAYMENT_TERMS = "N30"
 RATE_PLACES = Decimal("0.000001")  # ARAT has six decimals
 GL_RECORD_TYPE = "I1"  # INRI of a GL voucher line
 ACCOUNT_DIMENSIONS = 7  # AIT1..AIT7
+ACCOUNT_FIELDS = tuple(f"AIT{i}" for i in range(1, ACCOUNT_DIMENSIONS + 1))
 ACCOUNT_LENGTH = 10
 VOUCHER_TEXT_LENGTH = 40
 BATCH_ENTERED, BATCH_REJECTED, BATCH_CONTROLLED, BATCH_UPDATED = 1, 2, 3, 9
@@ -330,6 +332,10 @@ def booking_rates(world: World) -> dict[str, Decimal]:
             for inv in world.invoices if inv.currency != world.local_currency}
 
 
+def _gl_voucher_of(line: GLLine) -> tuple[str, tuple[int, str, int]]:
+    return line.batch_key, (line.year, line.voucher_series, line.voucher)
+
+
 def utc_day(moment: int) -> date:
     return datetime.fromtimestamp(moment, tz=timezone.utc).date()
 
@@ -387,8 +393,8 @@ class M3Ledger:
         self._payment_batches: dict[int, PaymentBatch] = {}
         if not self._load():
             self._lines = self._opening_lines()
-            self._write([("INSERT INTO ledger_meta VALUES (?, ?)", sorted(self._meta.items())),
-                         (self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in self._lines])])
+            self._write(lambda: [("INSERT INTO ledger_meta VALUES (?, ?)", sorted(self._meta.items())),
+                                 (self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in self._lines])])
         self._index()
 
     # -- building -----------------------------------------------------------------------------
@@ -425,18 +431,23 @@ class M3Ledger:
             if line.trcd == TRCD_PAYMENT:
                 paid, local = self._applied.get(line.invoice_key, (0, 0))
                 self._applied[line.invoice_key] = (paid - line.amount_minor, local - line.local_minor)
-        for line in self._gl_lines:
-            self._index_gl(line)
+        loaded, self._gl_lines = self._gl_lines, []
+        self._index_gl(loaded)
 
     def _count(self, line: LedgerLine | GLLine) -> None:
         self._journals[line.year] = max(self._journals.get(line.year, 0), line.journal)
         series = (line.year, line.voucher_series)
         self._vouchers[series] = max(self._vouchers.get(series, 0), line.voucher)
 
-    def _index_gl(self, line: GLLine) -> None:
-        self._count(line)
-        self._gl_by_batch.setdefault(line.batch_key, []).append(line)
-        self._gl_by_voucher.setdefault((line.year, line.voucher_series, line.voucher), []).append(line)
+    def _index_gl(self, lines: list[GLLine]) -> None:
+        """Keep GL lines, indexed by batch and voucher; a run of lines of one voucher is counted and indexed at
+        once (a batch books 10^3 lines in one voucher)."""
+        self._gl_lines.extend(lines)
+        for (batch, voucher), run in itertools.groupby(lines, key=_gl_voucher_of):
+            run = list(run)
+            self._count(run[-1])
+            self._gl_by_batch.setdefault(batch, []).extend(run)
+            self._gl_by_voucher.setdefault(voucher, []).extend(run)
 
     def _next_numbers(self, year: int, series: str) -> tuple[int, int]:
         """The next journal number of the year and voucher number of the series (not yet taken)."""
@@ -454,13 +465,13 @@ class M3Ledger:
     def _insert(table: str, width: int) -> str:
         return f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
 
-    def _write(self, statements: list[tuple[str, list | tuple]]) -> None:
-        """Run statements in one SQLite transaction: ``(sql, tuple)`` once, ``(sql, list of tuples)`` per
-        row. Nothing happens when the ledger lives in memory."""
+    def _write(self, statements: Callable[[], list[tuple[str, list | tuple]]]) -> None:
+        """Run ``statements()`` in one SQLite transaction: ``(sql, tuple)`` once, ``(sql, list of tuples)`` per
+        row. A ledger in memory never calls it, so renders no rows (a day's posting books 10^5 lines)."""
         if self._db is None:
             return
         with self._db:
-            for sql, rows in statements:
+            for sql, rows in statements():
                 if isinstance(rows, list):
                     self._db.executemany(sql, rows)
                 else:
@@ -554,6 +565,8 @@ class M3Ledger:
         return m3_rate(currency, self.local_currency, rng.randint(-500, 500))
 
     def to_local(self, amount_minor: int, currency: str, rate: Decimal) -> int:
+        if currency == self.local_currency and rate == 1:  # what convert gives, without its Decimal arithmetic
+            return amount_minor
         return convert(amount_minor, currency, self.local_currency, rate)
 
     def exchange_rates(self, currencies: list[str], first: date, last: date) -> list[tuple[str, date, Decimal]]:
@@ -576,7 +589,7 @@ class M3Ledger:
             if inv is None:
                 raise LedgerError(f"invoice {invoice}/{invoice_year} is not in the M3 ledger")
             lines, applied = self._payment_voucher([(inv, amount_minor)], utc_day(paid_at), paid_at)
-            self._book(lines, applied, [])
+            self._book(lines, applied)
             return lines[0]
 
     def _payment_voucher(self, payments: list[tuple[LedgerLine, int]], accounting_date: date,
@@ -600,18 +613,21 @@ class M3Ledger:
             open_local = inv.local_minor - paid_local
             local = open_local if amount_minor == open_minor else self.to_local(amount_minor, inv.currency, inv.rate)
             applied[inv.invoice_key] = (paid + amount_minor, paid_local + local)
-            lines.append(replace(inv, year=year, journal=journal, journal_seq=seq, voucher_series=PAYMENT_SERIES,
-                                 voucher=voucher, trcd=TRCD_PAYMENT, amount_minor=-amount_minor, local_minor=-local,
-                                 accounting_date=accounting_date, registered=registered))
+            lines.append(LedgerLine(inv.cono, inv.divi, year, journal, seq, PAYMENT_SERIES, voucher, TRCD_PAYMENT,
+                                    inv.payer, inv.customer, inv.invoice, inv.invoice_year, inv.currency, inv.rate,
+                                    -amount_minor, -local, inv.invoice_date, inv.due_date, accounting_date,
+                                    registered))
         return lines, applied
 
-    def _book(self, lines: list[LedgerLine], applied: dict, statements: list[tuple[str, tuple]]) -> None:
-        """Write payment lines together with ``statements`` in one transaction, then keep them."""
-        self._write([(self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in lines]), *statements])
+    def _book(self, lines: list[LedgerLine], applied: dict,
+              statements: Callable[[], list[tuple[str, tuple]]] = list) -> None:
+        """Write payment lines together with ``statements()`` in one transaction, then keep them."""
+        self._write(lambda: [(self._insert("fsledg", len(_COLUMNS)), [_to_row(line) for line in lines]),
+                             *statements()])
         self._lines.extend(lines)
         self._applied = applied
-        for line in lines:
-            self._count(line)
+        if lines:
+            self._count(lines[-1])  # one payment voucher: its lines share journal and voucher number
 
     # -- GLS840: GL interface batches ----------------------------------------------------------------
     def add_gl_batch(self, key: str, interface: str, description: str, user: str, now: int) -> None:
@@ -622,7 +638,7 @@ class M3Ledger:
             if key in self._gl_batches:
                 raise record_exists(f"Batch {key}")
             batch = GLBatch(key, interface, description, user, now)
-            self._write([(self._insert("fglinh", 6), (key, interface, description, user, now, batch.status))])
+            self._write(lambda: [(self._insert("fglinh", 6), (key, interface, description, user, now, batch.status))])
             self._gl_batches[key] = batch
 
     def add_gl_batch_line(self, key: str, line: int, content: dict[str, str]) -> None:
@@ -631,7 +647,7 @@ class M3Ledger:
             batch = self._open_gl_batch(key)
             if line in batch.lines:
                 raise record_exists(f"Line {line} of batch {key}")
-            self._write([(self._insert("fglinl", 3), (key, line, json.dumps(content, sort_keys=True)))])
+            self._write(lambda: [(self._insert("fglinl", 3), (key, line, json.dumps(content, sort_keys=True)))])
             batch.lines[line] = dict(content)
             batch.controlled = None
             self._set_gl_status(batch, BATCH_ENTERED)  # a new line needs a new control
@@ -664,12 +680,10 @@ class M3Ledger:
                                   *entry.accounts, entry.currency, entry.amount_minor, rate, local, entry.text, key, now)
                     lines.append(line)
                 self._count(lines[-1])
-            self._write([(self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in lines]),
-                         ("UPDATE fglinh SET status = ? WHERE key1 = ?", (BATCH_UPDATED, key))])
+            self._write(lambda: [(self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in lines]),
+                                 ("UPDATE fglinh SET status = ? WHERE key1 = ?", (BATCH_UPDATED, key))])
             batch.status = BATCH_UPDATED
-            self._gl_lines.extend(lines)
-            for line in lines:
-                self._index_gl(line)
+            self._index_gl(lines)
             return lines
 
     def _control(self, batch: GLBatch) -> list[GLEntry]:
@@ -688,7 +702,7 @@ class M3Ledger:
 
     def _set_gl_status(self, batch: GLBatch, status: int) -> None:
         if batch.status != status:
-            self._write([("UPDATE fglinh SET status = ? WHERE key1 = ?", (status, batch.key))])
+            self._write(lambda: [("UPDATE fglinh SET status = ? WHERE key1 = ?", (status, batch.key))])
             batch.status = status
 
     def _checked_entries(self, batch: GLBatch) -> list[GLEntry]:
@@ -726,7 +740,7 @@ class M3Ledger:
         group = values.get("GRNR") or "1"
         if not group.isdigit() or int(group) == 0:
             raise LedgerError(f"{where}: Numeric error in field GRNR", "XNU0000", "GRNR")
-        accounts = tuple(values.get(f"AIT{i}", "") for i in range(1, ACCOUNT_DIMENSIONS + 1))
+        accounts = tuple(values.get(name, "") for name in ACCOUNT_FIELDS)
         if not accounts[0]:
             raise LedgerError(f"{where}: Account must be entered", "WAI0202", "AIT1")
         for i, account in enumerate(accounts, start=1):
@@ -740,13 +754,9 @@ class M3Ledger:
         local = (parse_amount(values["ACAM"], f"{where}: ", "ACAM", self.local_currency)
                  if values.get("ACAM") else None)
         raw_date = values.get("ACDT", "")
-        try:
-            if len(raw_date) != 8 or not raw_date.isdigit():
-                raise ValueError
-            day = date(int(raw_date[:4]), int(raw_date[4:6]), int(raw_date[6:]))
-        except ValueError:
-            raise LedgerError(f"{where}: Incorrect date {raw_date or '(blank)'} in field ACDT", "XDT0001",
-                              "ACDT") from None
+        day = _interface_date(raw_date)
+        if day is None:
+            raise LedgerError(f"{where}: Incorrect date {raw_date or '(blank)'} in field ACDT", "XDT0001", "ACDT")
         text = values.get("VTXT", "")
         if len(text) > VOUCHER_TEXT_LENGTH:
             raise LedgerError(f"{where}: Voucher text is longer than {VOUCHER_TEXT_LENGTH} characters", field="VTXT")
@@ -758,9 +768,9 @@ class M3Ledger:
             if batch_id in self._payment_batches:
                 raise record_exists(f"Payment batch {batch_id}")
             batch = PaymentBatch(batch_id, batch_type, accounting_date, now)
-            self._write([(self._insert("payment_batch_head", 5),
-                          (batch_id, batch_type, accounting_date.isoformat() if accounting_date else None, now,
-                           batch.status))])
+            self._write(lambda: [(self._insert("payment_batch_head", 5),
+                                  (batch_id, batch_type, accounting_date.isoformat() if accounting_date else None,
+                                   now, batch.status))])
             self._payment_batches[batch_id] = batch
 
     def add_payment_line(self, batch_id: int, line: PaymentLine) -> None:
@@ -768,7 +778,7 @@ class M3Ledger:
             batch = self._open_payment_batch(batch_id)
             if line.transaction in batch.lines:
                 raise record_exists(f"Line {line.transaction} of payment batch {batch_id}")
-            self._write([(self._insert("payment_batch_line", 11), (batch_id, *_to_row(line)))])
+            self._write(lambda: [(self._insert("payment_batch_line", 11), (batch_id, *_to_row(line)))])
             batch.lines[line.transaction] = line
 
     def _open_payment_batch(self, batch_id: int) -> PaymentBatch:
@@ -793,13 +803,11 @@ class M3Ledger:
                 payments.append((inv, line.amount_minor))
             lines, applied = self._payment_voucher(payments, batch.accounting_date or utc_day(now), now)
             gl_lines = self._payment_gl_lines(batch, lines)
-            self._book(lines, applied,
-                       [("UPDATE payment_batch_head SET status = ? WHERE batch_id = ?", (BATCH_UPDATED, batch_id)),
-                        (self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in gl_lines])])
+            self._book(lines, applied, lambda: [
+                ("UPDATE payment_batch_head SET status = ? WHERE batch_id = ?", (BATCH_UPDATED, batch_id)),
+                (self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in gl_lines])])
             batch.status = BATCH_UPDATED
-            self._gl_lines.extend(gl_lines)
-            for line in gl_lines:
-                self._index_gl(line)
+            self._index_gl(gl_lines)
             return lines
 
     def _payment_gl_lines(self, batch: PaymentBatch, lines: list[LedgerLine]) -> list[GLLine]:
@@ -819,6 +827,17 @@ class M3Ledger:
                                  -sign * ledger_line.amount_minor, ledger_line.rate, -sign * ledger_line.local_minor,
                                  text, "", ledger_line.registered))
         return gl
+
+
+@functools.lru_cache(maxsize=1024)
+def _interface_date(raw: str) -> date | None:
+    """An interface line's ``yyyyMMdd`` ACDT, None when it is no date (a batch's lines share a few days)."""
+    try:
+        if len(raw) != 8 or not raw.isdigit():
+            raise ValueError
+        return date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+    except ValueError:
+        return None
 
 
 def _payment_line(row: tuple) -> PaymentLine:
