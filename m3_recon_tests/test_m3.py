@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import dagster as dg
@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import requests
 
-from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_open_invoices
+from m3_recon.defs.m3.assets import _snapshot_docs, core_open_invoices, raw_m3_open_invoices
 from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
@@ -154,6 +154,50 @@ def test_bulk_calls_are_chunked_and_answered_in_order(world, ionapi, m3):
     assert [r[0]["CINO"] for r in results] == [inv.number for inv in invoices]
     assert [minor_units(r[0]["CUAM"], r[0]["CUCD"]) for r in results] == [inv.amount_minor for inv in invoices]
     assert m3[0].faults.served - served_before == 1 + 3  # one sign-in, then 20 calls in 3 POSTs
+
+
+def test_independent_bulk_calls_in_flight_at_once_answer_in_order_and_a_terminated_one_raises(world, ionapi, m3):
+    invoices = world.invoices[:20]
+    client = ion_client(ionapi, bulk_size=3)
+    calls = [totals_call(inv) for inv in invoices]
+    in_order = client.execute_each("ARS200MI", calls)
+    served_before = m3[0].faults.served
+    assert client.execute_each("ARS200MI", calls, in_flight=4) == in_order
+    assert [r[0]["CINO"] for r in in_order] == [inv.number for inv in invoices]
+    assert m3[0].faults.served - served_before == 7  # 20 calls in 7 POSTs, each sent once
+    answers = client.execute_each("ARS200MI", [*calls[:4], ("GetInvTotInfo", {"PYNO": invoices[0].customer})],
+                                  in_flight=4)
+    assert answers[:4] == in_order[:4] and isinstance(answers[4], M3Error) and answers[4].code == "WCI0202"
+    with pytest.raises(M3Error, match="Program XYZ999MI does not exist"):
+        client.execute_each("XYZ999MI", [("LstFoo", {})] * 10, in_flight=4)
+    assert ion_client(ionapi, read_concurrency=8).reads_in_flight == 8
+    assert M3Client(client.session, 100, "AAA", read_concurrency=4000).reads_in_flight == int(
+        client.session.requests_per_second)  # never more than the request budget per second
+
+
+def test_snapshot_rows_are_typed_once_per_record_and_an_unreadable_amount_or_date_fails_with_the_readers_message():
+    record = {"CONO": "100", "DIVI": "AAA", "PYNO": "C1", "CUNO": "C1", "CINO": "7", "INYR": "2026", "CUCD": "JPY",
+              "ARAT": "0.0067", "CUAM": "1200", "OCUA": "1000.", "LOCD": "USD", "OAMT": "6.7", "IVDT": "20261002",
+              "DUDT": "0", "RECO": "0", "YEA4": "2026", "JRNO": "1", "JSNO": "1"}
+    later, undated = {**record, "CINO": "8", "IVDT": "20261003", "CUCD": "KWD", "CUAM": "-1.5"}, {**record, "CINO": "9",
+                                                                                                  "IVDT": "0"}
+    del undated["OAMT"]
+    days, taken = [date(2026, 10, 2), date(2026, 10, 3)], datetime(2026, 10, 4, tzinfo=timezone.utc)
+    with duckdb.connect() as conn:
+        docs = _snapshot_docs(conn, [record, later, undated], days, taken, "run").to_pylist()
+        assert [(d["snapshot_date"], d["invoice_number"], d["original_minor"], d["outstanding_minor"],
+                 d["outstanding_local_minor"], d["due_date"]) for d in docs] == [
+            (days[0], "7", 1200, 1000, 670, None), (days[0], "9", 1200, 1000, 0, None),
+            (days[1], "7", 1200, 1000, 670, None), (days[1], "8", -1500, 1_000_000, 670, None),
+            (days[1], "9", 1200, 1000, 0, None)]
+        assert json.loads(docs[0]["raw"]) == record
+        for bad, message in (({"CUAM": "12.5"}, "M3 amount 12.5 is not a whole number of minor units of JPY"),
+                             ({"CUCD": "USD", "OCUA": "1e3"}, "M3 amount '1e3' is not an amount"),
+                             ({"IVDT": "20261399"}, "'20261399' is not a valid date"),
+                             ({"CUAM": "None"}, "M3 amount 'None' is not an amount"), ({"OCUA": ...}, "without OCUA")):
+            broken = {k: v for k, v in {**record, **bad}.items() if v is not ...}
+            with pytest.raises((VendorRequestError, ValueError), match=re.escape(message)):
+                _snapshot_docs(conn, [record, broken], days, taken, "run")
 
 
 def test_restart_key_paging_reads_every_line_once_across_pages(world, applied, ionapi, m3):

@@ -16,7 +16,10 @@ transaction's key inputs as start positions or as filters (``M3_OPEN_ITEMS_PAGIN
 
 Posting sends many transactions per bulk call and must know the fate of each one (a duplicate batch
 key is news, not a failure), so ``execute_each`` answers per transaction: its records or its
-``M3Error``.
+``M3Error``. Its bulk calls go one after another (a later call may depend on an earlier one) unless the
+caller says they are independent (``in_flight``): the open-item read keeps up to ``read_concurrency``
+bulk calls of its read-only transactions in flight (``M3_READ_CONCURRENCY``, never more than the
+request budget's requests per second), so M3 works on one answer while the client parses another.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -91,7 +95,11 @@ def _is_list(transaction: str) -> bool:
 
 
 def _trimmed(record: Mapping[str, object]) -> dict[str, str]:
-    return {name: str(value).rstrip() for name, value in record.items()}
+    """Values as strings without trailing blanks (M3 pads alphanumerics unless it honours ``rightTrim``)."""
+    try:
+        return {name: value.rstrip() for name, value in record.items()}
+    except AttributeError:  # a value that is not a string: rare, so not paid for on every value
+        return {name: str(value).rstrip() for name, value in record.items()}
 
 
 def _send(session: VendorSession, method: str, path: str, **kwargs) -> requests.Response:
@@ -220,6 +228,7 @@ class BasicAuth:
 # Transactions per bulk POST. M3 documents no cap; the public clients send 150 (inforion) and 500, and
 # 500 is the most this project sends (M3_BULK_SIZE may lower it).
 DEFAULT_BULK_SIZE = MAX_BULK_SIZE = 500
+DEFAULT_READ_CONCURRENCY = 4  # bulk calls of read-only transactions in flight at once
 
 
 # -- the client ---------------------------------------------------------------------------------------
@@ -234,15 +243,24 @@ class M3Client:
     max_pages: int = 200  # a list longer than page_size * max_pages is an error, never an endless loop
     bulk_size: int = DEFAULT_BULK_SIZE  # transactions per bulk POST
     open_items_paging: str = "payer"  # one of OPEN_ITEMS_PAGING
+    read_concurrency: int = DEFAULT_READ_CONCURRENCY  # read-only bulk calls in flight at once
 
     def __post_init__(self) -> None:
         if self.open_items_paging not in OPEN_ITEMS_PAGING:
             raise VendorRequestError(VENDOR, f"{PAGING_VARIABLE}={self.open_items_paging!r} is not a paging strategy; "
                                      f"use one of {', '.join(OPEN_ITEMS_PAGING)}")
+        if self.read_concurrency < 1:
+            raise VendorRequestError(VENDOR, f"M3_READ_CONCURRENCY must be at least 1, got {self.read_concurrency}")
+
+    @property
+    def reads_in_flight(self) -> int:
+        """Read-only bulk calls at once: ``read_concurrency``, never more than the budget's requests per second."""
+        return max(1, min(self.read_concurrency, int(self.session.requests_per_second)))
 
     @classmethod
     def from_ionapi(cls, path: str | Path, cono: int, divi: str, *, page_size: int = 500, max_pages: int = 200,
-                    bulk_size: int = DEFAULT_BULK_SIZE, open_items_paging: str = "payer", **session_options) -> "M3Client":
+                    bulk_size: int = DEFAULT_BULK_SIZE, open_items_paging: str = "payer",
+                    read_concurrency: int = DEFAULT_READ_CONCURRENCY, **session_options) -> "M3Client":
         """Through the ION API gateway, as the backend service of an ``.ionapi`` file."""
         config = IonApiConfig.load(path)
         hint = f"saak/sask and ci/cs in the .ionapi file named by {IONAPI_VARIABLE}"
@@ -250,12 +268,13 @@ class M3Client:
                                       **session_options)
         session = VendorSession(VENDOR, config.base_url, hint, f"iu/ti in {IONAPI_VARIABLE}",
                                 authenticator=IonApiAuth(config, token_session), **session_options)
-        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging, read_concurrency)
 
     @classmethod
     def on_premise(cls, base_url: str, username: str, password: str, cono: int, divi: str, *,
                    page_size: int = 500, max_pages: int = 200, bulk_size: int = DEFAULT_BULK_SIZE,
-                   open_items_paging: str = "payer", **session_options) -> "M3Client":
+                   open_items_paging: str = "payer", read_concurrency: int = DEFAULT_READ_CONCURRENCY,
+                   **session_options) -> "M3Client":
         """Directly to an on-premise M3 (``https://host:port``) with HTTP Basic."""
         if not base_url:
             raise VendorAuthError(VENDOR, f"set {IONAPI_VARIABLE} (ION API) or M3_BASE_URL with {BASIC_HINT} "
@@ -264,7 +283,7 @@ class M3Client:
             raise VendorAuthError(VENDOR, f"M3_BASE_URL is set but {BASIC_HINT} is not; set both")
         session = VendorSession(VENDOR, base_url, BASIC_HINT, "M3_BASE_URL",
                                 authenticator=BasicAuth(username, password), **session_options)
-        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging)
+        return cls(session, cono, divi, page_size, max_pages, bulk_size, open_items_paging, read_concurrency)
 
     # -- calls -----------------------------------------------------------------------------------------
     def _control(self, maxrecs: int | None, columns: Sequence[str] = ()) -> list[tuple[str, str]]:
@@ -293,45 +312,62 @@ class M3Client:
         return self._outcome(program, transaction, results[0], status=response.status_code)
 
     def execute_bulk(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
-                     maxrecs: int | None = 0, columns: Sequence[str] = ()) -> list[list[dict]]:
+                     maxrecs: int | None = 0, columns: Sequence[str] = (), in_flight: int = 1) -> list[list[dict]]:
         """Many transactions of one program, ``bulk_size`` per POST; records per call, in order.
         The first transaction that answered NOK raises its ``M3Error``."""
-        results = self.execute_each(program, calls, maxrecs=maxrecs, columns=columns)
+        results = self.execute_each(program, calls, maxrecs=maxrecs, columns=columns, in_flight=in_flight)
         for result in results:
             if isinstance(result, M3Error):
                 raise result
         return results
 
     def execute_each(self, program: str, calls: Sequence[tuple[str, Mapping[str, object]]], *,
-                     maxrecs: int | None = 0, columns: Sequence[str] = ()) -> list[list[dict] | M3Error]:
+                     maxrecs: int | None = 0, columns: Sequence[str] = (),
+                     in_flight: int = 1) -> list[list[dict] | M3Error]:
         """Like ``execute_bulk``, but every transaction's own outcome: its records or its ``M3Error``.
         ``columns``: the output fields every transaction returns (``selectedColumns``); all when empty.
 
-        A bulk call M3 could not run at all, or one that kept failing, still raises.
+        The bulk calls go one after another, each sent when the one before has answered; ``in_flight`` > 1
+        says they are independent of each other (read-only), and up to that many are in flight at once.
+        Either way the outcomes come in the order of ``calls``. A bulk call M3 could not run at all, or one
+        that kept failing, still raises (and no further bulk call is sent).
         """
+        chunks = [calls[start:start + self.bulk_size] for start in range(0, len(calls), self.bulk_size)]
+        workers = min(in_flight, len(chunks))
+        if workers <= 1:
+            answers = [self._bulk_call(program, chunk, maxrecs, columns) for chunk in chunks]
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"m3-read-{program}")
+            try:
+                answers = list(pool.map(lambda chunk: self._bulk_call(program, chunk, maxrecs, columns), chunks))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # after a failure, send nothing more
+        return [outcome for answer in answers for outcome in answer]
+
+    def _bulk_call(self, program: str, chunk: Sequence[tuple[str, Mapping[str, object]]], maxrecs: int | None,
+                   columns: Sequence[str]) -> list[list[dict] | M3Error]:
+        """One bulk POST: each transaction's records or ``M3Error``; a terminated call raises."""
+        selected = {"selectedColumns": list(columns)} if columns else {}
+        transactions = [{"transaction": name, "record": self._record(fields), **selected} for name, fields in chunk]
+        payload = {"program": program, "cono": self.cono, "divi": self.divi, "excludeEmptyValues": False,
+                   "rightTrim": True, "transactions": transactions}
+        if maxrecs is not None:
+            payload["maxReturnedRecords"] = maxrecs
+        response = _send(self.session, "POST", EXECUTE_PATH, params=self._control(maxrecs), json=payload,
+                         headers={"Accept": "application/json"})
+        body = _body(response, f"POST {EXECUTE_PATH} ({program})")
+        if response.status_code == 400 or str(body.get("wasTerminated")).lower() == "true":
+            raise self._error(program, "(bulk)", body, response.status_code)
+        results = body.get("results") or []
+        if len(results) != len(chunk):
+            raise VendorRequestError(VENDOR, f"POST {EXECUTE_PATH} ({program}) answered {len(results)} "
+                                     f"results for {len(chunk)} transactions")
         out: list[list[dict] | M3Error] = []
-        for start in range(0, len(calls), self.bulk_size):
-            chunk = calls[start:start + self.bulk_size]
-            transactions = [{"transaction": name, "record": self._record(fields),
-                             **({"selectedColumns": list(columns)} if columns else {})} for name, fields in chunk]
-            payload = {"program": program, "cono": self.cono, "divi": self.divi, "excludeEmptyValues": False,
-                       "rightTrim": True, "transactions": transactions}
-            if maxrecs is not None:
-                payload["maxReturnedRecords"] = maxrecs
-            response = _send(self.session, "POST", EXECUTE_PATH, params=self._control(maxrecs), json=payload,
-                             headers={"Accept": "application/json"})
-            body = _body(response, f"POST {EXECUTE_PATH} ({program})")
-            if response.status_code == 400 or str(body.get("wasTerminated")).lower() == "true":
-                raise self._error(program, "(bulk)", body, response.status_code)
-            results = body.get("results") or []
-            if len(results) != len(chunk):
-                raise VendorRequestError(VENDOR, f"POST {EXECUTE_PATH} ({program}) answered {len(results)} "
-                                         f"results for {len(chunk)} transactions")
-            for (transaction, _), result in zip(chunk, results):
-                try:
-                    out.append(self._outcome(program, transaction, result, status=response.status_code))
-                except M3Error as error:
-                    out.append(error)
+        for (transaction, _), result in zip(chunk, results):
+            try:
+                out.append(self._outcome(program, transaction, result, status=response.status_code))
+            except M3Error as error:
+                out.append(error)
         return out
 
     @staticmethod
@@ -365,8 +401,9 @@ class M3Client:
         inputs = dict(fields)
         for _ in range(self.max_pages):
             page = self.execute(program, transaction, maxrecs=self.page_size, columns=columns, **inputs)
-            fresh = [row for row in page if tuple(row.get(k) for k in key) not in seen]
-            seen.update(tuple(row.get(k) for k in key) for row in fresh)
+            keys = [tuple(row.get(k) for k in key) for row in page]
+            fresh = [row for row, row_key in zip(page, keys) if row_key not in seen]
+            seen.update(keys)
             rows.extend(fresh)
             if len(page) < self.page_size:
                 return rows
@@ -395,18 +432,20 @@ class M3Client:
         an M3 that answers fewer rows than ``maxrecs`` asks for while more exist (both routes would shrink).
         """
         customers = sorted({row["CUNO"] for row in self.customers() if row.get("CUNO")})
-        expected = self._open_invoices_by_customer(customers)
-        if self.open_items_paging == "payer":
-            lines = self._open_lines_by_payer(customers)
-        else:
-            lines = self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
-                                  key=("DIVI", "YEA4", "JRNO", "JSNO"), columns=OPEN_LINE_COLUMNS, FDIV=self.divi,
-                                  TDIV=self.divi, AAC0="1")
+        if self.reads_in_flight == 1:
+            expected = self._open_invoices_by_customer(customers, 1)
+            lines = self._open_lines(customers, 1)
+        else:  # the second route is read beside the first, within the same number of calls in flight
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3-read-second-route") as side:
+                second_route = side.submit(self._open_invoices_by_customer, customers, self.reads_in_flight - 1)
+                lines = self._open_lines(customers, 1)
+                expected = second_route.result()
         self._check_answer_limit(max(len(lines), len(expected)))
         invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
                                       for ln in lines if ln.get("TRCD") == "10"))
         self._prove_complete(invoices, expected, len(lines), len(customers))
-        totals = self.execute_bulk("ARS200MI", [self._totals_call(invoice) for invoice in invoices])
+        totals = self.execute_bulk("ARS200MI", [self._totals_call(invoice) for invoice in invoices],
+                                   in_flight=self.reads_in_flight)
         return [records[0] for records in totals
                 if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0]
 
@@ -415,8 +454,16 @@ class M3Client:
         payer, number, year, customer = invoice
         return "GetInvTotInfo", {"PYNO": payer, "CINO": number, "INYR": year, "CUNO": customer}
 
+    def _open_lines(self, customers: Sequence[str], in_flight: int) -> list[dict]:
+        """The ledger lines of open invoices (``LstInvByDivi``), read by ``open_items_paging``."""
+        if self.open_items_paging == "payer":
+            return self._open_lines_by_payer(customers, in_flight)
+        return self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                             key=("DIVI", "YEA4", "JRNO", "JSNO"), columns=OPEN_LINE_COLUMNS, FDIV=self.divi,
+                             TDIV=self.divi, AAC0="1")
+
     def _single_pages(self, transaction: str, field_name: str, keys: Sequence[str], what: str,
-                      columns: Sequence[str], **fields) -> dict[str, list[dict]]:
+                      columns: Sequence[str], in_flight: int, **fields) -> dict[str, list[dict]]:
         """One ``ARS200MI`` list answer of at most ``page_size`` rows per key value, the rows of that value only.
 
         With the key input read as a start position, the value's rows come first and rows of later values
@@ -425,7 +472,7 @@ class M3Client:
         may have more behind it, which one answer cannot show: that is an ``IncompleteReadError``.
         """
         answers = self.execute_bulk("ARS200MI", [(transaction, {**fields, field_name: key}) for key in keys],
-                                    maxrecs=self.page_size, columns=columns)
+                                    maxrecs=self.page_size, columns=columns, in_flight=in_flight)
         out = {}
         for key, rows in zip(keys, answers):
             own = [row for row in rows if row.get(field_name, key) == key]
@@ -437,15 +484,16 @@ class M3Client:
             out[key] = own
         return out
 
-    def _open_lines_by_payer(self, customers: Sequence[str]) -> list[dict]:
+    def _open_lines_by_payer(self, customers: Sequence[str], in_flight: int) -> list[dict]:
         """``LstInvByDivi`` once per payer: every payer is a customer of the customer master."""
-        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", OPEN_LINE_COLUMNS, FDIV=self.divi,
-                                   TDIV=self.divi, AAC0="1")
+        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", OPEN_LINE_COLUMNS, in_flight,
+                                   FDIV=self.divi, TDIV=self.divi, AAC0="1")
         return [row for payer in customers for row in pages[payer]]
 
-    def _open_invoices_by_customer(self, customers: Sequence[str]) -> dict[tuple, str]:
+    def _open_invoices_by_customer(self, customers: Sequence[str], in_flight: int) -> dict[tuple, str]:
         """The second route: ``LstInvoices`` per customer (open only) -> {invoice key: customer}."""
-        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", CUSTOMER_INVOICE_COLUMNS, AAC0="1")
+        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", CUSTOMER_INVOICE_COLUMNS,
+                                   in_flight, AAC0="1")
         return {(row["PYNO"], row["CINO"], row["INYR"], customer): customer
                 for customer in customers for row in pages[customer] if row.get("TRCD") == "10"}
 
@@ -468,7 +516,8 @@ class M3Client:
         missing = [key for key in expected if key not in read]
         if not missing:
             return
-        totals = self.execute_each("ARS200MI", [self._totals_call(key) for key in missing])
+        totals = self.execute_each("ARS200MI", [self._totals_call(key) for key in missing],
+                                   in_flight=self.reads_in_flight)
         still_open = [key for key, records in zip(missing, totals)
                       if isinstance(records, M3Error) or (records and minor_units(
                           records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0)]

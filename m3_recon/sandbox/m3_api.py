@@ -70,9 +70,10 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from http import HTTPStatus
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qsl
 
 from m3_recon.money import major
@@ -293,17 +294,54 @@ def parse_control(params: dict[str, str]) -> Control:
     return Control(**values)
 
 
+def _date_text(value) -> str:
+    # formatted by hand: strftime was a tenth of rendering a large answer
+    return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
+
+
+def _number_text(value) -> str:
+    """Numbers plain: no exponent, no trailing zeros in a fraction, an integral value without a point."""
+    if value.__class__ is int:
+        return str(value)
+    if value.__class__ is Decimal and value.is_finite():
+        text = str(value)  # amounts are made by scaleb, so this is plain: "7591.70", "100.00"
+        if "E" not in text and "e" not in text:
+            text = text.rstrip("0").rstrip(".") if "." in text else text
+            return "0" if text == "-0" else text
+    if isinstance(value, Decimal) and value != value.to_integral_value():
+        return format(value.normalize(), "f")
+    return str(int(value))
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+@lru_cache(maxsize=None)
+def _formatter(name: str, righttrim: bool) -> Callable[[object], str]:
+    """How output field ``name`` is sent: alphanumerics padded (unless right-trimmed), numbers plain, dates yyyyMMdd."""
+    field = FIELDS[name]
+    if field.type == "D":
+        return _date_text
+    if field.type == "N":
+        return _number_text
+    return _text if righttrim else lambda value: _text(value).ljust(field.length)
+
+
+def _output_names(outputs: tuple[str, ...], returncols: tuple[str, ...]) -> tuple[str, ...]:
+    """The fields a call answers: ``returncols`` (in its order) that the transaction has, else all of them."""
+    return tuple(n for n in returncols if n in outputs) if returncols else outputs
+
+
+@lru_cache(maxsize=256)
+def _formatters(outputs: tuple[str, ...], returncols: tuple[str, ...], righttrim: bool) -> tuple:
+    """(field, formatter) per output field of a call: looked up once per call shape, not per transaction."""
+    return tuple((n, _formatter(n, righttrim)) for n in _output_names(outputs, returncols))
+
+
 def format_value(name: str, value, righttrim: bool) -> str:
     """One output value as M3 sends it: a string, alphanumerics padded, numbers plain, dates yyyyMMdd."""
-    field = FIELDS[name]
-    if field.type == "D":  # formatted by hand: strftime was a tenth of rendering a large answer
-        return "%04d%02d%02d" % (value.year, value.month, value.day) if value else "0"
-    if field.type == "N":
-        if isinstance(value, Decimal) and value != value.to_integral_value():
-            return format(value.normalize(), "f")
-        return str(int(value))
-    text = "" if value is None else str(value)
-    return text if righttrim else text.ljust(field.length)
+    return _formatter(name, righttrim)(value)
 
 
 def amount(minor: int, currency: str) -> Decimal:
@@ -574,20 +612,15 @@ class M3App(VendorApp):
             rows = list(itertools.islice(rows, limit))
             if not rows:
                 raise record_not_found()
-        names = self._output_names(spec, control)
-        rendered = []
-        for row in rows:
-            out = {n: format_value(n, row.get(n), control.righttrim) for n in names}
-            if control.excludempty:
-                out = {k: v for k, v in out.items() if v.strip()}
-            rendered.append(out)
+        formatters = _formatters(spec.outputs, control.returncols, control.righttrim)
+        rendered = [{n: text(row.get(n)) for n, text in formatters} for row in rows]
+        if control.excludempty:
+            return [{k: v for k, v in out.items() if v.strip()} for out in rendered]
         return rendered
 
     @staticmethod
     def _output_names(spec: MITransaction, control: Control) -> list[str]:
-        if not control.returncols:
-            return list(spec.outputs)
-        return [n for n in control.returncols if n in spec.outputs]
+        return list(_output_names(spec.outputs, control.returncols))
 
     @staticmethod
     def _inputs(spec: MITransaction, record: dict[str, str]) -> dict:
@@ -666,12 +699,12 @@ class M3App(VendorApp):
             low, high = values.get("FDIV", ""), values.get("TDIV", "\uffff")
         else:
             low = high = values["DIVI"]
-        first = 0 if self.keys_as_filters else bisect_left(
-            index.division_starts, (low, values.get("PYNO", ""), values.get("IVDT", date.min)))
+        start = (low, values.get("PYNO", ""), values.get("IVDT", date.min))
+        first = 0 if self.keys_as_filters else bisect_left(index.division_starts, start)
         for ln in itertools.islice(index.by_division, first, None):
             if ln.divi > high:
                 return
-            if (low <= ln.divi and self._from_payer_and_date(ln, low, values) and self._listed(ln, values, totals)
+            if (low <= ln.divi and self._from_payer_and_date(ln, start, values) and self._listed(ln, values, totals)
                     and values.get("CUNO", ln.customer) == ln.customer):
                 yield self._line_row(ln, totals[ln.invoice_key])
 
@@ -686,12 +719,12 @@ class M3App(VendorApp):
             return True
         return line.invoice_date == values["IVDT"] if self.keys_as_filters else line.invoice_date >= values["IVDT"]
 
-    def _from_payer_and_date(self, line: LedgerLine, division: str, values: dict) -> bool:
-        """LstInvByDivi's key inputs PYNO and IVDT: a start position (division, PYNO, IVDT), or (quirk) filters."""
+    def _from_payer_and_date(self, line: LedgerLine, start: tuple[str, str, date], values: dict) -> bool:
+        """LstInvByDivi's key inputs PYNO and IVDT: a start position ``start`` (division, PYNO, IVDT), or (quirk)
+        filters."""
         if self.keys_as_filters:
             return (values.get("PYNO", line.payer) == line.payer
                     and values.get("IVDT", line.invoice_date) == line.invoice_date)
-        start = (division, values.get("PYNO", ""), values.get("IVDT", date.min))
         return (line.divi, line.payer, line.invoice_date) >= start
 
     def _get_invoice(self, values: dict) -> list[dict]:

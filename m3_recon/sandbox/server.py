@@ -46,7 +46,7 @@ class Response:
 
     @classmethod
     def json(cls, status: int, payload, headers: dict[str, str] | None = None) -> "Response":
-        return cls(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        return cls(status, json.dumps(payload, check_circular=False).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
 class SandboxClock:

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from m3_recon import settings
-from m3_recon.clients.m3 import DEFAULT_BULK_SIZE
+from m3_recon.clients.m3 import DEFAULT_BULK_SIZE, DEFAULT_READ_CONCURRENCY
 from m3_recon.defs.m3.assets import core_open_invoices, raw_m3_customers, raw_m3_open_invoices
 from m3_recon.defs.m3.resources import M3Resource
 
@@ -32,6 +32,7 @@ def m3_resource_from_env() -> M3Resource:
         max_pages=settings.int_setting("M3_MAX_PAGES", 200, minimum=1),
         bulk_size=settings.int_setting("M3_BULK_SIZE", DEFAULT_BULK_SIZE, minimum=1),
         open_items_paging=os.environ.get("M3_OPEN_ITEMS_PAGING", "payer"),
+        read_concurrency=settings.int_setting("M3_READ_CONCURRENCY", DEFAULT_READ_CONCURRENCY, minimum=1),
         **credentials,
     )
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from m3_recon.clients.m3 import DEFAULT_BULK_SIZE, MAX_BULK_SIZE, OPEN_ITEMS_PAGING, VENDOR, M3Client
+from m3_recon.clients.m3 import (DEFAULT_BULK_SIZE, DEFAULT_READ_CONCURRENCY, MAX_BULK_SIZE, OPEN_ITEMS_PAGING, VENDOR,
+                                 M3Client)
 from m3_recon.defs.client_resource import ClientResource
 from m3_recon.errors import VendorAuthError
 
@@ -32,6 +33,8 @@ class M3Resource(ClientResource):
     bulk_size: int = Field(default=DEFAULT_BULK_SIZE, ge=1, le=MAX_BULK_SIZE, description="M3_BULK_SIZE: transactions per bulk call")
     open_items_paging: str = Field(default="payer", description=f"M3_OPEN_ITEMS_PAGING: how open items are read, "
                                    f"one of {', '.join(OPEN_ITEMS_PAGING)}")
+    read_concurrency: int = Field(default=DEFAULT_READ_CONCURRENCY, ge=1,
+                                  description="M3_READ_CONCURRENCY: read-only bulk calls in flight at once")
 
     def _build(self) -> M3Client:
         if self.cono <= 0:
@@ -41,7 +44,8 @@ class M3Resource(ClientResource):
         options = {"requests_per_second": self.max_requests_per_second, "max_attempts": self.max_attempts,
                    "timeout_seconds": self.timeout_seconds, "page_size": self.page_size,
                    "max_pages": self.max_pages, "bulk_size": self.bulk_size,
-                   "open_items_paging": self.open_items_paging.strip().lower()}
+                   "open_items_paging": self.open_items_paging.strip().lower(),
+                   "read_concurrency": self.read_concurrency}
         if self.ionapi_file:
             return M3Client.from_ionapi(self.ionapi_file, self.cono, self.divi.strip(), **options)
         return M3Client.on_premise(self.base_url, self.username, self.password, self.cono, self.divi.strip(),
