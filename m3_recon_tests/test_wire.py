@@ -151,3 +151,49 @@ def test_json_numbers_keep_every_digit_on_the_way_in():
     parsed = decimal_json.loads('{"a": 0.1, "b": 0.2, "c": 12345678901234.57}')
     assert wire.minor_units(parsed["a"], 2) + wire.minor_units(parsed["b"], 2) == 30
     assert wire.minor_units(parsed["c"], 2) == 1_234_567_890_123_457
+
+
+# A list response read once: the document as ``loads`` reads it, and each listed record's text exactly as sent.
+LISTINGS = [
+    '{"transactions": [{"id": "t1", "amount": 12.50}, {"id": "t2", "amount": 0.10}], "status": "OK"}',
+    ' \n{ "status" : "OK" , "transactions" : [ ] }\n',
+    '{"transactions": [{"nested": {"transactions": [1, 2]}, "note": "a ] , } [ \\" quote"}]}',
+    '{"transactions": [{"id": 1}], "transactions": [{"id": 2}, {"id": 3}]}',  # a repeated key: the last one wins
+    '{"transactions": "none today"}',  # not an array: no records
+    '{"status": "OK"}',
+    '[{"id": "t1"}]',  # not an object: no records
+]
+
+
+@pytest.mark.parametrize("text", LISTINGS)
+def test_a_listing_reads_as_loads_reads_it_and_keeps_each_record_as_sent(text):
+    document, texts = decimal_json.loads_listing(text, "transactions")
+    assert document == decimal_json.loads(text)
+    listed = document.get("transactions") if isinstance(document, dict) else None
+    expected = listed if isinstance(listed, list) else []
+    assert [decimal_json.loads(record) for record in texts] == expected
+    assert all(record in text for record in texts)
+
+
+@pytest.mark.parametrize("text", ['{"transactions": [{"id": 1},]}', '{"transactions": [1] "x": 2}',
+                                  '{"transactions": [1]} trailing', '{"transactions": [1.5e]}', '{transactions: []}'])
+def test_a_listing_that_is_not_json_fails_as_loads_fails(text):
+    with pytest.raises(ValueError):
+        decimal_json.loads(text)
+    with pytest.raises(ValueError):
+        decimal_json.loads_listing(text, "transactions")
+
+
+def test_page_documents_keep_every_listed_object_and_its_exact_values():
+    from m3_recon.warehouse import page_documents
+
+    pages = ['{"object": "list", "data": [{"id": "txn_1", "amount": 123456789012, "exchange_rate": 1.0874, '
+             '"fee": 0.00001234, "text": "caf\\u00e9"}, {"id": "txn_2", "amount": -5}], "has_more": true}',
+             '{"object": "list", "data": [], "has_more": false}',
+             '{"object": "list", "data": [{"id": "txn_3", "big": 12345678901234567890}]}']
+    raw = page_documents(pages, "data", "run-1").column("raw").to_pylist()
+    assert [decimal_json.loads(r) for r in raw] == [
+        {"id": "txn_1", "amount": 123456789012, "exchange_rate": Decimal("1.0874"), "fee": Decimal("0.00001234"),
+         "text": "café"}, {"id": "txn_2", "amount": -5}, {"id": "txn_3", "big": 12345678901234567890}]
+    with pytest.raises(duckdb.Error):
+        page_documents(['{"data": [1,'], "data", "run-1")
