@@ -12,7 +12,8 @@ import duckdb
 import pytest
 import requests
 
-from m3_recon.defs.m3.assets import _snapshot_docs, core_open_invoices, raw_m3_open_invoices
+from m3_recon import wire
+from m3_recon.defs.m3.assets import _amount_sql, _snapshot_docs, core_open_invoices, raw_m3_open_invoices
 from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
@@ -24,6 +25,7 @@ from m3_recon.sandbox.m3_api import (SANDBOX_M3_CLIENT_ID, SANDBOX_M3_CLIENT_SEC
                                      SANDBOX_M3_TENANT, SANDBOX_M3_USERNAME, M3App, sandbox_env, write_ionapi_file)
 from m3_recon.sandbox.m3_ledger import LedgerError, M3Ledger, PaymentLine
 from m3_recon.sandbox.server import Fault, SandboxClock, VendorServer
+from m3_recon_tests.test_wire import AMOUNTS
 from m3_recon.sandbox.world import Period, build_world
 
 SEED = 11
@@ -173,6 +175,26 @@ def test_independent_bulk_calls_in_flight_at_once_answer_in_order_and_a_terminat
     assert ion_client(ionapi, read_concurrency=8).reads_in_flight == 8
     assert M3Client(client.session, 100, "AAA", read_concurrency=4000).reads_in_flight == int(
         client.session.requests_per_second)  # never more than the request budget per second
+
+
+# M3 sends amounts as text: every amount text of the wire table, with the places of its currency.
+AMOUNT_TEXTS = {(text, places): expected for (text, places), expected in AMOUNTS.items() if isinstance(text, str) and text}
+
+
+@pytest.mark.parametrize("case,expected", AMOUNT_TEXTS.items(), ids=[repr(c) for c in AMOUNT_TEXTS])
+def test_the_snapshots_amount_reader_reads_every_amount_text_as_minor_units_does(case, expected):
+    """The snapshot's SQL amount reader is its own (string arithmetic, for speed) beside ``wire.minor_units_sql``:
+    it must read, or refuse, exactly what the Python reader reads or refuses."""
+    text, places = case
+    reads, value = _amount_sql("$1", "CAST($2 AS INTEGER)")
+    with duckdb.connect() as conn:
+        sql_reads, sql_value = conn.execute(f"SELECT {reads}, {value}", [text.strip(), places]).fetchone()
+    if isinstance(expected, str):
+        with pytest.raises(wire.WireValueError):
+            wire.minor_units(text, places)
+        assert not (sql_reads and sql_value is not None)
+    else:
+        assert sql_reads and sql_value == expected == wire.minor_units(text, places)
 
 
 def test_snapshot_rows_are_typed_once_per_record_and_an_unreadable_amount_or_date_fails_with_the_readers_message():

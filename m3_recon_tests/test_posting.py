@@ -17,6 +17,7 @@ from m3_recon.clients.m3 import M3Client
 from m3_recon.posting.config import PaymentMethod, PostingConfig, posting_config_from_env
 from m3_recon.posting.gates import BLOCK_COLUMNS, BLOCKS, posting_blocks
 from m3_recon.posting.contract import CASH_APPLICATION_COLUMNS, GL_JOURNAL_LINE_COLUMNS
+from m3_recon.posting.cash import CashRoute
 from m3_recon.posting.gl import GLRoute
 from m3_recon.posting.layout import LayoutError, ParmLayout
 from m3_recon.posting.outbox import ROUTE_CASH, ROUTE_GL, Voucher
@@ -227,6 +228,18 @@ def test_every_voucher_is_posted_once_verified_in_m3_and_a_rerun_posts_nothing(w
     assert m3.state() == state and m3.server.faults.served == served  # not a single call to M3
 
 
+def test_a_cash_batch_says_how_many_transactions_it_sends_before_they_are_built(sandboxes):
+    m3 = sandboxes()
+    lines = tuple({"line_number": n, "processor": "stripe", "invoice_number": f"10{n}", "invoice_year": 2026,
+                   "customer": "C1", "amount_minor": 100 * n, "currency": "USD", "source_id": f"ch_{n}",
+                   "accounting_date": date(2026, 10, 5)} for n in (1, 2, 3))
+    voucher = Voucher(ROUTE_CASH, "CA1", "pending", "CA1", date(2026, 10, 5), lines)
+    route = CashRoute(m3.client(), CONFIG)
+    calls = route.calls(voucher)
+    assert [name for name, _ in calls] == ["AddBatchHead", *["AddBatchLine"] * 3, "ControlBatch"]
+    assert route.size(voucher) == len(calls)  # waves are cut by size before the calls exist
+
+
 def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
     m3 = sandboxes()
     line = {"line_number": 3, "accounting_date": date(2026, 10, 5), "ait1": "1580", "ait2": "STRIPE", "ait3": None,
@@ -235,6 +248,7 @@ def test_parm_strings_are_cut_to_the_gls850_template(sandboxes):
     voucher = Voucher(ROUTE_GL, "JV1", "pending", "JV1", line["accounting_date"], (line,))
     calls = GLRoute(m3.client(), CONFIG).calls(voucher)
     assert [name for name, _ in calls] == ["AddBatchHead", "AddBatchLine", "CtrlBatch", "UpdBatch"]
+    assert GLRoute(m3.client(), CONFIG).size(voucher) == len(calls)  # waves are cut by size before calls exist
     assert calls[0][1] == {"KEY1": "JV1", "INTN": "GLUPLOAD", "DESC": "Stripe payout po_1"}
     assert calls[1][1]["PARM"] == ("I1" + "000000003" + "00000001" + "AAA" + "1580      " + "STRIPE    " + " " * 50
                                    + "USD" + "         -1234.56" + "20261005" + "Stripe payout po_1".ljust(40)
