@@ -281,6 +281,19 @@ class LedgerRow:
         value = LEDGER_OUTPUT.get(name)
         return default if value is None else value(self.line, self.totals, self.local)
 
+    @staticmethod
+    def render(rows: list[LedgerRow], formatters: tuple) -> list[dict[str, str]]:
+        """``rows`` as ``execute`` renders any row (``formatters``: field and formatter), without a ``get`` per field:
+        GetInvTotInfo answers all 31 fields of each of 10^5 invoices."""
+        fields = _ledger_fields(formatters)
+        return [{name: text(value(row.line, row.totals, row.local)) for name, text, value in fields} for row in rows]
+
+
+@lru_cache(maxsize=256)
+def _ledger_fields(formatters: tuple) -> tuple:
+    """(field, formatter, value) per output field of a call shape over ledger rows; a field no row has is None."""
+    return tuple((name, text, LEDGER_OUTPUT.get(name, lambda ln, t, local: None)) for name, text in formatters)
+
 
 class RequestRejected(Exception):
     """The call as a whole cannot run (bad control parameter, unreadable bulk body, unknown program)."""
@@ -651,7 +664,10 @@ class M3App(VendorApp):
             if not rows:
                 raise record_not_found()
         formatters = _formatters(spec.outputs, control.returncols, control.righttrim)
-        rendered = [{n: text(row.get(n)) for n, text in formatters} for row in rows]
+        if rows and rows[0].__class__ is LedgerRow:
+            rendered = LedgerRow.render(rows, formatters)
+        else:
+            rendered = [{n: text(row.get(n)) for n, text in formatters} for row in rows]
         if control.excludempty:
             return [{k: v for k, v in out.items() if v.strip()} for out in rendered]
         return rendered
