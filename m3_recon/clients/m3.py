@@ -468,6 +468,12 @@ class M3Client:
         ``IncompleteReadError`` saying what was read, what was expected and which setting to change. So does
         an M3 that answers fewer rows than ``maxrecs`` asks for while more exist (both routes would shrink).
         """
+        return list(self.iter_open_invoices())
+
+    def iter_open_invoices(self) -> Iterator[dict]:
+        """``open_invoices`` one by one: once the read is proven complete, each invoice's totals as M3 answers
+        them, so a caller can work on the first while M3 still answers the later ones. Until the last is taken a
+        bulk of totals may still fail (an ``M3Error``), so a caller stores nothing before that."""
         customers = sorted({row["CUNO"] for row in self.customers() if row.get("CUNO")})
         # The caller's thread reads the first route; the second route, and the totals of each bulk of invoices as
         # soon as the first route has named them, are read beside it within the same number of calls in flight.
@@ -479,7 +485,8 @@ class M3Client:
             totals, unread, lines = [], [], 0
             for page in self._open_line_pages(customers, reads):
                 lines += len(page)
-                for invoice in ((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"]) for ln in page if ln.get("TRCD") == "10"):
+                for invoice in ((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"]) for ln in page
+                                if ln.get("TRCD") == "10"):
                     if invoice not in invoices:
                         invoices[invoice] = None
                         unread.append(invoice)
@@ -492,8 +499,9 @@ class M3Client:
                         for row in rows if row.get("TRCD") == "10"}
             self._check_answer_limit(max(lines, len(expected)))
             self._prove_complete(list(invoices), expected, lines, len(customers))
-            return [records[0] for records in self._records(totals)
-                    if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0]
+            for records in self._records(totals):
+                if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0:
+                    yield records[0]
 
     @staticmethod
     def _totals_call(invoice: tuple[str, str, str, str]) -> tuple[str, dict[str, str]]:
