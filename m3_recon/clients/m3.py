@@ -27,11 +27,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import requests
 
@@ -231,6 +232,16 @@ DEFAULT_BULK_SIZE = MAX_BULK_SIZE = 500
 DEFAULT_READ_CONCURRENCY = 4  # bulk calls of read-only transactions in flight at once
 
 
+class _CallersThread(Executor):
+    """Runs each call as it is submitted, on the caller's thread: one request at a time, and a failure raises at
+    once, so nothing after it is sent."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
 # -- the client ---------------------------------------------------------------------------------------
 @dataclass
 class M3Client:
@@ -332,17 +343,38 @@ class M3Client:
         Either way the outcomes come in the order of ``calls``. A bulk call M3 could not run at all, or one
         that kept failing, still raises (and no further bulk call is sent).
         """
-        chunks = [calls[start:start + self.bulk_size] for start in range(0, len(calls), self.bulk_size)]
-        workers = min(in_flight, len(chunks))
-        if workers <= 1:
-            answers = [self._bulk_call(program, chunk, maxrecs, columns) for chunk in chunks]
-        else:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"m3-read-{program}")
-            try:
-                answers = list(pool.map(lambda chunk: self._bulk_call(program, chunk, maxrecs, columns), chunks))
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)  # after a failure, send nothing more
-        return [outcome for answer in answers for outcome in answer]
+        threads = min(in_flight, -(-len(calls) // self.bulk_size))
+        with self._reads(threads if threads > 1 else 0) as reads:
+            return [outcome for answer in self._submit(reads, program, calls, maxrecs, columns)
+                    for outcome in answer.result()]
+
+    @contextmanager
+    def _reads(self, threads: int) -> Iterator[Executor]:
+        """Where independent read-only bulk calls run: on ``threads`` threads, or for 0 on the caller's thread, one
+        at a time. When the caller fails, calls not yet sent are dropped: nothing more is sent."""
+        if threads == 0:
+            yield _CallersThread()
+            return
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="m3-read")
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, reads: Executor, program: str, calls: Sequence[tuple[str, Mapping[str, object]]],
+                maxrecs: int | None = 0, columns: Sequence[str] = ()) -> list[Future]:
+        """``calls`` as bulk calls of ``bulk_size`` handed to ``reads``: one future per bulk call, in order."""
+        return [reads.submit(self._bulk_call, program, calls[start:start + self.bulk_size], maxrecs, columns)
+                for start in range(0, len(calls), self.bulk_size)]
+
+    @staticmethod
+    def _records(answers: Iterable[Future]) -> Iterator[list[dict]]:
+        """Each transaction's records from submitted bulk calls, in order; the first NOK raises its ``M3Error``."""
+        for answer in answers:
+            for outcome in answer.result():
+                if isinstance(outcome, M3Error):
+                    raise outcome
+                yield outcome
 
     def _bulk_call(self, program: str, chunk: Sequence[tuple[str, Mapping[str, object]]], maxrecs: int | None,
                    columns: Sequence[str]) -> list[list[dict] | M3Error]:
@@ -390,13 +422,18 @@ class M3Client:
 
     def list_all(self, program: str, transaction: str, *, restart: Mapping[str, str], key: Sequence[str],
                  columns: Sequence[str] = (), **fields) -> list[dict]:
-        """Every row of a list transaction, paged M3's way with restart keys.
+        """Every row of a list transaction, paged M3's way with restart keys (``list_pages``)."""
+        return [row for page in self.list_pages(program, transaction, restart=restart, key=key, columns=columns,
+                                                **fields) for row in page]
+
+    def list_pages(self, program: str, transaction: str, *, restart: Mapping[str, str], key: Sequence[str],
+                   columns: Sequence[str] = (), **fields) -> Iterator[list[dict]]:
+        """The rows of a list transaction page by page, each page's rows not seen before, paged with restart keys.
 
         Each page asks for ``page_size`` rows starting at the key of the previous page's last row
         (``restart`` maps input field -> output field), so a page begins with rows already seen; those
         are dropped by ``key`` (the fields that identify a row). A short page is the last one.
         """
-        rows: list[dict] = []
         seen: set[tuple] = set()
         inputs = dict(fields)
         for _ in range(self.max_pages):
@@ -404,9 +441,9 @@ class M3Client:
             keys = [tuple(row.get(k) for k in key) for row in page]
             fresh = [row for row, row_key in zip(page, keys) if row_key not in seen]
             seen.update(keys)
-            rows.extend(fresh)
+            yield fresh
             if len(page) < self.page_size:
-                return rows
+                return
             if not fresh:
                 raise VendorRequestError(VENDOR, f"{program}/{transaction} returned a full page of rows already "
                                          f"seen; its restart keys {sorted(restart)} do not advance with "
@@ -431,71 +468,77 @@ class M3Client:
         ``IncompleteReadError`` saying what was read, what was expected and which setting to change. So does
         an M3 that answers fewer rows than ``maxrecs`` asks for while more exist (both routes would shrink).
         """
+        return list(self.iter_open_invoices())
+
+    def iter_open_invoices(self) -> Iterator[dict]:
+        """``open_invoices`` one by one: once the read is proven complete, each invoice's totals as M3 answers
+        them, so a caller can work on the first while M3 still answers the later ones. Until the last is taken a
+        bulk of totals may still fail (an ``M3Error``), so a caller stores nothing before that."""
         customers = sorted({row["CUNO"] for row in self.customers() if row.get("CUNO")})
-        if self.reads_in_flight == 1:
-            expected = self._open_invoices_by_customer(customers, 1)
-            lines = self._open_lines(customers, 1)
-        else:  # the second route is read beside the first, within the same number of calls in flight
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3-read-second-route") as side:
-                second_route = side.submit(self._open_invoices_by_customer, customers, self.reads_in_flight - 1)
-                lines = self._open_lines(customers, 1)
-                expected = second_route.result()
-        self._check_answer_limit(max(len(lines), len(expected)))
-        invoices = list(dict.fromkeys((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"])
-                                      for ln in lines if ln.get("TRCD") == "10"))
-        self._prove_complete(invoices, expected, len(lines), len(customers))
-        totals = self.execute_bulk("ARS200MI", [self._totals_call(invoice) for invoice in invoices],
-                                   in_flight=self.reads_in_flight)
-        return [records[0] for records in totals
-                if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0]
+        # The caller's thread reads the first route; the second route, and the totals of each bulk of invoices as
+        # soon as the first route has named them, are read beside it within the same number of calls in flight.
+        with self._reads(self.reads_in_flight - 1) as reads:
+            second_route = self._submit(reads, "ARS200MI", [("LstInvoices", {"AAC0": "1", "CUNO": customer})
+                                                            for customer in customers],
+                                        self.page_size, CUSTOMER_INVOICE_COLUMNS)
+            invoices: dict[tuple[str, str, str, str], None] = {}  # in the order the lines name them
+            totals, unread, lines = [], [], 0
+            for page in self._open_line_pages(customers, reads):
+                lines += len(page)
+                for invoice in ((ln["PYNO"], ln["CINO"], ln["INYR"], ln["CUNO"]) for ln in page
+                                if ln.get("TRCD") == "10"):
+                    if invoice not in invoices:
+                        invoices[invoice] = None
+                        unread.append(invoice)
+                whole = len(unread) - len(unread) % self.bulk_size  # whole bulk calls now, the rest at the end
+                totals += self._submit(reads, "ARS200MI", [self._totals_call(invoice) for invoice in unread[:whole]])
+                del unread[:whole]
+            totals += self._submit(reads, "ARS200MI", [self._totals_call(invoice) for invoice in unread])
+            expected = {(row["PYNO"], row["CINO"], row["INYR"], customer): customer for customer, rows in
+                        self._single_pages("LstInvoices", "CUNO", customers, "customer", second_route)
+                        for row in rows if row.get("TRCD") == "10"}
+            self._check_answer_limit(max(lines, len(expected)))
+            self._prove_complete(list(invoices), expected, lines, len(customers))
+            for records in self._records(totals):
+                if records and minor_units(records[0].get("OCUA", ""), records[0].get("CUCD", "")) != 0:
+                    yield records[0]
 
     @staticmethod
     def _totals_call(invoice: tuple[str, str, str, str]) -> tuple[str, dict[str, str]]:
         payer, number, year, customer = invoice
         return "GetInvTotInfo", {"PYNO": payer, "CINO": number, "INYR": year, "CUNO": customer}
 
-    def _open_lines(self, customers: Sequence[str], in_flight: int) -> list[dict]:
-        """The ledger lines of open invoices (``LstInvByDivi``), read by ``open_items_paging``."""
-        if self.open_items_paging == "payer":
-            return self._open_lines_by_payer(customers, in_flight)
-        return self.list_all("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
-                             key=("DIVI", "YEA4", "JRNO", "JSNO"), columns=OPEN_LINE_COLUMNS, FDIV=self.divi,
-                             TDIV=self.divi, AAC0="1")
+    def _open_line_pages(self, customers: Sequence[str], reads: Executor) -> Iterator[list[dict]]:
+        """The ledger lines of open invoices (``LstInvByDivi``), read by ``open_items_paging``, as they come."""
+        fields = {"FDIV": self.divi, "TDIV": self.divi, "AAC0": "1"}
+        if self.open_items_paging == "restart":
+            yield from self.list_pages("ARS200MI", "LstInvByDivi", restart={"PYNO": "PYNO", "IVDT": "IVDT"},
+                                       key=("DIVI", "YEA4", "JRNO", "JSNO"), columns=OPEN_LINE_COLUMNS, **fields)
+            return
+        # once per payer: every payer is a customer of the customer master
+        answers = self._submit(reads, "ARS200MI", [("LstInvByDivi", {**fields, "PYNO": payer}) for payer in customers],
+                               self.page_size, OPEN_LINE_COLUMNS)
+        for _, rows in self._single_pages("LstInvByDivi", "PYNO", customers, "payer", answers):
+            yield rows
 
     def _single_pages(self, transaction: str, field_name: str, keys: Sequence[str], what: str,
-                      columns: Sequence[str], in_flight: int, **fields) -> dict[str, list[dict]]:
-        """One ``ARS200MI`` list answer of at most ``page_size`` rows per key value, the rows of that value only.
+                      answers: Sequence[Future]) -> Iterator[tuple[str, list[dict]]]:
+        """Per key value, the rows of that value in its ``ARS200MI`` list answer of at most ``page_size`` rows
+        (``answers``: the submitted bulk calls, one transaction per value, in the order of ``keys``).
 
         With the key input read as a start position, the value's rows come first and rows of later values
         may follow; read as a filter, only its rows come (a transaction whose output lacks the field, like
         ``LstInvoices`` without ``CUNO``, filters by it). Either way a full answer of the value's own rows
         may have more behind it, which one answer cannot show: that is an ``IncompleteReadError``.
         """
-        answers = self.execute_bulk("ARS200MI", [(transaction, {**fields, field_name: key}) for key in keys],
-                                    maxrecs=self.page_size, columns=columns, in_flight=in_flight)
-        out = {}
-        for key, rows in zip(keys, answers):
+        for key, rows in zip(keys, self._records(answers)):
             own = [row for row in rows if row.get(field_name, key) == key]
             if len(own) == len(rows) >= self.page_size:
                 raise IncompleteReadError(
                     VENDOR, f"ARS200MI/{transaction}: {what} {key} has at least {len(own)} open ledger lines, as many "
                     f"as one answer holds (M3_PAGE_SIZE={self.page_size}), so the read cannot show it has them all; "
                     f"raise M3_PAGE_SIZE (at most {MAX_MAXRECS})")
-            out[key] = own
-        return out
-
-    def _open_lines_by_payer(self, customers: Sequence[str], in_flight: int) -> list[dict]:
-        """``LstInvByDivi`` once per payer: every payer is a customer of the customer master."""
-        pages = self._single_pages("LstInvByDivi", "PYNO", customers, "payer", OPEN_LINE_COLUMNS, in_flight,
-                                   FDIV=self.divi, TDIV=self.divi, AAC0="1")
-        return [row for payer in customers for row in pages[payer]]
-
-    def _open_invoices_by_customer(self, customers: Sequence[str], in_flight: int) -> dict[tuple, str]:
-        """The second route: ``LstInvoices`` per customer (open only) -> {invoice key: customer}."""
-        pages = self._single_pages("LstInvoices", "CUNO", customers, "customer", CUSTOMER_INVOICE_COLUMNS,
-                                   in_flight, AAC0="1")
-        return {(row["PYNO"], row["CINO"], row["INYR"], customer): customer
-                for customer in customers for row in pages[customer] if row.get("TRCD") == "10"}
+            yield key, own
 
     def _check_answer_limit(self, known: int) -> None:
         """An M3 that silently answers fewer rows than ``maxrecs`` makes a full answer look short, in every

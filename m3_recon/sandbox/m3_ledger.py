@@ -154,11 +154,11 @@ class _Totals:
         self.lines += len(lines)
         result = dict(self.result)  # callers may still hold the previous answer
         for key in (k for k in changed if k in self.invoices):
-            paid = self.payments.get(key, [])
-            result[key] = InvoiceTotals(
+            paid = self.payments.get(key)
+            result[key] = InvoiceTotals(self.invoices[key], 0, 0, None) if paid is None else InvoiceTotals(
                 line=self.invoices[key], paid_minor=-sum(p.amount_minor for p in paid),
                 paid_local_minor=-sum(p.local_minor for p in paid),
-                last_payment_date=max((p.accounting_date for p in paid), default=None))
+                last_payment_date=max(p.accounting_date for p in paid))
         self.result = result
 
 

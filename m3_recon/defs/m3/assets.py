@@ -14,6 +14,7 @@ itself is kept in ``raw`` so an auditor can see exactly what M3 said.
 import json
 import warnings
 from datetime import datetime, timedelta, timezone
+from typing import Iterable
 
 import dagster as dg
 import pyarrow as pa
@@ -133,11 +134,21 @@ ORDER BY customer, invoice_date, invoice_number"""
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # one encoder for every record
 
 
-def _snapshot_docs(conn, records: list[dict], days: list, taken_at: datetime, run_id: str) -> pa.Table:
+def _taken(records: Iterable[dict]) -> tuple[list[dict], list[str]]:
+    """Each record and its JSON text, serialised as it is taken (while M3 still answers the later ones)."""
+    taken, texts = [], []
+    for record in records:
+        taken.append(record)
+        texts.append(_compact_json(record))
+    return taken, texts
+
+
+def _snapshot_docs(conn, records: list[dict], days: list, taken_at: datetime, run_id: str,
+                   texts: list[str] | None = None) -> pa.Table:
     """One row per (day, invoice dated on or before that day) with its typed columns and amounts in minor units:
-    each record serialised and read once, in DuckDB, whatever the number of days. A record whose amounts or
-    invoice date do not read fails the snapshot with the reader's own message."""
-    raw = pa.array([_compact_json(record) for record in records], pa.string())
+    each record serialised once (``texts``, if the caller has already) and read once, in DuckDB, whatever the number
+    of days. A record whose amounts or invoice date do not read fails the snapshot with the reader's own message."""
+    raw = pa.array(texts if texts is not None else [_compact_json(record) for record in records], pa.string())
     conn.register("records", pa.table({"ordinal": pa.array(range(len(records)), pa.int64()), "raw": raw}))
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE typed_records AS {TYPED_RECORDS_SQL}")
@@ -184,11 +195,12 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     start, end = window.start.astimezone(timezone.utc), window.end.astimezone(timezone.utc)
     days = [(start + timedelta(days=i)).date() for i in range((end - start).days)]
     taken_at = datetime.now(timezone.utc)
-    records = m3.client().open_invoices()  # raises, and nothing is stored, when the read cannot be shown complete
+    # raises, and nothing is stored, when the read cannot be shown complete
+    records, texts = _taken(m3.client().iter_open_invoices())
     context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
                      f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     with duckdb.get_connection() as conn:
-        docs = _snapshot_docs(conn, records, days, taken_at, context.run.run_id)
+        docs = _snapshot_docs(conn, records, days, taken_at, context.run.run_id, texts)
         rows = replace_window(conn, table="raw_m3_open_invoices", ddl=OPEN_INVOICES_DDL,
                               insert_select=OPEN_INVOICES_SELECT, docs=docs, window_column="snapshot_date",
                               start=start, end=end)
