@@ -735,19 +735,12 @@ class M3App(VendorApp):
                 return [self._line_row(ln, totals[ln.invoice_key])]
         raise record_not_found()
 
-    def _get_invoice_totals(self, values: dict) -> list[dict]:
+    def _get_invoice_totals(self, values: dict) -> list[InvoiceTotalsRow]:
         self._customer(values["CUNO"])
         totals = self.ledger.totals(self.clock.now()).get((values["PYNO"], values["CINO"], values["INYR"]))
         if totals is None or totals.line.customer != values["CUNO"] or totals.line.divi != values["DIVI"]:
             raise record_not_found()
-        line = totals.line
-        row = self._line_row(line, totals)
-        local = self.ledger.local_currency
-        row.update(ACAM=amount(line.local_minor, local), PCUA=amount(totals.paid_minor, line.currency),
-                   PAMT=amount(totals.paid_local_minor, local), OCUA=amount(totals.outstanding_minor, line.currency),
-                   OAMT=amount(totals.outstanding_local_minor, local), LOCD=local, RGDT=line.invoice_date,
-                   RGTM=0)
-        return [row]
+        return [InvoiceTotalsRow(totals, self.ledger.local_currency)]
 
     @staticmethod
     def _line_row(line: LedgerLine, totals: InvoiceTotals) -> dict:
@@ -879,6 +872,39 @@ class M3App(VendorApp):
     def _control_payment_batch(self, values: dict) -> list[dict]:
         self.ledger.control_payment_batch(values["PBID"], self.clock.now())
         return []
+
+
+# GetInvTotInfo's fields beyond its ledger line's, from the invoice's totals and the local currency. CUCD is also a
+# line field: it is here so that the poster's cash check (CUCD and OCUA) needs no line row.
+TOTALS_FIELDS: dict[str, Callable[[InvoiceTotals, str], object]] = {
+    "CUCD": lambda totals, local: totals.line.currency,
+    "ACAM": lambda totals, local: amount(totals.line.local_minor, local),
+    "PCUA": lambda totals, local: amount(totals.paid_minor, totals.line.currency),
+    "PAMT": lambda totals, local: amount(totals.paid_local_minor, local),
+    "OCUA": lambda totals, local: amount(totals.outstanding_minor, totals.line.currency),
+    "OAMT": lambda totals, local: amount(totals.outstanding_local_minor, local),
+    "LOCD": lambda totals, local: local,
+    "RGDT": lambda totals, local: totals.line.invoice_date,
+    "RGTM": lambda totals, local: 0,
+}
+
+
+class InvoiceTotalsRow:
+    """GetInvTotInfo's answer row, each field worked out when ``execute`` sends it: the poster's cash checks ask for
+    two of its 31 fields (returncols) for every paid invoice, before and after sending (2 x 10^5 answers a day)."""
+
+    __slots__ = ("totals", "local", "_line_row")
+
+    def __init__(self, totals: InvoiceTotals, local: str):
+        self.totals, self.local, self._line_row = totals, local, None
+
+    def get(self, name: str):
+        field = TOTALS_FIELDS.get(name)
+        if field is not None:
+            return field(self.totals, self.local)
+        if self._line_row is None:
+            self._line_row = M3App._line_row(self.totals.line, self.totals)
+        return self._line_row.get(name)
 
 
 @functools.lru_cache(maxsize=1024)
