@@ -30,18 +30,17 @@ holds and finishes them, never posting one twice. When M3 stays unreachable the 
 
 from __future__ import annotations
 
-import gc
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import duckdb
 
 from m3_recon.clients.m3 import M3Client
 from m3_recon.errors import VendorError
+from m3_recon.heap import bulk_work
 from m3_recon.posting import outbox
 from m3_recon.posting.cash import CashRoute
 from m3_recon.posting.config import PostingConfig, posting_config_from_env
@@ -128,22 +127,10 @@ def post_pending(conn: duckdb.DuckDBPyConnection, client: M3Client,
                                                error=conflict.message))
     for route, key, reason in outbox.held(conn):
         summary.outcomes.append(VoucherOutcome(route, key, HELD, KEPT, error=reason))
-    with _heap_left_out_of_collections():
+    with bulk_work():  # see m3_recon.heap: 10^5 transactions' objects alive at a time
         for route in (GLRoute(client, config), CashRoute(client, config)):
             _Run(conn, client, route, summary, config.concurrency).post()
     return summary
-
-
-@contextmanager
-def _heap_left_out_of_collections() -> Iterator[None]:
-    """What the process holds when posting starts (Dagster's and Python's own objects) outlives the posting; the
-    collector leaves it alone meanwhile. Posting keeps 10^5 transactions' objects alive at a time, and each full
-    collection they set off walked the whole heap: 3-4 CPU-seconds of a 100,000-payment day's posting."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class _Run:

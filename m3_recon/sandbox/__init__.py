@@ -8,13 +8,14 @@ foreground for the Dagster UI or manual exploration.
 from __future__ import annotations
 
 import csv
-import gc
 import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from m3_recon.heap import bulk_work
 from m3_recon.settings import PROJECT_ROOT, analyst_duckdb_path, duckdb_path
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
 from m3_recon.sandbox.heartland_api import sandbox_env as heartland_env
@@ -127,11 +128,10 @@ class Sandbox:
         }
         self._ionapi_dir: Path | None = None
         self.servers: dict[str, VendorServer] = {}
+        self._heap = ExitStack()  # the collector's settings while serving
 
     def start(self, ports: dict[str, int] | None = None) -> "Sandbox":
-        # The world and its ledgers live as long as the servers: leave them out of the collector's passes while
-        # serving (a scaled world is 2 x 10^6 objects; walking them was a quarter of M3's CPU in a day's posting).
-        gc.freeze()
+        self._heap.enter_context(bulk_work())  # the world outlives the serving: see m3_recon.heap
         ports = ports or {}
         for name, app in self.apps.items():
             self.servers[name] = VendorServer(app, self.clock, ports.get(name, 0)).start()
@@ -150,7 +150,7 @@ class Sandbox:
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
-        gc.unfreeze()  # what the sandbox left behind can be collected again
+        self._heap.close()
         if self._ionapi_dir is not None:
             shutil.rmtree(self._ionapi_dir, ignore_errors=True)
             self._ionapi_dir = None
