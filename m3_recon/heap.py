@@ -4,7 +4,8 @@ CPython's collector runs a pass every 700 new container objects and now and then
 posting (10^6 MI transactions) or the sandbox serving them keeps that many objects alive at a time, so the passes
 came often and each full one walked everything the process held (Dagster's objects, a scaled world's 2 x 10^6):
 a fifth of either side's CPU. ``bulk_work`` leaves what the process holds on entry out of every pass
-(``gc.freeze``) and runs the passes every ``YOUNG_OBJECTS`` new objects; both are undone on exit.
+(``gc.freeze``) and runs the passes every ``YOUNG_OBJECTS`` new objects; both are undone on exit. Nested (the
+sandbox in-process while a test posts), the inner exit unfreezes everything: the collector only walks it again.
 """
 
 from __future__ import annotations
