@@ -40,6 +40,7 @@ import duckdb
 
 from m3_recon.clients.m3 import M3Client
 from m3_recon.errors import VendorError
+from m3_recon.heap import bulk_work
 from m3_recon.posting import outbox
 from m3_recon.posting.cash import CashRoute
 from m3_recon.posting.config import PostingConfig, posting_config_from_env
@@ -126,8 +127,9 @@ def post_pending(conn: duckdb.DuckDBPyConnection, client: M3Client,
                                                error=conflict.message))
     for route, key, reason in outbox.held(conn):
         summary.outcomes.append(VoucherOutcome(route, key, HELD, KEPT, error=reason))
-    for route in (GLRoute(client, config), CashRoute(client, config)):
-        _Run(conn, client, route, summary, config.concurrency).post()
+    with bulk_work():  # see m3_recon.heap: 10^5 transactions' objects alive at a time
+        for route in (GLRoute(client, config), CashRoute(client, config)):
+            _Run(conn, client, route, summary, config.concurrency).post()
     return summary
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from m3_recon.heap import bulk_work
 from m3_recon.settings import PROJECT_ROOT, analyst_duckdb_path, duckdb_path
 from m3_recon.sandbox.heartland_api import SANDBOX_GP_APP_ID, SANDBOX_GP_APP_KEY, HeartlandApp
 from m3_recon.sandbox.heartland_api import sandbox_env as heartland_env
@@ -126,8 +128,10 @@ class Sandbox:
         }
         self._ionapi_dir: Path | None = None
         self.servers: dict[str, VendorServer] = {}
+        self._heap = ExitStack()  # the collector's settings while serving
 
     def start(self, ports: dict[str, int] | None = None) -> "Sandbox":
+        self._heap.enter_context(bulk_work())  # the world outlives the serving: see m3_recon.heap
         ports = ports or {}
         for name, app in self.apps.items():
             self.servers[name] = VendorServer(app, self.clock, ports.get(name, 0)).start()
@@ -146,6 +150,7 @@ class Sandbox:
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
+        self._heap.close()
         if self._ionapi_dir is not None:
             shutil.rmtree(self._ionapi_dir, ignore_errors=True)
             self._ionapi_dir = None

@@ -75,7 +75,7 @@ RECEIVABLE_ACCOUNT = "1510"
 LEDGER_FORMAT = "2"  # payment lines carry CKNO, LPDT and AIT1; payment vouchers reach the GL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LedgerLine:
     """One FSLEDG record; the key is (cono, divi, year, journal, journal_seq)."""
 
@@ -105,7 +105,7 @@ class LedgerLine:
         return self.payer, self.invoice, self.invoice_year
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InvoiceTotals:
     """An invoice (PYNO + CINO + INYR) summed over its lines visible at one moment."""
 
@@ -186,7 +186,7 @@ def division_order(line: LedgerLine) -> tuple:
             line.journal_seq)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GLLine:
     """One FGLEDG record (a GL transaction); the key is (cono, divi, year, journal, journal_seq)."""
 
@@ -232,7 +232,7 @@ class GLBatch:
     controlled: list[GLEntry] | None = None  # the typed lines of the last control that passed (not stored)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GLEntry:
     """A batch line once control has read and typed it."""
 
@@ -246,7 +246,7 @@ class GLEntry:
     local_minor: int | None = None  # ACAM as entered; None = M3 converts at its rate of the day
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PaymentLine:
     """One line of an ARS040 payment batch: cash for one invoice."""
 
@@ -682,7 +682,7 @@ class M3Ledger:
                 self._count(lines[-1])
             self._write(lambda: [(self._insert("fgledg", len(_GL_COLUMNS)), [_to_row(line) for line in lines]),
                                  ("UPDATE fglinh SET status = ? WHERE key1 = ?", (BATCH_UPDATED, key))])
-            batch.status = BATCH_UPDATED
+            batch.status, batch.controlled = BATCH_UPDATED, None  # an updated batch is never controlled again
             self._index_gl(lines)
             return lines
 
