@@ -21,6 +21,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from m3_recon import settings, wire
+from m3_recon.heap import bulk_work
 from m3_recon.clients.m3 import m3_date, minor_units
 from m3_recon.defs.m3.resources import M3Resource
 from m3_recon.defs.metadata import markdown_table, money_totals
@@ -196,7 +197,8 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     days = [(start + timedelta(days=i)).date() for i in range((end - start).days)]
     taken_at = datetime.now(timezone.utc)
     # raises, and nothing is stored, when the read cannot be shown complete
-    records, texts = _taken(m3.client().iter_open_invoices())
+    with bulk_work():  # 10^5 records and their texts, kept until the read is done
+        records, texts = _taken(m3.client().iter_open_invoices())
     context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
                      f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     with duckdb.get_connection() as conn:
