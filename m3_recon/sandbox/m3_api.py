@@ -733,17 +733,15 @@ class M3App(VendorApp):
     def _lines(self, values: dict) -> tuple[list[LedgerLine], dict]:
         now = self.clock.now()
         totals = self.ledger.totals(now)
-        lines = self.ledger.lines(now)
-        if values.get("AAC0") == 1:
-            lines = [ln for ln in lines if totals[ln.invoice_key].reco != RECO_PAID]
-        return lines, totals
+        return [ln for ln in self.ledger.lines(now) if self._listed(values, totals[ln.invoice_key])], totals
 
     def _list_invoices(self, values: dict) -> list[LedgerRow]:
         self._customer(values["CUNO"])
         now = self.clock.now()
         totals = self.ledger.totals(now)
         rows = [ln for ln in self.ledger.line_index(now).by_customer.get(values["CUNO"], [])
-                if ln.divi == values["DIVI"] and self._listed(ln, values, totals) and self._from_date(ln, values)]
+                if ln.divi == values["DIVI"] and self._listed(values, totals[ln.invoice_key])
+                and self._from_date(ln, values)]
         rows.sort(key=lambda ln: (ln.invoice_date, ln.invoice, ln.invoice_year, ln.year, ln.journal, ln.journal_seq))
         return [self._line_row(ln, totals[ln.invoice_key]) for ln in rows]
 
@@ -759,19 +757,19 @@ class M3App(VendorApp):
             low = high = values["DIVI"]
         start = (low, values.get("PYNO", ""), values.get("IVDT", date.min))
         first = 0 if self.keys_as_filters else bisect_left(index.division_starts, start)
-        open_only, customer = values.get("AAC0") == 1, values.get("CUNO")
+        customer = values.get("CUNO")
         for ln in itertools.islice(index.by_division, first, None):
             if ln.divi > high:
                 return
             line_totals = totals[ln.invoice_key]
             if (low <= ln.divi and (not self.keys_as_filters or self._payer_and_date(ln, values))
-                    and not (open_only and line_totals.reco == RECO_PAID) and customer in (None, ln.customer)):
+                    and self._listed(values, line_totals) and customer in (None, ln.customer)):
                 yield self._line_row(ln, line_totals)
 
     @staticmethod
-    def _listed(line: LedgerLine, values: dict, totals: dict) -> bool:
-        """AAC0 = 1: open items only."""
-        return values.get("AAC0") != 1 or totals[line.invoice_key].reco != RECO_PAID
+    def _listed(values: dict, totals: InvoiceTotals) -> bool:
+        """AAC0 = 1: open items only (``totals``: the line's invoice's)."""
+        return values.get("AAC0") != 1 or totals.reco != RECO_PAID
 
     def _from_date(self, line: LedgerLine, values: dict) -> bool:
         """LstInvoices' key input IVDT: a start position, or (quirk) a filter."""
