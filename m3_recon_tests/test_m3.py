@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from m3_recon import wire
-from m3_recon.defs.m3.assets import _amount_sql, _snapshot_docs, core_open_invoices, raw_m3_open_invoices
+from m3_recon.defs.m3.assets import _amount_sql, _snapshot_docs, _taken, core_open_invoices, raw_m3_open_invoices
 from m3_recon.clients.m3 import IncompleteReadError, M3Client, M3Error, minor_units
 from m3_recon.defs.m3.definitions import m3_resource_from_env
 from m3_recon.defs.m3.resources import M3Resource
@@ -206,7 +206,7 @@ def test_snapshot_rows_are_typed_once_per_record_and_an_unreadable_amount_or_dat
     del undated["OAMT"]
     days, taken = [date(2026, 10, 2), date(2026, 10, 3)], datetime(2026, 10, 4, tzinfo=timezone.utc)
     with duckdb.connect() as conn:
-        docs = _snapshot_docs(conn, [record, later, undated], days, taken, "run").to_pylist()
+        docs = _snapshot_docs(conn, *_taken([record, later, undated]), days, taken, "run").to_pylist()
         assert [(d["snapshot_date"], d["invoice_number"], d["original_minor"], d["outstanding_minor"],
                  d["outstanding_local_minor"], d["due_date"]) for d in docs] == [
             (days[0], "7", 1200, 1000, 670, None), (days[0], "9", 1200, 1000, 0, None),
@@ -219,7 +219,7 @@ def test_snapshot_rows_are_typed_once_per_record_and_an_unreadable_amount_or_dat
                              ({"CUAM": "None"}, "M3 amount 'None' is not an amount"), ({"OCUA": ...}, "without OCUA")):
             broken = {k: v for k, v in {**record, **bad}.items() if v is not ...}
             with pytest.raises((VendorRequestError, ValueError), match=re.escape(message)):
-                _snapshot_docs(conn, [record, broken], days, taken, "run")
+                _snapshot_docs(conn, *_taken([record, broken]), days, taken, "run")
 
 
 def test_restart_key_paging_reads_every_line_once_across_pages(world, applied, ionapi, m3):

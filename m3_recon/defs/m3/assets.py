@@ -144,12 +144,12 @@ def _taken(records: Iterable[dict]) -> tuple[list[dict], list[str]]:
     return taken, texts
 
 
-def _snapshot_docs(conn, records: list[dict], days: list, taken_at: datetime, run_id: str,
-                   texts: list[str] | None = None) -> pa.Table:
+def _snapshot_docs(conn, records: list[dict], texts: list[str], days: list, taken_at: datetime,
+                   run_id: str) -> pa.Table:
     """One row per (day, invoice dated on or before that day) with its typed columns and amounts in minor units:
-    each record serialised once (``texts``, if the caller has already) and read once, in DuckDB, whatever the number
-    of days. A record whose amounts or invoice date do not read fails the snapshot with the reader's own message."""
-    raw = pa.array(texts if texts is not None else [_compact_json(record) for record in records], pa.string())
+    each record's text (``texts``, from ``_taken``) read once, in DuckDB, whatever the number of days. A record whose
+    amounts or invoice date do not read fails the snapshot with the reader's own message."""
+    raw = pa.array(texts, pa.string())
     conn.register("records", pa.table({"ordinal": pa.array(range(len(records)), pa.int64()), "raw": raw}))
     try:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE typed_records AS {TYPED_RECORDS_SQL}")
@@ -202,7 +202,7 @@ def raw_m3_open_invoices(context: dg.AssetExecutionContext, m3: M3Resource,
     context.log.info(f"M3 reports {len(records)} open invoices, read per {m3.open_items_paging} and checked against "
                      f"ARS200MI/LstInvoices per customer; snapshot days {days[0]}..{days[-1]}")
     with duckdb.get_connection() as conn:
-        docs = _snapshot_docs(conn, records, days, taken_at, context.run.run_id, texts)
+        docs = _snapshot_docs(conn, records, texts, days, taken_at, context.run.run_id)
         rows = replace_window(conn, table="raw_m3_open_invoices", ddl=OPEN_INVOICES_DDL,
                               insert_select=OPEN_INVOICES_SELECT, docs=docs, window_column="snapshot_date",
                               start=start, end=end)
