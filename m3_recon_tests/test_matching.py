@@ -253,24 +253,27 @@ def test_allocations_never_exceed_the_payment_or_the_invoice():
 # -- each rule alone: its statements run on the inputs and the rules before it; its own table is checked --
 
 
+SOURCES = matching.Sources(payments="lines", invoices="invoices")
+
+
 def rules_up_to(lines, invoices, *rule_statements):
     conn = duckdb.connect()
     lines_table(conn, lines)
     conn.register("inv_df", pd.DataFrame(invoices, columns=list(invoice("x", "c", 0))))
     conn.execute("CREATE TABLE invoices AS SELECT * FROM inv_df")
     earlier_table(conn)
-    for statement in [*matching._inputs(RULES, "lines", "invoices", "earlier"), *rule_statements]:
+    for statement in [*matching._inputs("lines", "invoices", "earlier", SOURCES), *rule_statements]:
         conn.execute(statement)
     return conn
 
 
 def rule_rows(conn, table):
     return conn.execute(f"SELECT p.source_id, i.invoice_number, r.allocated, r.problem FROM {table} r "
-                        "JOIN m_pay p ON p.rowid = r.pid JOIN m_inv i ON i.rowid = r.iid ORDER BY 1, 2").fetchall()
+                        "JOIN lines p ON p.rowid = r.pid JOIN invoices i ON i.rowid = r.iid ORDER BY 1, 2").fetchall()
 
 
 def open_amounts(conn):
-    return conn.execute("SELECT i.invoice_number, o.rem FROM m_open o JOIN m_inv i ON i.rowid = o.iid "
+    return conn.execute("SELECT i.invoice_number, o.rem FROM m_open o JOIN invoices i ON i.rowid = o.iid "
                         "ORDER BY 1").fetchall()
 
 
@@ -278,7 +281,7 @@ def test_rule_1_applies_instalments_oldest_first_and_leaves_the_rest_open():
     conn = rules_up_to([line("p1", 40_00, invoice="26000001", seconds=1), line("p2", 70_00, invoice="INV 26000001", seconds=2),
                         line("p3", 5_00, invoice="26000002", customer="C2")],
                        [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 5_00), invoice("26000003", "C1", 7_00)],
-                       *matching._exact_reference())
+                       *matching._exact_reference(RULES, SOURCES))
     assert rule_rows(conn, "m_r1") == [("p1", "26000001", 40_00, None), ("p2", "26000001", 60_00, None),
                                        ("p3", "26000002", 5_00, "customer_mismatch")]
     # 26000001 is settled (p2's 10.00 beyond it is an overpayment); a mismatch takes nothing off its invoice
@@ -291,7 +294,8 @@ def test_rule_2_matches_what_is_left_of_an_invoice_and_takes_it_off():
                         line("q4", 40_00, customer="C1")],
                        [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 30_00),
                         invoice("26000003", "C2", 45_00), invoice("26000004", "C2", 45_00)],
-                       *matching._exact_reference(), *matching._reference_list(RULES), *matching._customer_amount(RULES))
+                       *matching._exact_reference(RULES, SOURCES), *matching._reference_list(RULES, SOURCES),
+                       *matching._customer_amount(RULES))
     assert rule_rows(conn, "m_r2") == [("q1", "26000002", 30_00, None), ("q2", "26000002", 30_00, "invoice_claimed"),
                                        ("q3", "26000003", 45_00, "ambiguous_amount"),
                                        ("q3", "26000004", 45_00, "ambiguous_amount"),
@@ -305,7 +309,7 @@ def test_rule_3_applies_one_group_and_holds_payments_competing_for_one():
                        [invoice("26000001", "C1", 10_00), invoice("26000002", "C1", 25_50),
                         invoice("26000003", "C1", 33_33), invoice("26000004", "C1", 1_00),
                         invoice("26000011", "C2", 10_00), invoice("26000012", "C2", 20_00)],
-                       *matching._exact_reference(), *matching._reference_list(RULES),
+                       *matching._exact_reference(RULES, SOURCES), *matching._reference_list(RULES, SOURCES),
                        *matching._customer_amount(RULES), *matching._multi_invoice(RULES))
     assert rule_rows(conn, "m_r3") == [
         ("r1", "26000001", 10_00, None), ("r1", "26000002", 25_50, None), ("r1", "26000003", 33_33, None),
@@ -382,3 +386,32 @@ def test_rules_file_is_validated(tmp_path):
     with pytest.raises(ValueError, match="max_invoices"):
         MatchingRules.load(bad)
     assert "max_candidates" in RULES_TEXT
+
+
+def test_tables_are_matched_in_place_and_views_or_frames_as_copies_with_the_same_outcome():
+    lines = [line("r0", -10_00, line_type="refund", original="p1"), line("p1", 40_00, invoice="26000001", seconds=1),
+             line("f0", 3_00, line_type="fee"), line("p2", 70_00, invoice="INV 26000001", seconds=2),
+             line("q1", 30_00, customer="C1", seconds=3), line("q2", 50_00, customer="C2", seconds=4),
+             line("x1", 9_99, invoice="26009999")]
+    invoices = [invoice("26000001", "C1", 100_00), invoice("26000002", "C1", 30_00), invoice("26000003", "C2", 20_00),
+                invoice("26000004", "C2", 30_00), invoice("26000005", "C1", 8_00)]
+    claimed = {"processor": "stripe", "source_id": "e1", "line_type": "charge", "settlement_date": DAY,
+               "invoice_number": "26000005", "invoice_year": 2026, "payment_currency": "USD",
+               "payment_amount_minor": 8_00, "allocated_minor": 8_00, "allocated_settlement_minor": 8_00,
+               "rule": "exact_reference", "confidence": 1, "status": "auto"}
+    in_place = run(lines, invoices, earlier=[claimed])
+    copied = run(lines, invoices, earlier=[claimed])
+    copied.execute("CREATE VIEW lines_view AS SELECT * FROM lines")
+    copied.register("invoices_frame", pd.DataFrame(invoices))
+    match_payments(copied, RULES, lines="lines_view", invoices="invoices_frame", earlier="earlier")
+
+    assert allocations(in_place) == allocations(copied) == [
+        ("p1", "26000001", 40_00, "exact_reference", "auto"), ("p2", "26000001", 60_00, "exact_reference", "auto"),
+        ("q1", "26000002", 30_00, "customer_amount", "auto"), ("q2", "26000003", 20_00, "multi_invoice", "auto"),
+        ("q2", "26000004", 30_00, "multi_invoice", "auto"), ("r0", "26000001", 0, "reversal_link", "auto"),
+        ("x1", None, 0, "none", "unmatched")]
+    assert exceptions(in_place) == exceptions(copied) == [("p2", "overpayment", 10_00, '["26000001"]'),
+                                                          ("x1", "invoice_not_found", 9_99, "[]")]
+    tables = "SELECT table_name FROM duckdb_tables() WHERE table_name IN ('m_lines', 'm_invoices') ORDER BY 1"
+    assert in_place.execute(tables).fetchall() == []
+    assert copied.execute(tables).fetchall() == [("m_invoices",), ("m_lines",)]

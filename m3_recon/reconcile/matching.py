@@ -217,48 +217,91 @@ def match_payments(conn: duckdb.DuckDBPyConnection, rules: MatchingRules, *, lin
     allocations (core_payment_allocations columns) from before this window that still bind invoices.
     ``history``: allocations refunds and disputes may link to beyond this window (default: ``earlier``).
     """
-    for statement in _statements(rules, lines, invoices, earlier, history or earlier):
+    sources = Sources(payments=lines if _addressable(conn, lines) else "m_lines",
+                      invoices=invoices if _addressable(conn, invoices) else "m_invoices")
+    for statement in _statements(rules, lines, invoices, earlier, history or earlier, sources):
         conn.execute(statement)
 
 
-def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, history: str) -> list[str]:
+@dataclass(frozen=True)
+class Sources:
+    """The tables the rules address by rowid: a payment is the rowid of its row in ``payments`` (``pid``; only
+    its charges count, ``_payments``) and an invoice the rowid of its row in ``invoices`` (``iid``), so the rules
+    join on integers, never on text, and read text only where they need it. A table given to ``match_payments``
+    is addressed where it is (no copy of a million rows); a view or a registered frame is copied first
+    (``m_lines``, ``m_invoices``)."""
+
+    payments: str
+    invoices: str
+
+
+def _addressable(conn: duckdb.DuckDBPyConnection, relation: str) -> bool:
+    """Whether ``relation`` is a table, whose rows have a rowid (a view or a registered frame has none)."""
+    try:
+        conn.execute(f"SELECT rowid FROM {relation} LIMIT 0")
+    except duckdb.BinderException:
+        return False
+    return True
+
+
+def _statements(rules: MatchingRules, lines: str, invoices: str, earlier: str, history: str,
+                sources: Sources) -> list[str]:
     """The rules in order, each a list of statements over the temp tables the ones before it created.
 
-    ``m_pay`` holds the window's charges and ``m_inv`` the invoices (``_inputs``); a payment is the rowid
-    of its m_pay row (``pid``) and an invoice the rowid of its m_inv row (``iid``), so the rules join on
-    integers, never on text. ``m_open`` holds what is left of each invoice that rule 1 did not settle; each
-    later rule takes what it applies off it. Rule 4 (foreign currency) is ``in_invoice_currency`` in every rule.
+    ``m_open`` holds what is left of each invoice that rule 1 did not settle; each later rule takes what it
+    applies off it. Rule 4 (foreign currency) is ``in_invoice_currency`` in every rule.
     """
-    return [*_inputs(rules, lines, invoices, earlier), *_exact_reference(), *_reference_list(rules),
-            *_customer_amount(rules), *_multi_invoice(rules), _allocations(rules), _reversals(lines, history),
-            _exceptions()]
+    return [*_inputs(lines, invoices, earlier, sources), *_exact_reference(rules, sources),
+            *_reference_list(rules, sources), *_customer_amount(rules), *_multi_invoice(rules),
+            _allocations(rules, sources), _reversals(lines, history), _exceptions(sources)]
 
 
-def _inputs(rules: MatchingRules, lines: str, invoices: str, earlier: str) -> list[str]:
-    """``m_pay``: the window's charges with their normalised reference. ``m_inv``: the invoices with theirs and
-    ``remaining``, the outstanding amount less earlier unposted auto allocations. Each is read once; the
-    references are normalised in parallel, and the rowid numbers the rows (``row_number() OVER ()`` would
-    stream on one thread over a second copy). Most payment references have the common shape
-    (``_short_reference``), computed once in the inner projection so the CASE does not compute it twice."""
-    return [
-        f"""CREATE OR REPLACE TEMP TABLE m_pay AS
-            SELECT processor, source_id, settlement_date, occurred_at_utc, customer_ref, invoice_ref,
-                   {_normalised_reference('invoice_ref', 'short_ref', rules)} AS ref_norm,
-                   currency, amount_minor, presentment_currency, presentment_amount_minor
-            FROM (SELECT *, {_short_reference('invoice_ref', rules)} AS short_ref FROM {lines}
-                  WHERE line_type = 'charge' AND amount_minor > 0)""",
-        f"""CREATE OR REPLACE TEMP TABLE m_inv AS
-            SELECT i.invoice_number, i.invoice_year, i.customer, i.currency, i.invoice_date,
-                   {_normalised_number('i.invoice_number', rules)} AS ref_norm,
-                   i.outstanding_minor - coalesce(e.claimed, 0) AS remaining
-            FROM {invoices} i
-            LEFT JOIN (SELECT invoice_number, invoice_year, sum(allocated_minor) AS claimed FROM {earlier}
-                       WHERE status = 'auto' AND invoice_number IS NOT NULL GROUP BY ALL) e
-                   USING (invoice_number, invoice_year)""",
-    ]
+def _inputs(lines: str, invoices: str, earlier: str, sources: Sources) -> list[str]:
+    """The copies ``sources`` needs of inputs that are not tables (the window's charges, the invoices), and
+    ``m_claimed``: what earlier unposted auto allocations claim of each invoice (``_invoices`` subtracts it)."""
+    copies = []
+    if sources.payments != lines:
+        copies.append(f"CREATE OR REPLACE TEMP TABLE {sources.payments} AS "
+                      f"SELECT line_type, {_PAYMENT_COLUMNS} FROM {lines} WHERE {_CHARGES}")
+    if sources.invoices != invoices:
+        copies.append(f"""CREATE OR REPLACE TEMP TABLE {sources.invoices} AS
+            SELECT invoice_number, invoice_year, customer, currency, outstanding_minor, invoice_date FROM {invoices}""")
+    return [*copies, f"""CREATE OR REPLACE TEMP TABLE m_claimed AS
+        SELECT i.rowid AS iid, sum(e.allocated_minor) AS claimed
+        FROM {sources.invoices} i JOIN {earlier} e USING (invoice_number, invoice_year)
+        WHERE e.status = 'auto' GROUP BY i.rowid"""]
 
 
-def _exact_reference() -> list[str]:
+_CHARGES = "line_type = 'charge' AND amount_minor > 0"
+_PAYMENT_COLUMNS = ("processor, source_id, settlement_date, occurred_at_utc, customer_ref, invoice_ref, currency, "
+                    "amount_minor, presentment_currency, presentment_amount_minor")
+
+
+def _payments(sources: Sources, rules: MatchingRules | None = None, only: str = "true") -> str:
+    """SQL relation: the charges (those where ``only``) with their ``pid``, and with ``rules`` their normalised
+    reference ``ref_norm``, computed after ``only`` has chosen them. Most payment references have the common
+    shape (``_short_reference``), computed once in the inner projection so the CASE does not compute it twice."""
+    charges = f"SELECT rowid AS pid, * FROM {sources.payments} WHERE {_CHARGES} AND {only}"
+    if rules is None:
+        return f"({charges})"
+    return (f"(SELECT * EXCLUDE (short_ref), {_normalised_reference('invoice_ref', 'short_ref', rules)} AS ref_norm "
+            f"FROM (SELECT *, {_short_reference('invoice_ref', rules)} AS short_ref FROM ({charges})))")
+
+
+def _invoices(sources: Sources) -> str:
+    """SQL relation: the invoices with their ``iid`` and ``remaining``, the outstanding amount less what earlier
+    unposted auto allocations claim (``m_claimed``)."""
+    return (f"(SELECT i.rowid AS iid, i.*, i.outstanding_minor - coalesce(c.claimed, 0) AS remaining "
+            f"FROM {sources.invoices} i LEFT JOIN m_claimed c ON c.iid = i.rowid)")
+
+
+def _numbered_invoices(sources: Sources, rules: MatchingRules) -> str:
+    """SQL relation: the invoices with their ``iid`` and normalised number ``ref_norm``."""
+    return (f"(SELECT rowid AS iid, *, {_normalised_number('invoice_number', rules)} AS ref_norm "
+            f"FROM {sources.invoices})")
+
+
+def _exact_reference(rules: MatchingRules, sources: Sources) -> list[str]:
     """Rule 1: the payment's normalised reference is an invoice's. A number of several invoice years is
     decided by ``_deciding_invoices``; another customer's invoice or another currency is a problem (suggested
     or unmatched). Several payments of one invoice are applied oldest first (occurred_at_utc, processor,
@@ -268,10 +311,12 @@ def _exact_reference() -> list[str]:
     return [
         f"""CREATE OR REPLACE TEMP TABLE m_r1 AS
             WITH candidates AS MATERIALIZED (
-                SELECT p.rowid AS pid, i.rowid AS iid, i.remaining, {pay_inv} AS pay_inv,
+                SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv,
                        coalesce(i.customer = p.customer_ref, false) AS own,
                        coalesce(i.customer <> p.customer_ref, false) AS other_customer, i.remaining > 0 AS open
-                FROM m_pay p JOIN m_inv i ON p.ref_norm = i.ref_norm
+                FROM {_payments(sources, rules)} p
+                JOIN (SELECT *, {_normalised_number('invoice_number', rules)} AS ref_norm FROM {_invoices(sources)}) i
+                  ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
                 {_repeated('pid', 'candidates')}
             ), shared AS (  -- invoices several payments may be applied to: only they need an order
@@ -293,25 +338,26 @@ def _exact_reference() -> list[str]:
                    greatest(least(h.pay_inv, h.remaining - coalesce(sum(h.pay_inv) OVER (
                        PARTITION BY h.iid ORDER BY p.occurred_at_utc, p.processor, p.source_id
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)), 0)
-            FROM hits h JOIN m_pay p ON p.rowid = h.pid
+            FROM hits h JOIN {sources.payments} p ON p.rowid = h.pid
             WHERE h.problem IS NULL AND h.iid IN (SELECT iid FROM shared)""",
         # Only invoices with something left: the later rules never apply to the others.
         # Most invoices take at most one payment: only those of several need a sum (a group-by over every
         # applied hit costs more than finding the repeated ones by sorting).
         f"""CREATE OR REPLACE TEMP TABLE m_open AS
             WITH repeated AS ({_repeated('iid', 'm_r1 WHERE problem IS NULL')})
-            SELECT i.rowid AS iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
-            FROM m_inv i
+            SELECT i.iid, i.customer, i.currency, i.invoice_date, i.remaining - coalesce(r.used, 0) AS rem
+            FROM {_invoices(sources)} i
             LEFT JOIN (SELECT iid, allocated AS used FROM m_r1
                        WHERE problem IS NULL AND iid NOT IN (SELECT iid FROM repeated)
                        UNION ALL
                        SELECT iid, sum(allocated) FROM m_r1
                        WHERE problem IS NULL AND iid IN (SELECT iid FROM repeated) GROUP BY iid) r
-                   ON r.iid = i.rowid
+                   ON r.iid = i.iid
             WHERE i.remaining - coalesce(r.used, 0) > 0""",
         # The payments rule 1 did not decide, the only ones the later rules look at.
-        """CREATE OR REPLACE TEMP TABLE m_rest AS
-           SELECT rowid AS pid, * FROM m_pay WHERE rowid NOT IN (SELECT pid FROM m_r1)""",
+        f"""CREATE OR REPLACE TEMP TABLE m_rest AS
+            SELECT pid, {_PAYMENT_COLUMNS}, ref_norm
+            FROM {_payments(sources, rules, only="rowid NOT IN (SELECT pid FROM m_r1)")}""",
     ]
 
 
@@ -402,7 +448,7 @@ def _multi_invoice(rules: MatchingRules) -> list[str]:
     ]
 
 
-def _allocations(rules: MatchingRules) -> str:
+def _allocations(rules: MatchingRules, sources: Sources) -> str:
     """``match_allocations``: every rule's rows with rule name, confidence and status, and one ``unmatched``
     row per payment no rule found anything for. The text columns are read once, here, through the integer
     keys. A partly applied payment's settlement amount is its share of the invoice-currency amount, rounded
@@ -444,7 +490,8 @@ def _allocations(rules: MatchingRules) -> str:
                coalesce(m.confidence, 0) AS confidence,
                coalesce(m.status, 'unmatched') AS status, CAST(NULL AS VARCHAR) AS linked_source_id,
                CAST(NULL AS BIGINT) AS allocated_local_minor
-        FROM m_pay p LEFT JOIN matched m ON m.pid = p.rowid LEFT JOIN m_inv i ON i.rowid = m.iid"""
+        FROM {_payments(sources)} p LEFT JOIN matched m ON m.pid = p.pid
+        LEFT JOIN {sources.invoices} i ON i.rowid = m.iid"""
 
 
 def _confidence(expression: str) -> str:
@@ -474,7 +521,7 @@ def _reversals(lines: str, history: str) -> str:
         LEFT JOIN charge_allocation a ON a.processor = r.processor AND a.source_id = r.original_source_id"""
 
 
-def _exceptions() -> str:
+def _exceptions(sources: Sources) -> str:
     """``match_exceptions``: every payment not applied in full, with a reason code and the candidate invoices —
     each rule's problems, the unapplied part of a rule-1 payment (``invoice_already_paid``, ``overpayment``)
     and of a list (``m_rl_exceptions``), payments no rule found anything for, and unlinked reversals."""
@@ -500,12 +547,14 @@ def _exceptions() -> str:
             FROM ({_undecided('m_rl', 'm_r2', 'm_r3')})
         ), candidate_numbers AS (
             SELECT c.pid, c.reason_code, list(i.invoice_number ORDER BY i.invoice_number) AS numbers
-            FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c JOIN m_inv i ON i.rowid = c.iid
+            FROM (SELECT pid, reason_code, unnest(candidates) AS iid FROM problem) c
+            JOIN {sources.invoices} i ON i.rowid = c.iid
             GROUP BY ALL
         ), named AS (
             SELECT p.processor, p.source_id, p.settlement_date, p.currency, p.amount_minor, problem.reason_code,
                    problem.unapplied_minor, c.numbers AS candidates
-            FROM problem JOIN m_pay p ON p.rowid = problem.pid LEFT JOIN candidate_numbers c USING (pid, reason_code)
+            FROM problem JOIN {sources.payments} p ON p.rowid = problem.pid
+            LEFT JOIN candidate_numbers c USING (pid, reason_code)
             UNION ALL
             SELECT a.processor, a.source_id, a.settlement_date, a.payment_currency, a.payment_amount_minor,
                    'reversal_of_unapplied_payment', 0, []
@@ -528,7 +577,7 @@ def _deciding_invoices(candidates: str, key: str) -> str:
                    QUALIFY open = max(open) OVER (PARTITION BY {key}))"""
 
 
-def _reference_list(rules: MatchingRules) -> list[str]:
+def _reference_list(rules: MatchingRules, sources: Sources) -> list[str]:
     """Rule 1b: one payment whose reference names several invoices ("2601831, 2601832 and 2601840").
 
     Only payments whose whole reference hit no invoice in rule 1 and that name at least two references,
@@ -551,10 +600,11 @@ def _reference_list(rules: MatchingRules) -> list[str]:
                     SELECT pid, customer_ref, {reference_tokens('invoice_ref', rules)} AS tokens FROM m_rl_unresolved)
                 WHERE len(tokens) > 1
             ), hit AS MATERIALIZED (
-                SELECT l.pid, l.token, l.customer_ref, i.rowid AS iid, i.customer, i.currency, i.invoice_date,
+                SELECT l.pid, l.token, l.customer_ref, i.iid, i.customer, i.currency, i.invoice_date,
                        i.invoice_number, coalesce(r.rem, 0) AS rem, coalesce(i.customer = l.customer_ref, false) AS own,
                        r.rem IS NOT NULL AND r.rem > 0 AS open
-                FROM listed l JOIN m_inv i ON i.ref_norm = l.token LEFT JOIN m_open r ON r.iid = i.rowid
+                FROM listed l JOIN {_numbered_invoices(sources, rules)} i ON i.ref_norm = l.token
+                LEFT JOIN m_open r ON r.iid = i.iid
             )
             SELECT * FROM ({_deciding_invoices('hit', 'pid, token')})
             UNION ALL BY NAME  -- numbers naming no invoice, of payments whose other numbers do
@@ -568,7 +618,7 @@ def _reference_list(rules: MatchingRules) -> list[str]:
                             WHEN {pay_inv} IS NULL THEN 'currency_mismatch'
                             WHEN h.customer_ref IS NOT NULL AND h.customer_ref <> h.customer THEN 'customer_mismatch'
                        END AS problem
-                FROM m_rl_hits h JOIN m_pay p ON p.rowid = h.pid
+                FROM m_rl_hits h JOIN {sources.payments} p ON p.rowid = h.pid
             ), payment AS (
                 SELECT pid, coalesce(min(problem), CASE WHEN count(DISTINCT pay_inv) > 1 THEN 'currency_mismatch' END)
                            AS problem
