@@ -288,17 +288,12 @@ def _payments(sources: Sources, rules: MatchingRules | None = None, only: str = 
             f"FROM (SELECT *, {_short_reference('invoice_ref', rules)} AS short_ref FROM ({charges})))")
 
 
-def _invoices(sources: Sources) -> str:
+def _invoices(sources: Sources, rules: MatchingRules | None = None) -> str:
     """SQL relation: the invoices with their ``iid`` and ``remaining``, the outstanding amount less what earlier
-    unposted auto allocations claim (``m_claimed``)."""
-    return (f"(SELECT i.rowid AS iid, i.*, i.outstanding_minor - coalesce(c.claimed, 0) AS remaining "
+    unposted auto allocations claim (``m_claimed``), and with ``rules`` their normalised number ``ref_norm``."""
+    number = f", {_normalised_number('i.invoice_number', rules)} AS ref_norm" if rules else ""
+    return (f"(SELECT i.rowid AS iid, i.*, i.outstanding_minor - coalesce(c.claimed, 0) AS remaining{number} "
             f"FROM {sources.invoices} i LEFT JOIN m_claimed c ON c.iid = i.rowid)")
-
-
-def _numbered_invoices(sources: Sources, rules: MatchingRules) -> str:
-    """SQL relation: the invoices with their ``iid`` and normalised number ``ref_norm``."""
-    return (f"(SELECT rowid AS iid, *, {_normalised_number('invoice_number', rules)} AS ref_norm "
-            f"FROM {sources.invoices})")
 
 
 def _exact_reference(rules: MatchingRules, sources: Sources) -> list[str]:
@@ -314,9 +309,7 @@ def _exact_reference(rules: MatchingRules, sources: Sources) -> list[str]:
                 SELECT p.pid, i.iid, i.remaining, {pay_inv} AS pay_inv,
                        coalesce(i.customer = p.customer_ref, false) AS own,
                        coalesce(i.customer <> p.customer_ref, false) AS other_customer, i.remaining > 0 AS open
-                FROM {_payments(sources, rules)} p
-                JOIN (SELECT *, {_normalised_number('invoice_number', rules)} AS ref_norm FROM {_invoices(sources)}) i
-                  ON p.ref_norm = i.ref_norm
+                FROM {_payments(sources, rules)} p JOIN {_invoices(sources, rules)} i ON p.ref_norm = i.ref_norm
             ), reused AS (  -- a number of several invoices (years): only its hits need deciding
                 {_repeated('pid', 'candidates')}
             ), shared AS (  -- invoices several payments may be applied to: only they need an order
@@ -603,7 +596,7 @@ def _reference_list(rules: MatchingRules, sources: Sources) -> list[str]:
                 SELECT l.pid, l.token, l.customer_ref, i.iid, i.customer, i.currency, i.invoice_date,
                        i.invoice_number, coalesce(r.rem, 0) AS rem, coalesce(i.customer = l.customer_ref, false) AS own,
                        r.rem IS NOT NULL AND r.rem > 0 AS open
-                FROM listed l JOIN {_numbered_invoices(sources, rules)} i ON i.ref_norm = l.token
+                FROM listed l JOIN {_invoices(sources, rules)} i ON i.ref_norm = l.token
                 LEFT JOIN m_open r ON r.iid = i.iid
             )
             SELECT * FROM ({_deciding_invoices('hit', 'pid, token')})
