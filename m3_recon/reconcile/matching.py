@@ -177,7 +177,7 @@ def reference_tokens(expr: str, rules: MatchingRules) -> str:
     """SQL: the distinct normalised references a reference text names, split at the list separators."""
     return (f"list_distinct(list_filter(list_transform(string_split_regex(upper({expr}), "
             f"{literal(rules.list_separators)}), "
-            f"t -> {normalised('t', rules)}), t -> t IS NOT NULL))")
+            f"lambda t: {normalised('t', rules)}), lambda t: t IS NOT NULL))")
 
 
 # The payment's amount in the invoice's currency: its presentment amount if the customer paid in the
