@@ -331,7 +331,8 @@ def main() -> int:
         same = panda["auto"] == duck["auto"] and panda["exceptions"] == duck["exceptions"]
         ratio = panda["seconds"] / duck["seconds"]
         print(f"ratio   pandas / duckdb = {ratio:.1f}x (goal >= {GOAL_SPEEDUP:.0f}x at N >= 1,000,000: "
-              f"{_verdict(ratio >= GOAL_SPEEDUP) if n >= 1_000_000 else 'not applicable'}); "
+              f"{_verdict(ratio >= GOAL_SPEEDUP) if n >= 1_000_000 else 'not applicable'}; CPU seconds "
+              f"{panda['cpu_seconds'] / duck['cpu_seconds']:.1f}x); "
               f"auto allocations and exceptions identical: {same} ({duck['auto'][0]:,} allocations, "
               f"{duck['auto'][1]:,} minor units; {duck['exceptions'][0]:,} exceptions, "
               f"{duck['exceptions'][1]:,} minor units unapplied)")
